@@ -1,0 +1,175 @@
+"""`stforge` command line: one entry point, subcommands driven by a validated TOML config.
+
+    stforge pipeline  [--config C]                     dense -> prune -> compensate -> QAT (make train)
+    stforge sweep     [--config C]                     Fig. 5 sweep over seeds (make sweep)
+    stforge train     --out dense.pt                   dense LIF model
+    stforge prune     --in dense.pt --method l1p|dsp --out pruned.pt
+    stforge finetune  --in pruned.pt --neuron slif|lif --out ft.pt
+    stforge quantize  --in ft.pt --bits 8 --out q.pt
+    stforge evaluate  --in q.pt
+
+A user mistake prints one line `stforge: error: ...` and exits with status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+
+from model.errors import StforgeError
+
+__all__ = ["main"]
+
+
+def _config(args):
+    from model.config import load_config
+    config = load_config(args.config)
+    if getattr(args, "out_dir", None):
+        config.pipeline.out_dir = args.out_dir
+    return config
+
+
+def _data(config):
+    from model.pipeline import load_data
+    from model.train import to_tensors
+    return to_tensors(load_data(config))
+
+
+def cmd_pipeline(args):
+    from model.pipeline import run_pipeline
+    report = run_pipeline(_config(args), progress=not args.quiet)
+    _summary(report)
+
+
+def cmd_sweep(args):
+    from model.pipeline import run_sweep
+    report = run_sweep(_config(args), progress=not args.quiet)
+    for g in report["sweep"]["slif_vs_lif"]:
+        print(f"{g['method']} {g['setting']}: sLIF {g['slif_mean']:.4f} vs LIF {g['lif_mean']:.4f}"
+              f"  (paired diff {g['slif_minus_lif_mean']:+.4f} ± {g['slif_minus_lif_std']:.4f},"
+              f" sLIF wins {g['slif_wins']}/{g['seeds']})")
+
+
+def _summary(report):
+    print(f"dense: accuracy {report['dense']['accuracy']:.4f}, "
+          f"block params {report['dense']['block_params']}")
+    for v in report["variants"]:
+        what = f"sparsity {v['sparsity']:.2f}" if v["method"] == "l1p" else \
+            f"rank {v.get('rank')}" if v["method"] == "dsp" else ""
+        bits = f"int{v['weight_bits']}" if v["weight_bits"] else "float"
+        print(f"{v['method']:5} {what:14} {v['neuron']:4} {bits:5}  accuracy {v['accuracy']:.4f}"
+              f"  nonzero params {v['nonzero_params']}")
+
+
+def cmd_train(args):
+    from model.pipeline import train_dense
+    from model.train import save_checkpoint
+    config = _config(args)
+    model, curve = train_dense(config, _data(config), args.seed, progress=not args.quiet)
+    save_checkpoint(args.out, model, config, {"seed": args.seed, "method": "dense"})
+    print(f"dense accuracy {curve[-1]:.4f} -> {args.out}")
+
+
+def cmd_prune(args):
+    from model.pruning import l1p_prune, to_low_rank
+    from model.train import load_checkpoint, save_checkpoint, evaluate
+    model, config, meta = load_checkpoint(args.inp)
+    if args.method == "l1p":
+        target = config.prune.sparsity if args.sparsity is None else args.sparsity
+        l1p_prune(model, target, args.scope or config.prune.scope)
+    else:
+        rank, energy = (args.rank, args.energy) if (args.rank or args.energy) else \
+            (config.prune.rank, config.prune.energy)
+        model = to_low_rank(model, rank=rank, energy=energy)
+    data = _data(config)
+    save_checkpoint(args.out, model, config, {**meta, "method": args.method})
+    print(f"{args.method}: accuracy before fine-tuning "
+          f"{evaluate(model, data.x_test, data.y_test):.4f} -> {args.out}")
+
+
+def cmd_finetune(args):
+    from model.train import load_checkpoint, rebuild, save_checkpoint, train
+    model, config, meta = load_checkpoint(args.inp)
+    model = rebuild(model, neuron=args.neuron)
+    curve = train(model, _data(config), config.pipeline.finetune, f"finetune {args.neuron}",
+                  progress=not args.quiet)
+    save_checkpoint(args.out, model, config, meta)
+    print(f"fine-tuned ({args.neuron}) accuracy {curve[-1]:.4f} -> {args.out}")
+
+
+def cmd_quantize(args):
+    from model.pipeline import quantize
+    from model.train import load_checkpoint, save_checkpoint
+    model, config, meta = load_checkpoint(args.inp)
+    q, curve = quantize(model, config, _data(config), args.bits, config.pipeline.qat.seed,
+                        progress=not args.quiet)
+    save_checkpoint(args.out, q, config, meta)
+    print(f"int{args.bits} QAT accuracy {curve[-1] if curve else float('nan'):.4f} -> {args.out}")
+
+
+def cmd_evaluate(args):
+    from model.pipeline import describe
+    from model.train import load_checkpoint
+    model, config, meta = load_checkpoint(args.inp)
+    entry = describe(model, meta.get("method", "dense"), _data(config), meta.get("seed", 0))
+    print(json.dumps(entry, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stforge", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_, config=True):
+        p = sub.add_parser(name, help=help_)
+        if config:
+            p.add_argument("--config", help="TOML config file (defaults built in)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("pipeline", cmd_pipeline, "dense -> prune -> compensate -> QAT; writes model.json")
+    p.add_argument("--out-dir", help="output folder (default: pipeline.out_dir, 'build')")
+    p = add("sweep", cmd_sweep, "sparsity x neuron and rank x neuron over seeds; plots")
+    p.add_argument("--out-dir", help="output folder (default: pipeline.out_dir, 'build')")
+    p = add("train", cmd_train, "train the dense LIF model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = add("prune", cmd_prune, "L1P masks or DSP factors, one shot", config=False)
+    p.add_argument("--in", dest="inp", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", choices=("l1p", "dsp"), required=True)
+    p.add_argument("--sparsity", type=float)
+    p.add_argument("--scope", choices=("layer", "global"))
+    p.add_argument("--rank", type=int)
+    p.add_argument("--energy", type=float)
+    p = add("finetune", cmd_finetune, "fine-tune with masks/ranks fixed", config=False)
+    p.add_argument("--in", dest="inp", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--neuron", choices=("lif", "slif"), default="slif")
+    p = add("quantize", cmd_quantize, "Brevitas QAT to integer weights", config=False)
+    p.add_argument("--in", dest="inp", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--bits", type=int, default=8)
+    p = add("evaluate", cmd_evaluate, "test accuracy and parameter counts", config=False)
+    p.add_argument("--in", dest="inp", required=True)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except StforgeError as exc:
+        print(f"stforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stforge: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The integer golden model: executes an artifact exactly, in PyTorch int64 tensors.
+
+It applies model/intops.py (the one integer semantics, shared with the hardware tests) node by
+node over all time steps, for a batch of images at once, checks every intermediate against the
+width the artifact declares, and returns on request every node's spikes at every time step, the
+membranes and the logits. Everything downstream is compared against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model import intops
+from model.artifact import Artifact
+from model.errors import ArtifactError
+
+__all__ = ["GoldenModel", "GoldenResult"]
+
+
+@dataclass
+class GoldenResult:
+    logits: torch.Tensor                                   # (B, classes) int64
+    values: dict[str, torch.Tensor] = field(default_factory=dict)     # name -> (T, B, ...)
+    membranes: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (T, B, ...) V_next
+
+    @property
+    def prediction(self) -> torch.Tensor:
+        return self.logits.argmax(1)      # first maximum on ties, as the hardware does
+
+
+class GoldenModel:
+    def __init__(self, artifact: Artifact):
+        self.artifact = artifact
+        self.t = {k: torch.from_numpy(np.asarray(v, dtype=np.int64))
+                  for k, v in artifact.arrays.items()}
+        self.dense = {n["name"]: torch.from_numpy(artifact.weight_matrix(n))
+                      for n in artifact.nodes if n["op"] == "matmul" and n["format"] != "lowrank"}
+        self.lowrank = {}
+        for n in artifact.nodes:
+            if n["op"] == "matmul" and n["format"] == "lowrank":
+                from model.artifact import dense_from_csc
+                b = dense_from_csc(artifact.arrays[n["b_col_ptr"]], artifact.arrays[n["b_row_idx"]],
+                                   artifact.arrays[n["b_values"]], n["rank"], n["in_features"])
+                self.lowrank[n["name"]] = (torch.from_numpy(b), self.t[n["a"]])
+
+    def _check(self, node: dict, key: str, value: torch.Tensor) -> None:
+        bits = node["widths"][key]
+        lo, hi = intops.range_of_signed_bits(bits)
+        if value.numel() and (int(value.min()) < lo or int(value.max()) > hi):
+            raise ArtifactError(f"node {node['name']}: {key} reached [{int(value.min())}, "
+                                f"{int(value.max())}], outside its declared {bits}-bit width")
+
+    def _neuron(self, node: dict, accs: list[torch.Tensor], channel_axis: int, result):
+        """Run the integer neuron over T accumulators; returns spikes (T, ...)."""
+        shape = [1] * accs[0].dim()
+        shape[channel_axis] = -1
+        p = lambda key: self.t[node[key]].view(shape)
+        bias, th, leak = p("bias"), p("threshold"), p("leak")
+        v = torch.zeros_like(accs[0])
+        spikes, membranes = [], []
+        for acc in accs:
+            self._check(node, "acc", acc)
+            s, v, h, x, product = intops.neuron_step(v, acc, bias, th, leak,
+                                                     self.artifact.frac_bits,
+                                                     self.artifact.leak_bits)
+            for key, val in (("x", x), ("membrane", h), ("product", product)):
+                self._check(node, key, val)
+            spikes.append(s)
+            membranes.append(v)
+        if result is not None:
+            result.membranes[node["name"]] = torch.stack(membranes)
+        return torch.stack(spikes)
+
+    @torch.no_grad()
+    def run(self, images, record: bool = True) -> GoldenResult:
+        """`images`: integer pixels (B, C, H, W), or (B, T, C, H, W) for event data."""
+        a = self.artifact
+        x = torch.as_tensor(np.asarray(images), dtype=torch.int64)
+        T = a.timesteps
+        if a.manifest["model"]["time_varying_input"]:
+            inputs = x.transpose(0, 1)                       # (T, B, C, H, W)
+        else:
+            inputs = x.unsqueeze(0).expand(T, *x.shape)
+        result = GoldenResult(logits=torch.empty(0))
+        values = {"input": inputs}
+        for node in a.nodes:
+            op, name = node["op"], node["name"]
+            ins = [values[s] for s in node.get("inputs", [])]
+            if op == "conv":
+                w = self.t[node["weight"]]
+                src = ins[0]
+                if name == a.nodes[0]["name"] and not a.manifest["model"]["time_varying_input"]:
+                    acc0 = intops.conv3x3(src[0], w)         # static image: same every step
+                    accs = [acc0] * T
+                else:
+                    accs = [intops.conv3x3(src[t], w) for t in range(T)]
+                out = self._neuron(node, accs, 1, result if record else None)
+                if node["pool"]:
+                    out = intops.pool2x2_or(out)
+            elif op == "to_tokens":
+                src = ins[0]
+                out = src.flatten(3).transpose(2, 3)         # (T, B, N, D)
+            elif op == "add":
+                out = sum(ins[1:], ins[0])
+                self._check(node, "value", out)
+            elif op == "matmul":
+                src = ins[0]
+                if name in self.lowrank:
+                    b, amat = self.lowrank[name]
+                    zs = [src[t] @ b.mT for t in range(T)]
+                    for z in zs:
+                        self._check(node, "z", z)
+                    accs = [z @ amat.mT for z in zs]
+                else:
+                    w = self.dense[name]
+                    accs = [src[t] @ w.mT for t in range(T)]
+                out = self._neuron(node, accs, -1, result if record else None)
+            elif op == "attention":
+                q, k, v = ins
+                accs = [intops.attention_counts(q[t], k[t], v[t], node["heads"])
+                        for t in range(T)]
+                out = self._neuron(node, accs, -1, result if record else None)
+            elif op == "head":
+                feature = ins[0].sum(dim=(0, 2))             # over time steps and tokens
+                self._check(node, "feature", feature)
+                logits = intops.head_logits(feature, self.t[node["weight"]],
+                                            self.t[node["bias"]])
+                self._check(node, "logit", logits)
+                result.logits = logits
+                out = logits
+            else:  # validated at load time; unreachable for a loaded artifact
+                raise ArtifactError(f"node {name}: unknown op {op!r}")
+            values[name] = out
+        if record:
+            result.values = {k: v for k, v in values.items() if k not in ("input", "head")}
+        return result
