@@ -6,6 +6,7 @@
     stforge prune     --in dense.pt --method l1p|dsp --out pruned.pt
     stforge finetune  --in pruned.pt --neuron slif|lif --out ft.pt
     stforge quantize  --in ft.pt --bits 8 --out q.pt
+    stforge export    l1p=q.pt [dsp=...]                artifacts + golden.json (make export)
     stforge evaluate  --in q.pt
 
 A user mistake prints one line `stforge: error: ...` and exits with status 2; nothing is written.
@@ -109,6 +110,38 @@ def cmd_quantize(args):
     print(f"int{args.bits} QAT accuracy {curve[-1] if curve else float('nan'):.4f} -> {args.out}")
 
 
+def cmd_export(args):
+    """Export quantized checkpoints to artifacts and write golden.json (golden vs PyTorch)."""
+    from pathlib import Path
+    from model.export import export_model
+    from model.golden import GoldenModel, compare_with_model
+    from model.pipeline import load_data, write_json
+    from model.train import load_checkpoint
+    results, staged = {}, []
+    for item in args.models:
+        name, _, ckpt = item.rpartition("=") if "=" in item else (Path(item).stem, "", item)
+        model, config, meta = load_checkpoint(ckpt)
+        split = load_data(config)
+        limit = len(split.x_test) if args.images is None else args.images
+        out = Path(args.out_dir) / name
+        artifact = export_model(model, config, split, out, meta={"checkpoint": str(ckpt)})
+        golden = GoldenModel(artifact)
+        golden.run(split.x_test[:1], saturate=True)    # every width holds at full activity
+        r = compare_with_model(model, golden, split.x_test[:limit], split.y_test[:limit],
+                               split.input_scale)
+        r["artifact"] = str(out.with_suffix(".json"))
+        results[name] = r
+        print(f"{name}: agreement {r['agreement']:.4f}, accuracy quant {r['accuracy_quant']:.4f}"
+              f" int {r['accuracy_int']:.4f}, lowest layer spike agreement "
+              f"{min(r['layer_spike_agreement'].values()):.5f} -> {r['artifact']}")
+    first = next(iter(results))
+    deployed = results.get("l1p", results[first])
+    report = {k: deployed[k] for k in ("images", "accuracy_quant", "accuracy_int", "agreement")}
+    report["layer_spike_agreement"] = deployed["layer_spike_agreement"]
+    report["variants"] = results
+    write_json(Path(args.report), report)
+
+
 def cmd_evaluate(args):
     from model.pipeline import describe
     from model.train import load_checkpoint
@@ -152,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="inp", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--bits", type=int, default=8)
+    p = add("export", cmd_export, "integer artifacts + golden model check (golden.json)",
+            config=False)
+    p.add_argument("models", nargs="+", metavar="[NAME=]CHECKPOINT",
+                   help="quantized checkpoints, e.g. l1p=build/checkpoints/l1p-int8.pt")
+    p.add_argument("--out-dir", default="build/artifacts")
+    p.add_argument("--report", default="build/reports/golden.json")
+    p.add_argument("--images", type=int, help="test images to compare (default: all)")
     p = add("evaluate", cmd_evaluate, "test accuracy and parameter counts", config=False)
     p.add_argument("--in", dest="inp", required=True)
     return parser

@@ -73,12 +73,14 @@ class _Builder:
 
     @staticmethod
     def orient(w: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Negate rows with a < 0 and zero rows with a == 0 so that every a > 0."""
+        """Negate rows with a < 0 so that every a > 0. A row whose input cannot matter (all
+        weights zero, e.g. fully pruned, or a == 0) gets a := 1: then x = b exactly, whatever a
+        was, and bias and threshold stay small instead of being divided by a vanishing scale."""
         w = w.copy()
         sign = np.where(a < 0, -1, 1)
         w *= sign.reshape((-1,) + (1,) * (w.ndim - 1))
         a = np.abs(a)
-        dead = a == 0
+        dead = (a == 0) | ~w.reshape(w.shape[0], -1).any(axis=1)
         w[dead] = 0
         a = np.where(dead, 1.0, a)
         return w, a

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from model import intops
-from model.artifact import Artifact
+from model.artifact import Artifact, derive_widths
 from model.errors import ArtifactError
 
-__all__ = ["GoldenModel", "GoldenResult"]
+__all__ = ["GoldenModel", "GoldenResult", "compare_with_model"]
 
 
 @dataclass
@@ -75,9 +75,13 @@ class GoldenModel:
         return torch.stack(spikes)
 
     @torch.no_grad()
-    def run(self, images, record: bool = True) -> GoldenResult:
-        """`images`: integer pixels (B, C, H, W), or (B, T, C, H, W) for event data."""
+    def run(self, images, record: bool = True, saturate: bool = False) -> GoldenResult:
+        """`images`: integer pixels (B, C, H, W), or (B, T, C, H, W) for event data.
+
+        `saturate` replaces every value a node produces by its largest possible count (every
+        spike active at every step): the adversarial case for the declared widths."""
         a = self.artifact
+        bounds = derive_widths(a)["_bounds"] if saturate else None
         x = torch.as_tensor(np.asarray(images), dtype=torch.int64)
         T = a.timesteps
         if a.manifest["model"]["time_varying_input"]:
@@ -133,7 +137,37 @@ class GoldenModel:
                 out = logits
             else:  # validated at load time; unreachable for a loaded artifact
                 raise ArtifactError(f"node {name}: unknown op {op!r}")
+            if saturate and op != "head":
+                out = torch.full_like(out, bounds[name])
             values[name] = out
         if record:
             result.values = {k: v for k, v in values.items() if k not in ("input", "head")}
         return result
+
+
+@torch.no_grad()
+def compare_with_model(model, golden: GoldenModel, images, labels, input_scale: float,
+                       batch_size: int = 120) -> dict:
+    """Golden (integer) against the quantized PyTorch model on the same images: class agreement,
+    both accuracies and, per layer, the fraction of equal spikes (golden.json)."""
+    model.eval()
+    labels = torch.as_tensor(np.asarray(labels))
+    preds_q, preds_i, equal, total = [], [], {}, {}
+    for i in range(0, len(images), batch_size):
+        x_int = np.asarray(images[i:i + batch_size])
+        trace: dict = {}
+        logits = model(torch.from_numpy(x_int.astype(np.float32) * np.float32(input_scale)),
+                       trace=trace)
+        res = golden.run(x_int)
+        preds_q.append(logits.argmax(1))
+        preds_i.append(res.prediction)
+        for name, spikes in trace.items():
+            same = (res.values[name] == spikes.to(torch.int64))
+            equal[name] = equal.get(name, 0) + int(same.sum())
+            total[name] = total.get(name, 0) + same.numel()
+    pq, pi = torch.cat(preds_q), torch.cat(preds_i)
+    return {"images": len(labels),
+            "accuracy_quant": float((pq == labels).float().mean()),
+            "accuracy_int": float((pi == labels).float().mean()),
+            "agreement": float((pq == pi).float().mean()),
+            "layer_spike_agreement": {k: equal[k] / total[k] for k in equal}}

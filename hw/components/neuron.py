@@ -1,0 +1,226 @@
+"""The integer sLIF neuron of model.intops.neuron_step as a pipelined array over (token, channel).
+
+Per channel c, with membrane V (signed) and this time step's accumulator I (signed):
+
+    x = (I << F) + bias_c ;  product = leak_c * (x - V) ;  H = V + (product >>> K)
+    S = H >= threshold_c  ;  V_next = 0 if S else H
+
+F = frac_bits, K = leak_bits, ``>>>`` the arithmetic shift (floor). Every neuron of a layer shares
+one update datapath; its state lives in RAM and its per-channel constants in ROM.
+"""
+
+from __future__ import annotations
+
+from amaranth import MemoryData, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
+
+from hw.components import check_int, check_int_array
+from model.intops import signed_bits
+
+__all__ = ["SlifNeuronArray"]
+
+
+class SlifNeuronArray(wiring.Component):
+    """Integer sLIF update of ``tokens x channels`` neurons, one update per cycle, pipelined.
+
+    Protocol. Each transfer on ``i`` is one neuron update ``{token, channel, acc, first}``:
+    ``acc`` is the neuron's accumulator I for this time step, and ``first`` = 1 marks the first
+    time step of an inference (the membrane is taken as 0 instead of read from RAM, so the RAM
+    needs no clearing between inferences). Each update produces, in the same order,
+    ``{token, channel, spike}`` on ``o``. Updates may come in any order.
+
+    Pipeline (4 stages, one new update per cycle):
+
+        1. accept; read V from the membrane RAM and (bias, threshold, leak) from the channel ROM
+        2. x = (I << F) + bias, d = x - V
+        3. product = leak * d                (registered in and out: maps to a DSP multiplier)
+        4. H = V + (product >>> K), spike = H >= threshold; write V_next back; register output
+
+    The write of stage 4 and the read of stage 1 meet in a read port transparent to the write
+    port. An update whose neuron is still in stage 2 or 3 (the same address within the last two
+    accepted updates) waits until it has left them: at most 2 stall cycles, and never with the
+    sequencer's order (all channels of a token, token by token), unless tokens * channels <= 2.
+    Without stalls n updates take n + 4 cycles from the first acceptance to the last output.
+
+    Parameters
+    ----------
+    channels, tokens : int
+        Neurons per token and tokens; the membrane RAM has tokens * channels entries.
+    bias, threshold, leak : sequences of int, one per channel
+        The artifact's integers: any bias, thresholds >= 1, leaks in 0..2^leak_bits.
+    frac_bits, leak_bits : int
+        F and K of the fixed-point format (the artifact's ``fixed_point``).
+    acc_width, membrane_width, product_width : int
+        Signed widths of I, V and leak * (x - V), as the artifact's ``widths`` derives them
+        from the worst case; the caller guarantees they hold every value (V and H stay within
+        the membrane width, the product within the product width).
+
+    Members
+    -------
+    i : In(stream.Signature(update_layout))
+        Updates ``{token, channel, acc, first}``.
+    o : Out(stream.Signature(spike_layout))
+        Results ``{token, channel, spike}``.
+
+    Attributes
+    ----------
+    membrane_data : MemoryData
+        The membrane RAM's contents (address token * channels + channel), exposed so that
+        simulations and debug views can inspect the state.
+    """
+
+    def __init__(self, channels, tokens, bias, threshold, leak, frac_bits, leak_bits,
+                 acc_width, membrane_width, product_width):
+        self._channels = check_int(channels, "channels", minimum=1)
+        self._tokens = check_int(tokens, "tokens", minimum=1)
+        self._frac_bits = check_int(frac_bits, "frac_bits", minimum=0)
+        self._leak_bits = check_int(leak_bits, "leak_bits", minimum=0)
+        self._bias = check_int_array(bias, "bias", shape=(self._channels,))
+        self._threshold = check_int_array(threshold, "threshold", shape=(self._channels,))
+        self._leak = check_int_array(leak, "leak", shape=(self._channels,))
+        if self._threshold.min() < 1:
+            raise ValueError(f"thresholds must be >= 1 (a neuron at rest must not fire), not "
+                             f"{self._threshold.min()}")
+        if self._leak.min() < 0 or self._leak.max() > (1 << self._leak_bits):
+            raise ValueError(f"leaks must lie in 0..2^leak_bits = {1 << self._leak_bits}, not "
+                             f"[{self._leak.min()}, {self._leak.max()}]")
+        self._acc_width = check_int(acc_width, "acc_width", minimum=1)
+        self._membrane_width = check_int(membrane_width, "membrane_width", minimum=1)
+        self._product_width = check_int(product_width, "product_width", minimum=1)
+
+        self._update_layout = data.StructLayout({
+            "token": unsigned(bits_for(self._tokens - 1)),
+            "channel": unsigned(bits_for(self._channels - 1)),
+            "acc": signed(self._acc_width),
+            "first": 1,
+        })
+        self._spike_layout = data.StructLayout({
+            "token": unsigned(bits_for(self._tokens - 1)),
+            "channel": unsigned(bits_for(self._channels - 1)),
+            "spike": 1,
+        })
+        self.membrane_data = MemoryData(shape=signed(self._membrane_width),
+                                        depth=self._tokens * self._channels, init=[])
+        super().__init__({
+            "i": In(stream.Signature(self._update_layout)),
+            "o": Out(stream.Signature(self._spike_layout)),
+        })
+
+    channels = property(lambda self: self._channels)
+    tokens = property(lambda self: self._tokens)
+    frac_bits = property(lambda self: self._frac_bits)
+    leak_bits = property(lambda self: self._leak_bits)
+    acc_width = property(lambda self: self._acc_width)
+    membrane_width = property(lambda self: self._membrane_width)
+    product_width = property(lambda self: self._product_width)
+    update_layout = property(lambda self: self._update_layout)
+    spike_layout = property(lambda self: self._spike_layout)
+
+    def elaborate(self, platform):
+        m = Module()
+        F, K = self._frac_bits, self._leak_bits
+        parameter_layout = data.StructLayout({
+            "bias": signed(signed_bits(int(self._bias.min()), int(self._bias.max()))),
+            "threshold": unsigned(bits_for(int(self._threshold.max()))),
+            "leak": unsigned(bits_for(1 << K)),
+        })
+        m.submodules.parameters = parameters = Memory(
+            shape=parameter_layout, depth=self._channels,
+            init=[{"bias": int(b), "threshold": int(t), "leak": int(k)}
+                  for b, t, k in zip(self._bias, self._threshold, self._leak)])
+        m.submodules.membranes = membranes = Memory(data=self.membrane_data)
+        parameter_read = parameters.read_port()
+        membrane_write = membranes.write_port()
+        membrane_read = membranes.read_port(transparent_for=(membrane_write,))
+
+        # Exact widths of the intermediates: nothing below can overflow except by the caller's
+        # membrane and product widths, which the artifact derives from the worst case.
+        x_width = max(self._acc_width + F, parameter_layout["bias"].shape.width) + 1
+        diff_width = max(x_width, self._membrane_width) + 1
+        h_width = max(self._membrane_width, self._product_width - K, 1) + 1
+        address_shape = unsigned(bits_for(self._tokens * self._channels - 1))
+
+        def stage(name):
+            """Registers that travel with an update through the pipeline."""
+            return {
+                "valid": Signal(name=f"{name}_valid"),
+                "token": Signal(self._update_layout["token"].shape, name=f"{name}_token"),
+                "channel": Signal(self._update_layout["channel"].shape, name=f"{name}_channel"),
+                "address": Signal(address_shape, name=f"{name}_address"),
+            }
+
+        s1, s2, s3 = stage("read"), stage("diff"), stage("product")
+        s1_acc = Signal(signed(self._acc_width))
+        s1_first = Signal()
+        s2_membrane = Signal(signed(self._membrane_width))
+        s2_diff = Signal(signed(diff_width))
+        s2_leak = Signal.like(parameter_read.data.leak)
+        s2_threshold = Signal.like(parameter_read.data.threshold)
+        s3_membrane = Signal(signed(self._membrane_width))
+        s3_product = Signal(signed(self._product_width))
+        s3_threshold = Signal.like(parameter_read.data.threshold)
+
+        advance = ~self.o.valid | self.o.ready
+        address = Signal(address_shape)
+        hazard = ((s1["valid"] & (s1["address"] == address)) |
+                  (s2["valid"] & (s2["address"] == address)))
+        accept = Signal()
+        m.d.comb += [
+            address.eq(self.i.p.token * self._channels + self.i.p.channel),
+            self.i.ready.eq(advance & ~hazard),
+            accept.eq(self.i.valid & self.i.ready),
+            membrane_read.addr.eq(address),
+            membrane_read.en.eq(advance),
+            parameter_read.addr.eq(self.i.p.channel),
+            parameter_read.en.eq(advance),
+        ]
+
+        x = Signal(signed(x_width))
+        membrane = Signal(signed(self._membrane_width))
+        m.d.comb += [
+            x.eq(s1_acc.shift_left(F) + parameter_read.data.bias),
+            membrane.eq(Mux(s1_first, 0, membrane_read.data)),
+        ]
+
+        h = Signal(signed(h_width))
+        spike = Signal()
+        m.d.comb += [
+            h.eq(s3_membrane + s3_product.shift_right(K)),
+            spike.eq(h >= s3_threshold),
+            membrane_write.addr.eq(s3["address"]),
+            membrane_write.data.eq(Mux(spike, 0, h)),
+            membrane_write.en.eq(s3["valid"] & advance),
+        ]
+
+        with m.If(advance):
+            m.d.sync += [
+                s1["valid"].eq(accept),
+                s1["token"].eq(self.i.p.token),
+                s1["channel"].eq(self.i.p.channel),
+                s1["address"].eq(address),
+                s1_acc.eq(self.i.p.acc),
+                s1_first.eq(self.i.p.first),
+            ]
+            m.d.sync += [s2[key].eq(s1[key]) for key in s1]
+            m.d.sync += [
+                s2_membrane.eq(membrane),
+                s2_diff.eq(x - membrane),
+                s2_leak.eq(parameter_read.data.leak),
+                s2_threshold.eq(parameter_read.data.threshold),
+            ]
+            m.d.sync += [s3[key].eq(s2[key]) for key in s2]
+            m.d.sync += [
+                s3_membrane.eq(s2_membrane),
+                s3_product.eq(s2_leak * s2_diff),
+                s3_threshold.eq(s2_threshold),
+            ]
+            m.d.sync += [
+                self.o.valid.eq(s3["valid"]),
+                self.o.p.token.eq(s3["token"]),
+                self.o.p.channel.eq(s3["channel"]),
+                self.o.p.spike.eq(spike),
+            ]
+        return m
