@@ -65,7 +65,7 @@ def signed_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-#TMP from hw.components.attention import SpikingAttention  # noqa: E402  (uses the checks above)
+from hw.components.attention import SpikingAttention  # noqa: E402  (uses the checks above)
 from hw.components.lowrank import RankFactoredEngine  # noqa: E402
 from hw.components.neuron import SlifNeuronArray  # noqa: E402
 from hw.components.sparse import SparseMatmulEngine  # noqa: E402

@@ -17,6 +17,7 @@ from amaranth.utils import bits_for
 from hw.components import check_int, check_int_array
 from hw.components.sparse import (CYCLE_COUNTER_WIDTH, SparseMatmulEngine, add_cycle_counter,
                                   check_csc, product_range)
+from model.artifact import dense_from_csc
 from model.intops import signed_bits
 
 __all__ = ["RankFactoredEngine"]
@@ -40,9 +41,12 @@ class RankFactoredEngine(wiring.Component):
     j_1..j_E of B takes exactly
 
         cycles = sum_e max(nnz_B(j_e), 1) + rank + 4      (stage 1, as SparseMatmulEngine)
-               + out_features * rank + 3                   (stage 2: MACs, read/multiply/sum)
+               + out_features * rank + 3                   (stage 2)
 
     from the first accepted transfer through the last result transfer, inclusive (`cycles_for`).
+    Stage 2 starts the cycle after the last z is written and issues one MAC per cycle; its 3 are
+    the A/z read, the product register and the accumulate-and-output register. Stage 2 does not
+    yet overlap the next vector's stage 1 (that needs a second z buffer).
 
     Parameters
     ----------
@@ -80,16 +84,21 @@ class RankFactoredEngine(wiring.Component):
         self._z_width = check_int(z_width, "z_width", minimum=1)
         self._acc_width = check_int(acc_width, "acc_width", minimum=1)
 
-        # Constructing stage 1 checks z_width against B; A z is bounded by |A| max|z|.
-        self._stage1 = SparseMatmulEngine(self._in_features, self._rank, *self._b,
-                                          in_max=self._in_max, acc_width=self._z_width)
-        z_low, z_high = product_range(self._stage1.weight_matrix(), self._in_max)
+        # z = B x as the sparse engine bounds it; A z is bounded by |A| max|z|.
+        b = dense_from_csc(*self._b, self._rank, self._in_features)
+        z_low, z_high = product_range(b, self._in_max)
+        if self._z_width < signed_bits(z_low, z_high):
+            raise ValueError(f"z_width {self._z_width} is too narrow: B x can need "
+                             f"{signed_bits(z_low, z_high)} bits for inputs up to in_max = "
+                             f"{self._in_max}")
         _, acc_high = product_range(np.abs(self._a), max(-z_low, z_high))
         needed = signed_bits(-acc_high, acc_high)
         if self._acc_width < needed:
             raise ValueError(f"acc_width {self._acc_width} is too narrow: A (B x) can need "
                              f"{needed} bits for inputs up to in_max = {self._in_max}")
 
+        self._stage1 = SparseMatmulEngine(self._in_features, self._rank, *self._b,
+                                          in_max=self._in_max, acc_width=self._z_width)
         self._result_layout = data.StructLayout({
             "row": unsigned(bits_for(self._out_features - 1)),
             "acc": signed(self._acc_width),

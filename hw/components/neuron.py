@@ -43,7 +43,9 @@ class SlifNeuronArray(wiring.Component):
     port. An update whose neuron is still in stage 2 or 3 (the same address within the last two
     accepted updates) waits until it has left them: at most 2 stall cycles, and never with the
     sequencer's order (all channels of a token, token by token), unless tokens * channels <= 2.
-    Without stalls n updates take n + 4 cycles from the first acceptance to the last output.
+    That check makes ``i.ready`` depend combinationally on ``i.payload`` (never the other way).
+    Without stalls n updates take n + 4 cycles from the first acceptance through the last
+    output transfer, inclusive.
 
     Parameters
     ----------

@@ -16,6 +16,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from hw.components import check_int, check_int_array
+from model.artifact import dense_from_csc
 from model.intops import signed_bits
 
 __all__ = ["SparseMatmulEngine", "check_csc", "product_range", "add_cycle_counter",
@@ -88,9 +89,11 @@ class SparseMatmulEngine(wiring.Component):
         cycles = sum_e max(nnz(j_e), 1) + out_features + 4
 
     counted from the cycle the first transfer of the vector (event or end marker) is accepted
-    through the cycle of its last result transfer, inclusive (see `cycles_for`). The 4 cycles
-    are the column fetch, the end marker's turn in the walker, the read-modify-write drain and
-    the output register. Stalls on either stream add to it cycle for cycle.
+    through the cycle of its last result transfer, inclusive (see `cycles_for`). Each event
+    costs its column's entries (an empty column still occupies the walker for a cycle), the
+    drain one cycle per row, and the 4 are the first transfer's acceptance, the column-extent
+    ROM read, the end marker's turn in the walker and the last result's read. Stalls on either
+    stream add to it cycle for cycle.
 
     Parameters
     ----------
@@ -156,11 +159,8 @@ class SparseMatmulEngine(wiring.Component):
 
     def weight_matrix(self) -> np.ndarray:
         """W as a dense int64 array (out_features x in_features)."""
-        w = np.zeros((self._out_features, self._in_features), dtype=np.int64)
-        for j in range(self._in_features):
-            span = slice(self._col_ptr[j], self._col_ptr[j + 1])
-            w[self._row_idx[span], j] = self._values[span]
-        return w
+        return dense_from_csc(self._col_ptr, self._row_idx, self._values, self._out_features,
+                              self._in_features)
 
     def cycles_for(self, indices) -> int:
         """Exact cycle count of one vector whose events name the input columns `indices`."""

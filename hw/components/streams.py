@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 
 from amaranth.sim import Simulator
 
-__all__ = ["stream_put", "stream_get", "stream_put_all", "stream_get_all", "simulate"]
+__all__ = ["stream_put", "stream_get", "stream_put_all", "stream_get_all", "CycleClock",
+           "simulate"]
 
 
 async def stream_put(ctx, stream, payload) -> None:
@@ -51,9 +52,8 @@ async def stream_put_all(ctx, stream, payloads: Iterable,
     """Put every payload in order; ``idle()`` (if given) idle cycles precede each transfer."""
     for payload in payloads:
         if idle is not None:
-            gap = idle()
-            if gap:
-                await ctx.tick().repeat(gap)
+            for _ in range(idle()):
+                await ctx.tick()
         await stream_put(ctx, stream, payload)
 
 
@@ -63,22 +63,42 @@ async def stream_get_all(ctx, stream, count: int,
     payloads = []
     for _ in range(count):
         if idle is not None:
-            gap = idle()
-            if gap:
-                await ctx.tick().repeat(gap)
+            for _ in range(idle()):
+                await ctx.tick()
         payloads.append(await stream_get(ctx, stream))
     return payloads
 
 
-def simulate(dut, *testbenches, deadline_cycles: int = 100_000, vcd: str | None = None) -> None:
+class CycleClock:
+    """Counts clock edges, so that testbenches can timestamp transfers.
+
+    Pass `bench` to `simulate` as a background testbench. Background benches are added first,
+    so at every edge `now` has already advanced when the other benches resume: a transfer that
+    completes at the k-th edge (in the k-th cycle, counting from 1) reads ``now == k``.
+    """
+
+    def __init__(self):
+        self.now = 0
+
+    async def bench(self, ctx) -> None:
+        while True:
+            await ctx.tick()
+            self.now += 1
+
+
+def simulate(dut, *testbenches, background=(), deadline_cycles: int = 100_000,
+             vcd: str | None = None) -> None:
     """Simulate `dut` with a 1 MHz ``sync`` clock until every testbench has returned.
 
-    A background watchdog fails the run with AssertionError after `deadline_cycles` clock cycles,
-    so a handshake that never completes is reported instead of spinning forever. `vcd` names a
-    waveform file to write.
+    `background` benches (monitors, `CycleClock.bench`) run alongside without keeping the
+    simulation alive. A background watchdog fails the run with AssertionError after
+    `deadline_cycles` cycles, so a handshake that never completes is reported instead of
+    spinning forever. `vcd` names a waveform file to write.
     """
     sim = Simulator(dut)
     sim.add_clock(1e-6)
+    for bench in background:
+        sim.add_testbench(bench, background=True)
     for bench in testbenches:
         sim.add_testbench(bench)
 

@@ -1,0 +1,251 @@
+"""Spiking self-attention counts Q_h (K_h^T V_h) per head over binary Q, K, V.
+
+The golden rule is model.intops.attention_counts: for head h of width d = dim / heads,
+
+    out[n, h*d + j] = sum_i Q[n, h*d+i] * KV_h[i, j],    KV_h[i, j] = sum_m K[m, h*d+i] V[m, h*d+j]
+
+Binary operands turn every product into an AND, so the block needs no multiplier: phase 1 counts
+co-activations into KV, phase 2 sums the KV counters that Q's active bits select.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
+
+from hw.components import check_int
+from hw.components.sparse import CYCLE_COUNTER_WIDTH, add_cycle_counter
+from model.intops import signed_bits
+
+__all__ = ["SpikingAttention"]
+
+
+def _tree_sum(terms):
+    """Balanced adder tree: log2(len(terms)) adders deep instead of a chain."""
+    terms = list(terms)
+    while len(terms) > 1:
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + terms[len(pairs) * 2:]
+    return terms[0]
+
+
+class SpikingAttention(wiring.Component):
+    """Attention counts of one time step: Q_h (K_h^T V_h) per head, over binary Q, K, V.
+
+    Protocol. Each transfer on ``i`` carries one token's spike rows ``{token, q, k, v}``
+    (``dim`` bits each, bit c = channel c). A time step is exactly ``tokens`` transfers, one per
+    token, in any order. The block then emits ``tokens * dim`` counts ``{token, channel, acc}``
+    on ``o``, token-major and channels in order (the order SlifNeuronArray consumes), and
+    accepts the next time step's rows once the last count has been transferred.
+
+    Datapath. The counters are stored transposed, one RAM row per output channel c = (h, j)
+    holding the d counters KVT[c][i] = KV_h[i, j] (``kv_width`` bits each):
+
+    * Phase 1 (per token): for each active bit c = (h, j) of the V row, add the d bits of the
+      token's K row for head h to the d counters of row c: one read-modify-write per cycle,
+      d counters in parallel, silent V bits skipped. Q rows are stored in a small RAM.
+    * Phase 2 (per token n, channel c): read row c, AND its counters with the d Q bits of head h
+      and add them in an adder tree: one count per cycle. The last token's pass writes each row
+      back to zero, which clears the counters for the next time step without a separate pass.
+
+    Cycles. With rows offered every cycle and ``o`` always ready, one time step takes exactly
+
+        cycles = sum_n max(popcount(v_n), 1) + tokens * dim + 3
+
+    from the first accepted row through the last count transfer, inclusive (`cycles_for`): each
+    token costs its active V bits (at least the cycle it occupies the walker), phase 2 one cycle
+    per count, and the 3 are the first row's acceptance, the counter RAM read and the output
+    register.
+
+    Parameters
+    ----------
+    tokens, dim, heads : int
+        N tokens of dim channels, split into heads of d = dim / heads channels.
+    kv_width : int
+        Width of the unsigned KV counters: they count up to ``tokens`` (checked); the artifact's
+        signed ``widths.kv`` is one bit wider than needed and fits too.
+    acc_width : int
+        Signed width of ``o.payload.acc``; it must hold tokens * d (checked).
+
+    Members
+    -------
+    i : In(stream.Signature(row_layout))
+        Token rows ``{token, q, k, v}``.
+    o : Out(stream.Signature(count_layout))
+        Counts ``{token, channel, acc}``.
+    cycles : Out(32)
+        Cycles the current (or last) time step has been in flight.
+    """
+
+    def __init__(self, tokens, dim, heads, kv_width, acc_width):
+        self._tokens = check_int(tokens, "tokens", minimum=1)
+        self._dim = check_int(dim, "dim", minimum=1)
+        self._heads = check_int(heads, "heads", minimum=1)
+        if self._dim % self._heads:
+            raise ValueError(f"dim {self._dim} is not divisible by heads {self._heads}")
+        self._kv_width = check_int(kv_width, "kv_width", minimum=1)
+        if self._tokens >= 1 << self._kv_width:
+            raise ValueError(f"kv_width {self._kv_width} is too narrow: KV counts reach "
+                             f"tokens = {self._tokens}")
+        self._acc_width = check_int(acc_width, "acc_width", minimum=1)
+        needed = signed_bits(0, self._tokens * self.head_dim)
+        if self._acc_width < needed:
+            raise ValueError(f"acc_width {self._acc_width} is too narrow: counts reach "
+                             f"tokens * dim / heads = {self._tokens * self.head_dim}, "
+                             f"which needs {needed} bits")
+
+        token_shape = unsigned(bits_for(self._tokens - 1))
+        self._row_layout = data.StructLayout({
+            "token": token_shape, "q": self._dim, "k": self._dim, "v": self._dim,
+        })
+        self._count_layout = data.StructLayout({
+            "token": token_shape,
+            "channel": unsigned(bits_for(self._dim - 1)),
+            "acc": signed(self._acc_width),
+        })
+        super().__init__({
+            "i": In(stream.Signature(self._row_layout)),
+            "o": Out(stream.Signature(self._count_layout)),
+            "cycles": Out(CYCLE_COUNTER_WIDTH),
+        })
+
+    tokens = property(lambda self: self._tokens)
+    dim = property(lambda self: self._dim)
+    heads = property(lambda self: self._heads)
+    kv_width = property(lambda self: self._kv_width)
+    acc_width = property(lambda self: self._acc_width)
+    row_layout = property(lambda self: self._row_layout)
+    count_layout = property(lambda self: self._count_layout)
+
+    @property
+    def head_dim(self) -> int:
+        """d = dim / heads, the channels of one head."""
+        return self._dim // self._heads
+
+    def cycles_for(self, v_rows) -> int:
+        """Exact cycle count of one time step whose V rows (0/1 sequences) are `v_rows`."""
+        return (sum(max(int(sum(row)), 1) for row in v_rows)
+                + self._tokens * self._dim + 3)
+
+    def elaborate(self, platform):
+        m = Module()
+        N, dim, d = self._tokens, self._dim, self.head_dim
+        counters_layout = data.ArrayLayout(unsigned(self._kv_width), d)
+        m.submodules.counters = counters = Memory(shape=counters_layout, depth=dim, init=[])
+        m.submodules.q_rows = q_rows = Memory(shape=unsigned(dim), depth=N, init=[])
+        counters_write = counters.write_port()
+        counters_read = counters.read_port(transparent_for=(counters_write,))
+        q_write = q_rows.write_port()
+        q_read = q_rows.read_port()
+
+        projecting = Signal()       # phase 2, until the last count has been transferred
+        received = Signal(range(N + 1))
+
+        # ---- phase 1: the token's V row is walked bit by bit, lowest active channel first.
+        token_valid = Signal()
+        v_remaining = Signal(dim)
+        k_row = Signal(dim)
+        channel = Signal(range(dim))
+        k_head_bits = Signal(d)
+        for c in reversed(range(dim)):          # the last matching assignment wins: lowest bit
+            h = c // d
+            with m.If(v_remaining[c]):
+                m.d.comb += [channel.eq(c), k_head_bits.eq(k_row[h * d:(h + 1) * d])]
+        token_done = ~token_valid | ((v_remaining & (v_remaining - 1)) == 0)
+        issue = token_valid & (v_remaining != 0)
+        accept = Signal()
+        m.d.comb += [
+            self.i.ready.eq(~projecting & (received != N) & token_done),
+            accept.eq(self.i.valid & self.i.ready),
+            q_write.addr.eq(self.i.p.token),
+            q_write.data.eq(self.i.p.q),
+            q_write.en.eq(accept),
+        ]
+        with m.If(accept):
+            m.d.sync += [
+                token_valid.eq(1),
+                v_remaining.eq(self.i.p.v),
+                k_row.eq(self.i.p.k),
+                received.eq(received + 1),
+            ]
+        with m.Elif(token_done):
+            m.d.sync += token_valid.eq(0)
+        with m.Else():
+            m.d.sync += v_remaining.eq(v_remaining & (v_remaining - 1))
+
+        update_valid = Signal()
+        update_row = Signal(range(dim))
+        update_bits = Signal(d)
+        m.d.sync += [update_valid.eq(issue), update_row.eq(channel), update_bits.eq(k_head_bits)]
+
+        # ---- phase 2: (token, channel) in order, one count per cycle; stalls as a whole on o.
+        advance = ~self.o.valid | self.o.ready
+        issuing = Signal()
+        token = Signal(range(N))
+        out_channel = Signal(range(dim))
+        head = Signal(range(self._heads))
+        within_head = Signal(range(d))
+        with m.If(~projecting & (received == N) & token_done):
+            m.d.sync += [projecting.eq(1), issuing.eq(1), received.eq(0), token.eq(0),
+                         out_channel.eq(0), head.eq(0), within_head.eq(0)]
+        with m.If(issuing & advance):
+            with m.If(out_channel == dim - 1):
+                m.d.sync += [out_channel.eq(0), head.eq(0), within_head.eq(0),
+                             token.eq(token + 1)]
+                with m.If(token == N - 1):
+                    m.d.sync += issuing.eq(0)
+            with m.Else():
+                m.d.sync += out_channel.eq(out_channel + 1)
+                with m.If(within_head == d - 1):
+                    m.d.sync += [within_head.eq(0), head.eq(head + 1)]
+                with m.Else():
+                    m.d.sync += within_head.eq(within_head + 1)
+
+        read_valid = Signal()
+        read_token = Signal(range(N))
+        read_channel = Signal(range(dim))
+        read_head = Signal(range(self._heads))
+        with m.If(advance):
+            m.d.sync += [read_valid.eq(issuing), read_token.eq(token),
+                         read_channel.eq(out_channel), read_head.eq(head)]
+        q_head_bits = Signal(d)
+        with m.Switch(read_head):
+            for h in range(self._heads):
+                with m.Case(h):
+                    m.d.comb += q_head_bits.eq(q_read.data[h * d:(h + 1) * d])
+        count = _tree_sum(Mux(q_head_bits[i], counters_read.data[i], 0) for i in range(d))
+        with m.If(advance):
+            m.d.sync += [
+                self.o.valid.eq(read_valid),
+                self.o.p.token.eq(read_token),
+                self.o.p.channel.eq(read_channel),
+                self.o.p.acc.eq(count),
+            ]
+        transfer = self.o.valid & self.o.ready
+        last_transfer = transfer & (self.o.p.token == N - 1) & (self.o.p.channel == dim - 1)
+        with m.If(last_transfer):
+            m.d.sync += projecting.eq(0)
+
+        # ---- shared ports. Phase 1's last update may still be writing in phase 2's first cycle
+        # (the transparent read sees it); the clearing writes start a cycle later.
+        m.d.comb += [q_read.addr.eq(token), q_read.en.eq(advance)]
+        with m.If(projecting):
+            m.d.comb += [counters_read.addr.eq(out_channel), counters_read.en.eq(advance)]
+        with m.Else():
+            m.d.comb += [counters_read.addr.eq(channel), counters_read.en.eq(1)]
+        with m.If(update_valid):
+            m.d.comb += [counters_write.addr.eq(update_row), counters_write.en.eq(1)]
+            m.d.comb += [counters_write.data[i].eq(counters_read.data[i] + update_bits[i])
+                         for i in range(d)]
+        with m.Else():
+            m.d.comb += [
+                counters_write.addr.eq(read_channel),
+                counters_write.data.eq(0),
+                counters_write.en.eq(advance & read_valid & (read_token == N - 1)),
+            ]
+
+        add_cycle_counter(m, self.cycles, start=accept, stop=last_transfer)
+        return m
