@@ -44,12 +44,12 @@ def uart_divisor(clk_hz, baud):
             raise ValueError(f"{name} must be a positive number, not {value!r}")
     divisor = round(clk_hz / baud)
     if divisor < MIN_DIVISOR:
-        raise ValueError(f"Baud rate {baud} is too fast for a {clk_hz} Hz clock: {clk_hz / baud:.2f}"
-                         f" cycles per bit, at least {MIN_DIVISOR} are needed")
+        raise ValueError(f"Baud rate {baud} is too fast for a {clk_hz} Hz clock: "
+                         f"{clk_hz / baud:.2f} cycles per bit, at least {MIN_DIVISOR} are needed")
     error = abs(clk_hz / divisor - baud) / baud
     if error > MAX_BAUD_ERROR:
-        raise ValueError(f"Baud rate {baud} is off by {error:.1%} at {clk_hz} Hz (divisor {divisor});"
-                         f" at most {MAX_BAUD_ERROR:.0%} is tolerated")
+        raise ValueError(f"Baud rate {baud} is off by {error:.1%} at {clk_hz} Hz "
+                         f"(divisor {divisor}); at most {MAX_BAUD_ERROR:.0%} is tolerated")
     return divisor
 
 
