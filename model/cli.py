@@ -7,6 +7,7 @@
     stforge finetune  --in pruned.pt --neuron slif|lif --out ft.pt
     stforge quantize  --in ft.pt --bits 8 --out q.pt
     stforge export    l1p=q.pt [dsp=...]                artifacts + golden.json (make export)
+    stforge golden-data ART.json --out g.npz           golden spikes for the simulator
     stforge evaluate  --in q.pt
 
 A user mistake prints one line `stforge: error: ...` and exits with status 2; nothing is written.
@@ -115,13 +116,16 @@ def cmd_export(args):
     from pathlib import Path
     from model.export import export_model
     from model.golden import GoldenModel, compare_with_model
-    from model.pipeline import load_data, write_json
+    from model.pipeline import load_data
+    from model.reports import write_json
     from model.train import load_checkpoint
-    results, staged = {}, []
-    for item in args.models:
-        name, _, ckpt = item.rpartition("=") if "=" in item else (Path(item).stem, "", item)
+    loaded = []
+    for item in args.models:     # read every checkpoint first: a bad one leaves nothing written
+        name, ckpt = item.split("=", 1) if "=" in item else (Path(item).stem, item)
         model, config, meta = load_checkpoint(ckpt)
-        split = load_data(config)
+        loaded.append((name, ckpt, model, config, load_data(config)))
+    results = {}
+    for name, ckpt, model, config, split in loaded:
         limit = len(split.x_test) if args.images is None else args.images
         out = Path(args.out_dir) / name
         artifact = export_model(model, config, split, out, meta={"checkpoint": str(ckpt)})
@@ -142,6 +146,20 @@ def cmd_export(args):
     write_json(Path(args.report), report)
 
 
+def cmd_golden_data(args):
+    """Golden spikes and logits of an artifact on test images, as .npz for the simulator."""
+    from model.artifact import load_artifact
+    from model.config import config_from_dict
+    from model.golden import GoldenModel, write_golden_data
+    from model.pipeline import load_data
+    artifact = load_artifact(args.artifact)
+    split = load_data(config_from_dict(artifact.manifest["source"]["config"]))
+    n = min(args.images, len(split.x_test))
+    info = write_golden_data(GoldenModel(artifact), split.x_test[:n], split.y_test[:n], args.out)
+    print(f"golden data for {info['images']} images, {len(info['traced'])} traced nodes "
+          f"-> {args.out}")
+
+
 def cmd_evaluate(args):
     from model.pipeline import describe
     from model.train import load_checkpoint
@@ -159,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         if config:
             p.add_argument("--config", help="TOML config file (defaults built in)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: all cores)")
         p.set_defaults(func=func)
         return p
 
@@ -192,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="build/artifacts")
     p.add_argument("--report", default="build/reports/golden.json")
     p.add_argument("--images", type=int, help="test images to compare (default: all)")
+    p = add("golden-data", cmd_golden_data, "golden spikes/logits as .npz for simulation",
+            config=False)
+    p.add_argument("artifact")
+    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--out", required=True)
     p = add("evaluate", cmd_evaluate, "test accuracy and parameter counts", config=False)
     p.add_argument("--in", dest="inp", required=True)
     return parser
@@ -200,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except StforgeError as exc:

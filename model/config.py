@@ -43,7 +43,7 @@ class ModelConfig:
     in_channels: int = 1
     image_size: int = 8
     stem_channels: list[int] = field(default_factory=lambda: [16, 32])
-    stem_pool: list[bool] = field(default_factory=lambda: [False, True])
+    stem_pool: list[bool] = field(default_factory=lambda: [True, False])
     rpe: bool = False                  # relative position embedding conv after the stem
     dim: int = 32
     depth: int = 1

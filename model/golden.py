@@ -17,7 +17,8 @@ from model import intops
 from model.artifact import Artifact, derive_widths
 from model.errors import ArtifactError
 
-__all__ = ["GoldenModel", "GoldenResult", "compare_with_model"]
+__all__ = ["GoldenModel", "GoldenResult", "compare_with_model", "write_golden_data",
+           "TRACED_OPS"]
 
 
 @dataclass
@@ -171,3 +172,36 @@ def compare_with_model(model, golden: GoldenModel, images, labels, input_scale: 
             "accuracy_int": float((pi == labels).float().mean()),
             "agreement": float((pq == pi).float().mean()),
             "layer_spike_agreement": {k: equal[k] / total[k] for k in equal}}
+
+
+TRACED_OPS = ("conv", "matmul", "attention")
+
+
+def write_golden_data(golden: GoldenModel, images, labels, path) -> dict:
+    """Golden data for the simulator process (.npz, read with NumPy only; see sim/).
+
+    Holds the input images, labels, integer logits and predicted classes, and for every node
+    ending in a neuron its spikes as (T, B, tokens, channels) uint8, tokens in the order
+    docs/HARDWARE.md's trace port uses (conv: position y * W + x after pooling)."""
+    from pathlib import Path
+    images = np.asarray(images)
+    res = golden.run(images)
+    arrays = {"images": images.astype(np.int64), "labels": np.asarray(labels, dtype=np.int64),
+              "logits": res.logits.numpy(), "prediction": res.prediction.numpy()}
+    traced = []
+    for index, node in enumerate(golden.artifact.nodes):
+        if node["op"] not in TRACED_OPS:
+            continue
+        v = res.values[node["name"]]
+        if v.dim() == 5:                                   # (T, B, C, H, W) -> tokens
+            v = v.flatten(3).transpose(2, 3)
+        arrays[f"spikes/{node['name']}"] = v.numpy().astype(np.uint8)
+        traced.append((index, node["name"]))
+    arrays["traced_index"] = np.array([i for i, _ in traced], dtype=np.int64)
+    arrays["traced_names"] = np.array([n for _, n in traced])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return {"images": len(images), "traced": [n for _, n in traced]}

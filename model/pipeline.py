@@ -20,6 +20,7 @@ import numpy as np
 
 from model.config import Config, TrainConfig
 from model.data import DataSplit, load_dataset
+from model.reports import write_json
 from model.pruning import gradual_sparsities, l1p_prune, sparsity, to_low_rank
 from model.train import Tensors, evaluate, rebuild, save_checkpoint, seed_everything, to_tensors, \
     train
@@ -35,7 +36,7 @@ def load_data(config: Config) -> DataSplit:
     if d.name == "digits":
         options["seed"] = d.seed
     elif d.name in ("cifar10", "cifar100"):
-        options.update(num_classes=100 if d.name == "cifar100" else 10, limit=d.limit)
+        options.update(limit=d.limit)
     else:
         options.update(timesteps=m.timesteps, size=d.dvs_size, clip=d.dvs_clip, seed=d.seed)
     split = load_dataset(d.name, d.path, **options)
@@ -56,15 +57,6 @@ def _check_shapes(config: Config, split: DataSplit) -> None:
     if split.num_classes != m.num_classes:
         raise ConfigError(f"data set {split.name} has {split.num_classes} classes but "
                           f"model.num_classes is {m.num_classes}")
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Write atomically: readers never see a half-written report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _seeded(tcfg: TrainConfig, seed: int) -> TrainConfig:

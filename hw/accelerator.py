@@ -1,0 +1,768 @@
+"""The whole-network accelerator, generated from an integer artifact (docs/HARDWARE.md).
+
+One stage per artifact node that ends in a neuron, run one after the other by a static sequencer
+(the model is known at generation time, so the schedule is unrolled into the top FSM):
+
+    conv / matmul  event generator -> SparseMatmulEngine | RankFactoredEngine -> SlifNeuronArray
+                   -> spike collector -> value memory (+ trace)
+    attention      Q/K/V row reader -> SpikingAttention -> SlifNeuronArray -> collector
+    head           feature sums over steps and tokens -> serial MAC per class -> logits, argmax
+
+Values. Every neuron node's output lives in its own memory, one word per (time step, token), bit
+c = channel c. `add` and `to_tokens` nodes cost nothing: a value is a multiset of neuron outputs
+(a residual is read as the sum of its sources' bits at the same address). Conv outputs are
+tokens already (position y * W + x, after pooling).
+
+Loop order. conv/matmul stages run tokens outer, time steps inner: a neuron's membrane only
+lives across the time steps of its token, so each neuron array holds one membrane per channel.
+The attention stage runs time steps outer (K^T V sums over all tokens of a step), so its neuron
+array holds tokens x channels membranes. The first conv of a static image computes each
+position's accumulators once and replays them for the later time steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
+
+from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
+    SpikingAttention
+from model.artifact import Artifact, csc_from_dense, derive_widths
+from model.intops import signed_bits
+
+__all__ = ["Accelerator", "TRACE_SPIKES", "TRACE_CYCLES", "NEURON_OPS", "value_sources"]
+
+TRACE_SPIKES = 0
+TRACE_CYCLES = 1
+NEURON_OPS = ("conv", "matmul", "attention")
+CYCLE_BITS = 32
+
+
+def value_sources(artifact: Artifact) -> dict[str, list[str]]:
+    """Each value as the multiset (list) of neuron nodes whose spikes it sums."""
+    sources: dict[str, list[str]] = {}
+    for node in artifact.nodes:
+        if node["op"] in NEURON_OPS:
+            sources[node["name"]] = [node["name"]]
+        elif node["op"] in ("add", "to_tokens"):
+            sources[node["name"]] = [s for src in node["inputs"] for s in sources[src]]
+    return sources
+
+
+class Accelerator(wiring.Component):
+    """Pixels in, logits and class out; optional trace of every spike vector (docs/HARDWARE.md).
+
+    Parameters
+    ----------
+    artifact : Artifact
+        A loaded (validated) integer model.
+    trace : bool
+        Add the ``trace`` port.
+    lanes : int
+        Parallel lanes per engine; this generator builds 1 (one stored weight per cycle).
+    """
+
+    def __init__(self, artifact: Artifact, trace: bool = False, lanes: int = 1):
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
+        if lanes != 1:
+            raise ValueError(f"lanes = {lanes}: this generator builds one lane per engine")
+        self.artifact, self.trace_enabled, self.lanes = artifact, trace, lanes
+        man = artifact.manifest["model"]
+        self.T, self.N = man["timesteps"], man["tokens"]
+        self.time_varying = bool(man["time_varying_input"])
+        self.in_c, self.in_h, self.in_w = man["input_shape"]
+        self.pixel_bits = max(1, int(man["input_max"]).bit_length())
+        self.sources = value_sources(artifact)
+        self.stages = [n for n in artifact.nodes if n["op"] in NEURON_OPS]
+        self.node_index = {n["name"]: i for i, n in enumerate(artifact.nodes)}
+        self.head = next(n for n in artifact.nodes if n["op"] == "head")
+        self.classes = self.head["classes"]
+        self.logit_bits = self.head["widths"]["logit"]
+        self.bounds = derive_widths(artifact)["_bounds"]
+        self.channels = {n["name"]: self._out_channels(n) for n in self.stages}
+        self.positions = {n["name"]: self._positions(n) for n in self.stages}
+        self.trace_bits = max(self.channels.values())
+        self.trace_layout = data.StructLayout({
+            "kind": 2, "node": 8, "step": 8, "token": 16,
+            "data": max(self.trace_bits, CYCLE_BITS)})
+        self.result_layout = data.StructLayout({"cls": 8, "cycles": CYCLE_BITS})
+        members = {
+            "pixels": In(stream.Signature(unsigned(self.pixel_bits))),
+            "logits": Out(stream.Signature(signed(self.logit_bits))),
+            "result": Out(stream.Signature(self.result_layout)),
+        }
+        if trace:
+            members["trace"] = Out(stream.Signature(self.trace_layout))
+        super().__init__(members)
+
+    # ---- shapes -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _out_channels(node: dict) -> int:
+        key = {"conv": "out_channels", "matmul": "out_features", "attention": "dim"}[node["op"]]
+        return node[key]
+
+    def _positions(self, node: dict) -> int:
+        """Tokens of a node's output value (conv: positions after pooling)."""
+        if node["op"] == "conv":
+            div = 2 if node["pool"] else 1
+            return (node["height"] // div) * (node["width"] // div)
+        return self.N
+
+    def _count_bits(self, value: str) -> int:
+        return bits_for(len(self.sources[value]))
+
+    # ---- elaboration ---------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        a, T = self.artifact, self.T
+        stage_count = len(self.stages)
+        active = Signal(range(stage_count + 3))      # 0 = load, 1..n stages, n+1 head, n+2 out
+        cycles = Signal(CYCLE_BITS)
+        running = Signal()
+        with m.If(running):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # ---- input image memory: one word per (step,) position, Cin pixels per word
+        in_depth = self.in_h * self.in_w * (T if self.time_varying else 1)
+        m.submodules.image = image = Memory(shape=unsigned(self.pixel_bits * self.in_c),
+                                            depth=in_depth, init=[])
+        image_w = image.write_port(granularity=self.pixel_bits)
+        image_r = image.read_port()
+        load_count = Signal(range(in_depth * self.in_c + 1))
+        # order (t,) c, y, x: split the running count
+        plane = self.in_h * self.in_w
+        load_c = Signal(range(self.in_c))
+        load_pos = Signal(range(plane))
+        load_t = Signal(range(T))
+        m.d.comb += [
+            image_w.addr.eq(load_t * plane + load_pos if self.time_varying else load_pos),
+            image_w.data.eq(self.pixels.payload << (load_c * self.pixel_bits)),
+        ]
+
+        # ---- value memories, one per neuron node; read address muxed by the active stage
+        mem_r, mem_w, read_addr = {}, {}, {}
+        for node in self.stages:
+            name = node["name"]
+            mem = Memory(shape=unsigned(self.channels[name]),
+                         depth=T * self.positions[name], init=[])
+            m.submodules[f"value_{_ident(name)}"] = mem
+            mem_w[name] = mem.write_port()
+            mem_r[name] = mem.read_port()
+            read_addr[name] = {}
+
+        def read(stage_id: int, value: str, addr):
+            """Drive the read address of every memory behind `value` while `stage_id` runs."""
+            for src in set(self.sources[value]):
+                read_addr[src][stage_id] = addr
+
+        def counts(value: str):
+            """Per-channel counts of `value` from the read data of its source memories."""
+            srcs = self.sources[value]
+            width = self.channels[srcs[0]]
+            bits = self._count_bits(value)
+            out = []
+            for c in range(width):
+                total = sum((mem_r[s].data[c].as_unsigned() for s in srcs), Const(0, bits))
+                out.append(total[:bits] if len(srcs) > 1 else mem_r[srcs[0]].data[c])
+            return out, bits
+
+        # ---- trace arbitration: one collector at a time is active, so a mux suffices
+        trace_valid = Signal()
+        trace_payload = Signal(self.trace_layout)
+        trace_ready = Signal()
+        if self.trace_enabled:
+            m.d.comb += [self.trace.valid.eq(trace_valid), self.trace.payload.eq(trace_payload),
+                         trace_ready.eq(self.trace.ready)]
+        else:
+            m.d.comb += trace_ready.eq(1)
+
+        stage_start = [Signal(name=f"start_{_ident(n['name'])}") for n in self.stages]
+        stage_done = [Signal(name=f"done_{_ident(n['name'])}") for n in self.stages]
+        trace_drivers = []
+        for sid, node in enumerate(self.stages, start=1):
+            if node["op"] == "attention":
+                drv = self._attention_stage(m, sid, node, stage_start[sid - 1],
+                                            stage_done[sid - 1], mem_r, mem_w, read, trace_ready)
+            else:
+                drv = self._engine_stage(m, sid, node, stage_start[sid - 1], stage_done[sid - 1],
+                                         mem_r, mem_w, read, counts, image_r, trace_ready)
+            trace_drivers.append((sid, drv))
+        with m.Switch(active):
+            for sid, (valid, payload) in trace_drivers:
+                with m.Case(sid):
+                    m.d.comb += [trace_valid.eq(valid), trace_payload.eq(payload)]
+
+        # ---- head: feature sums, then serial MAC per class
+        head_start, head_done = Signal(), Signal()
+        logits_mem, best_cls = self._head_stage(m, stage_count + 1, head_start, head_done,
+                                                read, counts)
+
+        # every stage has registered its reads: mux each memory's address by the active stage
+        for name, per_stage in read_addr.items():
+            with m.Switch(active):
+                for sid, addr in per_stage.items():
+                    with m.Case(sid):
+                        m.d.comb += mem_r[name].addr.eq(addr)
+
+        # ---- top sequencer
+        out_k = Signal(range(self.classes + 1))
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += [self.pixels.ready.eq(1), image_w.en.eq(
+                    Mux(self.pixels.valid, 1 << load_c, 0))]
+                with m.If(self.pixels.valid):
+                    m.d.sync += running.eq(1)
+                    with m.If(load_count == 0):
+                        m.d.sync += cycles.eq(1)
+                    m.d.sync += load_count.eq(load_count + 1)
+                    # advance x/y fastest, then c, then t
+                    with m.If(load_pos == plane - 1):
+                        m.d.sync += load_pos.eq(0)
+                        with m.If(load_c == self.in_c - 1):
+                            m.d.sync += load_c.eq(0)
+                            m.d.sync += load_t.eq(Mux(load_t == T - 1, 0, load_t + 1))
+                        with m.Else():
+                            m.d.sync += load_c.eq(load_c + 1)
+                    with m.Else():
+                        m.d.sync += load_pos.eq(load_pos + 1)
+                    with m.If(load_count == in_depth * self.in_c - 1):
+                        m.d.sync += [load_count.eq(0), active.eq(1)]
+                        m.d.comb += stage_start[0].eq(1)
+                        m.next = "RUN"
+            with m.State("RUN"):
+                for sid in range(1, stage_count + 1):
+                    with m.If((active == sid) & stage_done[sid - 1]):
+                        m.d.sync += active.eq(sid + 1)
+                        if sid < stage_count:
+                            m.d.comb += stage_start[sid].eq(1)
+                        else:
+                            m.d.comb += head_start.eq(1)
+                with m.If((active == stage_count + 1) & head_done):
+                    m.d.sync += [active.eq(stage_count + 2), out_k.eq(0)]
+                    m.next = "LOGITS"
+            with m.State("LOGITS"):
+                m.d.comb += [self.logits.valid.eq(1),
+                             self.logits.payload.eq(logits_mem[out_k])]
+                with m.If(self.logits.ready):
+                    m.d.sync += out_k.eq(out_k + 1)
+                    with m.If(out_k == self.classes - 1):
+                        m.d.sync += running.eq(0)
+                        m.next = "RESULT"
+            with m.State("RESULT"):
+                m.d.comb += [self.result.valid.eq(1), self.result.payload.cls.eq(best_cls),
+                             self.result.payload.cycles.eq(cycles)]
+                with m.If(self.result.ready):
+                    m.d.sync += active.eq(0)
+                    m.next = "LOAD"
+        return m
+
+    # ---- conv / matmul stage -----------------------------------------------------------------
+
+    def _engine_stage(self, m, sid, node, start, done, mem_r, mem_w, read, counts, image_r,
+                      trace_ready):
+        a, T = self.artifact, self.T
+        name, ident = node["name"], _ident(node["name"])
+        widths = node["widths"]
+        c_out = self.channels[name]
+        is_conv = node["op"] == "conv"
+        src = node["inputs"][0]
+        from_image = src == "input"
+        static_replay = is_conv and from_image and not self.time_varying
+        in_max = int(self.bounds[src])
+
+        # engine
+        if is_conv:
+            w = a.arrays[node["weight"]].reshape(c_out, -1)       # column j = c * 9 + tap
+            ptr, idx, val = csc_from_dense(w, keep_zeros=True)
+            engine = SparseMatmulEngine(w.shape[1], c_out, ptr, idx, val, in_max, widths["acc"])
+        elif node["format"] == "lowrank":
+            engine = RankFactoredEngine(
+                node["in_features"], c_out, node["rank"], a.arrays[node["b_col_ptr"]],
+                a.arrays[node["b_row_idx"]], a.arrays[node["b_values"]], a.arrays[node["a"]],
+                in_max, widths["z"], widths["acc"])
+        else:
+            engine = SparseMatmulEngine(node["in_features"], c_out, a.arrays[node["col_ptr"]],
+                                        a.arrays[node["row_idx"]], a.arrays[node["values"]],
+                                        in_max, widths["acc"])
+        m.submodules[f"engine_{ident}"] = engine
+        neuron = SlifNeuronArray(c_out, 1, a.arrays[node["bias"]], a.arrays[node["threshold"]],
+                                 a.arrays[node["leak"]], a.frac_bits, a.leak_bits,
+                                 widths["acc"], widths["membrane"], widths["product"])
+        m.submodules[f"neuron_{ident}"] = neuron
+
+        # geometry
+        if is_conv:
+            h, wd = node["height"], node["width"]
+        else:
+            h, wd = 1, self.N
+        positions = h * wd
+        token = Signal(range(positions), name=f"{ident}_token")
+        step = Signal(range(T), name=f"{ident}_step")
+        y = Signal(range(h), name=f"{ident}_y")
+        x = Signal(range(wd), name=f"{ident}_x")
+        tap = Signal(range(10), name=f"{ident}_tap")
+        mask = Signal(max(self.in_c if from_image else self.channels[self.sources[src][0]], 1),
+                      name=f"{ident}_mask")
+        run_cycles = Signal(CYCLE_BITS, name=f"{ident}_cycles")
+        busy = Signal(name=f"{ident}_busy")
+        with m.If(busy):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+
+        # source reads: address of (step, position) of the tap's neighbour
+        dy = Signal(signed(3), name=f"{ident}_dy")
+        dx = Signal(signed(3), name=f"{ident}_dx")
+        ny = Signal(signed(bits_for(h) + 2), name=f"{ident}_ny")
+        nx = Signal(signed(bits_for(wd) + 2), name=f"{ident}_nx")
+        inside = Signal(name=f"{ident}_inside")
+        with m.Switch(tap):
+            for k in range(9):
+                with m.Case(k):
+                    m.d.comb += [dy.eq(k // 3 - 1), dx.eq(k % 3 - 1)]
+        m.d.comb += [ny.eq(y + dy), nx.eq(x + dx),
+                     inside.eq((ny >= 0) & (ny < h) & (nx >= 0) & (nx < wd))]
+        if is_conv:
+            src_pos = (ny * wd + nx)[:bits_for(positions)]
+        else:
+            src_pos = token
+        if from_image:
+            addr = (step * positions + src_pos) if self.time_varying else src_pos
+            m.d.comb += image_r.addr.eq(addr)       # only the first conv reads the image
+            pixel_words = [image_r.data[c * self.pixel_bits:(c + 1) * self.pixel_bits]
+                           for c in range(self.in_c)]
+            word_counts, count_bits = pixel_words, self.pixel_bits
+        else:
+            read(sid, src, step * positions + src_pos)
+            word_counts, count_bits = counts(src)
+        nonzero = Cat(*[c != 0 for c in word_counts])
+
+        # replay buffer for the static first conv: accumulators of t = 0, reused for t > 0
+        if static_replay:
+            m.submodules[f"replay_{ident}"] = replay = Memory(
+                shape=signed(widths["acc"]), depth=c_out, init=[])
+            replay_w = replay.write_port()
+            replay_r = replay.read_port()
+
+        # event emitter: lowest set bit of `mask` each cycle
+        low = Signal(range(max(len(mask), 2)), name=f"{ident}_low")
+        for c in reversed(range(len(mask))):
+            with m.If(mask[c]):
+                m.d.comb += low.eq(c)
+        low_count = Signal(count_bits, name=f"{ident}_low_count")
+        with m.Switch(low):
+            for c in range(len(mask)):
+                with m.Case(c):
+                    m.d.comb += low_count.eq(word_counts[c])
+
+        ev = engine.i
+        neuron_in = neuron.i
+        # the step of the vector leaving the engine (the issue FSM may already be ahead)
+        out_step = Signal(range(T), name=f"{ident}_out_step")
+        engine_done = engine.o.valid & engine.o.ready & (engine.o.payload.row == c_out - 1)
+        with m.If(engine_done):
+            m.d.sync += out_step.eq(Mux(out_step == T - 1, 0, out_step + 1))
+        with m.If(start):
+            m.d.sync += out_step.eq(0)
+        feed_from_replay = Signal(name=f"{ident}_from_replay")
+        drained = Signal(name=f"{ident}_drained")   # the engine has emitted its last vector
+        with m.If(engine_done):
+            m.d.sync += drained.eq(1)
+        if static_replay:
+            # step 0: engine -> neuron and replay memory; steps > 0: replay memory -> neuron
+            replay_valid = Signal(name=f"{ident}_replay_valid")
+            replay_k = Signal(range(c_out), name=f"{ident}_replay_k")     # channel on data
+            replay_next = Signal(range(c_out + 1), name=f"{ident}_replay_next")
+            m.d.comb += [
+                replay_w.addr.eq(engine.o.payload.row), replay_w.data.eq(engine.o.payload.acc),
+                replay_w.en.eq(engine.o.valid & engine.o.ready),
+            ]
+            with m.If(feed_from_replay):
+                m.d.comb += [neuron_in.valid.eq(replay_valid),
+                             neuron_in.payload.channel.eq(replay_k),
+                             neuron_in.payload.acc.eq(replay_r.data),
+                             neuron_in.payload.first.eq(0)]
+            with m.Else():
+                m.d.comb += [neuron_in.valid.eq(engine.o.valid),
+                             engine.o.ready.eq(neuron_in.ready),
+                             neuron_in.payload.channel.eq(engine.o.payload.row),
+                             neuron_in.payload.acc.eq(engine.o.payload.acc),
+                             neuron_in.payload.first.eq(1)]
+        else:
+            m.d.comb += [neuron_in.valid.eq(engine.o.valid), engine.o.ready.eq(neuron_in.ready),
+                         neuron_in.payload.channel.eq(engine.o.payload.row),
+                         neuron_in.payload.acc.eq(engine.o.payload.acc),
+                         neuron_in.payload.first.eq(out_step == 0)]
+
+        # issue FSM: (token outer, step inner), taps for conv
+        vectors_issued = Signal(range(positions * T + 1), name=f"{ident}_issued")
+        with m.FSM(name=f"{ident}_issue"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [token.eq(0), step.eq(0), y.eq(0), x.eq(0), tap.eq(0),
+                                 busy.eq(1), run_cycles.eq(1)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                # the read address is valid this cycle; data arrives next cycle
+                if static_replay:
+                    with m.If(step != 0):
+                        m.next = "REPLAY_WAIT"
+                    with m.Else():
+                        m.next = "LOAD_MASK"
+                else:
+                    m.next = "LOAD_MASK"
+            with m.State("LOAD_MASK"):
+                if is_conv:
+                    m.d.sync += mask.eq(Mux(inside, nonzero, 0))
+                else:
+                    m.d.sync += mask.eq(nonzero)
+                m.next = "EMIT"
+            with m.State("EMIT"):
+                # hold the read address so word_counts stay valid while emitting
+                with m.If(mask != 0):
+                    index = (low * 9 + tap) if is_conv else low
+                    m.d.comb += [ev.valid.eq(1), ev.payload.index.eq(index),
+                                 ev.payload.count.eq(low_count), ev.payload.end.eq(0)]
+                    with m.If(ev.ready):
+                        m.d.sync += mask.eq(mask & ~(1 << low))
+                with m.Else():
+                    if is_conv:
+                        with m.If(tap == 8):
+                            m.next = "END"
+                        with m.Else():
+                            m.d.sync += tap.eq(tap + 1)
+                            m.next = "FETCH"
+                    else:
+                        m.next = "END"
+            with m.State("END"):
+                m.d.comb += [ev.valid.eq(1), ev.payload.end.eq(1)]
+                with m.If(ev.ready):
+                    m.d.sync += drained.eq(0)
+                    m.next = "NEXT"
+            if static_replay:
+                with m.State("REPLAY_WAIT"):
+                    # step 0's accumulators of this position must all be in the replay memory
+                    with m.If(drained):
+                        m.d.sync += [replay_next.eq(0), replay_valid.eq(0)]
+                        m.next = "REPLAY"
+                with m.State("REPLAY"):
+                    m.d.comb += feed_from_replay.eq(1)
+                    advance = ~replay_valid | neuron_in.ready
+                    with m.If(advance):
+                        m.d.comb += replay_r.addr.eq(replay_next)
+                        m.d.sync += [replay_valid.eq(replay_next < c_out),
+                                     replay_k.eq(replay_next), replay_next.eq(replay_next + 1)]
+                        with m.If(replay_valid & (replay_k == c_out - 1)):
+                            m.d.sync += replay_valid.eq(0)
+                            m.next = "NEXT"
+                    with m.Else():
+                        m.d.comb += replay_r.addr.eq(replay_k)     # hold the data
+            with m.State("NEXT"):
+                m.d.sync += tap.eq(0)
+                with m.If(step == T - 1):
+                    m.d.sync += step.eq(0)
+                    with m.If(token == positions - 1):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.d.sync += token.eq(token + 1)
+                        if is_conv:
+                            with m.If(x == wd - 1):
+                                m.d.sync += [x.eq(0), y.eq(y + 1)]
+                            with m.Else():
+                                m.d.sync += x.eq(x + 1)
+                        m.next = "FETCH"
+                with m.Else():
+                    m.d.sync += step.eq(step + 1)
+                    m.next = "FETCH"
+            with m.State("DRAIN"):
+                with m.If(~busy):       # the collector finishes the stage
+                    m.next = "IDLE"
+
+        return self._collector(m, sid, node, neuron, mem_r, mem_w, read, done, busy, run_cycles,
+                               trace_ready, tokens_outer=True, h=h, wd=wd)
+
+    # ---- spike collector -------------------------------------------------------------------
+
+    def _collector(self, m, sid, node, neuron, mem_r, mem_w, read, done, busy, run_cycles,
+                   trace_ready, tokens_outer, h, wd):
+        """Gather one spike per channel into a vector, write it (OR-pooled for pooled convs),
+        trace it, and finish the stage after the last vector (plus the layer-cycles record)."""
+        T = self.T
+        name, ident = node["name"], _ident(node["name"])
+        c_out = self.channels[name]
+        pool = node["op"] == "conv" and node["pool"]
+        out_positions = self.positions[name]
+        tokens = h * wd if node["op"] == "conv" else self.N
+        vec = Signal(c_out, name=f"{ident}_vec")
+        got = Signal(range(c_out + 1), name=f"{ident}_got")
+        c_step = Signal(range(T), name=f"{ident}_c_step")
+        c_tok = Signal(range(tokens), name=f"{ident}_c_tok")
+        cy = Signal(range(h), name=f"{ident}_cy")
+        cx = Signal(range(wd), name=f"{ident}_cx")
+
+        if pool:
+            out_pos = (cy >> 1) * (wd // 2) + (cx >> 1)
+            first_in_cell = (cy[0] == 0) & (cx[0] == 0)
+            last_in_cell = (cy[0] == 1) & (cx[0] == 1)
+        else:
+            out_pos = c_tok
+            first_in_cell = Const(1)
+            last_in_cell = Const(1)
+        out_addr = c_step * out_positions + out_pos
+        word = Signal(c_out, name=f"{ident}_word")
+        trace_valid = Signal(name=f"{ident}_trace_valid")
+        trace_payload = Signal(self.trace_layout, name=f"{ident}_trace")
+        wp = mem_w[name]
+        n_index = self.node_index[name]
+
+        def advance():
+            if tokens_outer:
+                with m.If(c_step == T - 1):
+                    m.d.sync += c_step.eq(0)
+                    m.d.sync += c_tok.eq(c_tok + 1)
+                    with m.If(cx == wd - 1):
+                        m.d.sync += [cx.eq(0), cy.eq(cy + 1)]
+                    with m.Else():
+                        m.d.sync += cx.eq(cx + 1)
+                with m.Else():
+                    m.d.sync += c_step.eq(c_step + 1)
+            else:
+                with m.If(c_tok == tokens - 1):
+                    m.d.sync += [c_tok.eq(0), c_step.eq(c_step + 1)]
+                with m.Else():
+                    m.d.sync += c_tok.eq(c_tok + 1)
+
+        last_vector = (c_step == T - 1) & (c_tok == tokens - 1)
+        with m.FSM(name=f"{ident}_collect"):
+            with m.State("GATHER"):
+                m.d.comb += neuron.o.ready.eq(1)
+                with m.If(neuron.o.valid):
+                    m.d.sync += [vec.eq(vec | (neuron.o.payload.spike << neuron.o.payload.channel)),
+                                 got.eq(got + 1)]
+                    with m.If(got == c_out - 1):
+                        m.next = "READ_OLD" if pool else "WRITE"
+                with m.If(~busy):
+                    m.d.sync += [got.eq(0), vec.eq(0), c_step.eq(0), c_tok.eq(0), cy.eq(0),
+                                 cx.eq(0)]
+            if pool:
+                with m.State("READ_OLD"):
+                    read(sid, name, out_addr)     # the pooled cell's partial OR
+                    m.next = "MERGE"
+                with m.State("MERGE"):
+                    read(sid, name, out_addr)
+                    m.d.sync += word.eq(Mux(first_in_cell, vec, vec | mem_r[name].data))
+                    m.next = "WRITE_POOLED"
+                with m.State("WRITE_POOLED"):
+                    m.d.comb += [wp.addr.eq(out_addr), wp.data.eq(word), wp.en.eq(1)]
+                    with m.If(last_in_cell):
+                        m.next = "TRACE"
+                    with m.Else():
+                        m.next = "ADVANCE"
+            else:
+                with m.State("WRITE"):
+                    m.d.comb += [wp.addr.eq(out_addr), wp.data.eq(vec), wp.en.eq(1)]
+                    m.d.sync += word.eq(vec)
+                    m.next = "TRACE"
+            with m.State("TRACE"):
+                m.d.comb += [trace_valid.eq(1),
+                             trace_payload.kind.eq(TRACE_SPIKES),
+                             trace_payload.node.eq(n_index),
+                             trace_payload.step.eq(c_step),
+                             trace_payload.token.eq(out_pos),
+                             trace_payload.data.eq(word)]
+                with m.If(trace_ready):
+                    m.next = "ADVANCE"
+            with m.State("ADVANCE"):
+                m.d.sync += [vec.eq(0), got.eq(0)]
+                advance()
+                with m.If(last_vector):
+                    m.next = "CYCLES"
+                with m.Else():
+                    m.next = "GATHER"
+            with m.State("CYCLES"):
+                m.d.comb += [trace_valid.eq(1),
+                             trace_payload.kind.eq(TRACE_CYCLES),
+                             trace_payload.node.eq(n_index),
+                             trace_payload.data.eq(run_cycles)]
+                with m.If(trace_ready):
+                    m.d.comb += done.eq(1)
+                    m.d.sync += busy.eq(0)
+                    m.next = "GATHER"
+        return trace_valid, trace_payload
+
+    # ---- attention stage --------------------------------------------------------------------
+
+    def _attention_stage(self, m, sid, node, start, done, mem_r, mem_w, read, trace_ready):
+        a, T, N = self.artifact, self.T, self.N
+        name, ident = node["name"], _ident(node["name"])
+        widths = node["widths"]
+        dim = node["dim"]
+        q_name, k_name, v_name = node["inputs"]
+        attention = SpikingAttention(N, dim, node["heads"], widths["kv"], widths["acc"])
+        m.submodules[f"attention_{ident}"] = attention
+        neuron = SlifNeuronArray(dim, N, a.arrays[node["bias"]], a.arrays[node["threshold"]],
+                                 a.arrays[node["leak"]], a.frac_bits, a.leak_bits,
+                                 widths["acc"], widths["membrane"], widths["product"])
+        m.submodules[f"neuron_{ident}"] = neuron
+        step = Signal(range(T), name=f"{ident}_step")
+        token = Signal(range(N), name=f"{ident}_token")
+        busy = Signal(name=f"{ident}_busy")
+        run_cycles = Signal(CYCLE_BITS, name=f"{ident}_cycles")
+        with m.If(busy):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+        addr = step * N + token
+        for src in (q_name, k_name, v_name):
+            read(sid, src, addr)
+        m.d.comb += [
+            attention.i.payload.token.eq(token),
+            attention.i.payload.q.eq(mem_r[q_name].data),
+            attention.i.payload.k.eq(mem_r[k_name].data),
+            attention.i.payload.v.eq(mem_r[v_name].data),
+            neuron.i.valid.eq(attention.o.valid), attention.o.ready.eq(neuron.i.ready),
+            neuron.i.payload.token.eq(attention.o.payload.token),
+            neuron.i.payload.channel.eq(attention.o.payload.channel),
+            neuron.i.payload.acc.eq(attention.o.payload.acc),
+        ]
+        out_step = Signal(range(T), name=f"{ident}_out_step")
+        m.d.comb += neuron.i.payload.first.eq(out_step == 0)
+        # which step the attention block is emitting: advance after its last count
+        with m.If(attention.o.valid & attention.o.ready & (attention.o.payload.token == N - 1)
+                  & (attention.o.payload.channel == dim - 1)):
+            m.d.sync += out_step.eq(out_step + 1)
+        with m.FSM(name=f"{ident}_issue"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [step.eq(0), token.eq(0), out_step.eq(0), busy.eq(1),
+                                 run_cycles.eq(1)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += attention.i.valid.eq(1)
+                with m.If(attention.i.ready):
+                    with m.If(token == N - 1):
+                        m.d.sync += token.eq(0)
+                        with m.If(step == T - 1):
+                            m.next = "DRAIN"
+                        with m.Else():
+                            m.d.sync += step.eq(step + 1)
+                            m.next = "FETCH"
+                    with m.Else():
+                        m.d.sync += token.eq(token + 1)
+                        m.next = "FETCH"
+            with m.State("DRAIN"):
+                with m.If(~busy):
+                    m.next = "IDLE"
+        return self._collector(m, sid, node, neuron, mem_r, mem_w, read, done, busy,
+                               run_cycles, trace_ready, tokens_outer=False, h=1, wd=N)
+
+    # ---- head -------------------------------------------------------------------------------
+
+    def _head_stage(self, m, sid, start, done, read, counts):
+        a, T, N = self.artifact, self.T, self.N
+        node = self.head
+        src = node["inputs"][0]
+        dim = node["in_features"]
+        fbits = node["widths"]["feature"]
+        lbits = self.logit_bits
+        w = a.arrays[node["weight"]]
+        bias = a.arrays[node["bias"]]
+        wbits = signed_bits(int(w.min()), int(w.max()))
+        m.submodules.head_weights = weights = Memory(
+            shape=signed(wbits), depth=w.size, init=[int(v) for v in w.reshape(-1)])
+        w_r = weights.read_port()
+        features = [Signal(signed(fbits), name=f"feature_{c}") for c in range(dim)]
+        logits = [Signal(signed(lbits), name=f"logit_{k}") for k in range(self.classes)]
+        best, best_cls = Signal(signed(lbits)), Signal(8)
+        step = Signal(range(T))
+        token = Signal(range(N))
+        k = Signal(range(self.classes + 1))
+        c = Signal(range(dim + 1))
+        acc = Signal(signed(lbits))
+        feature = Signal(signed(fbits))
+        read(sid, src, step * N + token)
+        word_counts, _ = counts(src)
+        with m.Switch(c):
+            for i in range(dim):
+                with m.Case(i):
+                    m.d.comb += feature.eq(features[i])
+        m.d.comb += w_r.addr.eq(k * dim + c)
+        with m.FSM(name="head"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [step.eq(0), token.eq(0)] + [f.eq(0) for f in features]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.next = "SUM"
+            with m.State("SUM"):
+                m.d.sync += [f.eq(f + cnt) for f, cnt in zip(features, word_counts)]
+                with m.If(token == N - 1):
+                    m.d.sync += token.eq(0)
+                    with m.If(step == T - 1):
+                        m.d.sync += [k.eq(0), c.eq(0)]
+                        m.next = "MAC_START"
+                    with m.Else():
+                        m.d.sync += step.eq(step + 1)
+                        m.next = "FETCH"
+                with m.Else():
+                    m.d.sync += token.eq(token + 1)
+                    m.next = "FETCH"
+            with m.State("MAC_START"):
+                with m.Switch(k):
+                    for i in range(self.classes):
+                        with m.Case(i):
+                            m.d.sync += acc.eq(int(bias[i]))
+                m.next = "MAC"
+            with m.State("MAC"):
+                # w_r.data holds W[k, c - 1] (read issued last cycle at address k*dim + c - 1)
+                with m.If(c != 0):
+                    prev = Signal(signed(fbits), name="head_prev_feature")
+                    with m.Switch(c - 1):
+                        for i in range(dim):
+                            with m.Case(i):
+                                m.d.comb += prev.eq(features[i])
+                    m.d.sync += acc.eq(acc + w_r.data * prev)
+                m.d.sync += c.eq(c + 1)
+                with m.If(c == dim):
+                    m.next = "STORE"
+            with m.State("STORE"):
+                with m.Switch(k):
+                    for i in range(self.classes):
+                        with m.Case(i):
+                            m.d.sync += logits[i].eq(acc)
+                with m.If((k == 0) | (acc > best)):
+                    m.d.sync += [best.eq(acc), best_cls.eq(k)]
+                m.d.sync += [c.eq(0), k.eq(k + 1)]
+                with m.If(k == self.classes - 1):
+                    m.next = "DONE"
+                with m.Else():
+                    m.next = "MAC_START"
+            with m.State("DONE"):
+                m.d.comb += done.eq(1)
+                m.next = "IDLE"
+        logits_array = _SignalArray(m, logits, lbits)
+        return logits_array, best_cls
+
+
+class _SignalArray:
+    """Index a list of signals with a signal (a mux), for the logits output."""
+
+    def __init__(self, m, signals, width):
+        self.m, self.signals, self.width = m, signals, width
+
+    def __getitem__(self, index):
+        out = Signal(signed(self.width))
+        with self.m.Switch(index):
+            for i, s in enumerate(self.signals):
+                with self.m.Case(i):
+                    self.m.d.comb += out.eq(s)
+        return out
+
+
+def _ident(name: str) -> str:
+    return name.replace(".", "_")

@@ -1,0 +1,160 @@
+"""Build the generated Verilog with Verilator (or Icarus) and run the cocotb testbench over golden
+images; write build/reports/sim.json (../shared/REPORTS.md) and print a summary table.
+
+    python -m sim.runner --hdl build/hdl/l1p --golden build/sim/l1p-golden.npz \
+        [--images 100] [--sim verilator|icarus] [--waves --image 3] [--report ...]
+
+`make sim` prepares the inputs (export, golden data, HDL) and calls this. Torch-free: golden
+data crosses in as an .npz. A user mistake prints one line and exits 2; a mismatch exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model.errors import StforgeError
+from model.reports import write_json
+from sim.toolchain import SIMULATORS, prepare_simulator
+
+__all__ = ["run_simulation", "main", "SIMULATORS"]
+
+TOP = "stforge_top"
+
+
+def _build(sim: str, verilog: Path, build_dir: Path, waves: bool) -> float:
+    """Build once per (Verilog, simulator, waves); returns seconds spent (0 when cached)."""
+    from cocotb_tools.runner import get_runner
+    digest = hashlib.sha256(verilog.read_bytes() + f"{sim}{waves}".encode()).hexdigest()
+    stamp = build_dir / "stforge.stamp"
+    if stamp.exists() and stamp.read_text() == digest:
+        return 0.0
+    started = time.time()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if sim == "verilator" else []
+    if sim == "verilator" and waves:
+        args += ["--trace-fst", "--trace-structs"]
+    get_runner(sim).build(sources=[verilog], hdl_toplevel=TOP, build_dir=build_dir,
+                          timescale=("1ns", "1ps"), waves=waves, build_args=args, always=True,
+                          log_file=build_dir / "build.log")
+    stamp.write_text(digest)
+    return time.time() - started
+
+
+def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: bool = False,
+                   build_root="build/sim") -> dict:
+    """Simulate `images` (indices into the golden file); returns the raw per-image results."""
+    from cocotb_tools.runner import get_runner
+    from sim.scoreboard import GoldenData
+    hdl_dir, golden_path = Path(hdl_dir), Path(golden_path)
+    for p in (hdl_dir / f"{TOP}.v", hdl_dir / "design.json", golden_path):
+        if not p.exists():
+            raise StforgeError(f"{p} does not exist (run `make hdl` / `make sim`)")
+    prepare_simulator(sim)
+    golden = GoldenData(golden_path)
+    bad = [i for i in images if not 0 <= i < len(golden)]
+    if bad:
+        raise StforgeError(f"image {bad[0]} is not in {golden_path} (it holds {len(golden)})")
+    build_dir = Path(build_root) / f"{hdl_dir.name}-{sim}{'-waves' if waves else ''}"
+    build_seconds = _build(sim, hdl_dir / f"{TOP}.v", build_dir, waves)
+    results = build_dir / "results.json"
+    results.unlink(missing_ok=True)
+    started = time.time()
+    env = {"STFORGE_DESIGN": str((hdl_dir / "design.json").resolve()),
+           "STFORGE_GOLDEN": str(golden_path.resolve()),
+           "STFORGE_IMAGES": ",".join(map(str, images)),
+           "STFORGE_RESULTS": str(results.resolve())}
+    get_runner(sim).test(test_module="sim.testbench", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                         build_dir=build_dir,
+                         test_dir=build_dir, extra_env=env, waves=waves,
+                         timescale=("1ns", "1ps"), results_xml="results.xml")
+    seconds = time.time() - started
+    if not results.exists():
+        raise StforgeError(f"the simulation wrote no results (see {build_dir}/)")
+    raw = json.loads(results.read_text())
+    raw.update(build_seconds=build_seconds, run_seconds=seconds, build_dir=str(build_dir))
+    return raw
+
+
+def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
+    """sim.json from the per-image results (and the analytic cycle model, where available)."""
+    from sim.scoreboard import GoldenData
+    imgs = raw["images"]
+    cycles = np.array([r["cycles"] for r in imgs], dtype=float)
+    bitexact = sum(r["bitexact"] for r in imgs)
+    correct = sum(r["predicted"] == r["label"] for r in imgs)
+    layer_names = list(imgs[0]["layer_cycles"]) if imgs else []
+    layers = [{"name": n, "cycles": float(np.mean([r["layer_cycles"].get(n, 0) for r in imgs]))}
+              for n in layer_names]
+    report = {"simulator": sim, "model": model, "images": len(imgs), "bitexact": bitexact,
+              "mismatches": len(imgs) - bitexact,
+              "accuracy": correct / len(imgs) if imgs else 0.0,
+              "cycles_per_inference": {"mean": float(cycles.mean()), "min": float(cycles.min()),
+                                       "max": float(cycles.max())} if len(imgs) else {},
+              "layers": layers,
+              "simulated_cycles_per_second": float(cycles.sum() / max(raw["run_seconds"], 1e-9)),
+              "run_seconds": raw["run_seconds"], "build_seconds": raw["build_seconds"]}
+    try:
+        from hw.cycles import summarize_cycles
+    except ImportError:
+        summarize_cycles = None
+    if summarize_cycles is not None:
+        report.update(summarize_cycles(GoldenData(golden_path), raw, report))
+    first = next((m for r in imgs for m in r["mismatches"]), None)
+    if first:
+        report["first_mismatch"] = first
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{'layer':14} {'cycles':>10} {'ideal':>10} {'expected':>10}")
+    for layer in report["layers"]:
+        ideal = layer.get("ideal_cycles")
+        expected = layer.get("expected_cycles")
+        fmt = lambda v: f"{v:10.0f}" if isinstance(v, (int, float)) else f"{'-':>10}"
+        print(f"{layer['name']:14} {fmt(layer['cycles'])} {fmt(ideal)} {fmt(expected)}")
+    c = report["cycles_per_inference"]
+    print(f"\n{report['model']} on {report['simulator']}: {report['bitexact']}/{report['images']} "
+          f"images bit-exact, accuracy {report['accuracy']:.3f}, cycles per inference "
+          f"mean {c['mean']:.0f} (min {c['min']:.0f}, max {c['max']:.0f})"
+          + (f", ideal {report['ideal_cycles_per_inference']:.0f}"
+             if "ideal_cycles_per_inference" in report else "")
+          + f"; {report['simulated_cycles_per_second']:.0f} simulated cycles/s")
+    if "first_mismatch" in report:
+        print(f"FIRST MISMATCH: {report['first_mismatch']}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.runner", description=__doc__.split("\n")[0])
+    parser.add_argument("--hdl", required=True, help="folder from `python -m hw.generate`")
+    parser.add_argument("--golden", required=True, help=".npz from `stforge golden-data`")
+    parser.add_argument("--images", type=int, default=100, help="first N golden images")
+    parser.add_argument("--sim", default=os.environ.get("SIM", "verilator"))
+    parser.add_argument("--waves", action="store_true", help="dump a waveform of one image")
+    parser.add_argument("--image", type=int, default=0, help="the image --waves records")
+    parser.add_argument("--report", default="build/reports/sim.json")
+    parser.add_argument("--model", default=None, help="name for the report (default: hdl folder)")
+    args = parser.parse_args(argv)
+    try:
+        images = [args.image] if args.waves else list(range(args.images))
+        raw = run_simulation(args.hdl, args.golden, images, args.sim, args.waves)
+        report = summarize(raw, args.sim, args.model or Path(args.hdl).name, args.golden)
+    except StforgeError as exc:
+        print(f"stforge: error: {exc}", file=sys.stderr)
+        return 2
+    write_json(args.report, report)
+    print_table(report)
+    if args.waves:
+        print(f"waveform of image {args.image}: {raw['build_dir']}/ (dump.fst)")
+    return 0 if report["mismatches"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
