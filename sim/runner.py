@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,17 +28,35 @@ from sim.toolchain import SIMULATORS, prepare_simulator
 __all__ = ["run_simulation", "main", "SIMULATORS"]
 
 TOP = "stforge_top"
+BUILD_RECIPE = 2          # bump when the build steps change: cached builds are redone
+
+
+_KICK = re.compile(r"^(\s*reg (\\\$auto\$verilog_backend\S+) += 0;)$", re.M)
+
+
+def _icarus_source(verilog: Path, build_dir: Path) -> Path:
+    """Yosys guards every `always @*` block with a register initialised to 0 so that it runs at
+    time 0; Icarus executes declaration initialisers without an event, so those blocks (and the
+    outputs they drive) stay X until an input changes. An `initial` that sets the register to 1
+    gives them that event. The design is otherwise untouched."""
+    text = _KICK.sub(lambda mt: f"{mt.group(1)}\n  initial #0 {mt.group(2)} = 1;",
+                     verilog.read_text())
+    patched = build_dir / verilog.name
+    patched.write_text(text)
+    return patched
 
 
 def _build(sim: str, verilog: Path, build_dir: Path, waves: bool) -> float:
     """Build once per (Verilog, simulator, waves); returns seconds spent (0 when cached)."""
     from cocotb_tools.runner import get_runner
-    digest = hashlib.sha256(verilog.read_bytes() + f"{sim}{waves}".encode()).hexdigest()
+    digest = hashlib.sha256(verilog.read_bytes() + f"{sim}{waves}{BUILD_RECIPE}".encode()).hexdigest()
     stamp = build_dir / "stforge.stamp"
     if stamp.exists() and stamp.read_text() == digest:
         return 0.0
     started = time.time()
     build_dir.mkdir(parents=True, exist_ok=True)
+    if sim == "icarus":
+        verilog = _icarus_source(verilog, build_dir)
     args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if sim == "verilator" else []
     if sim == "verilator" and waves:
         args += ["--trace-fst", "--trace-structs"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import Event, ReadOnly, RisingEdge
+from cocotb.triggers import Event, ReadOnly, RisingEdge, ValueChange
 
 from sim.scoreboard import GoldenData, Scoreboard
 
@@ -76,13 +76,16 @@ class AcceleratorTB:
         cocotb.start_soon(self._monitor(d.result__valid, d.result__payload, self._on_result))
 
     async def _monitor(self, valid, payload, sink) -> None:
-        """Record each transfer (ready is held high): wake on `valid` rising, then per cycle."""
+        """Record each transfer (ready is held high): sleep until `valid` changes, then sample
+        once per cycle while it is high. (Icarus leaves combinational outputs undefined until
+        their inputs first change, i.e. until the first image starts: X counts as not valid.)"""
         clk = self.dut.clk
         while True:
             await ReadOnly()
-            if not int(valid.value):
-                await RisingEdge(valid)
-                await ReadOnly()
+            v = valid.value
+            if not v.is_resolvable or not int(v):
+                await ValueChange(valid)
+                continue
             sink(payload.value.to_unsigned())
             await RisingEdge(clk)
 
