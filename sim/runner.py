@@ -68,7 +68,7 @@ def _build(sim: str, verilog: Path, build_dir: Path, waves: bool) -> float:
 
 
 def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: bool = False,
-                   build_root="build/sim") -> dict:
+                   build_root="build/sim", extra_env: dict | None = None) -> dict:
     """Simulate `images` (indices into the golden file); returns the raw per-image results."""
     from cocotb_tools.runner import get_runner
     from sim.scoreboard import GoldenData
@@ -89,16 +89,17 @@ def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: 
     env = {"STFORGE_DESIGN": str((hdl_dir / "design.json").resolve()),
            "STFORGE_GOLDEN": str(golden_path.resolve()),
            "STFORGE_IMAGES": ",".join(map(str, images)),
-           "STFORGE_RESULTS": str(results.resolve())}
+           "STFORGE_RESULTS": str(results.resolve()), **(extra_env or {})}
     get_runner(sim).test(test_module="sim.testbench", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
                          build_dir=build_dir,
                          test_dir=build_dir, extra_env=env, waves=waves,
-                         timescale=("1ns", "1ps"), results_xml="results.xml")
+                         timescale=("1ns", "1ps"), results_xml=str((build_dir / "results.xml").resolve()))
     seconds = time.time() - started
     if not results.exists():
         raise StforgeError(f"the simulation wrote no results (see {build_dir}/)")
     raw = json.loads(results.read_text())
-    raw.update(build_seconds=build_seconds, run_seconds=seconds, build_dir=str(build_dir))
+    raw.update(build_seconds=build_seconds, run_seconds=seconds, build_dir=str(build_dir),
+               hdl_dir=str(hdl_dir))
     return raw
 
 
@@ -120,12 +121,14 @@ def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
               "layers": layers,
               "simulated_cycles_per_second": float(cycles.sum() / max(raw["run_seconds"], 1e-9)),
               "run_seconds": raw["run_seconds"], "build_seconds": raw["build_seconds"]}
-    try:
-        from hw.cycles import summarize_cycles
-    except ImportError:
-        summarize_cycles = None
-    if summarize_cycles is not None:
-        report.update(summarize_cycles(GoldenData(golden_path), raw, report))
+    if imgs:
+        # measured cycles beside the analytic cycle model and the ideal (work-bound) cycles
+        from hw.cycles import summarize as cycle_summary
+        from model.artifact import load_artifact
+        design = json.loads((Path(raw["hdl_dir"]) / "design.json").read_text())
+        cyc = cycle_summary(load_artifact(design["artifact"]), GoldenData(golden_path),
+                            measured=imgs, indices=[r["image"] for r in imgs])
+        report.update(cyc)
     first = next((m for r in imgs for m in r["mismatches"]), None)
     if first:
         report["first_mismatch"] = first
@@ -133,18 +136,21 @@ def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'layer':14} {'cycles':>10} {'ideal':>10} {'expected':>10}")
+    print(f"\n{'layer':14} {'cycles':>10} {'ideal':>10} {'expected':>10} {'x ideal':>8}")
     for layer in report["layers"]:
         ideal = layer.get("ideal_cycles")
         expected = layer.get("expected_cycles")
         fmt = lambda v: f"{v:10.0f}" if isinstance(v, (int, float)) else f"{'-':>10}"
-        print(f"{layer['name']:14} {fmt(layer['cycles'])} {fmt(ideal)} {fmt(expected)}")
+        ratio = f"{layer['cycles'] / ideal:8.2f}" if ideal else f"{'-':>8}"
+        print(f"{layer['name']:14} {fmt(layer['cycles'])} {fmt(ideal)} {fmt(expected)} {ratio}")
     c = report["cycles_per_inference"]
     print(f"\n{report['model']} on {report['simulator']}: {report['bitexact']}/{report['images']} "
           f"images bit-exact, accuracy {report['accuracy']:.3f}, cycles per inference "
           f"mean {c['mean']:.0f} (min {c['min']:.0f}, max {c['max']:.0f})"
           + (f", ideal {report['ideal_cycles_per_inference']:.0f}"
              if "ideal_cycles_per_inference" in report else "")
+          + (f", cycle model off by at most {100 * report['model_error']:.2f}%"
+             if "model_error" in report else "")
           + f"; {report['simulated_cycles_per_second']:.0f} simulated cycles/s")
     if "first_mismatch" in report:
         print(f"FIRST MISMATCH: {report['first_mismatch']}")

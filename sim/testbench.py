@@ -7,6 +7,8 @@ Runs inside the simulator process, so it imports NumPy and cocotb only. The runn
     STFORGE_GOLDEN   golden .npz written by `stforge golden-data`
     STFORGE_IMAGES   comma-separated image indices of the golden file to run
     STFORGE_RESULTS  where to write the per-image results (JSON) for the runner
+    STFORGE_CORRUPT_PIXEL  (tests only) index of one pixel of the first image to change in what
+                           the DUT receives, not in the golden data: the scoreboard must notice
 
 A scoreboard (`sim/scoreboard.py`) compares every traced spike vector and the logits and class
 bit for bit; the test fails on the first image with a mismatch, naming its exact location.
@@ -131,7 +133,11 @@ async def run_images(dut) -> None:
         scoreboard.start_image(image)
         tb.trace_records.clear()
         tb.logits.clear()
-        await tb.send_image(golden.images[image].reshape(-1))
+        pixels = golden.images[image].reshape(-1).copy()
+        if n == 1 and os.environ.get("STFORGE_CORRUPT_PIXEL"):
+            k = int(os.environ["STFORGE_CORRUPT_PIXEL"])
+            pixels[k] = 0 if pixels[k] else 1
+        await tb.send_image(pixels)
         result = await tb.wait_result(n)
         await RisingEdge(dut.clk)
         for r in tb.trace_records:

