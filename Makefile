@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
+	@# Icarus Verilog, the second simulator, comes from Debian (root on these machines).
+	@command -v iverilog >/dev/null || apt-get install -y -qq iverilog >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq iverilog >/dev/null 2>&1; } || \
+		echo "warning: could not install iverilog (apt-get); SIM=icarus and its test need it"
 	@touch $@
 
 ## model: dense -> L1P/DSP + sLIF/LIF -> int8/int4 QAT; build/checkpoints, build/reports/model.json

@@ -59,7 +59,7 @@ def _build(sim: str, verilog: Path, build_dir: Path, waves: bool) -> float:
         verilog = _icarus_source(verilog, build_dir)
     args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if sim == "verilator" else []
     if sim == "verilator" and waves:
-        args += ["--trace-fst", "--trace-structs"]
+        args += ["--trace-structs"]          # cocotb adds --trace: a VCD (FST needs lz4 headers)
     get_runner(sim).build(sources=[verilog], hdl_toplevel=TOP, build_dir=build_dir,
                           timescale=("1ns", "1ps"), waves=waves, build_args=args, always=True,
                           log_file=build_dir / "build.log")
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     write_json(args.report, report)
     print_table(report)
     if args.waves:
-        print(f"waveform of image {args.image}: {raw['build_dir']}/ (dump.fst)")
+        print(f"waveform of image {args.image}: {raw['build_dir']}/dump.vcd")
     return 0 if report["mismatches"] == 0 else 1
 
 
