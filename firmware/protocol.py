@@ -30,6 +30,7 @@ Commands (host -> board) and their payloads:
 * ``PING`` — empty. Reply ``OK`` carrying one byte, :data:`PROTOCOL_VERSION`.
 * ``WRITE_MEM`` — :func:`pack_write_mem`: memory id (u8), word address (u32), data bytes (the
   memory's words, little-endian, in the width the memory map gives that memory). Reply ``OK``.
+  A board whose weights are fixed in the bitstream answers ``ERROR UNSUPPORTED``.
 * ``RUN`` — :func:`pack_run`: the input pixels, one unsigned byte each. Reply ``OK`` once started.
 * ``READ_RESULT`` — empty. Reply ``OK`` carrying :func:`pack_result`: predicted class (u8),
   cycles (u32), number of logits (u8), logits (i32 each).
@@ -103,6 +104,8 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_COMMAND = 0x04  #: a well-formed frame with a command the board does not know
     BAD_ARGUMENT = 0x05     #: a well-formed command with a payload it cannot accept
     BUSY = 0x06             #: the board cannot take the command now (e.g. RUN while running)
+    UNSUPPORTED = 0x07      #: a known command this board does not implement (e.g. WRITE_MEM
+                            #: on a bitstream whose weights boot from block-RAM init)
 
 
 def _crc16_table():

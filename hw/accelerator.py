@@ -31,26 +31,14 @@ from amaranth.utils import bits_for
 
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
     SpikingAttention
-from model.artifact import Artifact, csc_from_dense, derive_widths
+from model.artifact import NEURON_OPS, Artifact, csc_from_dense, derive_widths, value_sources
 from model.intops import signed_bits
 
 __all__ = ["Accelerator", "TRACE_SPIKES", "TRACE_CYCLES", "NEURON_OPS", "value_sources"]
 
 TRACE_SPIKES = 0
 TRACE_CYCLES = 1
-NEURON_OPS = ("conv", "matmul", "attention")
 CYCLE_BITS = 32
-
-
-def value_sources(artifact: Artifact) -> dict[str, list[str]]:
-    """Each value as the multiset (list) of neuron nodes whose spikes it sums."""
-    sources: dict[str, list[str]] = {}
-    for node in artifact.nodes:
-        if node["op"] in NEURON_OPS:
-            sources[node["name"]] = [node["name"]]
-        elif node["op"] in ("add", "to_tokens"):
-            sources[node["name"]] = [s for src in node["inputs"] for s in sources[src]]
-    return sources
 
 
 class Accelerator(wiring.Component):
@@ -684,13 +672,8 @@ class Accelerator(wiring.Component):
         k = Signal(range(self.classes + 1))
         c = Signal(range(dim + 1))
         acc = Signal(signed(lbits))
-        feature = Signal(signed(fbits))
         read(sid, src, step * N + token)
         word_counts, _ = counts(src)
-        with m.Switch(c):
-            for i in range(dim):
-                with m.Case(i):
-                    m.d.comb += feature.eq(features[i])
         m.d.comb += w_r.addr.eq(k * dim + c)
         with m.FSM(name="head"):
             with m.State("IDLE"):

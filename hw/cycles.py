@@ -98,7 +98,7 @@ import numpy as np
 __all__ = ["NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles", "ideal_breakdown",
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
-NEURON_OPS = ("conv", "matmul", "attention")
+from model.artifact import NEURON_OPS, value_sources
 _NEVER = -(1 << 60)
 
 
@@ -109,17 +109,6 @@ def image_spikes(golden, index: int) -> tuple[dict, np.ndarray]:
     ``spikes`` {name: (T, B, tokens, C)} and ``images``)."""
     return ({name: np.asarray(s[:, index]) for name, s in golden.spikes.items()},
             np.asarray(golden.images[index]))
-
-
-def _sources(artifact) -> dict[str, list[str]]:
-    """Each value as the multiset of neuron nodes whose spikes it sums (as the accelerator)."""
-    out: dict[str, list[str]] = {}
-    for node in artifact.nodes:
-        if node["op"] in NEURON_OPS:
-            out[node["name"]] = [node["name"]]
-        elif node["op"] in ("add", "to_tokens"):
-            out[node["name"]] = [s for src in node["inputs"] for s in out[src]]
-    return out
 
 
 def value_counts(artifact, node_spikes: dict, image=None) -> dict[str, np.ndarray]:
@@ -135,7 +124,7 @@ def value_counts(artifact, node_spikes: dict, image=None) -> dict[str, np.ndarra
         if not man["time_varying_input"]:
             img = np.broadcast_to(img, (T,) + img.shape)
         out["input"] = img.reshape(T, img.shape[1], -1).transpose(0, 2, 1)
-    for name, srcs in _sources(artifact).items():
+    for name, srcs in value_sources(artifact).items():
         out[name] = sum(np.asarray(node_spikes[s], dtype=np.int64) for s in srcs)
     return out
 

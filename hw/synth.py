@@ -448,6 +448,19 @@ def _write_tool_wrappers(tools, wrapper_dir, log_path):
     return wrappers
 
 
+def _pnr_overuse(log_path):
+    """``"; nextpnr packed 12476/5280 ICESTORM_LC, ..."`` for the over-used cell types in a
+    nextpnr log's device utilisation table ('' when there are none or no log)."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return ""
+    over = [f"{used}/{available} {cell}" for cell, used, available in
+            re.findall(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", text, re.MULTILINE)
+            if int(used) > int(available)]
+    return f"; nextpnr packed {', '.join(dict.fromkeys(over))}" if over else ""
+
+
 def _failed_step(log_path):
     try:
         commands = [line for line in Path(log_path).read_text(errors="replace").splitlines()
@@ -513,7 +526,8 @@ def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
     report_name = f"{name}.report.json"
 
     started = time.monotonic()
-    build_dir = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=out_dir))
+    # absolute: the tool wrappers are called from the build products directory
+    build_dir = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=out_dir)).resolve()
     try:
         env = _hermetic_env(_write_tool_wrappers(tools, build_dir / ".tools", log_path))
         plan = platform.build(
@@ -529,7 +543,8 @@ def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
             try:  # when Yosys got through, say which resource ran out, if one did
                 check_fits(_stat_counts(products / f"{name}.stat.json", spec.family), spec)
             except FitError as error:
-                raise FitError(f"{error} ({step} failed) [log: {log_path}]") from None
+                packed = _pnr_overuse(products / f"{name}.tim")
+                raise FitError(f"{error} ({step} failed{packed}) [log: {log_path}]") from None
             except (OSError, ValueError):
                 pass
             raise SynthError(f"{step} failed for {spec.name}: {_quote(log_path)}") from None

@@ -30,12 +30,13 @@ import numpy as np
 from model.errors import ArtifactError
 from model.intops import signed_bits
 
-__all__ = ["FORMAT", "VERSION", "Artifact", "save_artifact", "load_artifact", "derive_widths",
+__all__ = ["FORMAT", "VERSION", "NEURON_OPS", "value_sources", "Artifact", "save_artifact", "load_artifact", "derive_widths",
            "artifact_paths", "csc_from_dense", "dense_from_csc"]
 
 FORMAT = "stforge-integer-model"
 VERSION = 1
 OPS = ("conv", "to_tokens", "add", "matmul", "attention", "head")
+NEURON_OPS = ("conv", "matmul", "attention")      # nodes that end in a neuron: traced spikes
 
 
 @dataclass
@@ -77,6 +78,18 @@ class Artifact:
         return dense_from_csc(self.arrays[node["col_ptr"]], self.arrays[node["row_idx"]],
                               self.arrays[node["values"]], node["out_features"],
                               node["in_features"])
+
+
+def value_sources(artifact: "Artifact") -> dict[str, list[str]]:
+    """Each value as the multiset (list) of neuron nodes whose spikes it sums: `add` and
+    `to_tokens` cost nothing, a residual is its sources' spikes added up."""
+    sources: dict[str, list[str]] = {}
+    for node in artifact.nodes:
+        if node["op"] in NEURON_OPS:
+            sources[node["name"]] = [node["name"]]
+        elif node["op"] in ("add", "to_tokens"):
+            sources[node["name"]] = [s for src in node["inputs"] for s in sources[src]]
+    return sources
 
 
 def csc_from_dense(w: np.ndarray, keep_zeros: bool = False):

@@ -326,7 +326,9 @@ if _test is not None:
         started = time.time()
         results = await bridge(run_all)()
         port.stop()
-        _record("images", {"results": results, "seconds": time.time() - started})
+        _record("images", {"results": results, "seconds": time.time() - started,
+                           "torch_imported": "torch" in sys.modules})
+        assert "torch" not in sys.modules, "the simulator process imported torch"
         bad = [r for r in results if r["logits"] != r["golden_logits"]
                or r["predicted"] != r["golden_prediction"]]
         for r in results:

@@ -175,6 +175,8 @@ def main(argv=None) -> int:
         print(f"stforge: error: {exc}", file=sys.stderr)
         return 2
     write_json(args.report, report)
+    # every variant's last run also stays beside it, for comparisons (bench, README)
+    write_json(Path(args.report).with_name(f"sim-{report['model']}.json"), report)
     print_table(report)
     if args.waves:
         print(f"waveform of image {args.image}: {raw['build_dir']}/dump.vcd")

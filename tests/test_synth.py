@@ -308,3 +308,18 @@ def test_build_bitstream_ecp5(tmp_path):
     assert report["clock_mhz"] == 50 and report["board_clock_mhz"] == 25
     assert report["fmax_mhz"] >= 50 and 10 < report["ff"] < 100
     assert report["utilization"]["TRELLIS_FF"]["used"] == report["ff"]
+
+
+def test_pnr_overuse_names_the_packed_cells_that_overflow(tmp_path):
+    from hw.synth import _pnr_overuse
+    log = tmp_path / "top.tim"
+    log.write_text("Info: Device utilisation:\n"
+                   "Info: \t         ICESTORM_LC:   12476/   5280   236%\n"
+                   "Info: \t        ICESTORM_RAM:      91/     30   303%\n"
+                   "Info: \t               SB_IO:       3/     39     7%\n"
+                   "Info: \t        ICESTORM_DSP:      20/      8   250%\n")
+    assert _pnr_overuse(log) == ("; nextpnr packed 12476/5280 ICESTORM_LC, 91/30 ICESTORM_RAM, "
+                                 "20/8 ICESTORM_DSP")
+    log.write_text("Info: \t               SB_IO:       3/     39     7%\n")
+    assert _pnr_overuse(log) == ""
+    assert _pnr_overuse(tmp_path / "missing.tim") == ""

@@ -1,0 +1,609 @@
+"""The board top: the accelerator behind the UART host link, and ``make bitstream``.
+
+    UART rx -> UARTRx -> FrameReceiver -> command handler -> Accelerator (pixels / logits / result)
+    UART tx <- UARTTx <- FrameSender   <-/
+
+Commands (``firmware/protocol.py``; every reply is one frame, ``OK`` or ``ERROR <code>``):
+
+``PING``        empty payload -> ``OK [PROTOCOL_VERSION]``.
+``RUN``         exactly ``C*H*W`` (``T*C*H*W`` for event input) pixel bytes, order (t,) c, y, x,
+                each ``<= input_max`` -> ``OK []`` once the pixels are handed to the accelerator.
+                The payload is buffered and checked first: nothing starts before the frame's CRC
+                has matched. Wrong length or a pixel above ``input_max`` -> ``BAD_ARGUMENT``;
+                a RUN while a run is in progress -> ``BUSY``. A RUN after a finished run starts
+                a new one (the old result is dropped).
+``READ_RESULT`` empty -> ``OK`` + :func:`firmware.protocol.pack_result` (class u8, cycles u32,
+                count u8, logits i32 LE sign-extended). Sent while a run is in progress, the
+                reply waits for the run to end (a run takes the cycles the accelerator needs,
+                ~0.11 M for the default l1p model; a watchdog answers ``BUSY`` after
+                ``result_wait``, 1 s by default). Before any run -> ``BUSY``. The result stays
+                readable until the next RUN.
+``WRITE_MEM``   -> ``UNSUPPORTED``: the weights boot from block-RAM initial values (the
+                accelerator's ROMs are built from the artifact), there is nothing to write.
+other commands  -> ``UNKNOWN_COMMAND``; a non-empty PING / READ_RESULT -> ``BAD_ARGUMENT``.
+
+A frame the receiver drops gets an ``ERROR`` reply with the receiver's code (``BAD_CRC``,
+``TIMEOUT`` for a frame truncated for longer than ``frame_timeout``, ``BAD_LENGTH`` for a length
+above the RUN payload size) and the receiver hunts for SYNC again, so the link always recovers.
+While the board is sending a reply (or a READ_RESULT waits for the run) it does not take receive
+events; a host that talks over a reply loses bytes, which end as one of those errors. The board
+never waits on the host: every state is left after a bounded number of cycles.
+
+Clocking. With ``platform=None`` (simulation) the design has ports ``clk``, ``rst``, ``rx``,
+``tx`` and runs in ``sync`` at the nominal ``clk_hz``. On a board it requests ``uart 0`` and the
+clock: with ``pll`` (see :func:`ice40_pll` / :func:`ecp5_pll`) ``sync`` comes from an
+``SB_PLL40_PAD`` (iCE40, fed by the oscillator pad) or an ``EHXPLLL`` (ECP5), held in reset until
+the PLL locks plus a power-on delay (iCE40 block RAM reads zero for ~3 us after configuration);
+without, it is the board oscillator (12 MHz iCEBreaker, 25 MHz ULX3S).
+
+    python -m hw.board --target ice40-up5k|ecp5-85f --artifact build/artifacts/l1p.json
+        [--clock-mhz 24] [--baud 115200] [--no-pll] [--out build/<target>]
+        [--report build/reports/synth-<target>.json]
+
+builds the bitstream with :func:`hw.synth.build_bitstream` (timing-driven at the PLL clock) and
+writes the ``synth-<target>.json`` record. Any user mistake, a design that does not fit and
+missed timing print one line and exit 2, leaving no new bitstream and no report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from amaranth import ClockDomain, ClockSignal, Const, Module, Mux, ResetSignal, Signal
+from amaranth.hdl import Instance
+from amaranth.lib import enum, io, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode
+from hw.accelerator import Accelerator
+from hw.link import FrameEventKind, FrameReceiver, FrameSender
+from hw.uart import UARTRx, UARTTx, uart_divisor
+
+__all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
+           "ice40_pll", "main"]
+
+#: Verilog module name of the board top in simulation.
+BOARD_TOP_NAME = "stforge_board"
+#: The clock ``make bitstream`` asks for, per target (MHz).
+DEFAULT_CLOCK_MHZ = {"ice40-up5k": 24.0, "ecp5-85f": 50.0}
+DEFAULT_BAUD = 115200
+#: Inter-byte timeout of a frame (seconds): USB-serial adapters pause between USB packets.
+DEFAULT_FRAME_TIMEOUT = 0.02
+#: The longest READ_RESULT waits for a run in progress (seconds) before answering BUSY.
+DEFAULT_RESULT_WAIT = 1.0
+#: Power-on delay after PLL lock (iCE40 block RAM reads zero for ~3 us after configuration).
+POWER_ON_DELAY = 20e-6
+
+
+# --------------------------------------------------------------------------------------------
+# PLL parameters
+# --------------------------------------------------------------------------------------------
+
+class PllConfig(dict):
+    """Primitive parameters plus ``f_in``/``f_out`` (Hz) and ``family``."""
+
+    @property
+    def f_out(self) -> float:
+        return self["f_out"]
+
+
+def ice40_pll(f_in: float, f_out: float, tolerance: float = 0.005) -> PllConfig:
+    """``SB_PLL40_*`` parameters (SIMPLE feedback) for ``f_in -> f_out``, as ``icepll`` finds them.
+
+    PFD 10..133 MHz, VCO 533..1066 MHz, output 16..275 MHz. Raises :class:`ValueError` when no
+    setting comes within ``tolerance`` (relative) of ``f_out``.
+    """
+    best = None
+    for divr in range(16):
+        f_pfd = f_in / (divr + 1)
+        if not 10e6 <= f_pfd <= 133e6:
+            continue
+        for divf in range(128):
+            f_vco = f_pfd * (divf + 1)
+            if not 533e6 <= f_vco <= 1066e6:
+                continue
+            for divq in range(1, 7):
+                out = f_vco / 2 ** divq
+                if not 16e6 <= out <= 275e6:
+                    continue
+                err = abs(out - f_out)
+                if best is None or err < best[0] - 1e-3:
+                    best = (err, divr, divf, divq, f_pfd, out)
+    if best is None or best[0] > tolerance * f_out:
+        raise ValueError(f"The iCE40 PLL cannot make {f_out / 1e6:g} MHz from {f_in / 1e6:g} MHz "
+                         f"(outputs 16..275 MHz)")
+    _, divr, divf, divq, f_pfd, out = best
+    filter_range = next(i for i, top in enumerate((17e6, 26e6, 44e6, 66e6, 101e6, 1e12), 1)
+                        if f_pfd < top)
+    return PllConfig(family="ice40", DIVR=divr, DIVF=divf, DIVQ=divq, FILTER_RANGE=filter_range,
+                     f_in=f_in, f_out=out)
+
+
+def ecp5_pll(f_in: float, f_out: float, tolerance: float = 0.005) -> PllConfig:
+    """``EHXPLLL`` parameters (CLKOP feedback) for ``f_in -> f_out``, as ``ecppll`` finds them.
+
+    PFD 3.125..400 MHz, VCO 400..800 MHz. Raises :class:`ValueError` when no setting comes within
+    ``tolerance`` of ``f_out``.
+    """
+    best = None
+    for clki_div in range(1, 129):
+        f_pfd = f_in / clki_div
+        if not 3.125e6 <= f_pfd <= 400e6:
+            continue
+        for clkfb_div in range(1, 81):
+            out = f_pfd * clkfb_div
+            for clkop_div in range(1, 129):
+                f_vco = out * clkop_div
+                if not 400e6 <= f_vco <= 800e6:
+                    continue
+                # prefer the smallest error, then a VCO near the middle of its range
+                key = (round(abs(out - f_out)), abs(f_vco - 600e6))
+                if best is None or key < best[0]:
+                    best = (key, clki_div, clkfb_div, clkop_div, out)
+    if best is None or best[0][0] > tolerance * f_out:
+        raise ValueError(f"The ECP5 PLL cannot make {f_out / 1e6:g} MHz from {f_in / 1e6:g} MHz")
+    _, clki_div, clkfb_div, clkop_div, out = best
+    return PllConfig(family="ecp5", CLKI_DIV=clki_div, CLKFB_DIV=clkfb_div, CLKOP_DIV=clkop_div,
+                     f_in=f_in, f_out=out)
+
+
+def _platform_family(platform) -> str:
+    device = str(getattr(platform, "device", ""))
+    if device.startswith("iCE40"):
+        return "ice40"
+    if device.startswith("LFE5"):
+        return "ecp5"
+    raise ValueError(f"No PLL support for device {device!r}; build with pll=None")
+
+
+# --------------------------------------------------------------------------------------------
+# The board top
+# --------------------------------------------------------------------------------------------
+
+class _Reply(enum.Enum, shape=2):
+    EMPTY = 0   #: no payload
+    BYTE = 1    #: one byte (ERROR code, PING version)
+    RESULT = 2  #: the READ_RESULT payload
+
+
+class BoardTop(wiring.Component):
+    """The accelerator of ``artifact`` behind the UART link (see the module docstring).
+
+    Parameters
+    ----------
+    artifact : Artifact
+        A loaded integer model (:func:`model.artifact.load_artifact`).
+    clk_hz : float
+        Frequency of the ``sync`` domain (the PLL output with ``pll``): sets the UART divisor
+        (``round(clk_hz / baud)``, at least 4 and within 2 % of ``baud``) and the frame timeout.
+    baud : int
+        UART rate.
+    pll : PllConfig or None
+        Generate ``sync`` with this PLL (:func:`ice40_pll` / :func:`ecp5_pll`, ``f_out`` must
+        equal ``clk_hz``); used only when elaborated for a platform.
+    frame_timeout : float
+        Inter-byte timeout of the frame receiver, seconds (at least 20 byte times are used).
+    result_wait : float
+        Watchdog of a READ_RESULT sent during a run: after this many seconds without a result
+        the board answers ``ERROR BUSY`` (a run of the default model takes ~10 ms at 12 MHz).
+
+    Members
+    -------
+    rx : ``In(1)``, tx : ``Out(1)``
+        The UART lines when elaborated without a platform (idle high). On a board the design
+        requests ``platform.request("uart", 0)`` instead and these stay unused.
+    """
+
+    def __init__(self, artifact, clk_hz, baud=DEFAULT_BAUD, *, pll: PllConfig | None = None,
+                 frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+                 result_wait: float = DEFAULT_RESULT_WAIT):
+        self.divisor = uart_divisor(clk_hz, baud)
+        if pll is not None and abs(pll.f_out - clk_hz) > 1e-6 * clk_hz:
+            raise ValueError(f"PLL output {pll.f_out / 1e6:g} MHz differs from clk_hz "
+                             f"{clk_hz / 1e6:g} MHz")
+        if not frame_timeout > 0:
+            raise ValueError(f"Frame timeout must be positive seconds, not {frame_timeout!r}")
+        if not result_wait > 0:
+            raise ValueError(f"Result wait must be positive seconds, not {result_wait!r}")
+        self.artifact, self.clk_hz, self.baud, self.pll = artifact, clk_hz, baud, pll
+        self.accelerator = Accelerator(artifact)
+        acc = self.accelerator
+        self.n_pixels = acc.in_c * acc.in_h * acc.in_w * (acc.T if acc.time_varying else 1)
+        self.input_max = int(artifact.manifest["model"]["input_max"])
+        self.classes = acc.classes
+        if acc.logit_bits > 32:
+            raise ValueError(f"Logits of {acc.logit_bits} bits do not fit the 32-bit result")
+        if self.input_max > 255 or self.classes > 255:
+            raise ValueError("Pixels above 255 or more than 255 classes do not fit the protocol")
+        self.timeout_cycles = max(int(frame_timeout * clk_hz), 20 * 10 * self.divisor)
+        self.result_bytes = 6 + 4 * self.classes
+        #: READ_RESULT waits at most this long for a run in progress (then ERROR BUSY)
+        self.result_wait_cycles = max(2, int(result_wait * clk_hz))
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
+
+    @classmethod
+    def for_platform(cls, artifact, target, clock_mhz=None, baud=DEFAULT_BAUD, *, pll=True,
+                     frame_timeout=DEFAULT_FRAME_TIMEOUT):
+        """The board top for a :data:`hw.synth.TARGETS` name, clocked by a PLL at ``clock_mhz``
+        (default :data:`DEFAULT_CLOCK_MHZ`) or, with ``pll=False``, by the oscillator."""
+        from hw.synth import get_target
+        spec = get_target(target)
+        platform_cls = spec.platform_class()
+        osc = platform_cls().default_clk_frequency
+        if not pll:
+            return cls(artifact, osc, baud, frame_timeout=frame_timeout)
+        mhz = DEFAULT_CLOCK_MHZ.get(spec.name, osc / 1e6) if clock_mhz is None else clock_mhz
+        config = (ice40_pll if spec.family == "ice40" else ecp5_pll)(osc, mhz * 1e6)
+        return cls(artifact, config.f_out, baud, pll=config, frame_timeout=frame_timeout)
+
+    # ---- clocking on a board -------------------------------------------------------------------
+
+    def _board_clock(self, m, platform):
+        """Drive ``sync`` from the PLL, held in reset until lock + power-on delay."""
+        pll = self.pll
+        family = _platform_family(platform)
+        if family != pll["family"]:
+            raise ValueError(f"A {pll['family']} PLL configuration cannot be used on {family}")
+        clk_out, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
+        if family == "ice40":
+            pad = platform.request(platform.default_clk, 0, dir="-")
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD",
+                p_FEEDBACK_PATH="SIMPLE",
+                p_DIVR=Const(pll["DIVR"], 4), p_DIVF=Const(pll["DIVF"], 7),
+                p_DIVQ=Const(pll["DIVQ"], 3), p_FILTER_RANGE=Const(pll["FILTER_RANGE"], 3),
+                i_PACKAGEPIN=pad.io, i_RESETB=Const(1), i_BYPASS=Const(0),
+                o_PLLOUTGLOBAL=clk_out, o_LOCK=lock)
+        else:
+            m.submodules.clk_buffer = clk_buffer = io.Buffer(
+                "i", platform.request(platform.default_clk, 0, dir="-"))
+            clk_in = clk_buffer.i
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+                p_CLKI_DIV=pll["CLKI_DIV"], p_CLKFB_DIV=pll["CLKFB_DIV"],
+                p_CLKOP_DIV=pll["CLKOP_DIV"], p_CLKOP_ENABLE="ENABLED",
+                p_CLKOP_CPHASE=pll["CLKOP_DIV"] // 2, p_CLKOP_FPHASE=0,   # as ecppll sets it
+                p_FEEDBK_PATH="CLKOP",
+                i_CLKI=clk_in, i_CLKFB=clk_out, i_RST=Const(0), i_STDBY=Const(0),
+                i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1),
+                i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0),
+                i_ENCLKOP=Const(0),
+                o_CLKOP=clk_out, o_LOCK=lock,
+                a_FREQUENCY_PIN_CLKI=f"{pll['f_in'] / 1e6:g}",
+                a_FREQUENCY_PIN_CLKOP=f"{pll['f_out'] / 1e6:g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+                a_MFG_GMCREF_SEL="2")
+        # no explicit constraint on the PLL output: nextpnr derives it from the pad's constraint
+        # and the PLL parameters ("Derived frequency constraint of 24.0 MHz for net ...")
+
+        # power-on reset: count while locked, release `sync` after the delay
+        m.domains.por = ClockDomain(reset_less=True, local=True)
+        m.domains.sync = ClockDomain()
+        m.d.comb += [ClockSignal("por").eq(clk_out), ClockSignal("sync").eq(clk_out)]
+        locked = Signal()
+        m.submodules.lock_sync = FFSynchronizer(lock, locked, o_domain="por")
+        delay = max(2, int(POWER_ON_DELAY * self.clk_hz))
+        timer = Signal(range(delay + 1))
+        ready = Signal()
+        with m.If(~locked):
+            m.d.por += [timer.eq(0), ready.eq(0)]
+        with m.Elif(timer == delay):
+            m.d.por += ready.eq(1)
+        with m.Else():
+            m.d.por += timer.eq(timer + 1)
+        m.d.comb += ResetSignal("sync").eq(~ready)
+
+    # ---- elaboration -------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        acc = self.accelerator
+        n_pixels, classes = self.n_pixels, self.classes
+
+        if platform is not None:
+            if self.pll is not None:
+                self._board_clock(m, platform)
+            elif abs(platform.default_clk_frequency - self.clk_hz) > 1e-6 * self.clk_hz:
+                raise ValueError(f"Without a PLL the design runs at the board clock "
+                                 f"{platform.default_clk_frequency / 1e6:g} MHz, not "
+                                 f"{self.clk_hz / 1e6:g} MHz")
+            # raw ports for every line of the resource (the ULX3S one has rts/dtr too)
+            lines = {sub.name: "-" for sub in platform.lookup("uart", 0).ios}
+            uart = platform.request("uart", 0, dir=lines)
+            m.submodules.rx_buffer = rx_buffer = io.Buffer("i", uart.rx)
+            m.submodules.tx_buffer = tx_buffer = io.Buffer("o", uart.tx)
+            rx_line, tx_line = rx_buffer.i, tx_buffer.o
+        else:
+            rx_line, tx_line = self.rx, self.tx
+
+        m.submodules.uart_rx = uart_rx = UARTRx(self.divisor)
+        m.submodules.uart_tx = uart_tx = UARTTx(self.divisor)
+        m.submodules.receiver = receiver = FrameReceiver(timeout_cycles=self.timeout_cycles,
+                                                         max_payload=n_pixels)
+        m.submodules.sender = sender = FrameSender()
+        m.submodules.accelerator = acc
+        m.d.comb += [uart_rx.rx.eq(rx_line), tx_line.eq(uart_tx.tx)]
+        if platform is not None:
+            m.d.comb += self.tx.eq(uart_tx.tx)
+        wiring.connect(m, uart_rx.o, receiver.i)
+        wiring.connect(m, sender.o, uart_tx.i)
+
+        # ---- RUN payload buffer and the feeder that streams it into the accelerator
+        m.submodules.pixel_buffer = pixel_buffer = Memory(shape=8, depth=n_pixels, init=[])
+        buf_w = pixel_buffer.write_port()
+        buf_r = pixel_buffer.read_port()
+        start = Signal()          # pulse: a good RUN frame was accepted
+        running = Signal()        # from `start` until the result has been captured
+        has_result = Signal()
+        feeding = Signal()
+        feed_index = Signal(range(n_pixels))
+        m.d.comb += [buf_r.addr.eq(feed_index), acc.pixels.payload.eq(buf_r.data)]
+        with m.FSM(name="feeder"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [feed_index.eq(0), feeding.eq(1)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):     # the buffer's read port has one cycle of latency
+                m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += acc.pixels.valid.eq(1)
+                with m.If(acc.pixels.ready):
+                    with m.If(feed_index == n_pixels - 1):
+                        m.d.sync += feeding.eq(0)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += feed_index.eq(feed_index + 1)
+                        m.next = "FETCH"
+
+        # ---- result capture: logits (sign-extended on the way out), class and cycles
+        m.submodules.logit_store = logit_store = Memory(
+            shape=acc.logits.payload.shape(), depth=classes, init=[])
+        logit_w = logit_store.write_port()
+        logit_r = logit_store.read_port()
+        logit_index = Signal(range(classes + 1))
+        result_cls = Signal(8)
+        result_cycles = Signal(32)
+        m.d.comb += [acc.logits.ready.eq(1), acc.result.ready.eq(1),
+                     logit_w.addr.eq(logit_index), logit_w.data.eq(acc.logits.payload),
+                     logit_w.en.eq(acc.logits.valid)]
+        with m.If(acc.logits.valid):
+            m.d.sync += logit_index.eq(logit_index + 1)
+        with m.If(acc.result.valid):
+            m.d.sync += [result_cls.eq(acc.result.payload.cls),
+                         result_cycles.eq(acc.result.payload.cycles),
+                         has_result.eq(1), running.eq(0), logit_index.eq(0)]
+        with m.If(start):
+            m.d.sync += [running.eq(1), has_result.eq(0), logit_index.eq(0)]
+
+        # ---- command handler
+        event = receiver.o.payload
+        command = Signal(8)
+        count = Signal(16)         # payload bytes of the current frame
+        bad_pixel = Signal()       # a RUN byte above input_max
+        reply_command = Signal(8)
+        reply_length = Signal(16)
+        reply_kind = Signal(_Reply)
+        reply_byte = Signal(8)
+        index = Signal(range(max(self.result_bytes, 2)))
+        wait_cycles = Signal(range(self.result_wait_cycles))
+        index_next = Signal.like(index)
+        m.d.comb += index_next.eq(index)
+        m.d.sync += index.eq(index_next)
+
+        def reply(code=None, *, kind=_Reply.BYTE, byte=None, length=None):
+            """Latch a reply and go send it. `code` set: ERROR(code)."""
+            if code is not None:
+                m.d.sync += [reply_command.eq(Command.ERROR), reply_length.eq(1),
+                             reply_kind.eq(_Reply.BYTE), reply_byte.eq(code)]
+            else:
+                m.d.sync += [reply_command.eq(Command.OK), reply_kind.eq(kind),
+                             reply_length.eq({_Reply.EMPTY: 0, _Reply.BYTE: 1,
+                                              _Reply.RESULT: self.result_bytes}[kind])]
+                if byte is not None:
+                    m.d.sync += reply_byte.eq(byte)
+            m.next = "HEADER"
+
+        with m.FSM(name="handler"):
+            with m.State("IDLE"):
+                m.d.comb += receiver.o.ready.eq(1)
+                with m.If(receiver.o.valid):
+                    with m.If(event.kind == FrameEventKind.COMMAND):
+                        m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
+                        m.next = "FRAME"
+                    with m.Elif(event.kind == FrameEventKind.ERROR):
+                        reply(event.data)
+
+            with m.State("FRAME"):
+                m.d.comb += receiver.o.ready.eq(1)
+                with m.If(receiver.o.valid):
+                    with m.Switch(event.kind):
+                        with m.Case(FrameEventKind.PAYLOAD):
+                            m.d.sync += count.eq(count + 1)
+                            with m.If(command == Command.RUN):
+                                with m.If(event.data > self.input_max):
+                                    m.d.sync += bad_pixel.eq(1)
+                                # the buffer is being read only while feeding: leave it alone
+                                # then (such a RUN is answered BUSY anyway)
+                                m.d.comb += [buf_w.addr.eq(count), buf_w.data.eq(event.data),
+                                             buf_w.en.eq(~feeding & (count < n_pixels))]
+                        with m.Case(FrameEventKind.END):
+                            m.next = "DISPATCH"
+                        with m.Case(FrameEventKind.ERROR):
+                            reply(event.data)
+                        with m.Case(FrameEventKind.COMMAND):   # not sent by the receiver
+                            m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
+
+            with m.State("DISPATCH"):
+                with m.Switch(command):
+                    with m.Case(Command.PING):
+                        with m.If(count != 0):
+                            reply(ErrorCode.BAD_ARGUMENT)
+                        with m.Else():
+                            reply(kind=_Reply.BYTE, byte=PROTOCOL_VERSION)
+                    with m.Case(Command.RUN):
+                        with m.If((count != n_pixels) | bad_pixel):
+                            reply(ErrorCode.BAD_ARGUMENT)
+                        with m.Elif(running):
+                            reply(ErrorCode.BUSY)
+                        with m.Else():
+                            m.d.comb += start.eq(1)
+                            reply(kind=_Reply.EMPTY)
+                    with m.Case(Command.READ_RESULT):
+                        with m.If(count != 0):
+                            reply(ErrorCode.BAD_ARGUMENT)
+                        with m.Elif(running):
+                            m.d.sync += wait_cycles.eq(0)
+                            m.next = "WAIT_RESULT"
+                        with m.Elif(~has_result):
+                            reply(ErrorCode.BUSY)
+                        with m.Else():
+                            reply(kind=_Reply.RESULT)
+                    with m.Case(Command.WRITE_MEM):
+                        reply(ErrorCode.UNSUPPORTED)
+                    with m.Default():
+                        reply(ErrorCode.UNKNOWN_COMMAND)
+
+            with m.State("WAIT_RESULT"):
+                m.d.sync += wait_cycles.eq(wait_cycles + 1)
+                with m.If(has_result):
+                    reply(kind=_Reply.RESULT)
+                with m.Elif(wait_cycles == self.result_wait_cycles - 1):
+                    reply(ErrorCode.BUSY)          # watchdog: the link never waits forever
+
+            with m.State("HEADER"):
+                m.d.comb += [sender.header.valid.eq(1),
+                             sender.header.payload.command.eq(reply_command),
+                             sender.header.payload.length.eq(reply_length),
+                             index_next.eq(0)]
+                with m.If(sender.header.ready):
+                    with m.If(reply_length == 0):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "PAYLOAD"
+
+            with m.State("PAYLOAD"):
+                m.d.comb += sender.payload.valid.eq(1)
+                with m.If(sender.payload.ready):
+                    m.d.comb += index_next.eq(index + 1)
+                    with m.If(index == reply_length - 1):
+                        m.next = "IDLE"
+
+        # reply payload bytes; the logit store is read one cycle ahead (at index_next)
+        ahead = Signal(range(max(self.result_bytes, 7)))
+        m.d.comb += [ahead.eq(index_next - 6),
+                     logit_r.addr.eq(Mux(index_next >= 6, ahead >> 2, 0))]
+        logit32 = Signal(32)
+        m.d.comb += logit32.eq(logit_r.data)        # sign-extends the stored logit
+        result_byte = Signal(8)
+        with m.Switch(index):
+            with m.Case(0):
+                m.d.comb += result_byte.eq(result_cls)
+            for i in range(4):
+                with m.Case(1 + i):
+                    m.d.comb += result_byte.eq(result_cycles.word_select(i, 8))
+            with m.Case(5):
+                m.d.comb += result_byte.eq(classes)
+            with m.Default():
+                m.d.comb += result_byte.eq(logit32.word_select((index - 6)[:2], 8))
+        m.d.comb += sender.payload.payload.eq(
+            Mux(reply_kind == _Reply.RESULT, result_byte, reply_byte))
+        return m
+
+
+# --------------------------------------------------------------------------------------------
+# make bitstream
+# --------------------------------------------------------------------------------------------
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes it private; a report is not
+    os.replace(tmp, path)
+
+
+def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True, out_dir=None,
+          report_path=None) -> dict:
+    """Build the board bitstream of an artifact for ``target``; returns the report record."""
+    from hw.synth import TimingError, build_bitstream, get_target
+    from model.artifact import load_artifact
+    from model.errors import StforgeError
+    spec = get_target(target)
+    artifact = load_artifact(artifact_path)
+    try:
+        top = BoardTop.for_platform(artifact, spec.name, clock_mhz, baud, pll=pll)
+    except ValueError as error:          # PLL cannot make the clock, UART rate impossible
+        raise StforgeError(str(error)) from None
+    out_dir = Path(out_dir or Path("build") / spec.name)
+    board_mhz = spec.platform_class()().default_clk_frequency / 1e6
+    # the pad is constrained at the oscillator; the PLL output carries its own constraint
+    try:
+        record = build_bitstream(top, spec.name, out_dir,
+                                 board_mhz if top.pll else top.clk_hz / 1e6, name="top")
+    except TimingError as error:
+        if top.pll is None:
+            raise
+        detail = str(error).split(": ", 1)[-1]
+        raise TimingError(f"Timing not met on {spec.name} at {top.clk_hz / 1e6:g} MHz (PLL from "
+                          f"the {board_mhz:g} MHz oscillator): {detail}; a lower clock can be "
+                          f"asked for with --clock-mhz / CLOCK_MHZ=") from None
+    record.update({
+        "clock_mhz": round(top.clk_hz / 1e6, 3),
+        "pll": ({k: v for k, v in top.pll.items() if k not in ("f_in", "f_out")}
+                if top.pll else None),
+        "model": Path(artifact_path).stem,
+        "artifact": str(artifact_path),
+        "baud": baud,
+        "uart_divisor": top.divisor,
+        "baud_actual": round(top.clk_hz / top.divisor, 1),
+    })
+    _write_json(Path(report_path or Path("build/reports") / f"synth-{spec.name}.json"), record)
+    return record
+
+
+def main(argv=None) -> int:
+    from hw.synth import TARGETS
+    from model.errors import StforgeError
+    parser = argparse.ArgumentParser(prog="python -m hw.board",
+                                     description="Bitstream of the board top for an artifact.")
+    parser.add_argument("--target", required=True, help=f"one of {', '.join(sorted(TARGETS))}")
+    parser.add_argument("--artifact", required=True, help="artifact manifest (.json)")
+    parser.add_argument("--clock-mhz", type=float, help="PLL clock (default: 24 on ice40-up5k, "
+                                                        "50 on ecp5-85f)")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
+    parser.add_argument("--no-pll", action="store_true", help="run from the board oscillator")
+    parser.add_argument("--out", help="output folder (default build/<target>)")
+    parser.add_argument("--report", help="report (default build/reports/synth-<target>.json)")
+    args = parser.parse_args(argv)
+    try:
+        if args.no_pll and args.clock_mhz is not None:
+            raise StforgeError("--clock-mhz needs the PLL; drop --no-pll")
+        record = build(args.target, args.artifact, clock_mhz=args.clock_mhz, baud=args.baud,
+                       pll=not args.no_pll, out_dir=args.out, report_path=args.report)
+    except StforgeError as exc:
+        print(f"stforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stforge: interrupted", file=sys.stderr)
+        return 130
+    print(f"{record['target']}: {record['lut']} LUT, {record['ff']} FF, {record['bram']} BRAM, "
+          f"{record['spram']} SPRAM, {record['dsp']} DSP; fmax {record['fmax_mhz']} MHz "
+          f"(clock {record['clock_mhz']} MHz) -> {record['bitstream']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The board top (hw/board.py): PLL settings, elaboration for both boards, the bitstream CLI's
+errors, and (marked `sim`) the host driver against the Verilog of the board top in cocotb +
+Verilator, compared with the golden model."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hw import board as board_mod
+from hw.board import DEFAULT_CLOCK_MHZ, BoardTop, ecp5_pll, ice40_pll
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+L1P = ROOT / "build" / "artifacts" / "l1p.json"
+
+
+@pytest.fixture(scope="module")
+def l1p():
+    if not L1P.exists():
+        pytest.skip(f"{L1P} missing: run `make export`")
+    from model.artifact import load_artifact
+    return load_artifact(L1P)
+
+
+def unused(top):
+    """Silence Amaranth's warning about a design built only to inspect its parameters."""
+    top._MustUse__silence = True
+    top.accelerator._MustUse__silence = True
+    return top
+
+
+# --------------------------------------------------------------------------------------------
+# PLL parameters (what icepll / ecppll print for these frequencies)
+# --------------------------------------------------------------------------------------------
+
+def test_ice40_pll_24_mhz_from_12():
+    cfg = ice40_pll(12e6, 24e6)
+    assert (cfg["DIVR"], cfg["DIVF"], cfg["DIVQ"], cfg["FILTER_RANGE"]) == (0, 63, 5, 1)
+    assert cfg.f_out == 24e6
+
+
+def test_ecp5_pll_50_mhz_from_25():
+    cfg = ecp5_pll(25e6, 50e6)
+    assert (cfg["CLKI_DIV"], cfg["CLKFB_DIV"], cfg["CLKOP_DIV"]) == (1, 2, 12)
+    assert cfg.f_out == 50e6
+    assert ecp5_pll(25e6, 30e6).f_out == pytest.approx(30e6)
+
+
+@pytest.mark.parametrize("f_in,f_out", [(12e6, 30e6), (25e6, 40e6), (12e6, 48e6),
+                                        (25e6, 33.333e6)])
+def test_pll_outputs_within_half_a_percent(f_in, f_out):
+    for search in (ice40_pll, ecp5_pll):
+        cfg = search(f_in, f_out)
+        assert abs(cfg.f_out - f_out) <= 0.005 * f_out
+        if search is ice40_pll:
+            vco = f_in / (cfg["DIVR"] + 1) * (cfg["DIVF"] + 1)
+            assert 533e6 <= vco <= 1066e6 and cfg.f_out == vco / 2 ** cfg["DIVQ"]
+        else:
+            assert 400e6 <= cfg.f_out * cfg["CLKOP_DIV"] <= 800e6
+
+
+def test_pll_impossible_frequencies():
+    with pytest.raises(ValueError, match="iCE40 PLL cannot make 10 MHz"):
+        ice40_pll(12e6, 10e6)                       # below the 16 MHz minimum
+    with pytest.raises(ValueError, match="ECP5 PLL cannot make"):
+        ecp5_pll(25e6, 1000e6)
+
+
+# --------------------------------------------------------------------------------------------
+# Construction and elaboration
+# --------------------------------------------------------------------------------------------
+
+def test_board_top_parameters(l1p):
+    top = unused(BoardTop(l1p, 24e6, 115200))
+    assert top.divisor == 208 and top.n_pixels == 64 and top.classes == 10
+    assert top.result_bytes == 46 and top.input_max == 16
+    assert top.timeout_cycles == int(0.02 * 24e6)
+    with pytest.raises(ValueError, match="too fast"):
+        BoardTop(l1p, 1e6, 500_000)
+    with pytest.raises(ValueError, match="PLL output 50 MHz differs"):
+        BoardTop(l1p, 24e6, 115200, pll=ecp5_pll(25e6, 50e6))
+    pll_top = unused(BoardTop.for_platform(l1p, "ecp5-85f"))
+    assert pll_top.clk_hz == 50e6 and pll_top.pll["CLKOP_DIV"] == 12
+    assert unused(BoardTop.for_platform(l1p, "ice40-up5k", pll=False)).clk_hz == 12e6
+    assert DEFAULT_CLOCK_MHZ == {"ice40-up5k": 24.0, "ecp5-85f": 50.0}
+
+
+@pytest.mark.parametrize("target,pll_cell,pins", [
+    ("ice40-up5k", "SB_PLL40_PAD", ("set_io uart_0__rx__io 6", "set_io uart_0__tx__io 9",
+                                    "set_io clk12_0__io 35")),
+    ("ecp5-85f", "EHXPLLL", ('LOCATE COMP "uart_0__rx__io" SITE "M1"',
+                             'LOCATE COMP "uart_0__tx__io" SITE "L4"',
+                             'LOCATE COMP "clk25_0__io" SITE "G2"')),
+])
+def test_board_top_elaborates_for_the_board(l1p, target, pll_cell, pins):
+    """The build plan (no tools run): the PLL instance, the UART and clock pins."""
+    from hw.synth import get_target
+    spec = get_target(target)
+    top = BoardTop.for_platform(l1p, target)
+    plan = spec.platform_class()().build(top, name="top", do_build=False)
+    files = plan.files
+    netlist = files["top.il"]
+    netlist = netlist if isinstance(netlist, str) else netlist.decode()
+    assert pll_cell in netlist
+    constraints = files["top.pcf"] if target.startswith("ice40") else files["top.lpf"]
+    for pin in pins:
+        assert pin in constraints, (pin, constraints)
+
+
+# --------------------------------------------------------------------------------------------
+# python -m hw.board: user mistakes, fit failures
+# --------------------------------------------------------------------------------------------
+
+def run_board_cli(*args):
+    return subprocess.run([PY, "-m", "hw.board", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_unknown_target_and_missing_artifact(tmp_path):
+    r = run_board_cli("--target", "ice40-hx8k", "--artifact", L1P, "--out", tmp_path / "o",
+                      "--report", tmp_path / "r.json")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "stforge: error: Unknown target 'ice40-hx8k'; known targets: ecp5-85f, ice40-up5k"]
+    r = run_board_cli("--target", "ecp5-85f", "--artifact", tmp_path / "none.json",
+                      "--out", tmp_path / "o", "--report", tmp_path / "r.json")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "does not exist" in r.stderr
+    r = run_board_cli("--target", "ice40-up5k", "--artifact", L1P, "--clock-mhz", "10",
+                      "--out", tmp_path / "o", "--report", tmp_path / "r.json")
+    assert r.returncode == 2 and "iCE40 PLL cannot make 10 MHz" in r.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_cli_fit_failure_is_one_line_and_writes_nothing(l1p, tmp_path, monkeypatch, capsys):
+    from hw import synth
+
+    calls = []
+
+    def no_fit(top, target, out_dir, clock_mhz, *, name):
+        unused(top)
+        calls.append((type(top).__name__, target, clock_mhz, name, top.clk_hz))
+        raise synth.FitError("Design does not fit ice40-up5k: needs 9000 LC but the iCE40 UP5K "
+                             "has 5280 (nextpnr-ice40 failed)")
+
+    monkeypatch.setattr(synth, "build_bitstream", no_fit)
+    code = board_mod.main(["--target", "ice40-up5k", "--artifact", str(L1P),
+                           "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "stforge: error: Design does not fit ice40-up5k: needs 9000 LC but the iCE40 UP5K has "
+        "5280 (nextpnr-ice40 failed)"]
+    # the pad is constrained at the 12 MHz oscillator, the PLL makes 24 MHz
+    assert calls == [("BoardTop", "ice40-up5k", 12.0, "top", 24e6)]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_timing_failure_names_the_pll_clock(l1p, tmp_path, monkeypatch, capsys):
+    from hw import synth
+
+    def slow(top, target, out_dir, clock_mhz, *, name):
+        unused(top)
+        raise synth.TimingError("Timing not met on ecp5-85f at 25 MHz: $glbnet$clk reaches "
+                                "35.18 MHz, 50.00 MHz required [log: x]")
+
+    monkeypatch.setattr(synth, "build_bitstream", slow)
+    code = board_mod.main(["--target", "ecp5-85f", "--artifact", str(L1P),
+                           "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r.json")])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "stforge: error: Timing not met on ecp5-85f at 50 MHz (PLL from the 25 MHz oscillator): "
+        "$glbnet$clk reaches 35.18 MHz, 50.00 MHz required [log: x]; a lower clock can be asked "
+        "for with --clock-mhz / CLOCK_MHZ="]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_success_writes_the_report(l1p, tmp_path, monkeypatch, capsys):
+    from hw import synth
+
+    def fake_build(top, target, out_dir, clock_mhz, *, name):
+        unused(top)
+        return {"target": target, "board": "ulx3s-85f", "lut": 1, "ff": 2, "bram": 3,
+                "spram": 0, "dsp": 4, "fmax_mhz": 51.5, "bitstream": f"{out_dir}/top.bit",
+                "sha256": "0" * 64, "clock_mhz": clock_mhz, "board_clock_mhz": 25.0}
+
+    monkeypatch.setattr(synth, "build_bitstream", fake_build)
+    report = tmp_path / "reports" / "synth-ecp5-85f.json"
+    code = board_mod.main(["--target", "ecp5-85f", "--artifact", str(L1P), "--out",
+                           str(tmp_path / "o"), "--report", str(report)])
+    assert code == 0
+    data = json.loads(report.read_text())
+    for key in ("target", "board", "lut", "ff", "bram", "spram", "dsp", "fmax_mhz", "bitstream",
+                "sha256"):
+        assert key in data
+    assert data["clock_mhz"] == 50.0 and data["board_clock_mhz"] == 25.0
+    assert data["pll"] == {"family": "ecp5", "CLKI_DIV": 1, "CLKFB_DIV": 2, "CLKOP_DIV": 12}
+    assert data["model"] == "l1p" and data["uart_divisor"] == 434
+    assert "fmax 51.5 MHz" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# The board in simulation: the driver over a simulated UART, against the golden model
+# --------------------------------------------------------------------------------------------
+
+IMAGES = 3
+
+
+@pytest.mark.sim
+def test_board_simulation_matches_golden(l1p):
+    from sim.board_tb import run_board_sim
+    build_dir = ROOT / "build" / "sim_board" / "l1p"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    golden = build_dir / "golden.npz"
+    started = time.time()
+    # golden logits come from the torch-side CLI, in its own process
+    subprocess.run([PY, "-m", "model.cli", "golden-data", str(L1P), "--images", str(IMAGES),
+                    "--out", str(golden), "--quiet"], cwd=ROOT, check=True, timeout=300,
+                   capture_output=True)
+    golden_seconds = time.time() - started
+    raw = run_board_sim(L1P, golden, range(IMAGES), build_dir)
+    assert raw["failed"] == []
+    checks = raw["link"]["checks"]
+    for what in ("bad CRC: BAD_CRC", "truncated RUN: TIMEOUT", "over-long length: BAD_LENGTH",
+                 "unknown command: UNKNOWN_COMMAND", "WRITE_MEM: UNSUPPORTED",
+                 "RUN with too few pixels: BAD_ARGUMENT", "READ_RESULT before any RUN: BUSY"):
+        assert any(line.startswith(what) for line in checks), (what, checks)
+    assert raw["images"]["torch_imported"] is False
+    results = raw["images"]["results"]
+    assert [r["image"] for r in results] == list(range(IMAGES))
+    for r in results:
+        assert r["logits"] == r["golden_logits"]
+        assert r["predicted"] == r["golden_prediction"]
+        assert r["cycles"] > 0
+    print(f"\nboard sim: golden data {golden_seconds:.1f} s, Verilator build "
+          f"{raw['build_seconds']:.1f} s, simulation {raw['run_seconds']:.1f} s; cycles "
+          f"{[r['cycles'] for r in results]}")

@@ -1,0 +1,319 @@
+"""The host driver (firmware/driver.py) against fake ports: replies, timeouts, corrupted replies,
+ERROR replies, argument checks; and its CLI over a pseudo-terminal (real pyserial)."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware.driver import Accelerator, BoardError, BoardTimeout, DriverError, Inference, \
+    LinkError, PortError
+from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode, Frame, FrameDecoder, Result, \
+    encode_frame, pack_error, pack_result
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+LOGITS = (5, -3, 120000, -70000, 0, 1, 2, 3, 4, 119999)
+
+
+class FakeBoard:
+    """A port object: decodes the driver's frames and answers through `respond(frame)`, which
+    returns the reply bytes (or b"" for silence). `read` returns b"" when nothing is queued, as a
+    pyserial port does on timeout."""
+
+    def __init__(self, respond=None):
+        self.respond = respond or self.default
+        self.decoder = FrameDecoder()
+        self.frames = []
+        self.out = bytearray()
+        self.reads = 0
+        self.name = "/dev/ttyFAKE"
+        self.running = False
+        self.result = None
+
+    def default(self, frame):
+        if frame.command == Command.PING:
+            return encode_frame(Command.OK, bytes([PROTOCOL_VERSION]))
+        if frame.command == Command.RUN:
+            self.result = Result(LOGITS, predicted=2, cycles=4321)
+            return encode_frame(Command.OK)
+        if frame.command == Command.READ_RESULT:
+            if self.result is None:
+                return encode_frame(Command.ERROR, pack_error(ErrorCode.BUSY))
+            return encode_frame(Command.OK, pack_result(self.result))
+        return encode_frame(Command.ERROR, pack_error(ErrorCode.UNKNOWN_COMMAND))
+
+    def write(self, data):
+        for event in self.decoder.feed(data):
+            assert isinstance(event, Frame), event
+            self.frames.append(event)
+            self.out += self.respond(event)
+        return len(data)
+
+    def read(self, n=1):
+        self.reads += 1
+        chunk = bytes(self.out[:n])
+        del self.out[:n]
+        return chunk
+
+    def reset_input_buffer(self):
+        self.out.clear()
+
+
+def driver(board, **kw):
+    return Accelerator(board, timeout=2.0, **kw)
+
+
+def test_ping_and_infer():
+    board = FakeBoard()
+    acc = driver(board)
+    assert acc.ping() == PROTOCOL_VERSION
+    image = np.arange(64, dtype=np.uint8).reshape(1, 8, 8) % 17
+    out = acc.infer(image)
+    assert out == Inference(LOGITS, 4321, 2)
+    logits, cycles, predicted = out
+    assert (logits, cycles, predicted) == (LOGITS, 4321, 2)
+    run = board.frames[1]
+    assert run.command == Command.RUN
+    assert list(run.payload) == [int(v) for v in image.reshape(-1)]     # order (c, y, x)
+    assert [f.command for f in board.frames] == [Command.PING, Command.RUN, Command.READ_RESULT]
+
+
+def test_for_artifact_checks_images_before_sending():
+    manifest = {"model": {"input_shape": [1, 8, 8], "input_max": 16, "num_classes": 10,
+                          "timesteps": 4, "time_varying_input": False}}
+    board = FakeBoard()
+    acc = Accelerator.for_artifact(board, manifest)
+    with pytest.raises(ValueError, match=r"shape \(8, 7\).*\(1, 8, 8\)"):
+        acc.infer(np.zeros((8, 7), np.uint8))
+    with pytest.raises(ValueError, match="pixel value 17 outside 0..16"):
+        acc.infer(np.full((1, 8, 8), 17))
+    with pytest.raises(ValueError, match="integers"):
+        acc.infer(np.zeros((1, 8, 8), np.float32))
+    assert board.frames == []                      # nothing was sent
+    assert acc.infer(list(range(16)) * 4).cycles == 4321        # a flat sequence works too
+
+
+def test_timeout_message_names_port_and_time():
+    silent = FakeBoard(lambda frame: b"")
+    with pytest.raises(BoardTimeout, match=r"^no answer from the board on /dev/ttyFAKE after "
+                                           r"2\.0 s$"):
+        driver(silent).ping()
+
+
+def test_truncated_reply_is_a_link_error():
+    cut = FakeBoard(lambda frame: encode_frame(Command.OK, bytes([1]))[:4])
+    with pytest.raises(LinkError, match="truncated reply"):
+        driver(cut, retries=0).ping()
+    junk = FakeBoard(lambda frame: b"\x00\x01\x02")
+    with pytest.raises(LinkError, match="no frame"):
+        driver(junk, retries=0).ping()
+
+
+def corrupt(frame_bytes):
+    return frame_bytes[:-1] + bytes([frame_bytes[-1] ^ 0x01])
+
+
+def test_bad_crc_reply_is_retried_for_idempotent_commands():
+    board = FakeBoard()
+    calls = []
+
+    def flaky(frame):
+        calls.append(frame.command)
+        reply = board.default(frame)
+        return corrupt(reply) if len(calls) == 1 else reply
+
+    board.respond = flaky
+    assert driver(board, retries=1).ping() == PROTOCOL_VERSION
+    assert calls == [Command.PING, Command.PING]
+
+
+def test_bad_crc_reply_without_retries():
+    board = FakeBoard()
+    board.respond = lambda frame: corrupt(board.default(frame))
+    with pytest.raises(LinkError, match="corrupted reply from the board on /dev/ttyFAKE: BAD_CRC"):
+        driver(board, retries=0).ping()
+    with pytest.raises(LinkError, match="BAD_CRC"):       # RUN is never retried
+        driver(board, retries=3).run(np.zeros(64, np.uint8))
+    assert sum(f.command == Command.RUN for f in board.frames) == 1
+
+
+def test_garbage_before_the_reply_is_skipped():
+    board = FakeBoard()
+    board.respond = lambda frame: b"\x00\x13\xff" + board.default(frame)
+    assert driver(board).ping() == PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_error_replies_raise_board_error(code):
+    board = FakeBoard(lambda frame: encode_frame(Command.ERROR, pack_error(code)))
+    with pytest.raises(BoardError, match=f"answered PING with ERROR {code.name}") as info:
+        driver(board).ping()
+    assert info.value.code == code
+
+
+def test_busy_and_unsupported_messages():
+    board = FakeBoard()
+    with pytest.raises(BoardError, match="READ_RESULT with ERROR BUSY: .*no result") as info:
+        driver(board).read_result()
+    assert info.value.code == ErrorCode.BUSY
+    unsupported = FakeBoard(lambda f: encode_frame(Command.ERROR,
+                                                   pack_error(ErrorCode.UNSUPPORTED)))
+    with pytest.raises(BoardError, match="WRITE_MEM is not supported"):
+        driver(unsupported).ping()
+
+
+def test_malformed_replies():
+    odd_code = FakeBoard(lambda f: encode_frame(Command.ERROR, b"\x77"))
+    with pytest.raises(BoardError, match="ERROR 0x77") as info:
+        driver(odd_code).ping()
+    assert info.value.code == 0x77
+    with pytest.raises(LinkError, match="malformed ERROR"):
+        driver(FakeBoard(lambda f: encode_frame(Command.ERROR, b""))).ping()
+    with pytest.raises(LinkError, match="unexpected reply PING"):
+        driver(FakeBoard(lambda f: encode_frame(Command.PING))).ping()
+    with pytest.raises(DriverError, match="protocol version 9"):
+        driver(FakeBoard(lambda f: encode_frame(Command.OK, b"\x09"))).ping()
+    short = FakeBoard(lambda f: encode_frame(Command.OK, b"\x01\x02"))
+    with pytest.raises(LinkError, match="malformed result"):
+        driver(short).read_result()
+    three = FakeBoard(lambda f: encode_frame(Command.OK, pack_result(Result((1, 2, 3), 2, 5))))
+    with pytest.raises(LinkError, match="3 logits, the model has 10"):
+        driver(three, classes=10).read_result()
+
+
+def test_port_failure_is_a_port_error():
+    class Unplugged(FakeBoard):
+        def write(self, data):
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(PortError, match="serial port /dev/ttyFAKE failed during PING: .*Input/"):
+        driver(Unplugged()).ping()
+
+
+def test_port_argument_checks():
+    with pytest.raises(TypeError, match="read\\(\\) and write\\(\\)"):
+        Accelerator(object())
+    with pytest.raises(ValueError, match="Timeout"):
+        Accelerator(FakeBoard(), timeout=0)
+    with pytest.raises(PortError, match="^cannot open serial port /nonexistent/ttyUSB9: "):
+        Accelerator("/nonexistent/ttyUSB9")
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+def write_manifest(tmp_path):
+    manifest = {"model": {"input_shape": [1, 8, 8], "input_max": 16, "num_classes": 10,
+                          "timesteps": 4, "time_varying_input": False, "dataset": "digits"},
+                "source": {"config": {"data": {"name": "digits", "seed": 0, "limit": None}}}}
+    path = tmp_path / "art.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([PY, "-m", "firmware.driver", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_missing_port_is_one_line_exit_2(tmp_path):
+    art = write_manifest(tmp_path)
+    r = run_cli("--port", "/nonexistent/ttyUSB9", "--artifact", art, "--images", 2)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "stforge: error: cannot open serial port /nonexistent/ttyUSB9: No such file or directory"]
+    r = run_cli("--port", "/nonexistent/ttyUSB9", "--artifact", tmp_path / "none.json")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "not found" in r.stderr
+
+
+def pty_board(serve):
+    """A pseudo-terminal whose master side runs `serve(fd)` in a thread; returns the tty path."""
+    master, slave = os.openpty()
+    import tty
+    tty.setraw(slave)
+    thread = threading.Thread(target=serve, args=(master,), daemon=True)
+    thread.start()
+    return os.ttyname(slave), (master, slave)
+
+
+def test_cli_unanswering_port_is_one_line_exit_2(tmp_path):
+    art = write_manifest(tmp_path)
+    path, fds = pty_board(lambda fd: None)           # nobody answers
+    try:
+        r = run_cli("--port", path, "--artifact", art, "--timeout", 0.3)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"stforge: error: no answer from the board on {path} after 0.3 s"]
+
+
+def serve_fake(fd, logits_for):
+    """Answer frames on the pty master like a board; logits_for(pixels) -> logits."""
+    decoder = FrameDecoder()
+    result = None
+    while True:
+        try:
+            data = os.read(fd, 256)
+        except OSError:
+            return
+        if not data:
+            return
+        for frame in decoder.feed(data):
+            if not isinstance(frame, Frame):
+                continue
+            if frame.command == Command.PING:
+                reply = encode_frame(Command.OK, bytes([PROTOCOL_VERSION]))
+            elif frame.command == Command.RUN:
+                logits = logits_for(frame.payload)
+                result = Result(tuple(logits), int(np.argmax(logits)), 1000 + frame.payload[0])
+                reply = encode_frame(Command.OK)
+            else:
+                reply = encode_frame(Command.OK, pack_result(result))
+            os.write(fd, reply)
+
+
+def test_cli_runs_digits_images_and_compares_with_golden(tmp_path):
+    from model.data import load_digits
+    art = write_manifest(tmp_path)
+    split = load_digits(seed=0)
+    labels = split.y_test[:4]
+    by_image = {bytes(x.reshape(-1)): int(y) for x, y in zip(split.x_test[:4], labels)}
+
+    def logits_for(pixels):                         # a board that is always right
+        out = [0] * 10
+        out[by_image[bytes(pixels)]] = 7
+        return out
+
+    golden = np.zeros((4, 10), np.int64)
+    golden[np.arange(4), labels] = 7
+    np.savez(tmp_path / "g.npz", logits=golden)
+    path, fds = pty_board(lambda fd: serve_fake(fd, logits_for))
+    try:
+        r = run_cli("--port", path, "--artifact", art, "--images", 4, "--golden",
+                    tmp_path / "g.npz", "--timeout", 5)
+        golden[0, 0] = 1                            # now image 0 differs from the "golden"
+        np.savez(tmp_path / "g2.npz", logits=golden)
+        r2 = run_cli("--port", path, "--artifact", art, "--images", 2, "--golden",
+                     tmp_path / "g2.npz", "--timeout", 5)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 5
+    assert lines[0].startswith(f"image 0: label {labels[0]}, board {labels[0]}, ")
+    assert lines[-1].startswith("4 images: 4/4 correct (accuracy 1.000)")
+    assert lines[-1].endswith("4/4 logits equal to golden")
+    assert r2.returncode == 1
+    assert "LOGITS DIFFER FROM GOLDEN" in r2.stdout.splitlines()[0]
