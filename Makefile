@@ -62,7 +62,7 @@ sim: hdl
 
 ## the default suite (no `slow` tests)
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
