@@ -83,3 +83,13 @@ bitstream: $(STAMP)
 	@test -f "$(BITSTREAM_ARTIFACT)" || $(MAKE) --no-print-directory export
 	$(PY) -m hw.board --target "$(TARGET)" --artifact "$(BITSTREAM_ARTIFACT)" \
 		$(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ))
+
+## FPGA (sim-<v>.json cycles, synth-<target>.json fmax) vs CPU (timed here) vs GPU (CUDA events,
+## or an analytic model without CUDA): build/reports/bench.json + bench_*.png.
+##   make bench [BENCH_ARGS="--run-missing --quick --images 100"]
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(STAMP)
+	@for v in l1p dsp dense; do test -f build/artifacts/$$v.json || \
+		{ $(MAKE) --no-print-directory export; break; }; done
+	$(PY) -m model.bench $(BENCH_ARGS)

@@ -73,6 +73,7 @@ def tiny(tmp_path_factory):
     return artifact, sample_images(artifact, 2), root
 
 
+@pytest.mark.slow      # Icarus needs about ten minutes for the tiny model's 15 k cycles
 def test_icarus_agrees_with_the_golden_model(tiny):
     from sim.runner import run_simulation
     if shutil.which("iverilog") is None:

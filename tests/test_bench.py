@@ -1,0 +1,274 @@
+"""model/bench.py: arithmetic, op counts, measured/modelled labelling, missing reports, keys.
+
+Fast: no simulation, no synthesis, no real timing loops beyond a tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from model import bench
+from accelerator_fixtures import tiny_artifact
+
+REPORTS_FPGA_KEYS = {"variant", "target", "cycles", "ideal_cycles", "fmax_mhz", "latency_us",
+                     "inferences_per_s", "energy_uj_ops", "energy_uj_device"}
+REPORTS_BASELINE_KEYS = {"device", "measured", "model", "batch", "latency_us"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "tiny-artifacts"
+
+
+# ---- arithmetic ---------------------------------------------------------------------------------
+
+def test_latency_and_throughput():
+    assert bench.fpga_latency(30_000, 30.0) == (1000.0, 1000.0)
+    assert bench.fpga_latency(110_000, None) == (None, None)
+    assert bench.fpga_latency(None, 30.0) == (None, None)
+
+
+def test_energy_arithmetic():
+    # 1e6 MACs at 4.6 pJ + 1e6 ACs at 0.9 pJ = 5.5 uJ
+    assert bench.ops_energy_uj(1e6, 1e6) == pytest.approx(5.5)
+    assert bench.ops_energy_uj(0, 1000) == pytest.approx(0.9e-3)
+    assert bench.device_energy_uj(0.25, 1000.0) == pytest.approx(250.0)   # W x us = uJ
+    assert bench.device_energy_uj(None, 1000.0) is None
+    assert bench.E_MAC_PJ == 4.6 and bench.E_AC_PJ == 0.9
+
+
+def test_gpu_latency_model():
+    spec = dict(bench.GPU_SPEC, launch_us=5.0, peak_fp32_flops=1e12, hbm_bytes_per_s=1e9,
+                boost_clock_mhz=1000.0)
+    est = bench.model_gpu_latency(10, 2e6, 3e3, spec)    # 50 us + 2 us + 3 us
+    assert est["latency_us"] == pytest.approx(55.0)
+    assert est["launch_us"] == pytest.approx(50.0)
+    assert est["cycles"] == pytest.approx(55_000.0)
+
+
+def test_fpga_row_numbers():
+    sim = {"cycles_per_inference": {"mean": 60_000.0, "min": 50_000, "max": 70_000},
+           "ideal_cycles_per_inference": 30_000.0, "images": 100, "bitexact": 100}
+    synth = {"fmax_mhz": 30.0, "model": "l1p"}
+    ops = {"mac": 1e6, "ac": 1e6, "energy_uj": 5.5}
+    row = bench.fpga_row("l1p", "ecp5-85f", sim, synth, ops, [])
+    assert row["latency_us"] == pytest.approx(2000.0)
+    assert row["inferences_per_s"] == pytest.approx(500.0)
+    assert row["ideal_latency_us"] == pytest.approx(1000.0)
+    assert row["energy_uj_ops"] == 5.5
+    power = bench.DEVICE_POWER["ecp5-85f"][0]
+    assert row["energy_uj_device"] == pytest.approx(power * 2000.0)
+    assert "fmax_note" not in row
+    other = bench.fpga_row("dense", "ecp5-85f", sim, synth, ops, [])
+    assert "l1p" in other["fmax_note"]           # fmax borrowed from another build: said so
+    assert REPORTS_FPGA_KEYS <= set(row)
+
+
+# ---- op counting on hand-made spikes --------------------------------------------------------------
+
+def _silent(artifact):
+    """Zero spikes of every traced node (right shapes) and an all-zero image."""
+    from model.golden import GoldenModel
+    image = np.zeros((1,) + tuple(artifact.manifest["model"]["input_shape"]), np.int64)
+    spikes, img = bench.golden_node_spikes(GoldenModel(artifact), image)[0]
+    return {k: np.zeros_like(v) for k, v in spikes.items()}, np.zeros_like(img)
+
+
+def _node(artifact, name):
+    return next(n for n in artifact.nodes if n["name"] == name)
+
+
+def test_count_ops_hand_made_l1p(root):
+    art = tiny_artifact("l1p", root)
+    spikes, image = _silent(art)
+    stem0 = _node(art, "stem0")
+    image[0, 3, 3] = 5                  # one interior pixel: seen by 9 outputs x c_out weights
+    o = _node(art, "block0.o")
+    col_nnz = np.diff(np.asarray(art.arrays[o["col_ptr"]]))
+    j = int(np.argmax(col_nnz))
+    spikes["block0.attn"][0, 0, j] = 1  # one spike into the output projection
+    q, k, v = (spikes[f"block0.{x}"] for x in "qkv")
+    q[0, 0, 0] = 1                      # head 0: q 1 bit; k 2 bits and v 1 bit on token 0
+    k[0, 0, 0] = k[0, 0, 1] = 1
+    v[0, 0, 0] = 1
+    heads = _node(art, "block0.attn")["heads"]
+    d = _node(art, "block0.attn")["dim"] // heads
+    head = _node(art, "head")
+    ops = bench.count_ops(art, spikes, image)
+    L = ops["layers"]
+    assert L["stem0"] == {"mac": 9 * stem0["out_channels"], "ac": 0}       # pixel-fed: MACs
+    assert L["stem1"] == {"mac": 0, "ac": 0}
+    assert L["block0.o"] == {"mac": 0, "ac": int(col_nnz[j])}
+    assert L["block0.attn"] == {"mac": 0, "ac": 2 * 1 + 1 * d}              # K^T V + Q (K^T V)
+    assert L["head"] == {"mac": head["classes"] * head["in_features"], "ac": 0}
+    for name in ("block0.q", "block0.k", "block0.v", "block0.mlp1", "block0.mlp2"):
+        assert L[name] == {"mac": 0, "ac": 0}
+    assert ops["mac"] == 9 * stem0["out_channels"] + head["classes"] * head["in_features"]
+    assert ops["ac"] == int(col_nnz[j]) + 2 + d
+    assert ops["energy_uj"] == pytest.approx((4.6 * ops["mac"] + 0.9 * ops["ac"]) * 1e-6)
+
+
+def test_count_ops_lowrank_a_stage_is_macs(root):
+    art = tiny_artifact("dsp", root)
+    spikes, image = _silent(art)
+    man = art.manifest["model"]
+    ops = bench.count_ops(art, spikes, image)
+    for n in art.nodes:
+        if n["op"] == "matmul" and n["format"] == "lowrank":
+            assert ops["layers"][n["name"]] == {
+                "mac": man["timesteps"] * man["tokens"] * n["rank"] * n["out_features"], "ac": 0}
+
+
+def test_attention_acs():
+    q = np.zeros((1, 2, 4), np.int64)
+    k, v = q.copy(), q.copy()
+    k[0, 0, :2] = 1; v[0, 0, :2] = 1       # head 0 (d = 2): 2 x 2 co-activations
+    k[0, 1, 2] = 1; v[0, 1, 3] = 1         # head 1: 1 x 1
+    q[0, 1, 3] = 1                         # one q bit in head 1: adds d = 2
+    assert bench.attention_acs(q, k, v, heads=2) == 4 + 1 + 2
+
+
+# ---- measured / modelled labelling ----------------------------------------------------------------
+
+def _tiny_xs():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 4)).eval(), {1: torch.randn(1, 8), 4: torch.randn(4, 8)}
+
+
+def test_gpu_rows_modelled_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, xs = _tiny_xs()
+    said = []
+    rows = bench.gpu_rows(model, xs, "l1p", log=said.append)
+    assert said == [bench.NO_CUDA_MESSAGE]
+    assert "no CUDA device on this machine: GPU rows are modelled" in said
+    assert [r["batch"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["measured"] is False and r["label"] == "modelled" and r["model"] == "float"
+        assert r["device"] == bench.GPU_SPEC["name"]
+        assert r["kernels"] >= 1                        # addmm at least
+        assert r["cycles"] == pytest.approx(r["latency_us"] * bench.GPU_SPEC["boost_clock_mhz"])
+        assert REPORTS_BASELINE_KEYS <= set(r)
+    assert rows[1]["flops"] > rows[0]["flops"]
+
+
+def test_profile_counts_linear():
+    model, xs = _tiny_xs()
+    prof = bench.profile_float_model(model, xs[4])
+    assert prof["matmul_flops"] == 2 * 4 * 8 * 4
+    assert prof["kernels"] >= 1 and prof["bytes"] > 0
+
+
+def test_gpu_rows_measured_with_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def fake_measure(model, xs, reps=50):
+        return [{"device": "Fake GPU", "measured": True, "label": "measured", "model": "float",
+                 "batch": b, "latency_us": 100.0 * b, "clock_mhz": 1500.0,
+                 "cycles": 150_000.0 * b} for b in xs]
+
+    monkeypatch.setattr(bench, "_measure_cuda", fake_measure)
+    model, xs = _tiny_xs()
+    said = []
+    rows = bench.gpu_rows(model, xs, "l1p", log=said.append)
+    assert said == []
+    assert all(r["measured"] is True and r["label"] == "measured" for r in rows)
+    assert all(r["variant"] == "l1p" for r in rows)
+
+
+def test_ratios_label_measured_and_modelled():
+    fpga = [{"variant": "l1p", "target": "ecp5-85f", "cycles": 100_000.0, "ideal_cycles": 80_000.0,
+             "latency_us": 3000.0, "energy_uj_device": 750.0, "energy_uj_ops": 0.1},
+            {"variant": "dense", "target": "ecp5-85f", "cycles": 200_000.0,
+             "ideal_cycles": 200_000.0, "latency_us": 6000.0, "energy_uj_device": 1500.0,
+             "energy_uj_ops": 0.2}]
+    gpu = {"device": "NVIDIA A100 40GB PCIe", "measured": False, "model": "float", "batch": 1,
+           "variant": "l1p", "latency_us": 1000.0, "energy_uj_device": 250_000.0,
+           "energy_uj_ops": 5.0}
+    r = bench.compute_ratios(fpga, [gpu], "l1p")
+    g = r["fpga_vs_gpu_batch1"]
+    assert g["latency_ratio_fpga_over_gpu"] == pytest.approx(3.0)
+    assert g["energy_ratio_gpu_over_fpga"] == pytest.approx(250_000 / 750)
+    assert g["ops_energy_ratio_gpu_over_fpga"] == pytest.approx(50.0)
+    assert g["gpu_measured"] is False and "modelled" in g["what_is_measured"]
+    d = r["l1p_vs_dense_cycles"]
+    assert d["dense_over_l1p"] == pytest.approx(2.0) and d["meets_target"] is False
+    assert d["ideal_dense_over_l1p"] == pytest.approx(2.5)
+    gpu_m = dict(gpu, measured=True, device="Fake GPU")
+    r2 = bench.compute_ratios(fpga, [gpu, gpu_m], "l1p")   # a measured row wins, never averaged
+    assert r2["fpga_vs_gpu_batch1"]["gpu"] == "Fake GPU"
+    assert r2["fpga_vs_gpu_batch1"]["gpu_measured"] is True
+
+
+# ---- missing reports ------------------------------------------------------------------------------
+
+def test_missing_sim_report_message(tmp_path):
+    rep, msg = bench.load_sim_report(tmp_path, "dsp")
+    assert rep is None
+    assert "make sim MODEL=dsp" in msg and "sim-dsp.json" in msg
+    assert "\n" not in msg
+
+
+def test_missing_synth_report_gives_null_fmax(tmp_path):
+    rep, msg = bench.load_synth_report(tmp_path, "ice40-up5k")
+    assert rep is None
+    assert "synth-ice40-up5k.json" in msg and "make bitstream TARGET=ice40-up5k" in msg
+    sim = {"cycles_per_inference": {"mean": 1000.0, "min": 900, "max": 1100},
+           "ideal_cycles_per_inference": 800.0}
+    row = bench.fpga_row("l1p", "ice40-up5k", sim, rep, None, [msg])
+    assert row["fmax_mhz"] is None and row["latency_us"] is None
+    assert row["energy_uj_device"] is None and row["inferences_per_s"] is None
+    assert row["cycles"] == 1000.0 and row["notes"] == [msg]
+
+
+def test_present_reports_are_read(tmp_path):
+    (tmp_path / "sim-l1p.json").write_text(json.dumps(
+        {"cycles_per_inference": {"mean": 10.0, "min": 9, "max": 11},
+         "ideal_cycles_per_inference": 8.0}))
+    (tmp_path / "synth-ecp5-85f.json").write_text(json.dumps({"fmax_mhz": 34.0}))
+    assert bench.load_sim_report(tmp_path, "l1p")[1] is None
+    assert bench.load_synth_report(tmp_path, "ecp5-85f")[0]["fmax_mhz"] == 34.0
+
+
+# ---- bench.json keys ------------------------------------------------------------------------------
+
+def test_rows_carry_reports_md_keys(root):
+    from model.golden import GoldenModel
+    art = tiny_artifact("l1p", root)
+    images = np.zeros((2,) + tuple(art.manifest["model"]["input_shape"]), np.int64)
+    model, xs = _tiny_xs()
+    golden = GoldenModel(art)
+
+    class Wrap(nn.Module):                   # the CPU rows feed images; a tiny float stand-in
+        def forward(self, x):
+            return model(x.flatten(1)[:, :8])
+
+    rows = bench.cpu_rows("l1p", Wrap(), golden, images, 1.0, (1, 2), quick=True)
+    assert {(r["model"], r["batch"]) for r in rows} == {("float", 1), ("float", 2),
+                                                       ("int-golden", 1), ("int-golden", 2)}
+    for r in rows:
+        assert REPORTS_BASELINE_KEYS <= set(r)
+        assert r["device"] == "cpu" and r["measured"] is True and r["threads"] >= 1
+        assert r["latency_us"] > 0
+    assert set(bench.REQUIRED_FPGA_KEYS) == REPORTS_FPGA_KEYS
+    assert set(bench.REQUIRED_BASELINE_KEYS) == REPORTS_BASELINE_KEYS
+
+
+def test_written_bench_json_keys():
+    """If `make bench` has run on this machine, its report honours REPORTS.md."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "build" / "reports" / "bench.json"
+    if not path.is_file():
+        pytest.skip("no build/reports/bench.json (run `make bench`)")
+    rep = json.loads(path.read_text())
+    assert rep["fpga"] and rep["baselines"]
+    for r in rep["fpga"]:
+        assert REPORTS_FPGA_KEYS <= set(r)
+    for r in rep["baselines"]:
+        assert REPORTS_BASELINE_KEYS <= set(r)
+        assert isinstance(r["measured"], bool)
+        if not r["measured"]:
+            assert r["label"] == "modelled"
+    assert "ratios" in rep
