@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import ArtifactError
-from model.intops import signed_bits
+from model.intops import acc_range, signed_bits
 
 __all__ = ["FORMAT", "VERSION", "NEURON_OPS", "value_sources", "Artifact", "save_artifact", "load_artifact", "derive_widths",
            "artifact_paths", "csc_from_dense", "dense_from_csc"]
@@ -307,13 +307,6 @@ def _neuron_widths(artifact: Artifact, node: dict, acc_lo: int, acc_hi: int) -> 
             "diff": signed_bits(-d, d), "product": signed_bits(-d << K, d << K)}
 
 
-def _acc_range(w: np.ndarray, in_max: int) -> tuple[int, int]:
-    """Accumulator range of W x for 0 <= x <= in_max, over all rows."""
-    pos = np.clip(w, 0, None).sum(axis=1) * in_max
-    neg = np.clip(w, None, 0).sum(axis=1) * in_max
-    return int(neg.min(initial=0)), int(pos.max(initial=0))
-
-
 def derive_widths(artifact: Artifact) -> dict:
     """{node: {width name: bits}}, the minimum each node needs, and each value's max count."""
     T = artifact.timesteps
@@ -324,7 +317,7 @@ def derive_widths(artifact: Artifact) -> dict:
         ins = [bounds[s] for s in node.get("inputs", [])]
         if op == "conv":
             w = artifact.arrays[node["weight"]].reshape(node["out_channels"], -1)
-            lo, hi = _acc_range(w, ins[0])
+            lo, hi = acc_range(w, ins[0])
             out[name] = _neuron_widths(artifact, node, lo, hi)
             bounds[name] = 1
         elif op == "to_tokens":
@@ -338,15 +331,15 @@ def derive_widths(artifact: Artifact) -> dict:
                                    artifact.arrays[node["b_row_idx"]],
                                    artifact.arrays[node["b_values"]], node["rank"],
                                    node["in_features"])
-                z_lo, z_hi = _acc_range(b, ins[0])
+                z_lo, z_hi = acc_range(b, ins[0])
                 a = artifact.arrays[node["a"]]
                 zmax = max(-z_lo, z_hi)
-                lo, hi = _acc_range(np.abs(a), zmax)
+                lo, hi = acc_range(np.abs(a), zmax)
                 lo, hi = -hi, hi     # z has either sign: |A| |z| bounds both ends
                 widths = _neuron_widths(artifact, node, lo, hi)
                 widths["z"] = signed_bits(z_lo, z_hi)
             else:
-                lo, hi = _acc_range(artifact.weight_matrix(node), ins[0])
+                lo, hi = acc_range(artifact.weight_matrix(node), ins[0])
                 widths = _neuron_widths(artifact, node, lo, hi)
             out[name] = widths
             bounds[name] = 1
@@ -359,7 +352,7 @@ def derive_widths(artifact: Artifact) -> dict:
         elif op == "head":
             n = artifact.manifest["model"]["tokens"]
             w = artifact.arrays[node["weight"]]
-            lo, hi = _acc_range(w, ins[0] * n * T)
+            lo, hi = acc_range(w, ins[0] * n * T)
             bias = artifact.arrays[node["bias"]]
             out[name] = {"feature": signed_bits(0, ins[0] * n * T),
                          "logit": signed_bits(lo + int(bias.min(initial=0)),

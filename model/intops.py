@@ -16,7 +16,7 @@ Neuron update, per channel c, in membrane units of 2^-F accumulator LSBs:
 from __future__ import annotations
 
 __all__ = ["neuron_step", "pool2x2_or", "shift2d", "conv3x3", "attention_counts", "signed_bits",
-           "range_of_signed_bits", "head_logits"]
+           "range_of_signed_bits", "head_logits", "acc_range"]
 
 
 def neuron_step(v, acc, bias, threshold, leak, frac_bits: int, leak_bits: int):
@@ -101,3 +101,19 @@ def signed_bits(lo: int, hi: int) -> int:
 
 def range_of_signed_bits(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def acc_range(matrix, in_max: int) -> tuple[int, int]:
+    """Range of every row of ``matrix @ x`` and of each of its partial sums, 0 <= x <= in_max.
+
+    The negative entries bound the sums from below and the positive ones from above, whatever
+    subset of a row has been added so far: an accumulator this wide never overflows. Both the
+    artifact's declared widths and the engines' constructor checks use this one rule.
+    """
+    import numpy as np
+    matrix = np.asarray(matrix, dtype=np.int64)
+    if matrix.size == 0:
+        return 0, 0
+    low = np.clip(matrix, None, 0).sum(axis=1) * in_max
+    high = np.clip(matrix, 0, None).sum(axis=1) * in_max
+    return int(min(low.min(), 0)), int(max(high.max(), 0))

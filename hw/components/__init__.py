@@ -60,11 +60,6 @@ def check_int_array(values, name: str, *, shape: tuple[int, ...] | None = None) 
     return array
 
 
-def signed_range(bits: int) -> tuple[int, int]:
-    """The inclusive value range of a `bits`-wide two's-complement integer."""
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-
 from hw.components.attention import SpikingAttention  # noqa: E402  (uses the checks above)
 from hw.components.lowrank import RankFactoredEngine  # noqa: E402
 from hw.components.neuron import SlifNeuronArray  # noqa: E402

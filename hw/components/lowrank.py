@@ -16,9 +16,9 @@ from amaranth.utils import bits_for
 
 from hw.components import check_int, check_int_array
 from hw.components.sparse import (CYCLE_COUNTER_WIDTH, SparseMatmulEngine, add_cycle_counter,
-                                  check_csc, product_range)
+                                  check_csc)
 from model.artifact import dense_from_csc
-from model.intops import signed_bits
+from model.intops import acc_range, signed_bits
 
 __all__ = ["RankFactoredEngine"]
 
@@ -86,12 +86,12 @@ class RankFactoredEngine(wiring.Component):
 
         # z = B x as the sparse engine bounds it; A z is bounded by |A| max|z|.
         b = dense_from_csc(*self._b, self._rank, self._in_features)
-        z_low, z_high = product_range(b, self._in_max)
+        z_low, z_high = acc_range(b, self._in_max)
         if self._z_width < signed_bits(z_low, z_high):
             raise ValueError(f"z_width {self._z_width} is too narrow: B x can need "
                              f"{signed_bits(z_low, z_high)} bits for inputs up to in_max = "
                              f"{self._in_max}")
-        _, acc_high = product_range(np.abs(self._a), max(-z_low, z_high))
+        _, acc_high = acc_range(np.abs(self._a), max(-z_low, z_high))
         needed = signed_bits(-acc_high, acc_high)
         if self._acc_width < needed:
             raise ValueError(f"acc_width {self._acc_width} is too narrow: A (B x) can need "

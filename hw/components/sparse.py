@@ -17,9 +17,9 @@ from amaranth.utils import bits_for
 
 from hw.components import check_int, check_int_array
 from model.artifact import dense_from_csc
-from model.intops import signed_bits
+from model.intops import acc_range, signed_bits
 
-__all__ = ["SparseMatmulEngine", "check_csc", "product_range", "add_cycle_counter",
+__all__ = ["SparseMatmulEngine", "check_csc", "add_cycle_counter",
            "CYCLE_COUNTER_WIDTH"]
 
 #: Width of the ``cycles`` performance counter of every engine (wraps around).
@@ -48,20 +48,6 @@ def check_csc(col_ptr, row_idx, values, rows: int, cols: int, prefix: str = ""):
             raise ValueError(f"{prefix}row_idx repeats a row within column {j}: "
                              f"{column.tolist()!r}")
     return col_ptr, row_idx, values
-
-
-def product_range(matrix: np.ndarray, in_max: int) -> tuple[int, int]:
-    """Range of every row of ``matrix @ x`` and of each of its partial sums, 0 <= x <= in_max.
-
-    The negative entries bound the sums from below and the positive ones from above, whatever
-    subset of the row has been added so far: an accumulator this wide never overflows.
-    """
-    matrix = np.asarray(matrix, dtype=np.int64)
-    if matrix.size == 0:
-        return 0, 0
-    low = np.clip(matrix, None, 0).sum(axis=1) * in_max
-    high = np.clip(matrix, 0, None).sum(axis=1) * in_max
-    return int(min(low.min(), 0)), int(max(high.max(), 0))
 
 
 class SparseMatmulEngine(wiring.Component):
@@ -125,7 +111,7 @@ class SparseMatmulEngine(wiring.Component):
             col_ptr, row_idx, values, self._out_features, self._in_features)
         self._in_max = check_int(in_max, "in_max", minimum=1)
         self._acc_width = check_int(acc_width, "acc_width", minimum=1)
-        needed = signed_bits(*product_range(self.weight_matrix(), self._in_max))
+        needed = signed_bits(*acc_range(self.weight_matrix(), self._in_max))
         if self._acc_width < needed:
             raise ValueError(f"acc_width {self._acc_width} is too narrow: W x can need {needed} "
                              f"bits for inputs up to in_max = {self._in_max}")
