@@ -46,3 +46,22 @@ def exported(quantized_variants, digits, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     return {name: export_model(m, cfg, digits, root / name)
             for name, (m, cfg) in quantized_variants.items()}
+
+
+def export_shipped(variant, out_dir):
+    """A shipped checkpoint exported as `make export` does -> (Artifact, data split)."""
+    from model.export import export_model
+    from model.pipeline import load_data
+    from model.train import load_checkpoint
+    model, config, _ = load_checkpoint(SHIPPED / f"{variant}-int8.pt")
+    split = load_data(config)
+    return export_model(model, config, split, out_dir / variant), split
+
+
+@pytest.fixture(scope="session")
+def shipped_l1p_path(tmp_path_factory):
+    """The deployed L1P model's artifact (.json path), exported from the shipped checkpoint so
+    that a fresh clone needs no `make export` first."""
+    root = tmp_path_factory.mktemp("shipped")
+    export_shipped("l1p", root)
+    return root / "l1p.json"

@@ -15,15 +15,12 @@ from hw.board import DEFAULT_CLOCK_MHZ, BoardTop, ecp5_pll, ice40_pll
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-L1P = ROOT / "build" / "artifacts" / "l1p.json"
 
 
 @pytest.fixture(scope="module")
-def l1p():
-    if not L1P.exists():
-        pytest.skip(f"{L1P} missing: run `make export`")
+def l1p(shipped_l1p_path):
     from model.artifact import load_artifact
-    return load_artifact(L1P)
+    return load_artifact(shipped_l1p_path)
 
 
 def unused(top):
@@ -120,7 +117,8 @@ def run_board_cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_unknown_target_and_missing_artifact(tmp_path):
+def test_cli_unknown_target_and_missing_artifact(shipped_l1p_path, tmp_path):
+    L1P = shipped_l1p_path
     r = run_board_cli("--target", "ice40-hx8k", "--artifact", L1P, "--out", tmp_path / "o",
                       "--report", tmp_path / "r.json")
     assert r.returncode == 2
@@ -136,7 +134,8 @@ def test_cli_unknown_target_and_missing_artifact(tmp_path):
     assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
 
 
-def test_cli_fit_failure_is_one_line_and_writes_nothing(l1p, tmp_path, monkeypatch, capsys):
+def test_cli_fit_failure_is_one_line_and_writes_nothing(l1p, shipped_l1p_path, tmp_path, monkeypatch, capsys):
+    L1P = shipped_l1p_path
     from hw import synth
 
     calls = []
@@ -160,7 +159,8 @@ def test_cli_fit_failure_is_one_line_and_writes_nothing(l1p, tmp_path, monkeypat
     assert not (tmp_path / "r.json").exists()
 
 
-def test_cli_timing_failure_names_the_pll_clock(l1p, tmp_path, monkeypatch, capsys):
+def test_cli_timing_failure_names_the_pll_clock(l1p, shipped_l1p_path, tmp_path, monkeypatch, capsys):
+    L1P = shipped_l1p_path
     from hw import synth
 
     def slow(top, target, out_dir, clock_mhz, *, name):
@@ -179,7 +179,8 @@ def test_cli_timing_failure_names_the_pll_clock(l1p, tmp_path, monkeypatch, caps
     assert not (tmp_path / "r.json").exists()
 
 
-def test_cli_success_writes_the_report(l1p, tmp_path, monkeypatch, capsys):
+def test_cli_success_writes_the_report(l1p, shipped_l1p_path, tmp_path, monkeypatch, capsys):
+    L1P = shipped_l1p_path
     from hw import synth
 
     def fake_build(top, target, out_dir, clock_mhz, *, name):
@@ -211,7 +212,8 @@ IMAGES = 3
 
 
 @pytest.mark.sim
-def test_board_simulation_matches_golden(l1p):
+def test_board_simulation_matches_golden(l1p, shipped_l1p_path):
+    L1P = shipped_l1p_path
     from sim.board_tb import run_board_sim
     build_dir = ROOT / "build" / "sim_board" / "l1p"
     build_dir.mkdir(parents=True, exist_ok=True)

@@ -8,17 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import SHIPPED
+from tests.conftest import export_shipped
 
 pytestmark = pytest.mark.sim
-
-
-def export_shipped(variant, out_dir):
-    from model.export import export_model
-    from model.pipeline import load_data
-    from model.train import load_checkpoint
-    model, config, _ = load_checkpoint(SHIPPED / f"{variant}-int8.pt")
-    return export_model(model, config, load_data(config), out_dir / variant), load_data(config)
 
 
 def prepare(artifact, images, root, name):
