@@ -93,3 +93,14 @@ bench: $(STAMP)
 	@for v in l1p dsp dense; do test -f build/artifacts/$$v.json || \
 		{ $(MAKE) --no-print-directory export; break; }; done
 	$(PY) -m model.bench $(BENCH_ARGS)
+
+## hardware design space: L1P sparsity x DSP rank x lanes x target -> accuracy (integer golden
+## model), cycles (cycle model, checked against sim), LUT/FF/BRAM/DSP (Yosys), fmax (nextpnr,
+## with --fmax) on a Dask cluster; cached by content hash under build/sweep_hw/cache.
+##   make sweep-hw [SWEEP_HW_ARGS="--sparsity 0.9 --rank 6 --lanes 1 2 --target ice40-up5k
+##                  --fmax --workers 2 --scheduler tcp://host:8786"]
+## -> build/reports/sweep_hw.json + sweep_hw_pareto.png (docs/SWEEP_HW.md)
+SWEEP_HW_ARGS ?=
+.PHONY: sweep-hw
+sweep-hw: $(STAMP)
+	$(PY) -m model.sweep_hw --config $(CONFIG) $(SWEEP_HW_ARGS)

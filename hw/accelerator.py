@@ -1,7 +1,11 @@
 """The whole-network accelerator, generated from an integer artifact (docs/HARDWARE.md).
 
 One stage per artifact node that ends in a neuron, run one after the other by a static sequencer
-(the model is known at generation time, so the schedule is unrolled into the top FSM):
+(the model is known at generation time, so the schedule is unrolled into the top FSM). Each
+stage has its own small issue FSM and spike collector; the expensive units are shared
+(`_SharedUnits`): one SparseMatmulEngine holds every conv and CSC matmul side by side and one
+SlifNeuronArray every conv/matmul stage's channels, so their memories and the neuron's
+multiplier exist once, not once per layer:
 
     conv / matmul  event generator -> SparseMatmulEngine | RankFactoredEngine -> SlifNeuronArray
                    -> spike collector -> value memory (+ trace)
@@ -22,6 +26,8 @@ position's accumulators once and replays them for the later time steps.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -31,8 +37,9 @@ from amaranth.utils import bits_for
 
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
     SpikingAttention
-from model.artifact import NEURON_OPS, Artifact, csc_from_dense, derive_widths, value_sources
-from model.intops import signed_bits
+from model.artifact import NEURON_OPS, Artifact, csc_from_dense, dense_from_csc, derive_widths, \
+    value_sources
+from model.intops import acc_range, signed_bits
 
 __all__ = ["Accelerator", "TRACE_SPIKES", "TRACE_CYCLES", "NEURON_OPS", "value_sources"]
 
@@ -171,6 +178,11 @@ class Accelerator(wiring.Component):
         else:
             m.d.comb += trace_ready.eq(1)
 
+        shared = _SharedUnits(self)
+        if shared.engine is not None:
+            m.submodules.engine = shared.engine
+        m.submodules.neurons = shared.neurons
+
         stage_start = [Signal(name=f"start_{_ident(n['name'])}") for n in self.stages]
         stage_done = [Signal(name=f"done_{_ident(n['name'])}") for n in self.stages]
         trace_drivers = []
@@ -180,8 +192,10 @@ class Accelerator(wiring.Component):
                                             stage_done[sid - 1], mem_r, mem_w, read, trace_ready)
             else:
                 drv = self._engine_stage(m, sid, node, stage_start[sid - 1], stage_done[sid - 1],
-                                         mem_r, mem_w, read, counts, image_r, trace_ready)
+                                         mem_r, mem_w, read, counts, image_r, trace_ready,
+                                         shared)
             trace_drivers.append((sid, drv))
+        shared.connect(m, active)
         with m.Switch(active):
             for sid, (valid, payload) in trace_drivers:
                 with m.Case(sid):
@@ -254,7 +268,7 @@ class Accelerator(wiring.Component):
     # ---- conv / matmul stage -----------------------------------------------------------------
 
     def _engine_stage(self, m, sid, node, start, done, mem_r, mem_w, read, counts, image_r,
-                      trace_ready):
+                      trace_ready, shared):
         a, T = self.artifact, self.T
         name, ident = node["name"], _ident(node["name"])
         widths = node["widths"]
@@ -265,25 +279,17 @@ class Accelerator(wiring.Component):
         static_replay = is_conv and from_image and not self.time_varying
         in_max = int(self.bounds[src])
 
-        # engine
-        if is_conv:
-            w = a.arrays[node["weight"]].reshape(c_out, -1)       # column j = c * 9 + tap
-            ptr, idx, val = csc_from_dense(w, keep_zeros=True)
-            engine = SparseMatmulEngine(w.shape[1], c_out, ptr, idx, val, in_max, widths["acc"])
-        elif node["format"] == "lowrank":
+        # engine (shared by every conv and CSC matmul; a rank-factored one per stage) and the
+        # shared neuron array
+        if node["op"] == "matmul" and node["format"] == "lowrank":
             engine = RankFactoredEngine(
                 node["in_features"], c_out, node["rank"], a.arrays[node["b_col_ptr"]],
                 a.arrays[node["b_row_idx"]], a.arrays[node["b_values"]], a.arrays[node["a"]],
                 in_max, widths["z"], widths["acc"])
+            m.submodules[f"engine_{ident}"] = engine
         else:
-            engine = SparseMatmulEngine(node["in_features"], c_out, a.arrays[node["col_ptr"]],
-                                        a.arrays[node["row_idx"]], a.arrays[node["values"]],
-                                        in_max, widths["acc"])
-        m.submodules[f"engine_{ident}"] = engine
-        neuron = SlifNeuronArray(c_out, 1, a.arrays[node["bias"]], a.arrays[node["threshold"]],
-                                 a.arrays[node["leak"]], a.frac_bits, a.leak_bits,
-                                 widths["acc"], widths["membrane"], widths["product"])
-        m.submodules[f"neuron_{ident}"] = neuron
+            engine = shared.engine_user(sid, name)
+        neuron = shared.neuron_user(sid, name)
 
         # geometry
         if is_conv:
@@ -730,6 +736,115 @@ class Accelerator(wiring.Component):
                 m.next = "IDLE"
         logits_array = _SignalArray(m, logits, lbits)
         return logits_array, best_cls
+
+
+class _SharedUnits:
+    """One SparseMatmulEngine for every conv and CSC matmul, one SlifNeuronArray for every
+    conv/matmul stage: the stages run one after the other, so they take turns on them.
+
+    The engine holds all those matrices side by side (stage s's column j is column
+    ``col_base[s] + j``; each stage drains its own ``rows``); the neuron array holds every
+    stage's per-channel constants one after the other (stage s's channel c is ``base[s] + c``)
+    and one membrane per global channel (a stage's membranes live only across the time steps of
+    one token, so reuse needs no clearing: ``first`` takes the membrane as 0). Each stage talks to
+    its own proxy streams in its local numbering; `connect` joins the active stage's proxies to
+    the shared units. Timing is the unshared design's, cycle for cycle (hw/cycles.py).
+    """
+
+    def __init__(self, acc: "Accelerator"):
+        a = acc.artifact
+        self.col_base, self.rows, self.channel_base = {}, {}, {}
+        ptrs, idxs, vals, cols, in_max, acc_width = [], [], [], 0, 1, 1
+        bias, threshold, leak, channels = [], [], [], 0
+        membrane_width = product_width = 1
+        for node in acc.stages:
+            if node["op"] == "attention":
+                continue
+            name, widths, c_out = node["name"], node["widths"], acc.channels[node["name"]]
+            acc_width = max(acc_width, widths["acc"])
+            membrane_width = max(membrane_width, widths["membrane"])
+            product_width = max(product_width, widths["product"])
+            self.channel_base[name] = channels
+            channels += c_out
+            bias.append(a.arrays[node["bias"]])
+            threshold.append(a.arrays[node["threshold"]])
+            leak.append(a.arrays[node["leak"]])
+            if node["op"] == "matmul" and node["format"] == "lowrank":
+                continue
+            if node["op"] == "conv":
+                w = a.arrays[node["weight"]].reshape(c_out, -1)     # column j = c * 9 + tap
+                ptr, idx, val = csc_from_dense(w, keep_zeros=True)
+            else:
+                ptr, idx, val = (a.arrays[node[k]] for k in ("col_ptr", "row_idx", "values"))
+            self.col_base[name], self.rows[name] = cols, c_out
+            nnz = sum(len(v) for v in vals)
+            ptrs.append(np.asarray(ptr[:-1], np.int64) + nnz)
+            idxs.append(np.asarray(idx, np.int64))
+            vals.append(np.asarray(val, np.int64))
+            cols += len(ptr) - 1
+            in_max = max(in_max, int(acc.bounds[node["inputs"][0]]))
+        self.engine = None
+        if self.col_base:
+            nnz = sum(len(v) for v in vals)
+            col_ptr = np.concatenate(ptrs + [np.asarray([nnz], np.int64)])
+            row_idx, values = np.concatenate(idxs), np.concatenate(vals)
+            rows = max(self.rows.values())
+            # the side-by-side matrix's partial sums bound every stage's: one width for all
+            acc_width = max(acc_width, signed_bits(*acc_range(
+                dense_from_csc(col_ptr, row_idx, values, rows, cols), in_max)))
+            self.engine = SparseMatmulEngine(cols, rows, col_ptr, row_idx, values, in_max,
+                                             acc_width, variable_rows=True)
+        cat = np.concatenate
+        self.neurons = SlifNeuronArray(channels, 1, cat(bias), cat(threshold), cat(leak),
+                                       a.frac_bits, a.leak_bits, acc_width, membrane_width,
+                                       product_width)
+        self._engine_users, self._neuron_users = {}, {}
+
+    def engine_user(self, sid: int, name: str) -> SimpleNamespace:
+        """Proxy streams ``i`` (events, local column index) and ``o`` (results) for stage `sid`."""
+        ident = _ident(name)
+        user = SimpleNamespace(
+            i=stream.Signature(self.engine.event_layout).create(path=(f"{ident}_events",)),
+            o=stream.Signature(self.engine.result_layout).create(path=(f"{ident}_results",)))
+        self._engine_users[sid] = (name, user)
+        return user
+
+    def neuron_user(self, sid: int, name: str) -> SimpleNamespace:
+        """Proxy streams ``i`` (updates) and ``o`` (spikes), channels local to stage `sid`."""
+        ident = _ident(name)
+        n = self.neurons
+        user = SimpleNamespace(
+            i=stream.Signature(n.update_layout).create(path=(f"{ident}_updates",)),
+            o=stream.Signature(n.spike_layout).create(path=(f"{ident}_spikes",)))
+        self._neuron_users[sid] = (name, user)
+        return user
+
+    def connect(self, m: Module, active: Signal) -> None:
+        """Join the active stage's proxies to the shared units (idle otherwise)."""
+        e, n = self.engine, self.neurons
+        with m.Switch(active):
+            for sid in sorted(set(self._engine_users) | set(self._neuron_users)):
+                with m.Case(sid):
+                    if sid in self._engine_users:
+                        name, u = self._engine_users[sid]
+                        m.d.comb += [
+                            e.i.valid.eq(u.i.valid), u.i.ready.eq(e.i.ready),
+                            e.i.payload.eq(u.i.payload),
+                            e.i.payload.index.eq(u.i.payload.index + self.col_base[name]),
+                            e.rows.eq(self.rows[name]),
+                            u.o.valid.eq(e.o.valid), e.o.ready.eq(u.o.ready),
+                            u.o.payload.eq(e.o.payload),
+                        ]
+                    name, u = self._neuron_users[sid]
+                    base = self.channel_base[name]
+                    m.d.comb += [
+                        n.i.valid.eq(u.i.valid), u.i.ready.eq(n.i.ready),
+                        n.i.payload.eq(u.i.payload),
+                        n.i.payload.channel.eq(u.i.payload.channel + base),
+                        u.o.valid.eq(n.o.valid), n.o.ready.eq(u.o.ready),
+                        u.o.payload.eq(n.o.payload),
+                        u.o.payload.channel.eq(n.o.payload.channel - base),
+                    ]
 
 
 class _SignalArray:

@@ -44,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hw.components import BLOCK_RAM_MIN_BITS  # memories above it must be block RAM
 from model.errors import StforgeError
 
 __all__ = [
@@ -62,8 +63,6 @@ __all__ = [
     "synth_stats",
 ]
 
-#: Memories larger than this (in bits) must be mapped to block RAM.
-BLOCK_RAM_MIN_BITS = 1024
 
 
 class SynthError(StforgeError):

@@ -5,20 +5,15 @@ board top would use it, and synthesized with hw.synth.synth_stats for the iCE40 
 ECP5-85F. Every memory above 1 Kbit must land in block RAM (EBR/SPRAM, DP16KD), and the design
 must fit (hw.synth.check_fits).
 
-Known limit (iCE40): every stage owns its own sLIF neuron array, and each array's leak
-multiplier (leak: 9 bits x diff: more than 16 bits) takes two SB_MAC16; with the first conv's
-pixel x weight product that makes 19 for the tiny model (9 stages) where the UP5K has 8. That
-one overflow is reported as an expected failure (xfail) naming the numbers; any other problem
-(LUTs, EBR, a memory above 1 Kbit outside block RAM) fails. About 90 s together (Yosys: ~55 s
-iCE40, ~30 s ECP5, on a loaded machine).
+The stages share one sparse engine and one sLIF neuron array (hw/accelerator.py), so the tiny
+model's DSP count no longer grows with its depth. About 55 s together on a loaded machine.
 """
 
 import pytest
 
 from accelerator_fixtures import tiny_artifact
 from hw.accelerator import Accelerator
-from hw.synth import BLOCK_RAM_MIN_BITS, TARGETS, FitError, ToolNotFoundError, check_fits, \
-    find_tool, synth_stats
+from hw.synth import BLOCK_RAM_MIN_BITS, ToolNotFoundError, check_fits, find_tool, synth_stats
 
 pytestmark = [pytest.mark.synth,
               pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
@@ -46,12 +41,6 @@ def _block_ram_rule(stats):
             if m["bits"] > BLOCK_RAM_MIN_BITS and m["mapped_to"] not in ("bram", "spram")]
 
 
-def _only_dsp_overflow(stats, target) -> bool:
-    limits = TARGETS[target].limits
-    over = [key for key, limit in limits.items() if (stats.get(key) or 0) > limit]
-    return over == ["dsp"] and not _block_ram_rule(stats)
-
-
 @needs_yosys
 @pytest.mark.parametrize("target", ["ecp5-85f", "ice40-up5k"])
 def test_tiny_accelerator_synthesizes_and_fits(tiny, target, tmp_path):
@@ -64,11 +53,5 @@ def test_tiny_accelerator_synthesizes_and_fits(tiny, target, tmp_path):
     assert big, "the tiny model should have at least one memory above 1 Kbit"
     assert _block_ram_rule(stats) == [], _block_ram_rule(stats)
     assert stats["bram"] >= 1
-    try:
-        utilization = check_fits(stats, target)
-    except FitError as exc:
-        if target == "ice40-up5k" and _only_dsp_overflow(stats, target):
-            pytest.xfail(f"known: two SB_MAC16 per stage's neuron leak multiplier "
-                            f"overflow the UP5K's DSPs: {exc}")
-        raise
+    utilization = check_fits(stats, target)
     assert all(0 <= u <= 1 for u in utilization.values())

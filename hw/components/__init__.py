@@ -26,6 +26,19 @@ import numpy as np
 __all__ = ["SlifNeuronArray", "SparseMatmulEngine", "RankFactoredEngine", "SpikingAttention"]
 
 
+#: Memories above this many bits must live in block RAM (the generator issue's rule; hw/synth.py
+#: checks it after synthesis).
+BLOCK_RAM_MIN_BITS = 1024
+
+
+def block_ram_attrs(shape, depth: int) -> dict:
+    """Yosys attributes that keep a memory above `BLOCK_RAM_MIN_BITS` in block RAM: without them
+    Yosys may build a small-but-wide ROM (a column or parameter table) from LUTs."""
+    from amaranth import Shape
+    width = Shape.cast(shape).width
+    return {"ram_style": "block"} if width * depth > BLOCK_RAM_MIN_BITS else {}
+
+
 def check_int(value, name: str, *, minimum: int | None = None) -> int:
     """`value` as a Python int, or TypeError/ValueError naming `name` and the value.
 

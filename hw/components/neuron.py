@@ -17,7 +17,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import check_int, check_int_array
+from hw.components import block_ram_attrs, check_int, check_int_array
 from model.intops import signed_bits
 
 __all__ = ["SlifNeuronArray"]
@@ -131,6 +131,7 @@ class SlifNeuronArray(wiring.Component):
         })
         m.submodules.parameters = parameters = Memory(
             shape=parameter_layout, depth=self._channels,
+            attrs=block_ram_attrs(parameter_layout, self._channels),
             init=[{"bias": int(b), "threshold": int(t), "leak": int(k)}
                   for b, t, k in zip(self._bias, self._threshold, self._leak)])
         m.submodules.membranes = membranes = Memory(data=self.membrane_data)

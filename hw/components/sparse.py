@@ -15,7 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import check_int, check_int_array
+from hw.components import block_ram_attrs, check_int, check_int_array
 from model.artifact import dense_from_csc
 from model.intops import acc_range, signed_bits
 
@@ -102,9 +102,15 @@ class SparseMatmulEngine(wiring.Component):
     cycles : Out(32)
         Cycles the current (or last) vector has been in flight: counts from the cycle its first
         transfer is accepted through the cycle of its last result transfer.
+    rows : In(range(1, out_features + 1)), only with ``variable_rows=True``
+        Results to drain per vector (rows 0..rows-1), held stable while a vector is in flight.
+        One engine then serves several matrices in turn (the accelerator's layers): their
+        columns side by side in one CSC, each layer sending its own column range and draining
+        its own rows. Cycles as above with ``rows`` for ``out_features``.
     """
 
-    def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width):
+    def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width,
+                 variable_rows=False):
         self._in_features = check_int(in_features, "in_features", minimum=1)
         self._out_features = check_int(out_features, "out_features", minimum=1)
         self._col_ptr, self._row_idx, self._values = check_csc(
@@ -125,11 +131,15 @@ class SparseMatmulEngine(wiring.Component):
             "row": unsigned(bits_for(self._out_features - 1)),
             "acc": signed(self._acc_width),
         })
-        super().__init__({
+        members = {
             "i": In(stream.Signature(self._event_layout)),
             "o": Out(stream.Signature(self._result_layout)),
             "cycles": Out(CYCLE_COUNTER_WIDTH),
-        })
+        }
+        self._variable_rows = bool(variable_rows)
+        if self._variable_rows:
+            members["rows"] = In(range(1, self._out_features + 1), init=self._out_features)
+        super().__init__(members)
 
     in_features = property(lambda self: self._in_features)
     out_features = property(lambda self: self._out_features)
@@ -167,10 +177,12 @@ class SparseMatmulEngine(wiring.Component):
 
         m.submodules.columns = columns = Memory(
             shape=column_layout, depth=self._in_features,
+            attrs=block_ram_attrs(column_layout, self._in_features),
             init=[{"start": int(self._col_ptr[j]), "end": int(self._col_ptr[j + 1])}
                   for j in range(self._in_features)])
         m.submodules.entries = entries = Memory(
             shape=entry_layout, depth=max(nnz, 1),    # a Memory needs one row even when W = 0
+            attrs=block_ram_attrs(entry_layout, max(nnz, 1)),
             init=[{"row": int(r), "value": int(v)} for r, v in zip(self._row_idx, self._values)])
         m.submodules.accumulators = accumulators = Memory(
             shape=signed(self._acc_width), depth=self._out_features, init=[])
@@ -181,7 +193,11 @@ class SparseMatmulEngine(wiring.Component):
 
         count_shape = self._event_layout["count"].shape
         row_shape = self._result_layout["row"].shape
-        last_row = self._out_features - 1
+        if self._variable_rows:
+            last_row = Signal(row_shape)
+            m.d.comb += last_row.eq(self.rows - 1)
+        else:
+            last_row = self._out_features - 1
 
         # Fetch stage: one accepted event (or end marker) whose column extent the ROM is reading.
         fetch_valid = Signal()
