@@ -68,6 +68,8 @@ STAGE_MODULES = {
     "model": ("model.pipeline", "model.export", "model.golden", "model.bench", "hw.cycles"),
     "hw": ("hw.accelerator", "hw.synth", "hw.board", "model.bench"),
 }
+# The code a simulation report's "model_error" vouches for: the generator and the cycle model.
+GENERATOR_MODULES = ("hw.accelerator", "hw.cycles")
 STAGE_DISTRIBUTIONS = {
     "dense": ("torch", "brevitas", "numpy", "scikit-learn"),
     "model": ("torch", "brevitas", "numpy", "scikit-learn"),
@@ -145,7 +147,8 @@ def build_plan(config: Config, *, config_path=None, sparsities=(0.5, 0.9, 0.95),
     points = [("l1p", float(s), None) for s in dict.fromkeys(sparsities)] + \
              [("dsp", None, int(r)) for r in dict.fromkeys(ranks)]
     jobs = [Job(seed, method, s, r, n, t) for seed in dict.fromkeys(seeds)
-            for method, s, r in points for n in dict.fromkeys(lanes) for t in dict.fromkeys(targets)]
+            for method, s, r in points for n in dict.fromkeys(lanes)
+            for t in dict.fromkeys(targets)]
     return SweepPlan(config, config_path, list(sparsities), list(ranks), list(lanes), targets,
                      list(seeds), images, synth, fmax, threads,
                      Path(out_dir if out_dir is not None else config.pipeline.out_dir), jobs)
@@ -513,17 +516,26 @@ def mark_pareto(rows: list[dict]) -> None:
 
 def cycles_source(reports: Path) -> tuple[str, bool, list[str]]:
     """(the "cycles_source" text, whether the model may stand in, the reports read): the worst
-    "model_error" of <reports>/sim-*.json and sim.json."""
-    errors, used = [], []
+    "model_error" of <reports>/sim-*.json and sim.json. The reports do not name the generator
+    they checked, so a generator or cycle-model source file (GENERATOR_MODULES' closure) newer
+    than the oldest report makes the check stale: re-run `make sim`."""
+    errors, used, times = [], [], []
     for path in sorted(Path(reports).glob("sim*.json")):
         rep = _read_json(path)
         if rep and isinstance(rep.get("model_error"), (int, float)):
             errors.append(float(rep["model_error"]))
-            used.append(f"{path.name} ({rep.get('images')} images, {rep.get('simulator')})")
+            times.append(path.stat().st_mtime)
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(times[-1]))
+            used.append(f"{path.name} ({rep.get('images')} images, {rep.get('simulator')}, "
+                        f"{stamp})")
     if not errors:
         return "cycle model (unchecked: no simulation report with model_error)", False, used
     worst = max(errors)
     text = f"cycle model (checked against simulation: max error {100 * worst:.2f}%)"
+    newer = [p for p in source_closure(GENERATOR_MODULES) if p.stat().st_mtime > min(times)]
+    if newer:
+        return (f"{text[:-1]}; stale: {newer[0].relative_to(ROOT)} changed after the "
+                f"simulation reports, re-run `make sim` to re-check)"), False, used
     if worst > MAX_CYCLE_MODEL_ERROR:
         text += f" -- above the {100 * MAX_CYCLE_MODEL_ERROR:.0f}% limit: not a valid stand-in"
     return text, worst <= MAX_CYCLE_MODEL_ERROR, used
