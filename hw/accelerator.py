@@ -793,7 +793,7 @@ class _SharedUnits:
             acc_width = max(acc_width, signed_bits(*acc_range(
                 dense_from_csc(col_ptr, row_idx, values, rows, cols), in_max)))
             self.engine = SparseMatmulEngine(cols, rows, col_ptr, row_idx, values, in_max,
-                                             acc_width, variable_rows=True)
+                                             acc_width, variable_rows=True, overlap=True)
         cat = np.concatenate
         self.neurons = SlifNeuronArray(channels, 1, cat(bias), cat(threshold), cat(leak),
                                        a.frac_bits, a.leak_bits, acc_width, membrane_width,

@@ -209,7 +209,8 @@ def _engine_stage(artifact, node, values) -> int:
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
 
     f = 1                        # FETCH of the first vector (the start cycle is 0)
-    engine_ready = _NEVER        # first event of the next vector: last result transfer + 1
+    engine_ready = _NEVER        # first event of the next vector (see the module docstring)
+    drain_free = _NEVER          # two-bank engine: the cycle after the last result transfer
     collector_ready = _NEVER
     x0 = _NEVER                  # step 0's last engine result (static replay)
     last_out = 0
@@ -235,13 +236,18 @@ def _engine_stage(artifact, node, values) -> int:
                         prev_load, offer = load, a + 1
                     f = a + 2
                 a_end = max(f, engine_ready if prev_load is None else prev_load)
-                d0 = max(a_end + 1, column_end) + 2
                 if lowrank:
+                    d0 = max(a_end + 1, column_end) + 2
                     first, gap = d0 + rank + 3 + rank, rank
-                else:
+                else:       # the shared two-bank engine: the end marker waits for the drain
+                    load_end = max(a_end + 1, column_end, drain_free)
+                    d0 = load_end + 2
                     first, gap = d0 + 1, 1
                 last_acc, last_out = _feed(first, gap, c_out, collector_ready)
-                engine_ready = last_acc + 1
+                if lowrank:
+                    engine_ready = last_acc + 1
+                else:
+                    engine_ready, drain_free = load_end + 2, last_acc + 1
                 if replay:
                     x0 = last_acc
                 f = a_end + 2

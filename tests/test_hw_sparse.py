@@ -45,10 +45,11 @@ def expected_cycles(col_ptr: np.ndarray, x: np.ndarray, out_features: int) -> in
     return sum(max(int(nnz[j]), 1) for j in np.flatnonzero(x)) + out_features + 4
 
 
-def run_vectors(dut, vectors, orders, *, stall_seed=None):
+def run_vectors(dut, vectors, orders, *, stall_seed=None, wait=True):
     """Stream each vector through `dut`; return per vector (rows, accs, hw cycles, span).
 
-    The producer waits for each vector's results before sending the next. `span` is the cycle
+    The producer waits for each vector's results before sending the next (``wait=False``: it
+    sends them back to back). `span` is the cycle
     count measured by the testbench itself: from the first accepted transfer through the last
     result transfer. With `stall_seed`, both streams idle for random cycles.
     """
@@ -60,7 +61,7 @@ def run_vectors(dut, vectors, orders, *, stall_seed=None):
 
     async def producer(ctx):
         for n, (x, order) in enumerate(zip(vectors, orders)):
-            while len(done) < n:
+            while wait and len(done) < n:
                 await ctx.tick()
             events = events_of(x, order)
             await stream_put_all(ctx, dut.i, events[:1], idle)
@@ -72,7 +73,7 @@ def run_vectors(dut, vectors, orders, *, stall_seed=None):
             out = await stream_get_all(ctx, dut.o, dut.out_features, idle)
             results[n].update(rows=[int(p.row) for p in out], accs=[int(p.acc) for p in out],
                               cycles=ctx.get(dut.cycles),
-                              span=clock.now - results[n]["started"] + 1)
+                              span=clock.now - results[n]["started"] + 1, finished=clock.now)
             done.append(n)
 
     simulate(dut, producer, consumer, background=[clock.bench])
@@ -105,19 +106,20 @@ def sparse_cases(draw):
             "orders": orders, "extra_width": draw(st.integers(0, 2))}
 
 
-def build(case):
+def build(case, overlap=False):
     col_ptr, row_idx, values = csc_from_dense(case["w"], keep_zeros=case["keep_zeros"])
     out_features, in_features = case["w"].shape
     acc_width = worst_case_acc_width(case["w"], case["in_max"]) + case["extra_width"]
     dut = SparseMatmulEngine(in_features, out_features, col_ptr, row_idx, values,
-                             case["in_max"], acc_width)
+                             case["in_max"], acc_width, overlap=overlap)
     return dut, col_ptr, dense_from_csc(col_ptr, row_idx, values, out_features, in_features)
 
 
 @SETTINGS
-@given(sparse_cases())
-def test_products_and_cycles_at_full_rate(case):
-    dut, col_ptr, w = build(case)
+@given(sparse_cases(), st.booleans())
+def test_products_and_cycles_at_full_rate(case, overlap):
+    """One vector at a time: the same exact cycles with one accumulator bank or two."""
+    dut, col_ptr, w = build(case, overlap)
     results = run_vectors(dut, case["vectors"], case["orders"])
     for x, got in zip(case["vectors"], results):
         assert got["rows"] == list(range(dut.out_features))
@@ -136,6 +138,58 @@ def test_products_under_backpressure(case, stall_seed):
         assert got["rows"] == list(range(dut.out_features))
         assert got["accs"] == (w @ x).tolist()
         assert got["cycles"] == got["span"] >= expected_cycles(col_ptr, x, dut.out_features)
+
+
+@settings(SETTINGS, max_examples=20)
+@given(sparse_cases(), st.integers(0, 2**32 - 1))
+def test_overlapped_vectors_back_to_back(case, stall_seed):
+    """Two banks, vectors sent back to back (walk of one during the drain of the other), with
+    and without random stalls on both streams: every product exact, in order."""
+    dut, col_ptr, w = build(case, overlap=True)
+    for seed in (None, stall_seed):
+        results = run_vectors(dut, case["vectors"], case["orders"], stall_seed=seed, wait=False)
+        for x, got in zip(case["vectors"], results):
+            assert got["rows"] == list(range(dut.out_features))
+            assert got["accs"] == (w @ x).tolist()
+
+
+def test_overlap_hides_the_drain():
+    """Back to back at full rate, the second vector's walk runs during the first's drain."""
+    w = np.arange(1, 33).reshape(8, 4) % 5 - 2
+    col_ptr, row_idx, values = csc_from_dense(w, keep_zeros=True)
+    x = np.array([1, 1, 1, 1])
+    spans = {}
+    for overlap in (False, True):
+        dut = SparseMatmulEngine(4, 8, col_ptr, row_idx, values, 1, 8, overlap=overlap)
+        results = run_vectors(dut, [x, x], [np.arange(4)] * 2, wait=False)
+        assert all(r["accs"] == (w @ x).tolist() for r in results)
+        spans[overlap] = results[1]["finished"] - results[0]["started"] + 1
+    single = expected_cycles(col_ptr, x, 8)          # 4 x 8 entries + 8 rows + 4
+    assert spans[False] >= 2 * single
+    assert spans[True] <= 2 * single - 8            # the second walk hid the first drain
+
+
+def test_variable_rows_drains_only_the_stage_rows():
+    """A shared engine (the accelerator's): two matrices side by side, each draining its rows."""
+    w = np.array([[1, 2, 0, 3], [0, 1, 1, 0], [2, 0, 0, 1]])        # cols 0-1: 2 rows in use
+    w[2, :2] = 0
+    col_ptr, row_idx, values = csc_from_dense(w)
+    dut = SparseMatmulEngine(4, 3, col_ptr, row_idx, values, 2, 8, variable_rows=True)
+    clock = CycleClock()
+    got = []
+
+    async def bench(ctx):
+        for rows, cols in ((2, [0, 1]), (3, [2, 3])):
+            ctx.set(dut.rows, rows)
+            x = np.zeros(4, dtype=np.int64)
+            x[cols] = 2
+            await stream_put_all(ctx, dut.i, events_of(x, np.arange(4)))
+            out = await stream_get_all(ctx, dut.o, rows)
+            got.append(([int(p.row) for p in out], [int(p.acc) for p in out], (w @ x)[:rows]))
+
+    simulate(dut, bench, background=[clock.bench])
+    for rows, accs, want in got:
+        assert rows == list(range(len(want))) and accs == want.tolist()
 
 
 def test_consecutive_events_on_one_row_and_one_output():

@@ -102,6 +102,12 @@ class SparseMatmulEngine(wiring.Component):
     cycles : Out(32)
         Cycles the current (or last) vector has been in flight: counts from the cycle its first
         transfer is accepted through the cycle of its last result transfer.
+    With ``overlap=True`` the accumulators are two banks: once a vector's end marker has had its
+    walker turn, the next vector's events are accepted (two cycles later) and walked into the
+    other bank while this one drains, so walking and draining overlap. A vector's end marker
+    waits for the walker until the previous drain has finished. A single vector's cycles are as
+    above.
+
     rows : In(range(1, out_features + 1)), only with ``variable_rows=True``
         Results to drain per vector (rows 0..rows-1), held stable while a vector is in flight.
         One engine then serves several matrices in turn (the accelerator's layers): their
@@ -110,7 +116,7 @@ class SparseMatmulEngine(wiring.Component):
     """
 
     def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width,
-                 variable_rows=False):
+                 variable_rows=False, overlap=False):
         self._in_features = check_int(in_features, "in_features", minimum=1)
         self._out_features = check_int(out_features, "out_features", minimum=1)
         self._col_ptr, self._row_idx, self._values = check_csc(
@@ -137,6 +143,7 @@ class SparseMatmulEngine(wiring.Component):
             "cycles": Out(CYCLE_COUNTER_WIDTH),
         }
         self._variable_rows = bool(variable_rows)
+        self._overlap = bool(overlap)
         if self._variable_rows:
             members["rows"] = In(range(1, self._out_features + 1), init=self._out_features)
         super().__init__(members)
@@ -184,12 +191,17 @@ class SparseMatmulEngine(wiring.Component):
             shape=entry_layout, depth=max(nnz, 1),    # a Memory needs one row even when W = 0
             attrs=block_ram_attrs(entry_layout, max(nnz, 1)),
             init=[{"row": int(r), "value": int(v)} for r, v in zip(self._row_idx, self._values)])
-        m.submodules.accumulators = accumulators = Memory(
-            shape=signed(self._acc_width), depth=self._out_features, init=[])
+        # One accumulator bank, or two with `overlap`: bank `walk_bank` takes the updates of
+        # the vector being walked, bank `drain_bank` is read out (and cleared) by the drain.
+        banks = 2 if self._overlap else 1
+        acc_write, acc_read = [], []
+        for b in range(banks):
+            bank = Memory(shape=signed(self._acc_width), depth=self._out_features, init=[])
+            m.submodules[f"accumulators{b}" if self._overlap else "accumulators"] = bank
+            acc_write.append(bank.write_port())
+            acc_read.append(bank.read_port(transparent_for=(acc_write[-1],)))
         column_read = columns.read_port()
         entry_read = entries.read_port()
-        acc_write = accumulators.write_port()
-        acc_read = accumulators.read_port(transparent_for=(acc_write,))
 
         count_shape = self._event_layout["count"].shape
         row_shape = self._result_layout["row"].shape
@@ -209,25 +221,34 @@ class SparseMatmulEngine(wiring.Component):
         walk_pointer = Signal(pointer_shape)
         walk_stop = Signal(pointer_shape)
         walk_count = Signal(count_shape)
+        walk_bank = Signal(range(banks))
         # Read-modify-write pipeline: entry read -> accumulator read -> add and write.
         entry_valid = Signal()
         entry_count = Signal(count_shape)
+        entry_bank = Signal(range(banks))
         update_valid = Signal()
         update_row = Signal(row_shape)
         update_term = Signal(signed(value_bits + count_shape.width + 1))
+        update_bank = Signal(range(banks))
         # Drain.
         draining = Signal()
+        drain_bank = Signal(range(banks))
         end_seen = Signal()
         drain_row = Signal(row_shape)
         drain_issued = Signal()
         out_row = Signal(row_shape)
 
         walker_free = ~walk_valid | walk_is_end | (walk_pointer + 1 >= walk_stop)
-        walker_load = walker_free & fetch_valid
+        if self._overlap:
+            # an end marker takes its walker turn only once the previous drain has finished
+            walker_load = walker_free & fetch_valid & ~(fetch_is_end & draining)
+        else:
+            walker_load = walker_free & fetch_valid
         walk_issue = walk_valid & ~walk_is_end & (walk_pointer < walk_stop)
         accept = Signal()
+        idle_for_events = ~end_seen if self._overlap else ~draining & ~end_seen
         m.d.comb += [
-            self.i.ready.eq(~draining & ~end_seen & (~fetch_valid | walker_load)),
+            self.i.ready.eq(idle_for_events & (~fetch_valid | walker_load)),
             accept.eq(self.i.valid & self.i.ready),
             column_read.addr.eq(self.i.p.index),
             column_read.en.eq(accept),
@@ -257,46 +278,61 @@ class SparseMatmulEngine(wiring.Component):
         with m.Else():
             m.d.sync += walk_pointer.eq(walk_pointer + 1)
 
-        # The end marker's turn in the walker: every entry has been issued, so drain next.
+        # The end marker's turn in the walker: every entry has been issued, so drain next (and,
+        # with two banks, walk the next vector into the other one).
         with m.If(walk_valid & walk_is_end):
-            m.d.sync += [draining.eq(1), end_seen.eq(0), drain_row.eq(0), drain_issued.eq(0)]
+            m.d.sync += [draining.eq(1), end_seen.eq(0), drain_row.eq(0), drain_issued.eq(0),
+                         drain_bank.eq(walk_bank)]
+            if self._overlap:
+                m.d.sync += walk_bank.eq(~walk_bank)
 
         m.d.comb += [entry_read.addr.eq(walk_pointer), entry_read.en.eq(1)]
-        m.d.sync += [entry_valid.eq(walk_issue), entry_count.eq(walk_count)]
+        m.d.sync += [entry_valid.eq(walk_issue), entry_count.eq(walk_count),
+                     entry_bank.eq(walk_bank)]
         m.d.sync += [
             update_valid.eq(entry_valid),
             update_row.eq(entry_read.data.row),
             update_term.eq(entry_read.data.value * entry_count),
+            update_bank.eq(entry_bank),
         ]
 
-        # Drain: the accumulator read port doubles as the output register (it holds on a stall).
+        # Drain: the drain bank's read port doubles as the output register (it holds on a stall).
         advance = ~self.o.valid | self.o.ready
         drain_issue = draining & ~drain_issued
         transfer = self.o.valid & self.o.ready
-        with m.If(draining):
-            m.d.comb += [acc_read.addr.eq(drain_row), acc_read.en.eq(advance)]
-        with m.Else():
-            m.d.comb += [acc_read.addr.eq(entry_read.data.row), acc_read.en.eq(1)]
+        out_bank = Signal(range(banks))
+        for b in range(banks):
+            with m.If(draining & (drain_bank == b)):
+                m.d.comb += [acc_read[b].addr.eq(drain_row), acc_read[b].en.eq(advance)]
+            with m.Else():
+                m.d.comb += [acc_read[b].addr.eq(entry_read.data.row), acc_read[b].en.eq(1)]
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(drain_issue), out_row.eq(drain_row)]
+            m.d.sync += [self.o.valid.eq(drain_issue), out_row.eq(drain_row),
+                         out_bank.eq(drain_bank)]
             with m.If(drain_issue):
                 m.d.sync += drain_row.eq(drain_row + 1)
                 with m.If(drain_row == last_row):
                     m.d.sync += drain_issued.eq(1)
-        m.d.comb += [self.o.p.row.eq(out_row), self.o.p.acc.eq(acc_read.data)]
+        m.d.comb += self.o.p.row.eq(out_row)
+        with m.Switch(out_bank):
+            for b in range(banks):
+                with m.Case(b):
+                    m.d.comb += self.o.p.acc.eq(acc_read[b].data)
         with m.If(transfer & (out_row == last_row)):
             m.d.sync += draining.eq(0)
 
-        # One write port: the last updates of a vector never meet the first drain write.
-        with m.If(update_valid):
-            m.d.comb += [
-                acc_write.addr.eq(update_row),
-                acc_write.data.eq(acc_read.data + update_term),
-                acc_write.en.eq(1),
-            ]
-        with m.Else():
-            m.d.comb += [acc_write.addr.eq(out_row), acc_write.data.eq(0),
-                         acc_write.en.eq(transfer)]
+        # One write port per bank: a bank's last updates of a vector never meet its first drain
+        # write, and the two banks' roles never overlap.
+        for b in range(banks):
+            with m.If(update_valid & (update_bank == b)):
+                m.d.comb += [
+                    acc_write[b].addr.eq(update_row),
+                    acc_write[b].data.eq(acc_read[b].data + update_term),
+                    acc_write[b].en.eq(1),
+                ]
+            with m.Else():
+                m.d.comb += [acc_write[b].addr.eq(out_row), acc_write[b].data.eq(0),
+                             acc_write[b].en.eq(transfer & (out_bank == b))]
 
         add_cycle_counter(m, self.cycles, start=accept,
                           stop=transfer & (out_row == last_row))
