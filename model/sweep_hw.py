@@ -189,11 +189,15 @@ def source_closure(modules) -> list[Path]:
 
 @functools.lru_cache(maxsize=None)
 def code_version(stage: str) -> str:
-    """sha256 of the stage's project sources (`source_closure` of STAGE_MODULES plus this file)
-    and the versions of STAGE_DISTRIBUTIONS."""
+    """sha256 of the stage's project sources (`source_closure` of STAGE_MODULES), the source of
+    its function in this file (so the table, plot and orchestration can change freely) and the
+    versions of STAGE_DISTRIBUTIONS."""
+    import inspect
     digest = hashlib.sha256()
-    for path in sorted(set(source_closure(STAGE_MODULES[stage])) | {Path(__file__).resolve()}):
+    for path in source_closure(STAGE_MODULES[stage]):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for function in (_run_stage, _STAGE_FUNCTIONS[stage]):
+        digest.update(inspect.getsource(function).encode() + b"\0")
     for dist in STAGE_DISTRIBUTIONS[stage]:
         try:
             version = importlib.metadata.version(dist)
@@ -246,6 +250,9 @@ def _write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes it private; a cache entry is not
     os.replace(tmp, path)
 
 
@@ -449,6 +456,9 @@ def _hw(job: dict, model: dict) -> dict:
     latency, rate = fpga_latency(model["cycles"], fmax)
     out.update(fmax_mhz=fmax, fmax_reason=reason, latency_us=latency, inferences_per_s=rate)
     return out
+
+
+_STAGE_FUNCTIONS = {"dense": _dense, "model": _model, "hw": _hw}
 
 
 def dense_stage(job: dict) -> dict:
