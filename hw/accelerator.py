@@ -276,7 +276,7 @@ class Accelerator(wiring.Component):
         is_conv = node["op"] == "conv"
         src = node["inputs"][0]
         from_image = src == "input"
-        static_replay = is_conv and from_image and not self.time_varying
+        static_replay = is_conv and from_image and not self.time_varying and T > 1
         in_max = int(self.bounds[src])
 
         # engine (shared by every conv and CSC matmul; a rank-factored one per stage) and the
@@ -363,30 +363,46 @@ class Accelerator(wiring.Component):
             m.d.sync += out_step.eq(Mux(out_step == T - 1, 0, out_step + 1))
         with m.If(start):
             m.d.sync += out_step.eq(0)
-        feed_from_replay = Signal(name=f"{ident}_from_replay")
-        drained = Signal(name=f"{ident}_drained")   # the engine has emitted its last vector
-        with m.If(engine_done):
-            m.d.sync += drained.eq(1)
         if static_replay:
-            # step 0: engine -> neuron and replay memory; steps > 0: replay memory -> neuron
+            # The feeder: step 0 of a position comes from the engine (its accumulators are also
+            # kept in the replay memory), steps 1..T-1 from the replay memory, one per cycle,
+            # while the issue FSM already walks the next position through the engine.
             replay_valid = Signal(name=f"{ident}_replay_valid")
             replay_k = Signal(range(c_out), name=f"{ident}_replay_k")     # channel on data
-            replay_next = Signal(range(c_out + 1), name=f"{ident}_replay_next")
+            replay_next = Signal(range(c_out), name=f"{ident}_replay_next")
+            replay_step = Signal(range(T), name=f"{ident}_replay_step")
             m.d.comb += [
                 replay_w.addr.eq(engine.o.payload.row), replay_w.data.eq(engine.o.payload.acc),
                 replay_w.en.eq(engine.o.valid & engine.o.ready),
             ]
-            with m.If(feed_from_replay):
-                m.d.comb += [neuron_in.valid.eq(replay_valid),
-                             neuron_in.payload.channel.eq(replay_k),
-                             neuron_in.payload.acc.eq(replay_r.data),
-                             neuron_in.payload.first.eq(0)]
-            with m.Else():
-                m.d.comb += [neuron_in.valid.eq(engine.o.valid),
-                             engine.o.ready.eq(neuron_in.ready),
-                             neuron_in.payload.channel.eq(engine.o.payload.row),
-                             neuron_in.payload.acc.eq(engine.o.payload.acc),
-                             neuron_in.payload.first.eq(1)]
+            with m.FSM(name=f"{ident}_feed"):
+                with m.State("ENGINE"):
+                    m.d.comb += [neuron_in.valid.eq(engine.o.valid),
+                                 engine.o.ready.eq(neuron_in.ready),
+                                 neuron_in.payload.channel.eq(engine.o.payload.row),
+                                 neuron_in.payload.acc.eq(engine.o.payload.acc),
+                                 neuron_in.payload.first.eq(1)]
+                    with m.If(engine_done):
+                        m.d.sync += [replay_next.eq(0), replay_valid.eq(0), replay_step.eq(1)]
+                        m.next = "REPLAY"
+                with m.State("REPLAY"):
+                    m.d.comb += [neuron_in.valid.eq(replay_valid),
+                                 neuron_in.payload.channel.eq(replay_k),
+                                 neuron_in.payload.acc.eq(replay_r.data),
+                                 neuron_in.payload.first.eq(0)]
+                    advance = ~replay_valid | neuron_in.ready
+                    with m.If(advance):
+                        m.d.comb += replay_r.addr.eq(replay_next)
+                        m.d.sync += [replay_valid.eq(1), replay_k.eq(replay_next),
+                                     replay_next.eq(Mux(replay_next == c_out - 1, 0,
+                                                        replay_next + 1))]
+                        with m.If(replay_valid & (replay_k == c_out - 1)):
+                            m.d.sync += replay_step.eq(replay_step + 1)
+                            with m.If(replay_step == T - 1):
+                                m.d.sync += replay_valid.eq(0)
+                                m.next = "ENGINE"
+                    with m.Else():
+                        m.d.comb += replay_r.addr.eq(replay_k)     # hold the data
         else:
             m.d.comb += [neuron_in.valid.eq(engine.o.valid), engine.o.ready.eq(neuron_in.ready),
                          neuron_in.payload.channel.eq(engine.o.payload.row),
@@ -403,13 +419,7 @@ class Accelerator(wiring.Component):
                     m.next = "FETCH"
             with m.State("FETCH"):
                 # the read address is valid this cycle; data arrives next cycle
-                if static_replay:
-                    with m.If(step != 0):
-                        m.next = "REPLAY_WAIT"
-                    with m.Else():
-                        m.next = "LOAD_MASK"
-                else:
-                    m.next = "LOAD_MASK"
+                m.next = "LOAD_MASK"
             with m.State("LOAD_MASK"):
                 if is_conv:
                     m.d.sync += mask.eq(Mux(inside, nonzero, 0))
@@ -436,29 +446,11 @@ class Accelerator(wiring.Component):
             with m.State("END"):
                 m.d.comb += [ev.valid.eq(1), ev.payload.end.eq(1)]
                 with m.If(ev.ready):
-                    m.d.sync += drained.eq(0)
                     m.next = "NEXT"
-            if static_replay:
-                with m.State("REPLAY_WAIT"):
-                    # step 0's accumulators of this position must all be in the replay memory
-                    with m.If(drained):
-                        m.d.sync += [replay_next.eq(0), replay_valid.eq(0)]
-                        m.next = "REPLAY"
-                with m.State("REPLAY"):
-                    m.d.comb += feed_from_replay.eq(1)
-                    advance = ~replay_valid | neuron_in.ready
-                    with m.If(advance):
-                        m.d.comb += replay_r.addr.eq(replay_next)
-                        m.d.sync += [replay_valid.eq(replay_next < c_out),
-                                     replay_k.eq(replay_next), replay_next.eq(replay_next + 1)]
-                        with m.If(replay_valid & (replay_k == c_out - 1)):
-                            m.d.sync += replay_valid.eq(0)
-                            m.next = "NEXT"
-                    with m.Else():
-                        m.d.comb += replay_r.addr.eq(replay_k)     # hold the data
             with m.State("NEXT"):
                 m.d.sync += tap.eq(0)
-                with m.If(step == T - 1):
+                # a static first conv issues step 0 only: the feeder replays the others
+                with m.If((step == T - 1) | static_replay):
                     m.d.sync += step.eq(0)
                     with m.If(token == positions - 1):
                         m.next = "DRAIN"
@@ -484,8 +476,13 @@ class Accelerator(wiring.Component):
 
     def _collector(self, m, sid, node, neuron, mem_r, mem_w, read, done, busy, run_cycles,
                    trace_ready, tokens_outer, h, wd):
-        """Gather one spike per channel into a vector, write it (OR-pooled for pooled convs),
-        trace it, and finish the stage after the last vector (plus the layer-cycles record)."""
+        """Gather one spike per channel into a vector; a writer then stores it (OR-pooled for
+        pooled convs) and traces it while the next vector is already being gathered; after the
+        last vector the writer finishes the stage (plus the layer-cycles record).
+
+        The gather side always takes the neuron's outputs, except a vector's last channel
+        while the writer is still busy with the previous vector (2 cycles: WRITE, TRACE; pooled
+        3 or 4: READ_OLD, MERGE, WRITE_POOLED and, for a cell's last position, TRACE)."""
         T = self.T
         name, ident = node["name"], _ident(node["name"])
         c_out = self.channels[name]
@@ -494,20 +491,27 @@ class Accelerator(wiring.Component):
         tokens = h * wd if node["op"] == "conv" else self.N
         vec = Signal(c_out, name=f"{ident}_vec")
         got = Signal(range(c_out + 1), name=f"{ident}_got")
+        # gather-side position of the vector being gathered
         c_step = Signal(range(T), name=f"{ident}_c_step")
         c_tok = Signal(range(tokens), name=f"{ident}_c_tok")
         cy = Signal(range(h), name=f"{ident}_cy")
         cx = Signal(range(wd), name=f"{ident}_cx")
+        # writer-side copy: the vector being written and where
+        w_step = Signal(range(T), name=f"{ident}_w_step")
+        w_tok = Signal(range(tokens), name=f"{ident}_w_tok")
+        w_cy = Signal(range(h), name=f"{ident}_w_cy")
+        w_cx = Signal(range(wd), name=f"{ident}_w_cx")
+        w_last = Signal(name=f"{ident}_w_last")
 
         if pool:
-            out_pos = (cy >> 1) * (wd // 2) + (cx >> 1)
-            first_in_cell = (cy[0] == 0) & (cx[0] == 0)
-            last_in_cell = (cy[0] == 1) & (cx[0] == 1)
+            out_pos = (w_cy >> 1) * (wd // 2) + (w_cx >> 1)
+            first_in_cell = (w_cy[0] == 0) & (w_cx[0] == 0)
+            last_in_cell = (w_cy[0] == 1) & (w_cx[0] == 1)
         else:
-            out_pos = c_tok
+            out_pos = w_tok
             first_in_cell = Const(1)
             last_in_cell = Const(1)
-        out_addr = c_step * out_positions + out_pos
+        out_addr = w_step * out_positions + out_pos
         word = Signal(c_out, name=f"{ident}_word")
         trace_valid = Signal(name=f"{ident}_trace_valid")
         trace_payload = Signal(self.trace_layout, name=f"{ident}_trace")
@@ -532,61 +536,69 @@ class Accelerator(wiring.Component):
                     m.d.sync += c_tok.eq(c_tok + 1)
 
         last_vector = (c_step == T - 1) & (c_tok == tokens - 1)
-        with m.FSM(name=f"{ident}_collect"):
-            with m.State("GATHER"):
-                m.d.comb += neuron.o.ready.eq(1)
-                with m.If(neuron.o.valid):
-                    m.d.sync += [vec.eq(vec | (neuron.o.payload.spike << neuron.o.payload.channel)),
-                                 got.eq(got + 1)]
-                    with m.If(got == c_out - 1):
-                        m.next = "READ_OLD" if pool else "WRITE"
-                with m.If(~busy):
-                    m.d.sync += [got.eq(0), vec.eq(0), c_step.eq(0), c_tok.eq(0), cy.eq(0),
-                                 cx.eq(0)]
+        writer_busy = Signal(name=f"{ident}_writer_busy")
+        last_channel = got == c_out - 1
+        m.d.comb += neuron.o.ready.eq(~(last_channel & writer_busy))
+        with m.If(neuron.o.valid & neuron.o.ready):
+            spike_vec = vec | (neuron.o.payload.spike << neuron.o.payload.channel)
+            with m.If(last_channel):
+                m.d.sync += [vec.eq(0), got.eq(0), word.eq(spike_vec), w_step.eq(c_step),
+                             w_tok.eq(c_tok), w_cy.eq(cy), w_cx.eq(cx), w_last.eq(last_vector)]
+                advance()
+            with m.Else():
+                m.d.sync += [vec.eq(spike_vec), got.eq(got + 1)]
+        with m.If(~busy):
+            m.d.sync += [got.eq(0), vec.eq(0), c_step.eq(0), c_tok.eq(0), cy.eq(0), cx.eq(0)]
+
+        with m.FSM(name=f"{ident}_write"):
+            with m.State("IDLE"):
+                with m.If(neuron.o.valid & neuron.o.ready & last_channel):
+                    m.next = "READ_OLD" if pool else "WRITE"
             if pool:
                 with m.State("READ_OLD"):
+                    m.d.comb += writer_busy.eq(1)
                     read(sid, name, out_addr)     # the pooled cell's partial OR
                     m.next = "MERGE"
                 with m.State("MERGE"):
+                    m.d.comb += writer_busy.eq(1)
                     read(sid, name, out_addr)
-                    m.d.sync += word.eq(Mux(first_in_cell, vec, vec | mem_r[name].data))
+                    m.d.sync += word.eq(Mux(first_in_cell, word, word | mem_r[name].data))
                     m.next = "WRITE_POOLED"
                 with m.State("WRITE_POOLED"):
-                    m.d.comb += [wp.addr.eq(out_addr), wp.data.eq(word), wp.en.eq(1)]
+                    m.d.comb += [writer_busy.eq(1),
+                                 wp.addr.eq(out_addr), wp.data.eq(word), wp.en.eq(1)]
                     with m.If(last_in_cell):
                         m.next = "TRACE"
+                    with m.Elif(w_last):
+                        m.next = "CYCLES"
                     with m.Else():
-                        m.next = "ADVANCE"
+                        m.next = "IDLE"
             else:
                 with m.State("WRITE"):
-                    m.d.comb += [wp.addr.eq(out_addr), wp.data.eq(vec), wp.en.eq(1)]
-                    m.d.sync += word.eq(vec)
+                    m.d.comb += [writer_busy.eq(1),
+                                 wp.addr.eq(out_addr), wp.data.eq(word), wp.en.eq(1)]
                     m.next = "TRACE"
             with m.State("TRACE"):
-                m.d.comb += [trace_valid.eq(1),
+                m.d.comb += [writer_busy.eq(1), trace_valid.eq(1),
                              trace_payload.kind.eq(TRACE_SPIKES),
                              trace_payload.node.eq(n_index),
-                             trace_payload.step.eq(c_step),
+                             trace_payload.step.eq(w_step),
                              trace_payload.token.eq(out_pos),
                              trace_payload.data.eq(word)]
                 with m.If(trace_ready):
-                    m.next = "ADVANCE"
-            with m.State("ADVANCE"):
-                m.d.sync += [vec.eq(0), got.eq(0)]
-                advance()
-                with m.If(last_vector):
-                    m.next = "CYCLES"
-                with m.Else():
-                    m.next = "GATHER"
+                    with m.If(w_last):
+                        m.next = "CYCLES"
+                    with m.Else():
+                        m.next = "IDLE"
             with m.State("CYCLES"):
-                m.d.comb += [trace_valid.eq(1),
+                m.d.comb += [writer_busy.eq(1), trace_valid.eq(1),
                              trace_payload.kind.eq(TRACE_CYCLES),
                              trace_payload.node.eq(n_index),
                              trace_payload.data.eq(run_cycles)]
                 with m.If(trace_ready):
                     m.d.comb += done.eq(1)
                     m.d.sync += busy.eq(0)
-                    m.next = "GATHER"
+                    m.next = "IDLE"
         return trace_valid, trace_payload
 
     # ---- attention stage --------------------------------------------------------------------

@@ -131,24 +131,37 @@ def value_counts(artifact, node_spikes: dict, image=None) -> dict[str, np.ndarra
 
 # ---- neuron array + collector -----------------------------------------------------------------
 
-def _feed(first_offer: int, gap: int, count: int, collector_ready: int) -> tuple[int, int]:
-    """One vector of `count` neuron updates into SlifNeuronArray and the collector.
+class _Collector:
+    """The sLIF array's output side: the collector's gather and writer (hw/accelerator.py).
 
-    Update 0 is offered at `first_offer`, update u + 1 `gap` cycles after update u's acceptance
-    (engine drain: 1, rank-factored projection: rank, replay and attention: 1). The collector
-    gathers again from `collector_ready`; an earlier first output freezes the pipeline.
-    Returns (acceptance cycle of the last update, transfer cycle of the last output)."""
-    a = first_offer
-    frozen_from = a + 4                                 # the first output's valid cycle
-    stall = max(0, collector_ready - frozen_from)
-    frozen_to = frozen_from + stall
-    out = frozen_to
-    for _ in range(count - 1):
-        a += gap
-        if frozen_from <= a < frozen_to:
-            a = frozen_to
-        out = a + 4 + (stall if a < frozen_from else 0)
-    return a, out
+    The gather side takes every output, except a vector's last one while the writer still
+    works on the previous vector: that output then waits at the neuron's output register and
+    freezes the pipeline (frozen cycles [valid, transfer)). Updates already inside come out that
+    much later; updates offered meanwhile are accepted when it ends. With more than 3 updates
+    per vector a freeze only touches the next vector's first updates, as modelled here."""
+
+    def __init__(self):
+        self.freeze = (_NEVER, _NEVER)   # frozen cycles of the last freeze: [from, to)
+        self.writer_free = _NEVER        # first cycle the writer can take another vector
+
+    def feed(self, first_offer: int, gap: int, count: int, writer_cycles: int) -> tuple[int, int]:
+        """One vector of `count` updates: update 0 offered at `first_offer`, update u + 1 `gap`
+        cycles after update u's acceptance (engine drain and replay 1, rank-factored projection
+        rank). The writer then needs `writer_cycles` cycles for it. Returns (acceptance of the
+        last update, cycle the writer is done: the next vector's writer start, or CYCLES)."""
+        f_from, f_to = self.freeze
+        stall = f_to - f_from
+        a = first_offer
+        for u in range(count):
+            if u:
+                a += gap
+            if f_from <= a < f_to:
+                a = f_to
+            valid = a + 4 + (stall if a < f_from else 0)
+        transfer = max(valid, self.writer_free)
+        self.freeze = (valid, transfer)
+        self.writer_free = transfer + writer_cycles + 1
+        return a, self.writer_free
 
 
 # ---- stages -----------------------------------------------------------------------------------
@@ -189,9 +202,9 @@ def _engine_stage(artifact, node, values) -> int:
     man = artifact.manifest["model"]
     T = man["timesteps"]
     c_out = node[_out_channels(node)]
-    if c_out <= 2:
-        raise ValueError(f"node {node['name']}: the cycle model assumes more than 2 output "
-                         f"channels (neuron hazards)")
+    if c_out <= 3:
+        raise ValueError(f"node {node['name']}: the cycle model assumes more than 3 output "
+                         f"channels (neuron hazards, collector freezes)")
     is_conv = node["op"] == "conv"
     src = node["inputs"][0]
     counts = values[src]
@@ -202,7 +215,7 @@ def _engine_stage(artifact, node, values) -> int:
         pool = bool(node["pool"])
     else:
         positions, wd, pool = man["tokens"], 1, False
-    replay = is_conv and src == "input" and not man["time_varying_input"]
+    replay = is_conv and src == "input" and not man["time_varying_input"] and T > 1
     lowrank = node["op"] == "matmul" and node["format"] == "lowrank"
     rank = node.get("rank", 0)
     sizes = _column_sizes(artifact, node)
@@ -211,16 +224,24 @@ def _engine_stage(artifact, node, values) -> int:
     f = 1                        # FETCH of the first vector (the start cycle is 0)
     engine_ready = _NEVER        # first event of the next vector (see the module docstring)
     drain_free = _NEVER          # two-bank engine: the cycle after the last result transfer
-    collector_ready = _NEVER
+    feeder_ready = _NEVER        # static first conv: the feeder takes engine results again
+    collector = _Collector()
     x0 = _NEVER                  # step 0's last engine result (static replay)
-    last_out = 0
+    done = 0
     for pos in range(positions):
         y, x = divmod(pos, wd)
+        if pool:        # READ_OLD, MERGE, WRITE_POOLED and, a cell's last position, TRACE
+            writer = 4 if (y % 2 == 1 and x % 2 == 1) else 3
+        else:           # WRITE, TRACE
+            writer = 2
         for t in range(T):
             if replay and t > 0:
-                r0 = max(f + 1, x0 + 1) + 1
-                last_acc, last_out = _feed(r0 + 1, 1, c_out, collector_ready)
-                f = last_acc + 2
+                # the feeder: first replayed update two cycles after step 0's last result,
+                # then one per cycle through step T - 1; engine results again a cycle later
+                first = x0 + 2 if t == 1 else last_acc + 1
+                last_acc, done = collector.feed(first, 1, c_out, writer)
+                if t == T - 1:
+                    feeder_ready = last_acc + 1
             else:
                 prev_load = None                    # L of the previous event of this vector
                 column_end = _NEVER                 # last walker cycle of the previous column
@@ -242,8 +263,8 @@ def _engine_stage(artifact, node, values) -> int:
                 else:       # the shared two-bank engine: the end marker waits for the drain
                     load_end = max(a_end + 1, column_end, drain_free)
                     d0 = load_end + 2
-                    first, gap = d0 + 1, 1
-                last_acc, last_out = _feed(first, gap, c_out, collector_ready)
+                    first, gap = max(d0 + 1, feeder_ready), 1
+                last_acc, done = collector.feed(first, gap, c_out, writer)
                 if lowrank:
                     engine_ready = last_acc + 1
                 else:
@@ -251,25 +272,20 @@ def _engine_stage(artifact, node, values) -> int:
                 if replay:
                     x0 = last_acc
                 f = a_end + 2
-            if pool:
-                busy = 5 if (y % 2 == 1 and x % 2 == 1) else 4
-            else:
-                busy = 3
-            collector_ready = last_out + busy + 1
-    return collector_ready        # the CYCLES state
+    return done                  # the CYCLES state
 
 
 def _attention_stage(artifact, node, values) -> int:
     man = artifact.manifest["model"]
     T, N, dim = man["timesteps"], man["tokens"], node["dim"]
-    if dim <= 2:
-        raise ValueError(f"node {node['name']}: the cycle model assumes dim > 2")
+    if dim <= 3:
+        raise ValueError(f"node {node['name']}: the cycle model assumes dim > 3")
     v = values[node["inputs"][2]]
     pops = (v != 0).sum(axis=2)                          # (T, N) active V bits per token
     offer = 2                                            # FETCH 1, SEND 2
     last_count = _NEVER                                  # Y: last count transfer of a step
-    collector_ready = _NEVER
-    last_out = 0
+    collector = _Collector()
+    done = 0
     for t in range(T):
         a = max(offer, last_count + 1)
         for n in range(N - 1):
@@ -278,11 +294,10 @@ def _attention_stage(artifact, node, values) -> int:
         offer = a + 2                                    # next step's first SEND
         first = phase2 + 3
         for n in range(N):
-            last_acc, last_out = _feed(first, 1, dim, collector_ready)
-            collector_ready = last_out + 4
+            last_acc, done = collector.feed(first, 1, dim, 2)      # writer: WRITE, TRACE
             first = last_acc + 1
         last_count = last_acc
-    return collector_ready
+    return done
 
 
 def expected_cycles(artifact, node_spikes: dict, image=None) -> dict[str, int]:
