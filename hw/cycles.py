@@ -25,38 +25,40 @@ time step inner. The issue FSM, for each vector, per conv tap (a matmul has one 
 The engine (hw/components/sparse.py) accepts event e at a_e = max(offer_e, L_{e-1}); its
 column-extent ROM read takes a cycle; the walker loads it at L_e = max(a_e + 1, last cycle of
 the previous column) and walks max(nnz(column), 1) cycles. The end marker is accepted at
-a_end = max(offer, L_last), takes its walker turn at L_end + 1 = max(a_end + 1, last column
-cycle) + 1, the drain starts the next cycle d0 and offers row r from d0 + 1 on, one per cycle.
-A rank-factored engine drains z = B x (rank rows) the same way into its z RAM, ending at
-x1 = d0 + rank, then offers row i of A z at x1 + 3 + rank (i + 1): rank MACs per row. In
-both, the engine accepts the next vector's first event only after its last result transfer X
-(a_first = max(offer, X + 1)): walking, draining and the issue of the next vector's non-empty
-taps do not overlap, but the issue FSM's FETCH/LOAD_MASK cycles and empty taps do overlap the
-engine's walk and drain.
+a_end = max(offer, L_last) and loaded into the walker at L_end; it takes its turn at L_end + 1,
+the drain starts the next cycle d0 = L_end + 2 and offers row r from d0 + 1 on, one per cycle.
+Conv and CSC matmul stages share one two-bank engine: L_end = max(a_end + 1, last column cycle,
+X_prev + 1), the end marker waiting for the previous vector's drain (last result transfer
+X_prev), and the next vector's first event is accepted from L_end + 2 on, so its walk overlaps
+this drain. A rank-factored engine (one bank, its own per stage) drains z = B x (rank rows) the
+same way into its z RAM, ending at x1 = d0 + rank, then offers row i of A z at
+x1 + 3 + rank (i + 1): rank MACs per row, and accepts the next vector's first event only after
+its last result transfer X (a_first = max(offer, X + 1)). The issue FSM's FETCH/LOAD_MASK cycles
+and empty taps overlap the engine's walk and drain.
 
-Static first conv (pixels, not event data): step 0 of each position goes through the engine
-(its accumulators are also written to a replay RAM); steps t > 0 wait in REPLAY_WAIT until the
-step-0 vector has fully drained (X0 + 1), then REPLAY offers the c_out stored accumulators to
-the neuron at one per cycle: first offer max(FETCH + 1, X0 + 1) + 2, next vector's FETCH two
-cycles after the last accept.
+Static first conv (pixels, not event data; T > 1): the issue FSM sends step 0 of each position
+only. A feeder passes the engine's results to the neuron (and into a replay RAM), and after
+step 0's last result X0 replays the stored accumulators for steps 1..T-1, one per cycle from
+X0 + 2 on, back to back across steps; it takes engine results again the cycle after the last
+replayed one (so the next position's drain waits for it, while its walk does not).
 
 Neuron + collector. The sLIF array (hw/components/neuron.py) accepts one update per cycle and
-outputs it 4 cycles later; the collector takes the c_out outputs of a vector in GATHER, then
-spends WRITE, TRACE, ADVANCE (3 cycles; a pooled conv: READ_OLD, MERGE, WRITE_POOLED, ADVANCE
-and, for the last position of a 2x2 cell, TRACE: 4 or 5 cycles) before it gathers again; after
-the last vector its CYCLES state ends the stage. The neuron's output is ready only in GATHER,
-so a vector whose first output arrives earlier freezes the whole neuron pipeline (and through
-back-pressure the engine drain, the replay or the attention block) for the difference S: the
-updates already inside the pipeline come out S later, updates offered during the freeze are
-accepted at its end. (Neuron hazards, same channel within two updates, need c_out <= 2: not
-modelled, and `expected_cycles` refuses such a node.)
+outputs it 4 cycles later. The collector's gather side takes every output; after a vector's
+last one (cycle L) its writer stores and traces it while the next vector is gathered: WRITE,
+TRACE (2 cycles; a pooled conv: READ_OLD, MERGE, WRITE_POOLED and, for the last position of a
+2x2 cell, TRACE: 3 or 4), so it is free again at L + writer + 1; after the last vector its
+CYCLES state, at that cycle, ends the stage. A vector's last output that arrives while the
+writer is still busy waits: the whole neuron pipeline (and through back-pressure the engine
+drain, the replay or the attention block) freezes until the writer is free; updates already
+inside come out that much later, updates offered meanwhile are accepted at the end
+(`_Collector`). (Neuron hazards, same channel within two updates, and overlapping freezes need
+c_out <= 3: not modelled, and `expected_cycles` refuses such a node.)
 
 Attention stage. Time steps outer. Issue: FETCH, SEND per token, so token n + 1 is accepted
 max(popcount(V_n), 2) cycles after token n (phase 1 walks one active V bit per cycle); the
 first token of a step waits for the previous step's last count transfer Y (a = Y + 1). Phase 2
 starts max(popcount(V_last), 1) cycles after the last token's acceptance (cycle c) and offers
-counts from c + 3 on, one per cycle; between tokens the collector's 3 cycles freeze it (S = 3
-per token boundary, exactly).
+counts from c + 3 on, one per cycle, back to back across tokens.
 
 Head (not traced): 2 cycles (FETCH, SUM) per (step, token), then per class MAC_START, in_features
 + 1 MAC cycles and STORE, then DONE; then LOGITS, one per class:
