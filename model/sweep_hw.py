@@ -38,7 +38,6 @@ import ast
 import functools
 import hashlib
 import importlib.metadata
-import io
 import json
 import os
 import sys
@@ -611,6 +610,8 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
                             (r[key], r["accuracy"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
             front = sorted((r for r in group if r.get(flag)), key=lambda r: r[key])
+            ax.scatter([r[key] for r in front], [r["accuracy"] for r in front], s=180,
+                       facecolors="none", edgecolors="black", lw=1, zorder=2)
             if front:
                 ax.step([r[key] for r in front], [r["accuracy"] for r in front], where="post",
                         color=colors[target] if target else "black", lw=1, ls="--",
