@@ -692,57 +692,66 @@ class Accelerator(wiring.Component):
         acc = Signal(signed(lbits))
         read(sid, src, step * N + token)
         word_counts, _ = counts(src)
-        m.d.comb += w_r.addr.eq(k * dim + c)
+        # SUM: one (step, token) word read per cycle, added the cycle after (read latency 1).
+        # MAC: one weight read per cycle over k * dim + c, multiplied and added the cycle after;
+        # a class's first product starts from its bias, its last one stores the logit.
+        summing = Signal(name="head_summing")           # a read was issued last cycle
+        i = Signal(range(self.classes * dim + 1), name="head_index")
+        mac_valid = Signal(name="head_mac_valid")       # w_r.data holds W[mac_k, mac_c]
+        mac_k = Signal(range(self.classes), name="head_mac_k")
+        mac_c = Signal(range(dim), name="head_mac_c")
+        m.d.comb += w_r.addr.eq(i)
+        with m.If(summing):
+            m.d.sync += [f.eq(f + cnt) for f, cnt in zip(features, word_counts)]
+        feature = Signal(signed(fbits), name="head_feature")
+        with m.Switch(mac_c):
+            for ci in range(dim):
+                with m.Case(ci):
+                    m.d.comb += feature.eq(features[ci])
+        bias_k = Signal(signed(lbits), name="head_bias")
+        with m.Switch(mac_k):
+            for ki in range(self.classes):
+                with m.Case(ki):
+                    m.d.comb += bias_k.eq(int(bias[ki]))
+        total = Signal(signed(lbits), name="head_total")
+        m.d.comb += total.eq(Mux(mac_c == 0, bias_k, acc) + w_r.data * feature)
+        with m.If(mac_valid):
+            m.d.sync += acc.eq(total)
+            with m.If(mac_c == dim - 1):
+                with m.Switch(mac_k):
+                    for ki in range(self.classes):
+                        with m.Case(ki):
+                            m.d.sync += logits[ki].eq(total)
+                with m.If((mac_k == 0) | (total > best)):
+                    m.d.sync += [best.eq(total), best_cls.eq(mac_k)]
+        m.d.sync += [summing.eq(0), mac_valid.eq(0)]
         with m.FSM(name="head"):
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [step.eq(0), token.eq(0)] + [f.eq(0) for f in features]
-                    m.next = "FETCH"
-            with m.State("FETCH"):
-                m.next = "SUM"
+                    m.next = "SUM"
             with m.State("SUM"):
-                m.d.sync += [f.eq(f + cnt) for f, cnt in zip(features, word_counts)]
+                m.d.sync += summing.eq(1)
                 with m.If(token == N - 1):
                     m.d.sync += token.eq(0)
                     with m.If(step == T - 1):
-                        m.d.sync += [k.eq(0), c.eq(0)]
-                        m.next = "MAC_START"
+                        m.d.sync += [i.eq(0), k.eq(0), c.eq(0)]
+                        m.next = "MAC"
                     with m.Else():
                         m.d.sync += step.eq(step + 1)
-                        m.next = "FETCH"
                 with m.Else():
                     m.d.sync += token.eq(token + 1)
-                    m.next = "FETCH"
-            with m.State("MAC_START"):
-                with m.Switch(k):
-                    for i in range(self.classes):
-                        with m.Case(i):
-                            m.d.sync += acc.eq(int(bias[i]))
-                m.next = "MAC"
             with m.State("MAC"):
-                # w_r.data holds W[k, c - 1] (read issued last cycle at address k*dim + c - 1)
-                with m.If(c != 0):
-                    prev = Signal(signed(fbits), name="head_prev_feature")
-                    with m.Switch(c - 1):
-                        for i in range(dim):
-                            with m.Case(i):
-                                m.d.comb += prev.eq(features[i])
-                    m.d.sync += acc.eq(acc + w_r.data * prev)
-                m.d.sync += c.eq(c + 1)
-                with m.If(c == dim):
-                    m.next = "STORE"
-            with m.State("STORE"):
-                with m.Switch(k):
-                    for i in range(self.classes):
-                        with m.Case(i):
-                            m.d.sync += logits[i].eq(acc)
-                with m.If((k == 0) | (acc > best)):
-                    m.d.sync += [best.eq(acc), best_cls.eq(k)]
-                m.d.sync += [c.eq(0), k.eq(k + 1)]
-                with m.If(k == self.classes - 1):
-                    m.next = "DONE"
+                # the last SUM lands in this state's first cycle; the first product in the next
+                m.d.sync += [mac_valid.eq(1), mac_k.eq(k), mac_c.eq(c), i.eq(i + 1)]
+                with m.If(c == dim - 1):
+                    m.d.sync += [c.eq(0), k.eq(k + 1)]
+                    with m.If(k == self.classes - 1):
+                        m.next = "LAST"
                 with m.Else():
-                    m.next = "MAC_START"
+                    m.d.sync += c.eq(c + 1)
+            with m.State("LAST"):
+                m.next = "DONE"          # the last product lands in this cycle
             with m.State("DONE"):
                 m.d.comb += done.eq(1)
                 m.next = "IDLE"

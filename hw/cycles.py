@@ -60,9 +60,10 @@ first token of a step waits for the previous step's last count transfer Y (a = Y
 starts max(popcount(V_last), 1) cycles after the last token's acceptance (cycle c) and offers
 counts from c + 3 on, one per cycle, back to back across tokens.
 
-Head (not traced): 2 cycles (FETCH, SUM) per (step, token), then per class MAC_START, in_features
-+ 1 MAC cycles and STORE, then DONE; then LOGITS, one per class:
-    head = 2 T N + classes (in_features + 4) + 1.
+Head (not traced): SUM reads one (step, token) word per cycle (added the cycle after), MAC one
+weight per cycle over all classes (multiplied and added the cycle after), LAST, DONE; then
+LOGITS, one per class:
+    head = T N + classes in_features + 2 + classes.
 Whole inference, first pixel accepted through last logit transfer (the ``result.cycles`` value):
     total = pixels + sum(layer cycles) + head,   pixels = C H W (x T for event data).
 
@@ -317,10 +318,10 @@ def expected_cycles(artifact, node_spikes: dict, image=None) -> dict[str, int]:
 
 
 def head_cycles(artifact) -> int:
-    """From the head's start through the last logit transfer: 2 T N + classes (dim + 4) + 1."""
+    """From the head's start through the last logit transfer: T N + classes (dim + 1) + 2."""
     man = artifact.manifest["model"]
     head = next(n for n in artifact.nodes if n["op"] == "head")
-    return 2 * man["timesteps"] * man["tokens"] + head["classes"] * (head["in_features"] + 4) + 1
+    return man["timesteps"] * man["tokens"] + head["classes"] * (head["in_features"] + 1) + 2
 
 
 def load_cycles(artifact) -> int:
