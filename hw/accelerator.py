@@ -343,16 +343,18 @@ class Accelerator(wiring.Component):
             replay_w = replay.write_port()
             replay_r = replay.read_port()
 
-        # event emitter: lowest set bit of `mask` each cycle
-        low = Signal(range(max(len(mask), 2)), name=f"{ident}_low")
-        for c in reversed(range(len(mask))):
-            with m.If(mask[c]):
-                m.d.comb += low.eq(c)
+        # event emitter: lowest set bit of `mask` each cycle, isolated as mask & -mask (a carry
+        # chain) and encoded by OR trees: log depth, where an if-chain over 128 inputs was the
+        # design's critical path
+        n_mask = len(mask)
+        lowest = Signal(n_mask, name=f"{ident}_lowest")
+        m.d.comb += lowest.eq(mask & (~mask + 1))
+        low = Signal(range(max(n_mask, 2)), name=f"{ident}_low")
+        for b in range(len(low)):
+            m.d.comb += low[b].eq(_or_all([lowest[c] for c in range(n_mask) if (c >> b) & 1]))
         low_count = Signal(count_bits, name=f"{ident}_low_count")
-        with m.Switch(low):
-            for c in range(len(mask)):
-                with m.Case(c):
-                    m.d.comb += low_count.eq(word_counts[c])
+        m.d.comb += low_count.eq(_or_all(
+            [word_counts[c] & lowest[c].replicate(count_bits) for c in range(n_mask)]))
 
         ev = engine.i
         neuron_in = neuron.i
@@ -433,7 +435,7 @@ class Accelerator(wiring.Component):
                     m.d.comb += [ev.valid.eq(1), ev.payload.index.eq(index),
                                  ev.payload.count.eq(low_count), ev.payload.end.eq(0)]
                     with m.If(ev.ready):
-                        m.d.sync += mask.eq(mask & ~(1 << low))
+                        m.d.sync += mask.eq(mask & ~lowest)
                 with m.Else():
                     if is_conv:
                         with m.If(tap == 8):
@@ -881,6 +883,17 @@ class _SignalArray:
                 with self.m.Case(i):
                     self.m.d.comb += out.eq(s)
         return out
+
+
+def _or_all(values):
+    """OR of a list of values as a balanced tree (0 for an empty list)."""
+    values = list(values)
+    if not values:
+        return Const(0, 1)
+    while len(values) > 1:
+        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
 
 
 def _ident(name: str) -> str:
