@@ -36,7 +36,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
-    SpikingAttention
+    SpikingAttention, block_ram_attrs
 from model.artifact import NEURON_OPS, Artifact, csc_from_dense, dense_from_csc, derive_widths, \
     value_sources
 from model.intops import acc_range, signed_bits
@@ -126,8 +126,9 @@ class Accelerator(wiring.Component):
 
         # ---- input image memory: one word per (step,) position, Cin pixels per word
         in_depth = self.in_h * self.in_w * (T if self.time_varying else 1)
-        m.submodules.image = image = Memory(shape=unsigned(self.pixel_bits * self.in_c),
-                                            depth=in_depth, init=[])
+        image_shape = unsigned(self.pixel_bits * self.in_c)
+        m.submodules.image = image = Memory(shape=image_shape, depth=in_depth, init=[],
+                                            attrs=block_ram_attrs(image_shape, in_depth))
         image_w = image.write_port(granularity=self.pixel_bits)
         image_r = image.read_port()
         load_count = Signal(range(in_depth * self.in_c + 1))
@@ -145,8 +146,9 @@ class Accelerator(wiring.Component):
         mem_r, mem_w, read_addr = {}, {}, {}
         for node in self.stages:
             name = node["name"]
-            mem = Memory(shape=unsigned(self.channels[name]),
-                         depth=T * self.positions[name], init=[])
+            shape, depth = unsigned(self.channels[name]), T * self.positions[name]
+            mem = Memory(shape=shape, depth=depth, init=[],
+                         attrs=block_ram_attrs(shape, depth))
             m.submodules[f"value_{_ident(name)}"] = mem
             mem_w[name] = mem.write_port()
             mem_r[name] = mem.read_port()
@@ -339,7 +341,8 @@ class Accelerator(wiring.Component):
         # replay buffer for the static first conv: accumulators of t = 0, reused for t > 0
         if static_replay:
             m.submodules[f"replay_{ident}"] = replay = Memory(
-                shape=signed(widths["acc"]), depth=c_out, init=[])
+                shape=signed(widths["acc"]), depth=c_out, init=[],
+                attrs=block_ram_attrs(signed(widths["acc"]), c_out))
             replay_w = replay.write_port()
             replay_r = replay.read_port()
 
@@ -682,7 +685,8 @@ class Accelerator(wiring.Component):
         bias = a.arrays[node["bias"]]
         wbits = signed_bits(int(w.min()), int(w.max()))
         m.submodules.head_weights = weights = Memory(
-            shape=signed(wbits), depth=w.size, init=[int(v) for v in w.reshape(-1)])
+            shape=signed(wbits), depth=w.size, init=[int(v) for v in w.reshape(-1)],
+            attrs=block_ram_attrs(signed(wbits), w.size))
         w_r = weights.read_port()
         features = [Signal(signed(fbits), name=f"feature_{c}") for c in range(dim)]
         logits = [Signal(signed(lbits), name=f"logit_{k}") for k in range(self.classes)]

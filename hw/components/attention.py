@@ -16,7 +16,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import check_int
+from hw.components import block_ram_attrs, check_int
 from hw.components.sparse import CYCLE_COUNTER_WIDTH, add_cycle_counter
 from model.intops import signed_bits
 
@@ -134,8 +134,10 @@ class SpikingAttention(wiring.Component):
         m = Module()
         N, dim, d = self._tokens, self._dim, self.head_dim
         counters_layout = data.ArrayLayout(unsigned(self._kv_width), d)
-        m.submodules.counters = counters = Memory(shape=counters_layout, depth=dim, init=[])
-        m.submodules.q_rows = q_rows = Memory(shape=unsigned(dim), depth=N, init=[])
+        m.submodules.counters = counters = Memory(shape=counters_layout, depth=dim, init=[],
+                                                  attrs=block_ram_attrs(counters_layout, dim))
+        m.submodules.q_rows = q_rows = Memory(shape=unsigned(dim), depth=N, init=[],
+                                              attrs=block_ram_attrs(unsigned(dim), N))
         counters_write = counters.write_port()
         counters_read = counters.read_port(transparent_for=(counters_write,))
         q_write = q_rows.write_port()

@@ -14,7 +14,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import check_int, check_int_array
+from hw.components import block_ram_attrs, check_int, check_int_array
 from hw.components.sparse import (CYCLE_COUNTER_WIDTH, SparseMatmulEngine, add_cycle_counter,
                                   check_csc)
 from model.artifact import dense_from_csc
@@ -133,6 +133,7 @@ class RankFactoredEngine(wiring.Component):
         m.submodules.stage1 = stage1 = self._stage1
         m.submodules.factor_a = factor_a = Memory(
             shape=signed(a_bits), depth=self._out_features * rank,
+            attrs=block_ram_attrs(signed(a_bits), self._out_features * rank),
             init=[int(v) for v in self._a.ravel()])
         m.submodules.z = z_memory = Memory(shape=signed(self._z_width), depth=rank, init=[])
         a_read = factor_a.read_port()

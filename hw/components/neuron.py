@@ -134,7 +134,9 @@ class SlifNeuronArray(wiring.Component):
             attrs=block_ram_attrs(parameter_layout, self._channels),
             init=[{"bias": int(b), "threshold": int(t), "leak": int(k)}
                   for b, t, k in zip(self._bias, self._threshold, self._leak)])
-        m.submodules.membranes = membranes = Memory(data=self.membrane_data)
+        m.submodules.membranes = membranes = Memory(
+            data=self.membrane_data,
+            attrs=block_ram_attrs(self.membrane_data.shape, self.membrane_data.depth))
         parameter_read = parameters.read_port()
         membrane_write = membranes.write_port()
         membrane_read = membranes.read_port(transparent_for=(membrane_write,))

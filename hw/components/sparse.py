@@ -196,7 +196,8 @@ class SparseMatmulEngine(wiring.Component):
         banks = 2 if self._overlap else 1
         acc_write, acc_read = [], []
         for b in range(banks):
-            bank = Memory(shape=signed(self._acc_width), depth=self._out_features, init=[])
+            bank = Memory(shape=signed(self._acc_width), depth=self._out_features, init=[],
+                          attrs=block_ram_attrs(signed(self._acc_width), self._out_features))
             m.submodules[f"accumulators{b}" if self._overlap else "accumulators"] = bank
             acc_write.append(bank.write_port())
             acc_read.append(bank.read_port(transparent_for=(acc_write[-1],)))
