@@ -355,6 +355,11 @@ class Accelerator(wiring.Component):
         low = Signal(range(max(n_mask, 2)), name=f"{ident}_low")
         for b in range(len(low)):
             m.d.comb += low[b].eq(_or_all([lowest[c] for c in range(n_mask) if (c >> b) & 1]))
+        if is_conv:     # low * 9 as an OR of constants: a multiplier here was the critical path
+            low_times_9 = Signal(range(9 * n_mask), name=f"{ident}_low_times_9")
+            width = len(low_times_9)
+            m.d.comb += low_times_9.eq(_or_all(
+                [Const(9 * c, width) & lowest[c].replicate(width) for c in range(1, n_mask)]))
         low_count = Signal(count_bits, name=f"{ident}_low_count")
         m.d.comb += low_count.eq(_or_all(
             [word_counts[c] & lowest[c].replicate(count_bits) for c in range(n_mask)]))
@@ -434,7 +439,7 @@ class Accelerator(wiring.Component):
             with m.State("EMIT"):
                 # hold the read address so word_counts stay valid while emitting
                 with m.If(mask != 0):
-                    index = (low * 9 + tap) if is_conv else low
+                    index = (low_times_9 + tap) if is_conv else low
                     m.d.comb += [ev.valid.eq(1), ev.payload.index.eq(index),
                                  ev.payload.count.eq(low_count), ev.payload.end.eq(0)]
                     with m.If(ev.ready):
