@@ -719,22 +719,32 @@ class Accelerator(wiring.Component):
             for ci in range(dim):
                 with m.Case(ci):
                     m.d.comb += feature.eq(features[ci])
-        bias_k = Signal(signed(lbits), name="head_bias")
-        with m.Switch(mac_k):
+        # three registered steps per product (timing: mux + multiply | add | compare)
+        product = Signal(signed(lbits), name="head_product")
+        p_valid = Signal(name="head_p_valid")
+        p_k = Signal(range(self.classes), name="head_p_k")
+        p_c = Signal(range(dim), name="head_p_c")
+        m.d.sync += [product.eq(w_r.data * feature), p_valid.eq(mac_valid), p_k.eq(mac_k),
+                     p_c.eq(mac_c)]
+        p_bias = Signal(signed(lbits), name="head_bias_p")
+        with m.Switch(p_k):
             for ki in range(self.classes):
                 with m.Case(ki):
-                    m.d.comb += bias_k.eq(int(bias[ki]))
+                    m.d.comb += p_bias.eq(int(bias[ki]))
         total = Signal(signed(lbits), name="head_total")
-        m.d.comb += total.eq(Mux(mac_c == 0, bias_k, acc) + w_r.data * feature)
-        with m.If(mac_valid):
+        m.d.comb += total.eq(Mux(p_c == 0, p_bias, acc) + product)
+        stored = Signal(name="head_stored")             # a logit was stored last cycle
+        stored_k = Signal(range(self.classes), name="head_stored_k")
+        m.d.sync += [stored.eq(p_valid & (p_c == dim - 1)), stored_k.eq(p_k)]
+        with m.If(p_valid):
             m.d.sync += acc.eq(total)
-            with m.If(mac_c == dim - 1):
-                with m.Switch(mac_k):
+            with m.If(p_c == dim - 1):
+                with m.Switch(p_k):
                     for ki in range(self.classes):
                         with m.Case(ki):
                             m.d.sync += logits[ki].eq(total)
-                with m.If((mac_k == 0) | (total > best)):
-                    m.d.sync += [best.eq(total), best_cls.eq(mac_k)]
+        with m.If(stored & ((stored_k == 0) | (acc > best))):
+            m.d.sync += [best.eq(acc), best_cls.eq(stored_k)]
         m.d.sync += [summing.eq(0), mac_valid.eq(0)]
         with m.FSM(name="head"):
             with m.State("IDLE"):
@@ -762,7 +772,11 @@ class Accelerator(wiring.Component):
                 with m.Else():
                     m.d.sync += c.eq(c + 1)
             with m.State("LAST"):
-                m.next = "DONE"          # the last product lands in this cycle
+                m.next = "LAST_ADD"      # the last product is registered in this cycle
+            with m.State("LAST_ADD"):
+                m.next = "LAST_CMP"      # ... added and stored as a logit in this one
+            with m.State("LAST_CMP"):
+                m.next = "DONE"          # ... compared with the best in this one
             with m.State("DONE"):
                 m.d.comb += done.eq(1)
                 m.next = "IDLE"

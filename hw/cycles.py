@@ -61,9 +61,9 @@ starts max(popcount(V_last), 1) cycles after the last token's acceptance (cycle 
 counts from c + 3 on, one per cycle, back to back across tokens.
 
 Head (not traced): SUM reads one (step, token) word per cycle (added the cycle after), MAC one
-weight per cycle over all classes (multiplied and added the cycle after), LAST, DONE; then
-LOGITS, one per class:
-    head = T N + classes in_features + 2 + classes.
+weight per cycle over all classes (then a registered multiply, add and best-class compare),
+LAST, LAST_ADD, LAST_CMP, DONE; then LOGITS, one per class:
+    head = T N + classes in_features + 4 + classes.
 Whole inference, first pixel accepted through last logit transfer (the ``result.cycles`` value):
     total = pixels + sum(layer cycles) + head,   pixels = C H W (x T for event data).
 
@@ -318,10 +318,10 @@ def expected_cycles(artifact, node_spikes: dict, image=None) -> dict[str, int]:
 
 
 def head_cycles(artifact) -> int:
-    """From the head's start through the last logit transfer: T N + classes (dim + 1) + 2."""
+    """From the head's start through the last logit transfer: T N + classes (dim + 1) + 4."""
     man = artifact.manifest["model"]
     head = next(n for n in artifact.nodes if n["op"] == "head")
-    return man["timesteps"] * man["tokens"] + head["classes"] * (head["in_features"] + 1) + 2
+    return man["timesteps"] * man["tokens"] + head["classes"] * (head["in_features"] + 1) + 4
 
 
 def load_cycles(artifact) -> int:
