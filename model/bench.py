@@ -574,7 +574,7 @@ def print_table(fpga, baselines, ratios, log=print):
     c = ratios.get("fpga_vs_cpu_batch1")
     if c:
         log(f"FPGA vs CPU (batch 1, both measured): latency FPGA/CPU = "
-            f"{c['latency_ratio_fpga_over_cpu']:.3g}x vs the float (Brevitas) model, "
+            f"{c['latency_ratio_fpga_over_cpu']:.3g}x vs the float model, "
             f"{_fmt(c['latency_ratio_fpga_over_cpu_int_golden'], '{:.3g}')}x vs the integer "
             f"golden model")
     d = ratios.get("l1p_vs_dense_cycles")
