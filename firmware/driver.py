@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode, Frame, FrameDecoder, \
     FrameError, encode_frame, pack_run, unpack_error, unpack_result
-from model.errors import StforgeError
+from model.errors import StforgeError, report_error, report_interrupt
 
 __all__ = ["Accelerator", "BoardError", "BoardTimeout", "DriverError", "Inference", "LinkError",
            "PortError", "main"]
@@ -372,11 +372,9 @@ def main(argv=None) -> int:
                 print(f"image {i}: label {int(label)}, board {out.predicted}, "
                       f"{out.cycles} cycles{latency}{note}")
     except (DriverError, ValueError) as exc:
-        print(f"stforge: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     except KeyboardInterrupt:
-        print("stforge: interrupted", file=sys.stderr)
-        return 130
+        return report_interrupt()
     n = len(images)
     print(f"{n} images: {correct}/{n} correct (accuracy {correct / n:.3f}), cycles mean "
           f"{sum(cycles) / n:.0f} (min {min(cycles)}, max {max(cycles)})"

@@ -576,7 +576,7 @@ def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True,
 
 def main(argv=None) -> int:
     from hw.synth import TARGETS
-    from model.errors import StforgeError
+    from model.errors import StforgeError, report_error, report_interrupt
     parser = argparse.ArgumentParser(prog="python -m hw.board",
                                      description="Bitstream of the board top for an artifact.")
     parser.add_argument("--target", required=True, help=f"one of {', '.join(sorted(TARGETS))}")
@@ -594,11 +594,9 @@ def main(argv=None) -> int:
         record = build(args.target, args.artifact, clock_mhz=args.clock_mhz, baud=args.baud,
                        pll=not args.no_pll, out_dir=args.out, report_path=args.report)
     except StforgeError as exc:
-        print(f"stforge: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     except KeyboardInterrupt:
-        print("stforge: interrupted", file=sys.stderr)
-        return 130
+        return report_interrupt()
     print(f"{record['target']}: {record['lut']} LUT, {record['ff']} FF, {record['bram']} BRAM, "
           f"{record['spram']} SPRAM, {record['dsp']} DSP; fmax {record['fmax_mhz']} MHz "
           f"(clock {record['clock_mhz']} MHz) -> {record['bitstream']}")

@@ -18,7 +18,7 @@ from amaranth.back import verilog
 
 from hw.accelerator import NEURON_OPS, Accelerator
 from model.artifact import load_artifact
-from model.errors import StforgeError
+from model.errors import StforgeError, report_error
 
 __all__ = ["generate_verilog", "main", "TOP_NAME"]
 
@@ -58,8 +58,7 @@ def main(argv=None) -> int:
     try:
         design = generate_verilog(args.artifact, args.out, trace=not args.no_trace)
     except StforgeError as exc:
-        print(f"stforge: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print(f"{design['top']}.v ({len(design['traced'])} traced nodes) -> {args.out}")
     return 0
 

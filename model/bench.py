@@ -678,6 +678,14 @@ def run_bench(variants=VARIANTS, targets=TARGETS, reports=Path("build/reports"),
     from model.pipeline import load_data
     from model.train import load_checkpoint, rebuild
 
+    from model.errors import StforgeError
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise StforgeError(f"unknown target {unknown[0]!r}; known targets: {', '.join(TARGETS)}")
+    absent = [v for v in variants if not (Path(artifacts) / f"{v}.json").is_file()]
+    if absent and len(absent) == len(variants):
+        raise StforgeError(f"no artifact for {', '.join(absent)} in {artifacts} (run `make "
+                           f"export`; known variants: {', '.join(VARIANTS)}): nothing to bench")
     reports = Path(reports)
     reports.mkdir(parents=True, exist_ok=True)
     missing = []
@@ -790,13 +798,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from model.errors import StforgeError
+    from model.errors import StforgeError, report_error
     try:
         run_bench(args.variants, args.targets, Path(args.reports), Path(args.artifacts),
                   Path(args.checkpoints), args.images, args.run_missing, args.quick, args.batch)
     except StforgeError as exc:
-        print(f"stforge: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     return 0
 
 

@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import replace
 
-from model.errors import StforgeError
+from model.errors import StforgeError, report_error, report_interrupt
 
 __all__ = ["main"]
 
@@ -230,11 +230,9 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except StforgeError as exc:
-        print(f"stforge: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     except KeyboardInterrupt:
-        print("stforge: interrupted", file=sys.stderr)
-        return 130
+        return report_interrupt()
     return 0
 
 

@@ -20,3 +20,17 @@ class DataError(StforgeError):
 
 class ArtifactError(StforgeError):
     """An exported integer model artifact is malformed, tampered with or of the wrong version."""
+
+
+def report_error(exc: BaseException) -> int:
+    """Print a user error as the one line every stforge CLI uses; return exit status 2."""
+    import sys
+    print(f"stforge: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def report_interrupt(what: str = "interrupted") -> int:
+    """Print a Ctrl-C as one line; return exit status 130 (128 + SIGINT)."""
+    import sys
+    print(f"stforge: {what}", file=sys.stderr)
+    return 130

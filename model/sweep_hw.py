@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.config import Config, config_from_dict, config_to_dict, load_config
-from model.errors import ConfigError, StforgeError
+from model.errors import ConfigError, StforgeError, report_error, report_interrupt
 from model.reports import write_json
 
 __all__ = ["SweepPlan", "Job", "ResultCache", "build_plan", "run_sweep_hw", "dense_key",
@@ -842,11 +842,9 @@ def main(argv=None) -> int:
         engine = _Engine(args.scheduler, args.workers, args.connect_timeout)
         run_sweep_hw(plan, engine, progress=not args.quiet)
     except StforgeError as exc:
-        print(f"stforge: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     except KeyboardInterrupt:
-        print("stforge: interrupted (finished stages stay cached)", file=sys.stderr)
-        return 130
+        return report_interrupt("interrupted (finished stages stay cached)")
     finally:
         if engine is not None:
             engine.close()

@@ -439,7 +439,7 @@ def _failed_tests(xml_path) -> list:
 
 
 def main(argv=None) -> int:
-    from model.errors import StforgeError
+    from model.errors import StforgeError, report_error
     parser = argparse.ArgumentParser(prog="python -m sim.board_tb",
                                      description="Simulate the board top with the host driver.")
     parser.add_argument("--artifact", required=True)
@@ -454,8 +454,7 @@ def main(argv=None) -> int:
         raw = run_board_sim(args.artifact, args.golden, range(args.images), build_dir,
                             divisor=args.divisor, waves=args.waves)
     except StforgeError as exc:
-        print(f"stforge: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     for line in raw.get("link", {}).get("checks", []):
         print(f"link: {line}")
     images = raw.get("images", {}).get("results", [])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.errors import StforgeError
+from model.errors import StforgeError, report_error
 from model.reports import write_json
 from sim.toolchain import SIMULATORS, prepare_simulator
 
@@ -178,8 +178,7 @@ def main(argv=None) -> int:
         raw = run_simulation(args.hdl, args.golden, images, args.sim, args.waves)
         report = summarize(raw, args.sim, args.model or Path(args.hdl).name, args.golden)
     except StforgeError as exc:
-        print(f"stforge: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     write_json(args.report, report)
     # every variant's last run also stays beside it, for comparisons (bench, README)
     write_json(Path(args.report).with_name(f"sim-{report['model']}.json"), report)

@@ -254,3 +254,15 @@ def test_rows_carry_reports_md_keys(root):
         assert r["latency_us"] > 0
     assert set(bench.REQUIRED_FPGA_KEYS) == REPORTS_FPGA_KEYS
     assert set(bench.REQUIRED_BASELINE_KEYS) == REPORTS_BASELINE_KEYS
+
+
+def test_nothing_to_bench_is_one_line_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+    for args, want in ((["--variants", "foo"], "nothing to bench"),
+                       (["--targets", "ice40-hx8k"], "unknown target 'ice40-hx8k'")):
+        r = subprocess.run([sys.executable, "-m", "model.bench", "--reports", str(tmp_path / "r"),
+                            "--artifacts", str(tmp_path), *args], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and want in r.stderr, r.stderr
+        assert not (tmp_path / "r").exists()
