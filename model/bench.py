@@ -215,30 +215,33 @@ def variant_ops(artifact, images) -> dict:
 
 # ---- reports -----------------------------------------------------------------------------------
 
-def load_sim_report(reports: Path, variant: str) -> tuple[dict | None, str | None]:
-    """(sim report, None) or (None, one-line message naming the command that produces it)."""
-    path = Path(reports) / f"sim-{variant}.json"
+def _read_report(path: Path, missing: str, rerun: str) -> tuple[dict | None, str | None]:
+    """(report, None), or (None, one line: `missing` if absent, else unreadable + `rerun`)."""
     if not path.is_file():
-        return None, (f"missing {path}: run `make sim MODEL={variant}` (or `make bench "
-                      f"BENCH_ARGS=--run-missing`) to measure {variant}'s cycles")
+        return None, f"missing {path}: {missing}"
     try:
         return json.loads(path.read_text()), None
     except (OSError, json.JSONDecodeError) as exc:
-        return None, f"unreadable {path} ({exc}): rerun `make sim MODEL={variant}`"
+        return None, f"unreadable {path} ({exc}): {rerun}"
+
+
+def load_sim_report(reports: Path, variant: str) -> tuple[dict | None, str | None]:
+    """(sim report, None) or (None, one-line message naming the command that produces it)."""
+    return _read_report(Path(reports) / f"sim-{variant}.json",
+                        f"run `make sim MODEL={variant}` (or `make bench BENCH_ARGS="
+                        f"--run-missing`) to measure {variant}'s cycles",
+                        f"rerun `make sim MODEL={variant}`")
 
 
 def load_synth_report(reports: Path, target: str) -> tuple[dict | None, str | None]:
+    """(synth report with an fmax, None) or (None, one-line message)."""
     path = Path(reports) / f"synth-{target}.json"
-    if not path.is_file():
-        return None, (f"missing {path}: no fmax for {target} (run `make bitstream "
-                      f"TARGET={target}`); latency and device energy left null")
-    try:
-        rep = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return None, f"unreadable {path} ({exc}): rerun `make bitstream TARGET={target}`"
-    if rep.get("fmax_mhz") is None:
-        return None, f"{path} has no fmax_mhz: rerun `make bitstream TARGET={target}`"
-    return rep, None
+    rerun = f"rerun `make bitstream TARGET={target}`"
+    rep, msg = _read_report(path, f"no fmax for {target} (run `make bitstream TARGET={target}`); "
+                            f"latency and device energy left null", rerun)
+    if rep is not None and rep.get("fmax_mhz") is None:
+        return None, f"{path} has no fmax_mhz: {rerun}"
+    return rep, msg
 
 
 def fpga_row(variant: str, target: str, sim: dict | None, synth: dict | None,
