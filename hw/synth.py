@@ -9,7 +9,7 @@ Three entry points, all torch-free:
   the resource and the numbers; memories above :data:`BLOCK_RAM_MIN_BITS` that did not land in
   block RAM are an error too.
 * :func:`build_bitstream` — the full board flow through the amaranth-boards platform
-  (``platform.build(..., do_build=False)`` then ``plan.execute_local(dir, env=...)``),
+  (``platform.build(..., do_build=False)``, ``plan.extract(dir)``, then its build script),
   timing-driven at the requested clock, resources and fmax from nextpnr's ``--report`` JSON.
   It returns the ``synth-<target>.json`` record of ``REPORTS.md``.
 
@@ -21,6 +21,13 @@ names a small sh wrapper (in the temporary build directory) that appends the com
 output to ``out_dir/build.log``, then ``exec`` runs the YoWASP tool in its place.
 ``AMARANTH_<override>`` variables that would change the flow are refused.
 
+Interruption: every tool (Yosys alone, or the board build script with the tools it starts) runs in
+its own session. On Ctrl-C, a timeout or any exception while it runs, the whole process group is
+sent SIGTERM, then SIGKILL after :data:`STOP_GRACE_S` seconds, and the exception propagates; in
+the main thread SIGTERM and SIGHUP stop the group too, then end the process with exit status
+128 + signal after the usual cleanup. No tool outlives the Python process that started it, and an
+interrupted build leaves no bitstream and no temporary build folder.
+
 Clock: amaranth-boards constrains the default clock to the oscillator's frequency (12 MHz on the
 iCEBreaker, 25 MHz on the ULX3S), and the platform writes that constraint to the PCF/LPF. To make
 nextpnr time the design at ``clock_mhz`` we swap the platform's clock resource for a copy whose
@@ -29,6 +36,7 @@ still runs from the oscillator unless it brings its own PLL, so the constraint i
 the oscillator's frequency.
 """
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -38,9 +46,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -237,22 +247,108 @@ def _quote(log_path, *, kept=True):
     return f"{quoted} [log: {log_path}]" if kept else quoted
 
 
+#: Seconds a stopped tool gets between SIGTERM and SIGKILL.
+STOP_GRACE_S = 3.0
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid, signum):
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):   # gone, or nothing this process may signal
+        pass
+
+
+def _stop_process_group(proc, grace=None):
+    """SIGTERM the process group ``proc`` leads, SIGKILL what is left of it after ``grace``
+    seconds (:data:`STOP_GRACE_S`), and reap ``proc``. In the board flow the tools run behind
+    the build script and ``sh`` wrappers: killing ``proc`` alone would orphan them."""
+    grace = STOP_GRACE_S if grace is None else grace
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while True:
+        proc.poll()                     # reap the leader: a zombie still counts in its group
+        if not _group_alive(proc.pid):
+            break
+        if time.monotonic() >= deadline:
+            _signal_group(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """In the main thread, turn SIGTERM and SIGHUP (where they still have their default action)
+    into ``SystemExit(128 + signal)`` while a tool runs: its process group is stopped and the
+    callers' cleanup runs (no half-built folder stays), then the process exits with the status a
+    shell reports for that signal. A tool in its own session gets no hangup from the terminal,
+    so without this closing the terminal would orphan it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, exit_on)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run_process(argv, *, cwd, env, stdout, timeout=None):
+    """Run ``argv`` in a new session (its own process group) and return its exit status.
+
+    On a timeout (``subprocess.TimeoutExpired``), Ctrl-C (``KeyboardInterrupt``) or any other
+    exception while it runs, the whole group (the tool and everything it started) is stopped
+    with :func:`_stop_process_group` before the exception propagates; SIGTERM and SIGHUP stop
+    it too (:func:`_signals_raise`). Ctrl-C at a terminal reaches only this process (the tool
+    is not in the terminal's foreground group), which then stops the tools: none is left
+    running.
+    """
+    with _signals_raise():
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except BaseException:
+            _stop_process_group(proc)
+            raise
+
+
 def _run_tool(argv, *, cwd, env, log_path, timeout, log_kept=True):
-    """Run one tool with stdout and stderr appended to ``log_path``; raise SynthError on failure."""
+    """Run one tool with stdout and stderr appended to ``log_path``; raise SynthError on failure.
+
+    The tool runs in its own process group, stopped as a whole on a timeout, Ctrl-C or any
+    exception (:func:`_run_process`)."""
     tool = Path(argv[0]).name
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
         try:
-            result = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    timeout=timeout)
+            returncode = _run_process(argv, cwd=cwd, env=env, stdout=log, timeout=timeout)
         except FileNotFoundError:
             raise ToolNotFoundError(f"{tool} could not be started ({argv[0]} is missing)") from None
         except subprocess.TimeoutExpired:
             raise SynthError(f"{tool} did not finish within {timeout} s: "
                              f"{_quote(log_path, kept=log_kept)}") from None
-    if result.returncode != 0:
-        raise SynthError(f"{tool} failed (exit {result.returncode}): "
+    if returncode != 0:
+        raise SynthError(f"{tool} failed (exit {returncode}): "
                          f"{_quote(log_path, kept=log_kept)}")
 
 
@@ -487,8 +583,9 @@ def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
 
     Everything runs in a temporary directory inside ``out_dir``; only on success the bitstream
     is moved to ``out_dir/<name>.bin`` (iCE40) or ``.bit`` (ECP5), so a failed build leaves no
-    partial bitstream (a bitstream of an earlier build is left as it was). Logs stay in
-    ``out_dir`` either way: ``build.log`` (every tool's command and output), ``<name>.yosys.log``,
+    partial bitstream (a bitstream of an earlier build is left as it was); so does an interrupted
+    one (Ctrl-C), whose tools are stopped (:func:`_run_process`). Logs stay in ``out_dir`` either
+    way: ``build.log`` (every tool's command and output), ``<name>.yosys.log``,
     ``<name>.nextpnr.log`` and ``<name>.nextpnr.json`` (nextpnr's report).
 
     Returns
@@ -534,19 +631,23 @@ def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
             synth_opts=spec.synth_opts,
             script_after_synth=f"tee -q -o {name}.stat.json stat -json",
             nextpnr_opts=f"--report {report_name} --timing-allow-fail")
-        products = build_dir / "build"
+        # not plan.execute_local: its subprocess.check_call, interrupted, kills only the `sh`
+        # and leaves the tool it started running; _run_process stops the whole group
+        products = plan.extract(str(build_dir / "build"))
         try:
-            plan.execute_local(str(products), env=env)
-        except subprocess.CalledProcessError:
-            step = _failed_step(log_path)
-            try:  # when Yosys got through, say which resource ran out, if one did
-                check_fits(_stat_counts(products / f"{name}.stat.json", spec.family), spec)
-            except FitError as error:
-                packed = _pnr_overuse(products / f"{name}.tim")
-                raise FitError(f"{error} ({step} failed{packed}) [log: {log_path}]") from None
-            except (OSError, ValueError):
-                pass
-            raise SynthError(f"{step} failed for {spec.name}: {_quote(log_path)}") from None
+            with open(log_path, "a") as log:
+                returncode = _run_process(["sh", f"{plan.script}.sh"], cwd=products, env=env,
+                                          stdout=log)
+            if returncode != 0:
+                step = _failed_step(log_path)
+                try:  # when Yosys got through, say which resource ran out, if one did
+                    check_fits(_stat_counts(products / f"{name}.stat.json", spec.family), spec)
+                except FitError as error:
+                    packed = _pnr_overuse(products / f"{name}.tim")
+                    raise FitError(f"{error} ({step} failed{packed}) [log: {log_path}]") from None
+                except (OSError, ValueError):
+                    pass
+                raise SynthError(f"{step} failed for {spec.name}: {_quote(log_path)}")
         finally:
             for product, kept in ((f"{name}.rpt", f"{name}.yosys.log"),
                                   (f"{name}.tim", f"{name}.nextpnr.log"),

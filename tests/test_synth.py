@@ -7,6 +7,13 @@ that need no tool run everywhere.
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import io, memory, wiring
@@ -25,8 +32,11 @@ from hw.synth import (
     find_tool,
     synth_stats,
 )
+from hw import synth
 from hw.uart import UARTRx, UARTTx
 from model.errors import StforgeError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Builds rejected before elaboration leave their Elaboratable unused.
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -169,6 +179,148 @@ def test_bad_clock_is_rejected(tmp_path):
     for clock in (0, -5, "30", None):
         with pytest.raises(ValueError, match="Clock frequency"):
             build_bitstream(Blinky(), "ice40-up5k", tmp_path, clock)
+
+
+# --------------------------------------------------------------------------------------------
+# Interrupted tools: no process outlives the run, no partial bitstream
+# --------------------------------------------------------------------------------------------
+
+
+def _running(pid):
+    """Whether ``pid`` is a live process (a zombie waiting for its reaper does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [pid for pid in pids if _running(pid)]
+
+
+def _wait_for_lines(path, count, seconds=120.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = path.read_text().split()
+            if len(lines) >= count:
+                return [int(line) for line in lines[:count]]
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not get {count} pids within {seconds} s")
+
+
+def _tool_tree_script(pid_file, sleeper_ignores_sigterm=False):
+    """A "tool": python that starts a grandchild sleeper, records both pids, then sleeps."""
+    sleeper = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               "time.sleep(120)" if sleeper_ignores_sigterm else "import time; time.sleep(120)")
+    return textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", {sleeper!r}])
+        with open({str(pid_file)!r}, "a") as f:
+            f.write(f"{{os.getpid()}} {{child.pid}}\\n")
+        time.sleep(120)
+    """)
+
+
+@pytest.mark.parametrize("stubborn", [False, True], ids=["sigterm", "sigkill"])
+def test_a_tool_that_times_out_is_stopped_with_its_children(tmp_path, monkeypatch, stubborn):
+    # A grandchild that ignores SIGTERM is SIGKILLed after the grace period.
+    monkeypatch.setattr(synth, "STOP_GRACE_S", 0.5)
+    pid_file = tmp_path / "pids"
+    argv = [sys.executable, "-c", _tool_tree_script(pid_file, stubborn)]
+    log = tmp_path / "tool.log"
+    started = time.monotonic()
+    with pytest.raises(SynthError, match="did not finish within 3 s"):
+        synth._run_tool(argv, cwd=tmp_path, env=dict(os.environ), log_path=log, timeout=3)
+    assert time.monotonic() - started < 10
+    pids = _wait_for_lines(pid_file, 2, seconds=1)
+    assert _wait_gone(pids) == []
+
+
+def test_any_exception_while_a_tool_runs_stops_its_process_group(tmp_path, monkeypatch):
+    pid_file = tmp_path / "pids"
+    real_popen = subprocess.Popen
+
+    class FailingWait(real_popen):
+        def wait(self, timeout=None):
+            if timeout is None:         # the runner's wait: fail once the tool tree is up
+                _wait_for_lines(pid_file, 2, seconds=30)
+                raise RuntimeError("boom")
+            return super().wait(timeout)
+
+    monkeypatch.setattr(subprocess, "Popen", FailingWait)
+    argv = [sys.executable, "-c", _tool_tree_script(pid_file)]
+    with pytest.raises(RuntimeError, match="boom"):
+        synth._run_tool(argv, cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / "log",
+                        timeout=None)
+    assert _wait_gone(_wait_for_lines(pid_file, 2, seconds=1)) == []
+
+
+_INTERRUPTED_BUILD = """
+import sys
+from pathlib import Path
+from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.lib import io
+from hw import synth
+
+class Blinky(Elaboratable):
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        counter = Signal(22)
+        m.d.sync += counter.eq(counter + 1)
+        m.d.comb += led.o.eq(counter[-1])
+        return m
+
+synth.find_tool = lambda name: sys.argv[1]          # every tool is the fake one
+try:
+    synth.build_bitstream(Blinky(), "ice40-up5k", sys.argv[2], 12)
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_bitstream_build_stops_its_tools_and_leaves_no_bitstream(tmp_path, signum):
+    """The board flow with a fake Yosys that writes a partial top.bin and hangs; Ctrl-C (SIGINT
+    to the Python process only, as a terminal does to the foreground process) or SIGTERM."""
+    pid_file = tmp_path / "pids"
+    fake_tool = tmp_path / "fake-yosys"
+    fake_tool.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        open("top.bin", "wb").write(b"partial")       # in the build's products folder
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        with open({str(pid_file)!r}, "a") as f:
+            f.write(f"{{os.getpid()}} {{child.pid}}\\n")
+        time.sleep(120)
+    """))
+    fake_tool.chmod(0o755)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "top.bin").write_bytes(b"an earlier build")
+    script = tmp_path / "build.py"
+    script.write_text(_INTERRUPTED_BUILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(fake_tool), str(out_dir)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        pids = _wait_for_lines(pid_file, 2)
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=30)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (130 if signum == signal.SIGINT else 128 + signal.SIGTERM), output
+    assert _wait_gone(pids) == []
+    assert (out_dir / "top.bin").read_bytes() == b"an earlier build"
+    assert not any(path.name.startswith(".build") for path in out_dir.iterdir())
+    assert "fake-yosys" in (out_dir / "build.log").read_text()
 
 
 # --------------------------------------------------------------------------------------------
