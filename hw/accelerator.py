@@ -37,7 +37,7 @@ from amaranth.utils import bits_for
 
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
     SpikingAttention, block_ram_attrs
-from model.artifact import NEURON_OPS, Artifact, csc_from_dense, dense_from_csc, derive_widths, \
+from model.artifact import NEURON_OPS, Artifact, conv_columns, dense_from_csc, derive_widths, \
     value_sources
 from model.intops import acc_range, signed_bits
 
@@ -818,8 +818,7 @@ class _SharedUnits:
             if node["op"] == "matmul" and node["format"] == "lowrank":
                 continue
             if node["op"] == "conv":
-                w = a.arrays[node["weight"]].reshape(c_out, -1)     # column j = c * 9 + tap
-                ptr, idx, val = csc_from_dense(w, keep_zeros=True)
+                ptr, idx, val = conv_columns(node, a.arrays[node["weight"]])
             else:
                 ptr, idx, val = (a.arrays[node[k]] for k in ("col_ptr", "row_idx", "values"))
             self.col_base[name], self.rows[name] = cols, c_out

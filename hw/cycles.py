@@ -78,7 +78,8 @@ Work that no design can skip, divided by the units this design has for it (1 lan
 * spike-fed matmul / conv: one operation per (active input, i.e. count > 0) x (stored weight of
   that input's column): sum over steps, tokens (conv: positions and taps, inside the image) of
   the active inputs' column sizes. The dense format stores every weight, so a dense matrix
-  counts every weight of an active column; a conv stores every weight.
+  counts every weight of an active column; so does a dense conv, and a sparse (pruned) conv its
+  non-zeros (`model.artifact.conv_columns`).
 * pixel-fed first conv: one MAC per (non-zero pixel x weight); for a static image counted ONCE
   (the accumulators of step 0 serve every step), for event data per step.
 * rank-factored matmul: the B ops as above (z = B x is spike-fed) plus rank x out MACs per
@@ -101,7 +102,7 @@ import numpy as np
 __all__ = ["NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles", "ideal_breakdown",
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
-from model.artifact import NEURON_OPS, value_sources
+from model.artifact import NEURON_OPS, conv_columns, value_sources
 _NEVER = -(1 << 60)
 
 
@@ -171,7 +172,8 @@ class _Collector:
 
 def _column_sizes(artifact, node) -> np.ndarray:
     if node["op"] == "conv":
-        return np.full(node["in_channels"] * 9, node["out_channels"], dtype=np.int64)
+        ptr = conv_columns(node, artifact.arrays[node["weight"]])[0]
+        return np.diff(np.asarray(ptr, dtype=np.int64))
     ptr = artifact.arrays[node["b_col_ptr" if node["format"] == "lowrank" else "col_ptr"]]
     return np.diff(np.asarray(ptr, dtype=np.int64))
 

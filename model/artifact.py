@@ -7,7 +7,9 @@ NumPy only, no torch: the torch-free downstream loads artifacts through this mod
 Nodes run in manifest order; each produces a value named after it. Values are non-negative
 integer spike counts, shaped (C, H, W) before ``to_tokens`` and (N, D) after it, per time step.
 
-    conv       3x3 same-padding conv of a value (or the input image) + neuron (+ optional OR pool)
+    conv       3x3 same-padding conv of a value (or the input image) + neuron (+ optional OR pool);
+               weight (out, in, 3, 3); format "dense" (default) or "sparse" (L1P-pruned: the
+               hardware stores and walks its non-zeros only)
     to_tokens  (D, h, w) -> (N = h*w, D), raster order
     add        sum of values (spike residuals)
     matmul     y = W x (format "dense"/"sparse": W as CSC; "lowrank": A (B x), B as CSC) + neuron
@@ -31,7 +33,7 @@ from model.errors import ArtifactError
 from model.intops import acc_range, signed_bits
 
 __all__ = ["FORMAT", "VERSION", "NEURON_OPS", "value_sources", "Artifact", "save_artifact", "load_artifact", "derive_widths",
-           "artifact_paths", "csc_from_dense", "dense_from_csc"]
+           "artifact_paths", "conv_columns", "csc_from_dense", "dense_from_csc"]
 
 FORMAT = "stforge-integer-model"
 VERSION = 1
@@ -90,6 +92,14 @@ def value_sources(artifact: "Artifact") -> dict[str, list[str]]:
         elif node["op"] in ("add", "to_tokens"):
             sources[node["name"]] = [s for src in node["inputs"] for s in sources[src]]
     return sources
+
+
+def conv_columns(node: dict, weight: np.ndarray):
+    """The conv's weights as CSC over columns ``in_channel * 9 + tap`` (rows: out channels):
+    every weight for format "dense", the non-zeros for "sparse". The one column layout of the
+    engine (hw/accelerator.py) and the cycle model (hw/cycles.py)."""
+    w = np.asarray(weight).reshape(node["out_channels"], -1)
+    return csc_from_dense(w, keep_zeros=node.get("format", "dense") == "dense")
 
 
 def csc_from_dense(w: np.ndarray, keep_zeros: bool = False):
@@ -266,6 +276,8 @@ def _check_node(artifact: Artifact, node: dict) -> None:
                  (node["out_channels"], node["in_channels"], 3, 3))
         bits = node.get("weight_bits", wb)
         _in_bits(w, bits, f"node {node['name']}: weight")
+        _need(node.get("format", "dense") in ("dense", "sparse"),
+              f"node {node['name']}: unknown conv format {node.get('format')!r}")
         _check_neuron(artifact, node, node["out_channels"])
     elif op == "matmul":
         m_, n_ = node["out_features"], node["in_features"]

@@ -80,7 +80,8 @@ def cmd_prune(args):
     model, config, meta = load_checkpoint(args.inp)
     if args.method == "l1p":
         target = config.prune.sparsity if args.sparsity is None else args.sparsity
-        l1p_prune(model, target, args.scope or config.prune.scope)
+        stem = config.prune.stem if args.stem is None else args.stem
+        l1p_prune(model, target, args.scope or config.prune.scope, stem)
     else:
         rank, energy = (args.rank, args.energy) if (args.rank or args.energy) else \
             (config.prune.rank, config.prune.energy)
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("l1p", "dsp"), required=True)
     p.add_argument("--sparsity", type=float)
     p.add_argument("--scope", choices=("layer", "global"))
+    p.add_argument("--stem", action=argparse.BooleanOptionalAction, default=None,
+                   help="also prune the spike-fed stem convs (default: prune.stem)")
     p.add_argument("--rank", type=int)
     p.add_argument("--energy", type=float)
     p = add("finetune", cmd_finetune, "fine-tune with masks/ranks fixed", config=False)

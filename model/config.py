@@ -80,6 +80,7 @@ class PruneConfig:
     """L1P (unstructured magnitude) and DSP (low-rank) settings."""
     sparsity: float = 0.9
     scope: str = "layer"               # "layer": each matrix alone; "global": one threshold
+    stem: bool = False                 # L1P also prunes the spike-fed stem convs (not the paper's)
     schedule: str = "oneshot"          # "oneshot" or "gradual" (cubic ramp over `gradual_steps`)
     gradual_steps: int = 5
     rank: int | None = 6               # DSP rank for every block matrix ...

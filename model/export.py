@@ -40,6 +40,17 @@ def _int_weight(layer) -> tuple[np.ndarray, np.ndarray]:
     return w, scale.astype(np.float64)
 
 
+def _conv_weight(conv) -> tuple[np.ndarray, np.ndarray, str]:
+    """(integer weights with the L1P mask applied, scale per output channel, format): "sparse"
+    when the conv was pruned (the hardware then stores and walks its non-zeros only), else
+    "dense" (every weight stored, as the unpruned model's hardware does)."""
+    w, s = _int_weight(conv)
+    mask = getattr(conv, "mask", None)
+    if mask is None or bool(mask.all()):
+        return w, s, "dense"
+    return w * mask.detach().numpy().astype(np.int64), s, "sparse"
+
+
 def _bn(norm) -> tuple[np.ndarray, np.ndarray]:
     """(gain, offset) of an eval-mode BatchNorm: y = gain * x + offset."""
     std = torch.sqrt(norm.running_var.double() + norm.eps)
@@ -104,26 +115,27 @@ def export_model(model: SpikingTransformer, config: Config, split: DataSplit, pa
     prev, prev_max_scale = "input", float(split.input_scale)
     for i, (conv, norm, neuron) in enumerate(zip(model.stem_convs, model.stem_norms,
                                                  model.stem_neurons)):
-        w, s = _int_weight(conv)
+        w, s, fmt = _conv_weight(conv)
         gain, offset = _bn(norm)
         w, a = bld.orient(w, s * prev_max_scale * gain)
         node = {"name": f"stem{i}", "op": "conv", "inputs": [prev],
                 "in_channels": w.shape[1], "out_channels": w.shape[0],
                 "height": cfg.image_size // 2 ** sum(cfg.stem_pool[:i]),
                 "width": cfg.image_size // 2 ** sum(cfg.stem_pool[:i]),
-                "pool": bool(cfg.stem_pool[i]), "weight": bld.put(f"stem{i}.weight", w),
-                "weight_bits": model.weight_bits}
+                "pool": bool(cfg.stem_pool[i]), "format": fmt,
+                "weight": bld.put(f"stem{i}.weight", w), "weight_bits": model.weight_bits}
         bld.neuron(node, neuron, a, offset)
         bld.nodes.append(node)
         prev, prev_max_scale = node["name"], 1.0
     side = cfg.image_size // 2 ** sum(cfg.stem_pool)
     if cfg.rpe:
-        w, s = _int_weight(model.rpe_conv)
+        w, s, fmt = _conv_weight(model.rpe_conv)
         gain, offset = _bn(model.rpe_norm)
         w, a = bld.orient(w, s * gain)
         node = {"name": "rpe", "op": "conv", "inputs": [prev], "in_channels": cfg.dim,
                 "out_channels": cfg.dim, "height": side, "width": side, "pool": False,
-                "weight": bld.put("rpe.weight", w), "weight_bits": model.weight_bits}
+                "format": fmt, "weight": bld.put("rpe.weight", w),
+                "weight_bits": model.weight_bits}
         bld.neuron(node, model.rpe_neuron, a, offset)
         bld.nodes.append(node)
         bld.nodes.append({"name": "embed", "op": "add", "inputs": [prev, "rpe"]})

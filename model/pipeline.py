@@ -82,17 +82,17 @@ def compensate(dense: SpikingTransformer, config: Config, data: Tensors, method:
         model = rebuild(dense, neuron=neuron)
         hook = None
         if p.schedule == "oneshot":
-            l1p_prune(model, target, p.scope)
+            l1p_prune(model, target, p.scope, p.stem)
         else:
             # Reach the target over the first half of fine-tuning, then train with masks fixed.
             steps = gradual_sparsities(target, p.gradual_steps)
             every = max(1, tcfg.epochs // (2 * p.gradual_steps))
             hook = lambda ep: (ep % every == 0 and ep // every < len(steps)
-                               and l1p_prune(model, steps[ep // every], p.scope))
+                               and l1p_prune(model, steps[ep // every], p.scope, p.stem))
         desc = f"l1p {target:.2f} {neuron} s{seed}"
         curve = train(model, data, tcfg, desc, on_epoch=hook, progress=progress)
         if hook is not None:   # a short fine-tune may end before the ramp does
-            l1p_prune(model, target, p.scope)
+            l1p_prune(model, target, p.scope, p.stem)
     elif method == "dsp":
         if rank is None and energy is None:
             rank, energy = p.rank, p.energy
@@ -121,6 +121,7 @@ def describe(model: SpikingTransformer, method: str, data: Tensors, seed: int,
              **model.param_counts()}
     if method == "l1p":
         entry["sparsity"] = round(sparsity(model), 6)
+        entry["stem_sparsity"] = round(sparsity(model, stem=True), 6)
     if method == "dsp":
         entry["rank"] = extra.pop("rank", None)
         entry["ranks"] = {f"block{b}.{n}": r for b, rs in model.ranks.items()

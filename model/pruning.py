@@ -2,7 +2,9 @@
 
 L1P sets 0/1 masks by |w|: per matrix ("layer") or with one threshold over all block matrices
 ("global"), at once ("oneshot") or along the cubic ramp of Zhu & Gupta ("gradual"), which only
-ever removes more weights. DSP factors each matrix W (m x n) as A·B from its truncated SVD
+ever removes more weights. With `prune.stem` the spike-fed stem convs are L1P targets too: the
+paper prunes the blocks only, but on chip an unpruned stem conv is most of a 90%-sparse model's
+cycles. DSP factors each matrix W (m x n) as A·B from its truncated SVD
 (A = U_r sqrt(S_r), B = sqrt(S_r) V_r^T); the rank is given, or the smallest that keeps a
 fraction of the singular-value energy. Parameters drop from m·n to r·(m+n).
 """
@@ -18,19 +20,21 @@ from model.transformer import SpikingTransformer
 __all__ = ["l1p_prune", "gradual_sparsities", "choose_ranks", "to_low_rank", "sparsity"]
 
 
-def _magnitudes(model: SpikingTransformer):
-    return [(m, (m.linear.weight * m.mask).abs().detach()) for _, m in model.block_matrices()
-            if not m.low_rank]
+def _magnitudes(model: SpikingTransformer, stem: bool):
+    return [(mask, (weight * mask).abs().detach())
+            for _, weight, mask in model.prune_targets(stem)]
 
 
-def l1p_prune(model: SpikingTransformer, target: float, scope: str = "layer") -> None:
+def l1p_prune(model: SpikingTransformer, target: float, scope: str = "layer",
+              stem: bool = False) -> None:
     """Mask the smallest-|w| weights so each matrix ("layer") or all together ("global") reach
-    sparsity `target`. Already-pruned weights stay pruned."""
+    sparsity `target`; with `stem`, the spike-fed stem convs too. Already-pruned weights stay
+    pruned."""
     if not 0.0 <= target < 1.0:
         raise ConfigError(f"sparsity must be in [0, 1), not {target}")
-    mats = _magnitudes(model)
-    if not mats:
+    if not any(not m.low_rank for _, m in model.block_matrices()):
         raise ConfigError("L1P needs dense block matrices; this model is rank-factored")
+    mats = _magnitudes(model, stem)
     if scope == "global":
         everything = torch.cat([mag.flatten() for _, mag in mats])
         k = int(round(target * everything.numel()))
@@ -38,21 +42,20 @@ def l1p_prune(model: SpikingTransformer, target: float, scope: str = "layer") ->
         keep = torch.ones_like(everything)
         keep[order[:k]] = 0
         start = 0
-        for m, mag in mats:
+        for mask, mag in mats:
             n = mag.numel()
-            m.mask.copy_(keep[start:start + n].view_as(mag) * m.mask)
+            mask.copy_(keep[start:start + n].view_as(mag) * mask)
             start += n
     elif scope == "layer":
-        for m, mag in mats:
+        for mask, mag in mats:
             k = int(round(target * mag.numel()))
             order = torch.argsort(mag.flatten(), stable=True)
             keep = torch.ones(mag.numel())
             keep[order[:k]] = 0
-            m.mask.copy_(keep.view_as(mag) * m.mask)
+            mask.copy_(keep.view_as(mag) * mask)
     else:
         raise ConfigError(f"prune scope must be 'layer' or 'global', not {scope!r}")
-    for _, m in model.block_matrices():
-        m.apply_mask()
+    model.apply_masks()
 
 
 def gradual_sparsities(final: float, steps: int) -> list[float]:
@@ -60,11 +63,12 @@ def gradual_sparsities(final: float, steps: int) -> list[float]:
     return [final * (1 - (1 - i / steps) ** 3) for i in range(1, steps + 1)]
 
 
-def sparsity(model: SpikingTransformer) -> float:
-    """Fraction of zero weights over all dense block matrices."""
-    mats = [m for _, m in model.block_matrices() if not m.low_rank]
-    total = sum(m.stored_params() for m in mats)
-    return 1.0 - sum(m.nonzero_params() for m in mats) / total if total else 0.0
+def sparsity(model: SpikingTransformer, stem: bool = False) -> float:
+    """Fraction of zero weights over all dense block matrices (with `stem`, and the spike-fed
+    stem convs)."""
+    weights = [(w * mask).detach() for _, w, mask in model.prune_targets(stem)]
+    total = sum(w.numel() for w in weights)
+    return 1.0 - sum(int((w != 0).sum()) for w in weights) / total if total else 0.0
 
 
 def choose_ranks(model: SpikingTransformer, rank: int | None = None,

@@ -46,6 +46,11 @@ def make_conv(in_c: int, out_c: int, weight_bits: int | None) -> nn.Module:
                            weight_quant=Int8WeightPerChannelFloat, weight_bit_width=weight_bits)
 
 
+def _add_mask(conv: nn.Module) -> None:
+    """A fixed 0/1 L1P mask beside a spike-fed conv's weight (all ones until pruned)."""
+    conv.register_buffer("mask", torch.ones_like(conv.weight))
+
+
 class BlockMatrix(nn.Module):
     """One prunable block matrix W (out x in), applied to spike inputs: y = W x.
 
@@ -168,11 +173,14 @@ class SpikingTransformer(nn.Module):
         chans = [cfg.in_channels] + list(cfg.stem_channels)
         self.stem_convs = nn.ModuleList(make_conv(chans[i], chans[i + 1], weight_bits)
                                         for i in range(len(cfg.stem_channels)))
+        for conv in self.stem_convs[1:]:
+            _add_mask(conv)
         self.stem_norms = nn.ModuleList(nn.BatchNorm2d(c) for c in cfg.stem_channels)
         self.stem_neurons = nn.ModuleList(make_neuron(neuron, c, 1, leak_bits=leak_bits)
                                           for c in cfg.stem_channels)
         if cfg.rpe:
             self.rpe_conv = make_conv(cfg.dim, cfg.dim, weight_bits)
+            _add_mask(self.rpe_conv)
             self.rpe_norm = nn.BatchNorm2d(cfg.dim)
             self.rpe_neuron = make_neuron(neuron, cfg.dim, 1, leak_bits=leak_bits)
         self.blocks = nn.ModuleList(
@@ -187,6 +195,32 @@ class SpikingTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             for name in BLOCK_MATRICES:
                 yield f"block{i}.{name}", block.matrices[name]
+
+    def stem_matrices(self):
+        """(name, conv) for every spike-fed stem conv (the stem convs after the first, the rpe
+        conv): L1P targets when `prune.stem` is set. The first conv sees pixels, not spikes, and
+        its few weights are computed once per image, so pruning it would save no cycles."""
+        for i, conv in enumerate(self.stem_convs):
+            if i > 0:
+                yield f"stem{i}", conv
+        if self.cfg.rpe:
+            yield "rpe", self.rpe_conv
+
+    def prune_targets(self, stem: bool = False):
+        """(name, weight, mask) of every L1P target: the dense block matrices and, with `stem`,
+        the spike-fed stem convs."""
+        for name, m in self.block_matrices():
+            if not m.low_rank:
+                yield name, m.linear.weight, m.mask
+        if stem:
+            for name, conv in self.stem_matrices():
+                yield name, conv.weight, conv.mask
+
+    def apply_masks(self) -> None:
+        """Zero every pruned weight (after every optimiser step; masks never change there)."""
+        with torch.no_grad():
+            for _, weight, mask in self.prune_targets(stem=True):
+                weight.mul_(mask)
 
     def neurons(self):
         return [m for m in self.modules() if isinstance(m, LIF)]
@@ -228,5 +262,6 @@ class SpikingTransformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         block = sum(m.stored_params() for _, m in self.block_matrices())
         pruned = sum(m.stored_params() - m.nonzero_params() for _, m in self.block_matrices())
+        pruned += sum(int((conv.mask == 0).sum()) for _, conv in self.stem_matrices())
         return {"params": int(total), "block_params": int(block),
                 "nonzero_params": int(total - pruned)}

@@ -12,6 +12,9 @@ BatchNorm calibration -> export), small enough for amaranth.sim to run one infer
     l1p16       sparse                 static digits              [T, F]      4x4 = 16
     events      sparse                 time-varying frames 0..3   [T, T]      4
 
+The L1P kinds prune the second (spike-fed) stem conv too, so its engine columns are sparse;
+events keeps it dense (sparse blocks beside a dense conv).
+
 Neuron parameters are randomised (u_th in 0.2..1.0, w_tau in -1.5..1.5; the attention
 neuron u_th 0.02..0.1, w_tau 1..3 so that its small counts fire it) and every BatchNorm is
 calibrated on a batch of inputs (running statistics = that batch's, random gamma signs), so
@@ -118,7 +121,7 @@ def build_artifact(kind: str, out_dir) -> "Artifact":  # noqa: F821
         m = to_low_rank(m, rank=cfg.prune.rank)
     elif kind != "dense":
         m = rebuild(m)
-        l1p_prune(m, 0.7)
+        l1p_prune(m, 0.7, stem=kind != "events")
     q = rebuild(m, weight_bits=8, leak_bits=8)
     x = torch.from_numpy(split.x_train[:256].astype(np.float32) * np.float32(split.input_scale))
     _calibrate(q, x, rng)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from model.artifact import Artifact, artifact_paths, load_artifact, save_artifact
+from model.artifact import Artifact, artifact_paths, conv_columns, load_artifact, save_artifact
 from model.errors import ArtifactError
 
 
@@ -35,6 +35,21 @@ def test_formats_per_variant(exported):
     assert len(exported["l1p"].arrays[q["values"]]) <= 0.1 * 32 * 32 + 1
     d = exported["dense"].node("block0.q")
     assert len(exported["dense"].arrays[d["values"]]) == 32 * 32
+
+
+def test_conv_columns_store_every_weight_or_the_non_zeros():
+    """Column in_channel * 9 + tap: a dense conv stores every weight (zeros too), a sparse one
+    its non-zeros, in row order."""
+    w = np.zeros((3, 2, 3, 3), np.int64)
+    w[0, 1, 2, 2], w[2, 1, 2, 2], w[1, 0, 0, 1] = 5, -7, 3
+    node = {"out_channels": 3, "format": "dense"}
+    ptr, idx, val = conv_columns(node, w)
+    assert list(np.diff(ptr)) == [3] * 18 and len(val) == 54
+    ptr, idx, val = conv_columns({**node, "format": "sparse"}, w)
+    sizes = np.diff(ptr)
+    assert sizes[1] == 1 and sizes[1 * 9 + 8] == 2 and sizes.sum() == 3
+    assert list(idx) == [1, 0, 2] and list(val) == [3, 5, -7]
+    assert len(conv_columns({"out_channels": 3}, w)[2]) == 54     # no format: dense
 
 
 def tampered(exported, tmp_path, edit):

@@ -57,6 +57,34 @@ def test_masks_and_zeros_survive_fine_tuning():
     assert sparsity(m) >= 0.9 - 1e-9
 
 
+def test_stem_pruning_masks_spike_fed_convs_only():
+    """prune.stem: the second stem conv reaches the target too; the pixel-fed first conv never
+    has a mask; without it the conv masks stay all ones."""
+    m = model()
+    l1p_prune(m, 0.9, "layer")
+    assert all(bool(conv.mask.all()) for _, conv in m.stem_matrices())
+    l1p_prune(m, 0.9, "layer", stem=True)
+    names = [name for name, _ in m.stem_matrices()]
+    assert names == ["stem1"] and not hasattr(m.stem_convs[0], "mask")
+    conv = m.stem_convs[1]
+    assert int((conv.mask == 0).sum()) == round(0.9 * conv.mask.numel())
+    assert torch.all(conv.weight[conv.mask == 0] == 0)
+    assert sparsity(m, stem=True) == pytest.approx(0.9, abs=1e-3)
+    counts = m.param_counts()
+    assert counts["params"] - counts["nonzero_params"] == \
+        sum(round(0.9 * mat.mask.numel()) for _, mat in m.block_matrices()) + \
+        round(0.9 * conv.mask.numel())
+
+
+def test_stem_masks_survive_fine_tuning():
+    m = model(neuron="slif")
+    l1p_prune(m, 0.9, "layer", stem=True)
+    mask = m.stem_convs[1].mask.clone()
+    train(m, tiny_data(), TrainConfig(epochs=1, batch_size=16), progress=False)
+    assert torch.equal(m.stem_convs[1].mask, mask)
+    assert torch.all(m.stem_convs[1].weight[mask == 0] == 0)
+
+
 def test_gradual_schedule_is_monotone_and_ends_at_target():
     steps = gradual_sparsities(0.9, 5)
     assert steps == sorted(steps) and steps[-1] == pytest.approx(0.9) and steps[0] > 0
