@@ -25,7 +25,8 @@ are not cached (they are retried). See docs/SWEEP_HW.md for the cache key.
 Cycles come from the analytic cycle model, never from a simulation run inside the sweep: it
 equals Verilator simulation of the generated Verilog per layer (build/reports/sim-*.json,
 "model_error"). Every row says so in "cycles_source", with the error read from those reports,
-or "unchecked" when there are none.
+"unchecked" when there are none, or "stale" when a report's "hw_source_sha256" is not the
+content hash of this checkout's hardware sources (model/sources.py).
 
 Outputs: <out-dir>/reports/sweep_hw.json (rows), a printed table and
 <out-dir>/reports/sweep_hw_pareto.png (accuracy vs cycles and vs LUTs, Pareto fronts marked).
@@ -50,13 +51,12 @@ from pathlib import Path
 from model.config import Config, config_from_dict, config_to_dict, load_config
 from model.errors import ConfigError, StforgeError, report_error, report_interrupt
 from model.reports import write_json
+from model.sources import ROOT, hw_source_sha256, source_closure, update_digest
 
 __all__ = ["SweepPlan", "Job", "ResultCache", "build_plan", "run_sweep_hw", "dense_key",
            "model_key", "row_key", "code_version", "source_closure", "pareto_front",
            "cycles_source", "dense_stage", "model_stage", "hw_stage", "main"]
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("model", "hw", "sim", "firmware")     # the project's own import roots
 MAX_CYCLE_MODEL_ERROR = 0.05                      # the model may stand in within 5 % of sim
 
 # What each stage's result depends on besides its inputs: the project modules it runs
@@ -67,8 +67,6 @@ STAGE_MODULES = {
     "model": ("model.pipeline", "model.export", "model.golden", "model.bench", "hw.cycles"),
     "hw": ("hw.accelerator", "hw.synth", "hw.board", "model.bench"),
 }
-# The code a simulation report's "model_error" vouches for: the generator and the cycle model.
-GENERATOR_MODULES = ("hw.accelerator", "hw.cycles")
 STAGE_DISTRIBUTIONS = {
     "dense": ("torch", "brevitas", "numpy", "scikit-learn"),
     "model": ("torch", "brevitas", "numpy", "scikit-learn"),
@@ -155,37 +153,6 @@ def build_plan(config: Config, *, config_path=None, sparsities=(0.5, 0.9, 0.95),
 
 # ---- content keys ------------------------------------------------------------------------------
 
-def _module_file(name: str) -> Path | None:
-    base = ROOT / Path(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def source_closure(modules) -> list[Path]:
-    """The project source files `modules` import, transitively: a static walk over every
-    `import` / `from ... import` (function-level ones too) into model/, hw/, sim/, firmware/."""
-    seen: dict[str, Path] = {}
-    todo = list(modules)
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        if parts[0] not in PACKAGES:
-            continue
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]   # parent packages
-        path = _module_file(name)
-        if path is None or name in seen:
-            continue
-        seen[name] = path
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                todo += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-    return sorted(set(seen.values()))
-
-
 @functools.lru_cache(maxsize=None)
 def code_version(stage: str) -> str:
     """sha256 of the stage's project sources (`source_closure` of STAGE_MODULES), the source of
@@ -193,8 +160,7 @@ def code_version(stage: str) -> str:
     versions of STAGE_DISTRIBUTIONS."""
     import inspect
     digest = hashlib.sha256()
-    for path in source_closure(STAGE_MODULES[stage]):
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    update_digest(digest, source_closure(STAGE_MODULES[stage]))
     for function in (_run_stage, _STAGE_FUNCTIONS[stage]):
         digest.update(inspect.getsource(function).encode() + b"\0")
     for dist in STAGE_DISTRIBUTIONS[stage]:
@@ -525,26 +491,35 @@ def mark_pareto(rows: list[dict]) -> None:
 
 def cycles_source(reports: Path) -> tuple[str, bool, list[str]]:
     """(the "cycles_source" text, whether the model may stand in, the reports read): the worst
-    "model_error" of <reports>/sim-*.json and sim.json. The reports do not name the generator
-    they checked, so a generator or cycle-model source file (GENERATOR_MODULES' closure) newer
-    than the oldest report makes the check stale: re-run `make sim`."""
-    errors, used, times = [], [], []
+    "model_error" of <reports>/sim-*.json and sim.json. The check still applies only while every
+    report's "hw_source_sha256" (the hardware sources it simulated, model/sources.py) equals the
+    checkout's: otherwise, or when a report predates that key, it is stale: re-run `make sim`."""
+    current = hw_source_sha256()
+    errors, used, stale = [], [], []
     for path in sorted(Path(reports).glob("sim*.json")):
         rep = _read_json(path)
         if rep and isinstance(rep.get("model_error"), (int, float)):
             errors.append(float(rep["model_error"]))
-            times.append(path.stat().st_mtime)
-            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(times[-1]))
+            recorded = rep.get("hw_source_sha256")
+            sources = ("these hw sources" if recorded == current else
+                       "hw sources not recorded" if recorded is None else "other hw sources")
+            if recorded != current:
+                stale.append((path.name, recorded is None, rep.get("model")))
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
             used.append(f"{path.name} ({rep.get('images')} images, {rep.get('simulator')}, "
-                        f"{stamp})")
+                        f"{stamp}, {sources})")
     if not errors:
         return "cycle model (unchecked: no simulation report with model_error)", False, used
     worst = max(errors)
     text = f"cycle model (checked against simulation: max error {100 * worst:.2f}%)"
-    newer = [p for p in source_closure(GENERATOR_MODULES) if p.stat().st_mtime > min(times)]
-    if newer:
-        return (f"{text[:-1]}; stale: {newer[0].relative_to(ROOT)} changed after the "
-                f"simulation reports, re-run `make sim` to re-check)"), False, used
+    if stale:
+        name, unrecorded, model = stale[0]
+        why = ("records no hw_source_sha256" if unrecorded else
+               "simulated other hw sources than this checkout's")
+        rerun = f"make sim MODEL={model}" if model else "make sim"
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        return (f"{text[:-1]}; stale: {name}{more} {why}, re-run `{rerun}` to re-check)"), \
+            False, used
     if worst > MAX_CYCLE_MODEL_ERROR:
         text += f" -- above the {100 * MAX_CYCLE_MODEL_ERROR:.0f}% limit: not a valid stand-in"
     return text, worst <= MAX_CYCLE_MODEL_ERROR, used

@@ -6,6 +6,12 @@ images; write build/reports/sim.json (../shared/REPORTS.md) and print a summary 
 
 `make sim` prepares the inputs (export, golden data, HDL) and calls this. Torch-free: golden
 data crosses in as an .npz. A user mistake prints one line and exits 2; a mismatch exits 1.
+
+sim.json records in "hw_source_sha256" the content hash of the hardware sources this run checked
+(model.sources.hw_source_sha256: hw/**/*.py and the project files they import), taken before the
+simulation and compared after the cycle model ran; null (and a warning) when they changed in
+between. `make sweep-hw` trusts the cycle model only while that hash is the checkout's. The hash
+is of the sources at simulation time: `make sim` regenerates the Verilog just before.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 
 from model.errors import StforgeError, report_error
 from model.reports import write_json
+from model.sources import hw_source_sha256
 from sim.toolchain import SIMULATORS, prepare_simulator
 
 __all__ = ["run_simulation", "main", "SIMULATORS"]
@@ -175,10 +182,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         images = [args.image] if args.waves else list(range(args.images))
+        hw_sources = hw_source_sha256()          # what this run verifies (see the docstring)
         raw = run_simulation(args.hdl, args.golden, images, args.sim, args.waves)
         report = summarize(raw, args.sim, args.model or Path(args.hdl).name, args.golden)
     except StforgeError as exc:
         return report_error(exc)
+    if hw_source_sha256() != hw_sources:
+        hw_sources = None
+        print("stforge: warning: the hw sources changed during the simulation; sim.json records "
+              "no hw_source_sha256, so it vouches for no version of them", file=sys.stderr)
+    report["hw_source_sha256"] = hw_sources
     write_json(args.report, report)
     # every variant's last run also stays beside it, for comparisons (bench, README)
     write_json(Path(args.report).with_name(f"sim-{report['model']}.json"), report)

@@ -6,10 +6,13 @@ default tests skip synthesis (--no-synth). The synthesis test is `synth` and `sl
 """
 
 import json
+import os
+import shutil
+import time
 
 import pytest
 
-from model import sweep_hw
+from model import sources, sweep_hw
 from model.config import load_config
 
 TINY = """
@@ -129,6 +132,100 @@ def test_code_version_covers_what_a_stage_imports():
     assert {"model/export.py", "model/golden.py", "hw/cycles.py", "model/intops.py"} <= model
     assert {"hw/accelerator.py", "hw/components/sparse.py", "hw/synth.py", "hw/board.py"} <= hw
     assert len(sweep_hw.code_version("hw")) == 64
+
+
+def _copy_tree(root):
+    """The project's Python sources in a new folder with new modification dates: a fresh clone."""
+    for package in sources.PACKAGES:
+        shutil.copytree(sources.ROOT / package, root / package, copy_function=shutil.copy,
+                        ignore=lambda folder, names: [n for n in names if n == "__pycache__"
+                                                      or n.endswith((".pt", ".npz"))])
+    return root
+
+
+def test_hw_source_hash_follows_content_not_dates(tmp_path):
+    clone = _copy_tree(tmp_path / "clone")
+    base = sources.hw_source_sha256(clone)
+    assert base == sources.hw_source_sha256() and len(base) == 64   # a clone: same hash
+    names = {p.relative_to(clone).as_posix() for p in sources.hw_sources(clone)}
+    assert {"hw/accelerator.py", "hw/cycles.py", "hw/components/sparse.py", "hw/synth.py",
+            "model/artifact.py", "model/intops.py"} <= names       # and what hw/ imports
+    assert not any("__pycache__" in n or n.startswith("sim/") for n in names)
+
+    future = time.time() + 86400
+    os.utime(clone / "hw" / "cycles.py", (future, future))          # a date alone: same hash
+    (clone / "hw" / "__pycache__").mkdir(exist_ok=True)
+    (clone / "hw" / "__pycache__" / "cycles.py").write_text("# bytecode folder: ignored\n")
+    (clone / "model" / "train.py").write_text("# not imported by hw/\n")
+    assert sources.hw_source_sha256(clone) == base
+    for changed in ("hw/cycles.py", "hw/components/neuron.py", "model/artifact.py"):
+        path = clone / changed
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# edited\n")
+        assert sources.hw_source_sha256(clone) != base, changed
+        path.write_bytes(original)
+    (clone / "hw" / "new_block.py").write_text("X = 1\n")              # a new hw file counts
+    assert sources.hw_source_sha256(clone) != base
+
+
+def _simulated(tmp_path, monkeypatch, model="l1p", model_error=0.0):
+    """`python -m sim.runner` with the simulation replaced by fixed results -> reports folder."""
+    from sim import runner
+    monkeypatch.setattr(runner, "run_simulation", lambda *args, **kwargs: {})
+    monkeypatch.setattr(runner, "summarize", lambda raw, sim, name, golden: {
+        "simulator": sim, "model": name, "images": 2, "bitexact": 2, "mismatches": 0,
+        "accuracy": 1.0, "cycles_per_inference": {"mean": 10.0, "min": 9.0, "max": 11.0},
+        "layers": [], "simulated_cycles_per_second": 1.0, "model_error": model_error})
+    monkeypatch.setattr(runner, "print_table", lambda report: None)
+    reports = tmp_path / "reports"
+    assert runner.main(["--hdl", str(tmp_path / "hdl"), "--golden", str(tmp_path / "g.npz"),
+                        "--model", model, "--report", str(reports / "sim.json")]) == 0
+    return reports
+
+
+def test_sim_report_records_the_hw_sources_and_the_sweep_trusts_only_those(tmp_path,
+                                                                         monkeypatch):
+    reports = _simulated(tmp_path, monkeypatch)
+    current = sources.hw_source_sha256()
+    for name in ("sim.json", "sim-l1p.json"):
+        assert json.loads((reports / name).read_text())["hw_source_sha256"] == current
+    text, checked, used = sweep_hw.cycles_source(reports)
+    assert checked and text == "cycle model (checked against simulation: max error 0.00%)"
+    assert len(used) == 2 and all("these hw sources" in u for u in used)
+
+    # Dates do not matter: reports a year older than every source still vouch for them.
+    year_ago = time.time() - 365 * 86400
+    for path in reports.iterdir():
+        os.utime(path, (year_ago, year_ago))
+    assert sweep_hw.cycles_source(reports)[1] is True
+
+    # Other sources than the simulated ones: stale, and the row says how to re-check.
+    monkeypatch.setattr(sweep_hw, "hw_source_sha256", lambda: "0" * 64)
+    text, checked, used = sweep_hw.cycles_source(reports)
+    assert not checked and "max error 0.00%; stale: sim-l1p.json (and 1 more) simulated other " \
+        "hw sources than this checkout's, re-run `make sim MODEL=l1p` to re-check)" in text
+    assert all("other hw sources" in u for u in used)
+    monkeypatch.undo()
+
+    # A report from before the key: it cannot say what it checked, so it vouches for nothing.
+    legacy = json.loads((reports / "sim-l1p.json").read_text())
+    del legacy["hw_source_sha256"]
+    legacy["model"] = "dsp"
+    (reports / "sim-dsp.json").write_text(json.dumps(legacy))
+    text, checked, _ = sweep_hw.cycles_source(reports)
+    assert not checked
+    assert "stale: sim-dsp.json records no hw_source_sha256, re-run `make sim MODEL=dsp`" in text
+
+
+def test_sources_changed_during_a_simulation_are_not_vouched_for(tmp_path, monkeypatch, capsys):
+    from sim import runner
+    hashes = iter(["a" * 64, "b" * 64])
+    monkeypatch.setattr(runner, "hw_source_sha256", lambda: next(hashes))
+    reports = _simulated(tmp_path, monkeypatch)
+    assert json.loads((reports / "sim.json").read_text())["hw_source_sha256"] is None
+    assert "hw sources changed during the simulation" in capsys.readouterr().err
+    text, checked, _ = sweep_hw.cycles_source(reports)
+    assert not checked and "records no hw_source_sha256" in text
 
 
 def test_pareto_front():
