@@ -43,6 +43,13 @@ without, it is the board oscillator (12 MHz iCEBreaker, 25 MHz ULX3S).
 builds the bitstream with :func:`hw.synth.build_bitstream` (timing-driven at the PLL clock) and
 writes the ``synth-<target>.json`` record. Any user mistake, a design that does not fit and
 missed timing print one line and exit 2, leaving no new bitstream and no report.
+
+``synth-<target>.json`` and ``build/<target>/`` belong to the default model
+(:data:`DEFAULT_MODEL`, ``make bitstream``'s ``MODEL`` default); any other artifact ``<model>``
+(its file name without ``.json``) gets ``synth-<target>-<model>.json`` and
+``build/<target>-<model>/`` (:func:`synth_report_path`, :func:`bitstream_dir`), so building it
+neither overwrites the default model's report nor leaves that report describing another model's
+bitstream. Every report names its model under ``"model"``.
 """
 
 from __future__ import annotations
@@ -66,13 +73,15 @@ from hw.accelerator import Accelerator
 from hw.link import FrameEventKind, FrameReceiver, FrameSender
 from hw.uart import UARTRx, UARTTx, uart_divisor
 
-__all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
-           "ice40_pll", "main"]
+__all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "DEFAULT_MODEL", "BoardTop", "PllConfig",
+           "bitstream_dir", "ecp5_pll", "ice40_pll", "main", "synth_report_path"]
 
 #: Verilog module name of the board top in simulation.
 BOARD_TOP_NAME = "stforge_board"
 #: The clock ``make bitstream`` asks for, per target (MHz).
 DEFAULT_CLOCK_MHZ = {"ice40-up5k": 24.0, "ecp5-85f": 50.0}
+#: The model whose build owns ``synth-<target>.json`` (the Makefile's ``MODEL ?= l1p``).
+DEFAULT_MODEL = "l1p"
 DEFAULT_BAUD = 115200
 #: Inter-byte timeout of a frame (seconds): USB-serial adapters pause between USB packets.
 DEFAULT_FRAME_TIMEOUT = 0.02
@@ -535,9 +544,26 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def synth_report_path(target: str, model: str, reports="build/reports") -> Path:
+    """``<reports>/synth-<target>.json`` for :data:`DEFAULT_MODEL`, else
+    ``<reports>/synth-<target>-<model>.json``: where ``make bitstream`` writes its report."""
+    name = f"synth-{target}" if model == DEFAULT_MODEL else f"synth-{target}-{model}"
+    return Path(reports) / f"{name}.json"
+
+
+def bitstream_dir(target: str, model: str, build_root="build") -> Path:
+    """``<build_root>/<target>`` for :data:`DEFAULT_MODEL`, else
+    ``<build_root>/<target>-<model>``: where ``make bitstream`` puts the bitstream (the one the
+    report's ``"bitstream"`` names) and the build logs."""
+    return Path(build_root) / (target if model == DEFAULT_MODEL else f"{target}-{model}")
+
+
 def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True, out_dir=None,
           report_path=None) -> dict:
-    """Build the board bitstream of an artifact for ``target``; returns the report record."""
+    """Build the board bitstream of an artifact for ``target``; returns the report record.
+
+    By default the bitstream goes to :func:`bitstream_dir` and the report to
+    :func:`synth_report_path` of the artifact's model (its file name without ``.json``)."""
     from hw.synth import TimingError, build_bitstream, get_target
     from model.artifact import load_artifact
     from model.errors import StforgeError
@@ -547,7 +573,8 @@ def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True,
         top = BoardTop.for_platform(artifact, spec.name, clock_mhz, baud, pll=pll)
     except ValueError as error:          # PLL cannot make the clock, UART rate impossible
         raise StforgeError(str(error)) from None
-    out_dir = Path(out_dir or Path("build") / spec.name)
+    model = Path(artifact_path).stem
+    out_dir = Path(out_dir or bitstream_dir(spec.name, model))
     board_mhz = spec.platform_class()().default_clk_frequency / 1e6
     # the pad is constrained at the oscillator; the PLL output carries its own constraint
     try:
@@ -564,13 +591,13 @@ def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True,
         "clock_mhz": round(top.clk_hz / 1e6, 3),
         "pll": ({k: v for k, v in top.pll.items() if k not in ("f_in", "f_out")}
                 if top.pll else None),
-        "model": Path(artifact_path).stem,
+        "model": model,
         "artifact": str(artifact_path),
         "baud": baud,
         "uart_divisor": top.divisor,
         "baud_actual": round(top.clk_hz / top.divisor, 1),
     })
-    _write_json(Path(report_path or Path("build/reports") / f"synth-{spec.name}.json"), record)
+    _write_json(Path(report_path or synth_report_path(spec.name, model)), record)
     return record
 
 
@@ -585,8 +612,11 @@ def main(argv=None) -> int:
                                                         "50 on ecp5-85f)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
     parser.add_argument("--no-pll", action="store_true", help="run from the board oscillator")
-    parser.add_argument("--out", help="output folder (default build/<target>)")
-    parser.add_argument("--report", help="report (default build/reports/synth-<target>.json)")
+    parser.add_argument("--out", help=f"output folder (default build/<target> for the "
+                                      f"{DEFAULT_MODEL} model, else build/<target>-<model>)")
+    parser.add_argument("--report", help=f"report (default build/reports/synth-<target>.json "
+                                         f"for the {DEFAULT_MODEL} model, else "
+                                         f"synth-<target>-<model>.json)")
     args = parser.parse_args(argv)
     try:
         if args.no_pll and args.clock_mhz is not None:

@@ -13,10 +13,12 @@ FPGA rows (one per variant x target)
     cycles          build/reports/sim-<variant>.json, `cycles_per_inference` (mean; min/max kept),
                     measured in Verilator/cocotb by `make sim MODEL=<variant>`.
     ideal_cycles    the same report's `ideal_cycles_per_inference` (hw/cycles.py work bound).
-    fmax_mhz        build/reports/synth-<target>.json (`make bitstream TARGET=<target>`). Never
-                    invented: a missing report gives fmax null, latency null and a note. The
-                    synthesised design is for one model (the report's "model" key); other
-                    variants reuse that fmax and say so in `fmax_note`.
+    fmax_mhz        the variant's own synth report: build/reports/synth-<target>.json for the
+                    default model l1p (`make bitstream TARGET=<target>`), synth-<target>-<v>.json
+                    for another (`make bitstream TARGET=<target> MODEL=<v>`); `fmax_source` names
+                    the file. Never invented: no report gives fmax null, latency null and a note.
+                    A variant without its own report reuses synth-<target>.json's fmax (the
+                    report's "model" says whose) and says so in `fmax_note`.
     latency_us      cycles / fmax_mhz; inferences_per_s = 1e6 / latency_us.
     energy_uj_ops   literature estimate from the operations actually performed on real spikes
                     (golden model, same test images as the sim reports), DESIGN.md §2:
@@ -233,15 +235,29 @@ def load_sim_report(reports: Path, variant: str) -> tuple[dict | None, str | Non
                         f"rerun `make sim MODEL={variant}`")
 
 
-def load_synth_report(reports: Path, target: str) -> tuple[dict | None, str | None]:
-    """(synth report with an fmax, None) or (None, one-line message)."""
-    path = Path(reports) / f"synth-{target}.json"
-    rerun = f"rerun `make bitstream TARGET={target}`"
-    rep, msg = _read_report(path, f"no fmax for {target} (run `make bitstream TARGET={target}`); "
-                            f"latency and device energy left null", rerun)
+def load_synth_report(reports: Path, target: str,
+                      variant: str | None = None) -> tuple[dict | None, str | None]:
+    """(synth report with an fmax, None) or (None, one-line message).
+
+    A variant other than the default model reads its own synth-<target>-<variant>.json when it
+    exists (hw.board.synth_report_path); otherwise, and for the default model, synth-<target>.json,
+    whose "model" names the model built (fpga_row flags another model's fmax). The report comes
+    back with "report_path" added: the file it was read from."""
+    from hw.board import DEFAULT_MODEL, synth_report_path
+    path = synth_report_path(target, DEFAULT_MODEL, reports)
+    make = f"make bitstream TARGET={target}"
+    own = ""
+    if variant is not None and variant != DEFAULT_MODEL:
+        own = f" (or `{make} MODEL={variant}` for {variant}'s own)"
+        variant_path = synth_report_path(target, variant, reports)
+        if variant_path.is_file():
+            path, make, own = variant_path, f"{make} MODEL={variant}", ""
+    rerun = f"rerun `{make}`"
+    rep, msg = _read_report(path, f"no fmax for {target} (run `{make}`{own}); latency and "
+                            f"device energy left null", rerun)
     if rep is not None and rep.get("fmax_mhz") is None:
         return None, f"{path} has no fmax_mhz: {rerun}"
-    return rep, msg
+    return (None, msg) if rep is None else ({**rep, "report_path": str(path)}, None)
 
 
 def fpga_row(variant: str, target: str, sim: dict | None, synth: dict | None,
@@ -263,11 +279,18 @@ def fpga_row(variant: str, target: str, sim: dict | None, synth: dict | None,
            "energy_uj_device": device_energy_uj(power, latency),
            "device_power_w": power, "device_power_source": power_src,
            "energy_uj_device_label": "estimate (assumed power x latency)",
+           "fmax_source": synth.get("report_path") if synth else None,
+           "fmax_model": synth.get("model") if synth else None,
            "sim_images": (sim or {}).get("images"), "bitexact": (sim or {}).get("bitexact"),
            "notes": list(notes)}
     if synth and synth.get("model") and synth["model"] != variant:
-        row["fmax_note"] = (f"fmax of the {synth['model']} build on {target}; {variant} was not "
-                            f"synthesised (same generator, assumed similar)")
+        from hw.board import DEFAULT_MODEL, synth_report_path
+        own = synth_report_path(target, variant).name
+        why = (f"{own} holds that build, from before per-model reports" if variant == DEFAULT_MODEL
+               else f"{variant} has no {own} of its own")
+        row["fmax_note"] = (f"fmax of the {synth['model']} build on {target}: {why} (`make "
+                            f"bitstream TARGET={target} MODEL={variant}`); same generator, "
+                            f"assumed similar")
     return row
 
 
@@ -552,11 +575,12 @@ def print_table(fpga, baselines, ratios, log=print):
     log(f"{'device':28} {'variant':7} {'model':10} {'batch':>5} {'cycles':>10} "
         f"{'latency us':>11} {'us/inf':>10} {'inf/s':>10} {'E ops uJ':>9} {'E dev uJ':>9}  source")
     for r in fpga:
+        source = ("no fmax" if r["latency_us"] is None else "sim+synth" if "fmax_note" not in r
+                  else f"sim+synth of {r['fmax_model']}")    # another model's fmax
         log(f"{'FPGA ' + r['target']:28} {r['variant']:7} {'int':10} {1:>5} "
             f"{_fmt(r['cycles'], '{:.0f}'):>10} {_fmt(r['latency_us']):>11} "
             f"{_fmt(r['latency_us']):>10} {_fmt(r['inferences_per_s']):>10} "
-            f"{_fmt(r['energy_uj_ops']):>9} {_fmt(r['energy_uj_device']):>9}  "
-            f"{'sim+synth' if r['latency_us'] is not None else 'no fmax'}")
+            f"{_fmt(r['energy_uj_ops']):>9} {_fmt(r['energy_uj_device']):>9}  {source}")
     for r in baselines:
         dev = ("CPU " + r.get("device_name", "")[:24]) if r["device"] == "cpu" else r["device"]
         log(f"{dev[:28]:28} {r.get('variant', '-'):7} {r['model']:10} {r['batch']:>5} "
@@ -692,13 +716,6 @@ def run_bench(variants=VARIANTS, targets=TARGETS, reports=Path("build/reports"),
     reports = Path(reports)
     reports.mkdir(parents=True, exist_ok=True)
     missing = []
-    synth = {}
-    for target in targets:
-        rep, msg = load_synth_report(reports, target)
-        synth[target] = rep
-        if msg:
-            log(msg)
-            missing.append(msg)
     fpga, baselines, ops_by_variant = [], [], {}
     for variant in variants:
         art_path = Path(artifacts) / f"{variant}.json"
@@ -723,10 +740,13 @@ def run_bench(variants=VARIANTS, targets=TARGETS, reports=Path("build/reports"),
         ops_by_variant[variant] = ops
         for target in targets:
             tnotes = list(notes)
-            if synth[target] is None:
-                tnotes.append(f"no build/reports/synth-{target}.json (`make bitstream "
-                              f"TARGET={target}`): fmax unknown")
-            fpga.append(fpga_row(variant, target, sim, synth[target], ops, tnotes))
+            synth, msg = load_synth_report(reports, target, variant)
+            if msg:
+                tnotes.append(msg)
+                if msg not in missing:
+                    log(msg)
+                    missing.append(msg)
+            fpga.append(fpga_row(variant, target, sim, synth, ops, tnotes))
 
         ckpt = Path(checkpoints) / f"{variant}-int8.pt"
         if not ckpt.is_file():

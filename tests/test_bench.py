@@ -3,6 +3,7 @@
 Fast: no simulation, no synthesis, no real timing loops beyond a tiny model."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,6 +231,102 @@ def test_present_reports_are_read(tmp_path):
     (tmp_path / "synth-ecp5-85f.json").write_text(json.dumps({"fmax_mhz": 34.0}))
     assert bench.load_sim_report(tmp_path, "l1p")[1] is None
     assert bench.load_synth_report(tmp_path, "ecp5-85f")[0]["fmax_mhz"] == 34.0
+
+
+def _synth(reports, name, **record):
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / name).write_text(json.dumps(record))
+
+
+def test_each_variant_uses_its_own_synth_report(tmp_path):
+    _synth(tmp_path, "synth-ecp5-85f.json", fmax_mhz=60.0, model="l1p")
+    _synth(tmp_path, "synth-ecp5-85f-dsp.json", fmax_mhz=55.0, model="dsp")
+    sim = {"cycles_per_inference": {"mean": 1000.0, "min": 900, "max": 1100}}
+    rows = {}
+    for variant in ("l1p", "dsp", "dense"):
+        rep, msg = bench.load_synth_report(tmp_path, "ecp5-85f", variant)
+        assert msg is None
+        rows[variant] = bench.fpga_row(variant, "ecp5-85f", sim, rep, None, [])
+    assert [rows[v]["fmax_mhz"] for v in ("l1p", "dsp", "dense")] == [60.0, 55.0, 60.0]
+    assert rows["dsp"]["fmax_source"] == str(tmp_path / "synth-ecp5-85f-dsp.json")
+    assert rows["dsp"]["fmax_model"] == "dsp" and "fmax_note" not in rows["dsp"]
+    assert rows["dsp"]["latency_us"] == pytest.approx(1000.0 / 55.0)
+    assert rows["l1p"]["fmax_source"] == str(tmp_path / "synth-ecp5-85f.json")
+    assert "fmax_note" not in rows["l1p"]
+    # dense has no build of its own: the l1p fmax, flagged, with the command that would fix it
+    assert rows["dense"]["fmax_model"] == "l1p"
+    note = rows["dense"]["fmax_note"]
+    assert "fmax of the l1p build on ecp5-85f" in note and "synth-ecp5-85f-dense.json" in note
+    assert "make bitstream TARGET=ecp5-85f MODEL=dense" in note
+    # the default report is only ever the default model's: bench does not read synth-*-l1p.json
+    _synth(tmp_path, "synth-ecp5-85f-l1p.json", fmax_mhz=1.0, model="l1p")
+    assert bench.load_synth_report(tmp_path, "ecp5-85f", "l1p")[0]["fmax_mhz"] == 60.0
+
+
+def test_a_synth_report_written_before_per_model_reports_is_flagged(tmp_path):
+    # `make bitstream MODEL=dsp` used to overwrite synth-<target>.json
+    _synth(tmp_path, "synth-ice40-up5k.json", fmax_mhz=30.0, model="dsp")
+    l1p = bench.fpga_row("l1p", "ice40-up5k", None,
+                         bench.load_synth_report(tmp_path, "ice40-up5k", "l1p")[0], None, [])
+    dsp = bench.fpga_row("dsp", "ice40-up5k", None,
+                         bench.load_synth_report(tmp_path, "ice40-up5k", "dsp")[0], None, [])
+    assert l1p["fmax_note"] == ("fmax of the dsp build on ice40-up5k: synth-ice40-up5k.json "
+                                "holds that build, from before per-model reports (`make bitstream "
+                                "TARGET=ice40-up5k MODEL=l1p`); same generator, assumed similar")
+    assert "fmax_note" not in dsp and dsp["fmax_mhz"] == 30.0
+
+
+def test_a_broken_variant_synth_report_is_reported_not_replaced(tmp_path):
+    _synth(tmp_path, "synth-ecp5-85f.json", fmax_mhz=60.0, model="l1p")
+    (tmp_path / "synth-ecp5-85f-dsp.json").write_text("{not json")
+    rep, msg = bench.load_synth_report(tmp_path, "ecp5-85f", "dsp")
+    assert rep is None and "synth-ecp5-85f-dsp.json" in msg
+    assert "rerun `make bitstream TARGET=ecp5-85f MODEL=dsp`" in msg and "\n" not in msg
+    _synth(tmp_path, "synth-ecp5-85f-dsp.json", fmax_mhz=None, model="dsp")
+    rep, msg = bench.load_synth_report(tmp_path, "ecp5-85f", "dsp")
+    assert rep is None and "has no fmax_mhz" in msg and "MODEL=dsp" in msg
+    # neither report: the message names both ways to get an fmax
+    rep, msg = bench.load_synth_report(tmp_path / "none", "ecp5-85f", "dense")
+    assert rep is None and "synth-ecp5-85f.json" in msg
+    assert "`make bitstream TARGET=ecp5-85f`" in msg and "MODEL=dense` for dense's own" in msg
+
+
+def test_make_bitstream_of_another_model_keeps_the_default_report(root, tmp_path, monkeypatch):
+    """hw.board.build's default paths, then bench reading them: the dsp build goes to its own
+    report and folder; synth-<target>.json and build/<target>/ stay the l1p build's."""
+    import warnings
+    from amaranth.hdl import UnusedElaboratable
+    from hw import board, synth
+    from model.artifact import save_artifact
+    art = tiny_artifact("l1p", root)
+    for name in ("l1p", "dsp"):                       # the name is the model, not the weights
+        save_artifact(art, tmp_path / "artifacts" / name)
+    built = []
+
+    def fake_build(top, target, out_dir, clock_mhz, *, name):
+        built.append(Path(out_dir))
+        return {"target": target, "board": "ulx3s-85f", "lut": 1, "ff": 2, "bram": 3,
+                "spram": 0, "dsp": 4, "fmax_mhz": 50.0 + len(built),
+                "bitstream": f"{out_dir}/top.bit", "sha256": "0" * 64}
+
+    monkeypatch.setattr(synth, "build_bitstream", fake_build)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)   # the fake never elaborates
+        board.build("ecp5-85f", tmp_path / "artifacts" / "l1p.json")
+        board.build("ecp5-85f", tmp_path / "artifacts" / "dsp.json")
+    assert built == [Path("build/ecp5-85f"), Path("build/ecp5-85f-dsp")]
+    reports = tmp_path / "build" / "reports"
+    default = json.loads((reports / "synth-ecp5-85f.json").read_text())
+    dsp = json.loads((reports / "synth-ecp5-85f-dsp.json").read_text())
+    assert (default["model"], default["fmax_mhz"], default["bitstream"]) == \
+        ("l1p", 51.0, "build/ecp5-85f/top.bit")
+    assert (dsp["model"], dsp["fmax_mhz"], dsp["bitstream"]) == \
+        ("dsp", 52.0, "build/ecp5-85f-dsp/top.bit")
+    assert sorted(p.name for p in reports.iterdir()) == ["synth-ecp5-85f-dsp.json",
+                                                         "synth-ecp5-85f.json"]
+    assert bench.load_synth_report(reports, "ecp5-85f", "dsp")[0]["fmax_mhz"] == 52.0
+    assert bench.load_synth_report(reports, "ecp5-85f", "l1p")[0]["fmax_mhz"] == 51.0
 
 
 # ---- bench.json keys ------------------------------------------------------------------------------
