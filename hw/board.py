@@ -47,7 +47,7 @@ missed timing print one line and exit 2, leaving no new bitstream and no report.
 ``synth-<target>.json`` and ``build/<target>/`` belong to the default model
 (:data:`DEFAULT_MODEL`, ``make bitstream``'s ``MODEL`` default); any other artifact ``<model>``
 (its file name without ``.json``) gets ``synth-<target>-<model>.json`` and
-``build/<target>-<model>/`` (:func:`synth_report_path`, :func:`bitstream_dir`), so building it
+``build/<target>-<model>/`` (``hw/paths.py``), so building it
 neither overwrites the default model's report nor leaves that report describing another model's
 bitstream. Every report names its model under ``"model"``.
 """
@@ -71,17 +71,16 @@ from amaranth.lib.wiring import In, Out
 from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode
 from hw.accelerator import Accelerator
 from hw.link import FrameEventKind, FrameReceiver, FrameSender
+from hw.paths import DEFAULT_MODEL, bitstream_dir, synth_report_path
 from hw.uart import UARTRx, UARTTx, uart_divisor
 
-__all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "DEFAULT_MODEL", "BoardTop", "PllConfig",
-           "bitstream_dir", "ecp5_pll", "ice40_pll", "main", "synth_report_path"]
+__all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
+           "ice40_pll", "main"]
 
 #: Verilog module name of the board top in simulation.
 BOARD_TOP_NAME = "stforge_board"
 #: The clock ``make bitstream`` asks for, per target (MHz).
 DEFAULT_CLOCK_MHZ = {"ice40-up5k": 24.0, "ecp5-85f": 50.0}
-#: The model whose build owns ``synth-<target>.json`` (the Makefile's ``MODEL ?= l1p``).
-DEFAULT_MODEL = "l1p"
 DEFAULT_BAUD = 115200
 #: Inter-byte timeout of a frame (seconds): USB-serial adapters pause between USB packets.
 DEFAULT_FRAME_TIMEOUT = 0.02
@@ -544,26 +543,12 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def synth_report_path(target: str, model: str, reports="build/reports") -> Path:
-    """``<reports>/synth-<target>.json`` for :data:`DEFAULT_MODEL`, else
-    ``<reports>/synth-<target>-<model>.json``: where ``make bitstream`` writes its report."""
-    name = f"synth-{target}" if model == DEFAULT_MODEL else f"synth-{target}-{model}"
-    return Path(reports) / f"{name}.json"
-
-
-def bitstream_dir(target: str, model: str, build_root="build") -> Path:
-    """``<build_root>/<target>`` for :data:`DEFAULT_MODEL`, else
-    ``<build_root>/<target>-<model>``: where ``make bitstream`` puts the bitstream (the one the
-    report's ``"bitstream"`` names) and the build logs."""
-    return Path(build_root) / (target if model == DEFAULT_MODEL else f"{target}-{model}")
-
-
 def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True, out_dir=None,
           report_path=None) -> dict:
     """Build the board bitstream of an artifact for ``target``; returns the report record.
 
-    By default the bitstream goes to :func:`bitstream_dir` and the report to
-    :func:`synth_report_path` of the artifact's model (its file name without ``.json``)."""
+    By default the bitstream goes to ``hw.paths.bitstream_dir`` and the report to
+    ``hw.paths.synth_report_path`` of the artifact's model (its file name without ``.json``)."""
     from hw.synth import TimingError, build_bitstream, get_target
     from model.artifact import load_artifact
     from model.errors import StforgeError
