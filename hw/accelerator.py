@@ -12,10 +12,11 @@ multiplier exist once, not once per layer:
     attention      Q/K/V row reader -> SpikingAttention -> SlifNeuronArray -> collector
     head           feature sums over steps and tokens -> serial MAC per class -> logits, argmax
 
-Values. Every neuron node's output lives in its own memory, one word per (time step, token), bit
-c = channel c. `add` and `to_tokens` nodes cost nothing: a value is a multiset of neuron outputs
-(a residual is read as the sum of its sources' bits at the same address). Conv outputs are
-tokens already (position y * W + x, after pooling).
+Values. Every neuron node's output is one word per (time step, token), bit c = channel c, in
+one wide value bank shared by all of them (`_ValueStore`: values read together sit side by side
+at one base address, so one read serves them all). `add` and `to_tokens` nodes cost nothing: a
+value is a multiset of neuron outputs (a residual is read as the sum of its sources' bits at the
+same address). Conv outputs are tokens already (position y * W + x, after pooling).
 
 Loop order. conv/matmul stages run tokens outer, time steps inner: a neuron's membrane only
 lives across the time steps of its token, so each neuron array holds one membrane per channel.
@@ -142,22 +143,9 @@ class Accelerator(wiring.Component):
             image_w.data.eq(self.pixels.payload << (load_c * self.pixel_bits)),
         ]
 
-        # ---- value memories, one per neuron node; read address muxed by the active stage
-        mem_r, mem_w, read_addr = {}, {}, {}
-        for node in self.stages:
-            name = node["name"]
-            shape, depth = unsigned(self.channels[name]), T * self.positions[name]
-            mem = Memory(shape=shape, depth=depth, init=[],
-                         attrs=block_ram_attrs(shape, depth))
-            m.submodules[f"value_{_ident(name)}"] = mem
-            mem_w[name] = mem.write_port()
-            mem_r[name] = mem.read_port()
-            read_addr[name] = {}
-
-        def read(stage_id: int, value: str, addr):
-            """Drive the read address of every memory behind `value` while `stage_id` runs."""
-            for src in set(self.sources[value]):
-                read_addr[src][stage_id] = addr
+        # ---- value storage: proxies now, memories placed once every read is known
+        store = _ValueStore(self)
+        mem_r, mem_w, read = store.r, store.w, store.read
 
         def counts(value: str):
             """Per-channel counts of `value` from the read data of its source memories."""
@@ -208,12 +196,8 @@ class Accelerator(wiring.Component):
         logits_mem, best_cls = self._head_stage(m, stage_count + 1, head_start, head_done,
                                                 read, counts)
 
-        # every stage has registered its reads: mux each memory's address by the active stage
-        for name, per_stage in read_addr.items():
-            with m.Switch(active):
-                for sid, addr in per_stage.items():
-                    with m.Case(sid):
-                        m.d.comb += mem_r[name].addr.eq(addr)
+        # every stage has registered its reads: place the values, mux addresses by stage
+        store.build(m, active)
 
         # ---- top sequencer
         out_k = Signal(range(self.classes + 1))
@@ -782,6 +766,143 @@ class Accelerator(wiring.Component):
                 m.next = "IDLE"
         logits_array = _SignalArray(m, logits, lbits)
         return logits_array, best_cls
+
+
+class _ValueStore:
+    """Where the values (neuron outputs) live: one wide bank for most, own memories for some.
+
+    While the stages are built they see per-value proxies: ``r[v].data`` (read data, one cycle
+    after the address) and ``w[v]`` (``addr``, ``data``, ``en``), and register each read with
+    `read(stage, value, addr)`. `build` then places the values. Small values in memories of
+    their own waste most of each block RAM (a 64 x 32 value fills a quarter of two iCE40
+    EBRs), so they share one bank whose word is as wide as the widest group of values read
+    together (a residual's sources; attention's Q, K, V): each group sits at one base address
+    in lanes side by side, so one bank read serves the whole group, and groups are packed into
+    the lanes first-fit (widest first). The write port has one enable per lane (granularity:
+    the gcd of the widths), so writing one value leaves its neighbours alone. A value that its
+    own stage reads back at another address than the stage's input (a pooled conv's partial
+    OR) keeps a memory of its own, since the bank has one read port. Timing is that of
+    separate memories: one read and one write per cycle, read data one cycle later.
+    """
+
+    def __init__(self, acc: "Accelerator"):
+        self.acc = acc
+        self.r, self.w, self.reads, self.depth = {}, {}, {}, {}
+        for node in acc.stages:
+            name, ident = node["name"], _ident(node["name"])
+            width, depth = acc.channels[name], acc.T * acc.positions[name]
+            self.depth[name] = depth
+            self.r[name] = SimpleNamespace(data=Signal(width, name=f"{ident}_rdata"))
+            self.w[name] = SimpleNamespace(addr=Signal(range(depth), name=f"{ident}_waddr"),
+                                           data=Signal(width, name=f"{ident}_wdata"),
+                                           en=Signal(name=f"{ident}_wen"))
+
+    def read(self, stage_id: int, value: str, addr) -> None:
+        """Read `value` (every memory behind it) at `addr` while stage `stage_id` runs."""
+        for src in self.acc.sources[value]:
+            self.reads.setdefault(stage_id, {})[src] = addr
+
+    def plan(self) -> tuple[dict, dict, int, int]:
+        """({value: (base, lane offset)} of the bank, {stage: base}, bank width, granularity);
+        values not in the first dict get memories of their own."""
+        widths = self.acc.channels
+        own = set()
+        names = {sid: node["name"] for sid, node in enumerate(self.acc.stages, start=1)}
+        for sid, per in self.reads.items():
+            by_addr = {}
+            for src, addr in per.items():
+                by_addr.setdefault(id(addr), []).append(src)
+            if len(by_addr) > 1:        # read back at a second address: its own memory
+                extra = [srcs for srcs in by_addr.values() if names.get(sid) in srcs]
+                for srcs in extra or list(by_addr.values())[1:]:
+                    own.update(srcs)
+        banked = [v for v in widths if v not in own]
+        # groups: values some stage reads together (union-find over each stage's reads)
+        parent = {v: v for v in banked}
+
+        def find(v):
+            while parent[v] != v:
+                parent[v] = parent[parent[v]]
+                v = parent[v]
+            return v
+        for per in self.reads.values():
+            together = [src for src in per if src in parent]
+            for other in together[1:]:
+                parent[find(other)] = find(together[0])
+        groups = {}
+        for v in banked:
+            groups.setdefault(find(v), []).append(v)
+        if not groups:
+            return {}, {}, 0, 0
+        group_width = {g: sum(widths[v] for v in vs) for g, vs in groups.items()}
+        width = max(group_width.values())
+        bins = []                       # [lanes used, depth, [groups]]
+        for g in sorted(groups, key=lambda g: (-group_width[g], g)):
+            depth = max(self.depth[v] for v in groups[g])
+            for b in bins:
+                if b[0] + group_width[g] <= width:
+                    break
+            else:
+                b = [0, 0, []]
+                bins.append(b)
+            b[2].append((g, b[0]))
+            b[0] += group_width[g]
+            b[1] = max(b[1], depth)
+        place, base = {}, 0
+        for used, depth, members in bins:
+            for g, lane in members:
+                for v in groups[g]:
+                    place[v] = (base, lane)
+                    lane += widths[v]
+            base += depth
+        stage_base = {}
+        for sid, per in self.reads.items():
+            bases = {place[src][0] for src in per if src in place}
+            if len(bases) > 1:
+                raise AssertionError(f"stage {sid} reads the value bank at two bases")
+            if bases:
+                stage_base[sid] = bases.pop()
+        granularity = int(np.gcd.reduce([widths[v] for v in place]))
+        return place, stage_base, width, granularity
+
+    def build(self, m: Module, active: Signal) -> None:
+        acc, widths = self.acc, self.acc.channels
+        place, stage_base, width, granularity = self.plan()
+        if place:
+            depth = max(base + self.depth[v] for v, (base, _) in place.items())
+            shape = unsigned(width)
+            m.submodules.values = bank = Memory(shape=shape, depth=depth, init=[],
+                                                attrs=block_ram_attrs(shape, depth))
+            bank_w = bank.write_port(granularity=granularity)
+            bank_r = bank.read_port()
+            for v, (base, lane) in place.items():
+                w, lanes = self.w[v], widths[v] // granularity
+                m.d.comb += self.r[v].data.eq(bank_r.data[lane:lane + widths[v]])
+                with m.If(w.en):
+                    m.d.comb += [bank_w.addr.eq(base + w.addr),
+                                 bank_w.data.eq(w.data << lane),
+                                 bank_w.en.eq(((1 << lanes) - 1) << (lane // granularity))]
+            with m.Switch(active):
+                for sid, per in self.reads.items():
+                    addrs = [addr for src, addr in per.items() if src in place]
+                    if addrs:
+                        with m.Case(sid):
+                            m.d.comb += bank_r.addr.eq(stage_base[sid] + addrs[0])
+        for v in widths:
+            if v in place:
+                continue
+            shape, depth = unsigned(widths[v]), self.depth[v]
+            mem = Memory(shape=shape, depth=depth, init=[], attrs=block_ram_attrs(shape, depth))
+            m.submodules[f"value_{_ident(v)}"] = mem
+            wp, rp = mem.write_port(), mem.read_port()
+            w = self.w[v]
+            m.d.comb += [wp.addr.eq(w.addr), wp.data.eq(w.data), wp.en.eq(w.en),
+                         self.r[v].data.eq(rp.data)]
+            with m.Switch(active):
+                for sid, per in self.reads.items():
+                    if v in per:
+                        with m.Case(sid):
+                            m.d.comb += rp.addr.eq(per[v])
 
 
 class _SharedUnits:

@@ -140,3 +140,51 @@ def test_trace_off_has_no_trace_port(root):
     dut = Accelerator(art, trace=False)
     assert not hasattr(dut, "trace")
     assert dut.classes == art.node("head")["classes"]
+
+
+def _value_plan(art):
+    """The value store's placement after elaboration: (place, stage bases, width, gran, store)."""
+    from amaranth.hdl import Fragment
+
+    from hw import accelerator
+    seen = {}
+    original = accelerator._ValueStore.build
+
+    def spy(store, m, active):
+        seen["store"] = store
+        return original(store, m, active)
+    accelerator._ValueStore.build = spy
+    try:
+        Fragment.get(Accelerator(art), None)
+    finally:
+        accelerator._ValueStore.build = original
+    store = seen["store"]
+    return (*store.plan(), store)
+
+
+@pytest.mark.parametrize("kind", ["l1p", "l1p16"])
+def test_value_bank_placement(kind, root):
+    """Values read together share one base in disjoint lanes; lanes never overlap within a
+    word; a pooled conv that reads its own output back (tiny l1p: stem1) keeps its own memory;
+    every stage's bank reads use one base."""
+    art = tiny_artifact(kind, root)
+    place, stage_base, width, gran, store = _value_plan(art)
+    widths = {n["name"]: (n.get("out_channels") or n.get("out_features") or n.get("dim"))
+              for n in art.nodes if n["op"] in ("conv", "matmul", "attention")}
+    words = {}
+    for v, (base, lane) in place.items():
+        assert lane % gran == 0 and widths[v] % gran == 0 and lane + widths[v] <= width
+        for a in range(base, base + store.depth[v]):
+            for bit in range(lane, lane + widths[v]):
+                assert (a, bit) not in words, f"{v} overlaps {words[(a, bit)]}"
+                words[(a, bit)] = v
+    for sid, per in store.reads.items():
+        bases = {place[src][0] for src in per if src in place}
+        assert len(bases) <= 1
+    pooled_readback = {n["name"] for n in art.nodes if n["op"] == "conv" and n["pool"]
+                       and n["inputs"][0] != "input"}
+    assert pooled_readback == ({"stem1"} if kind == "l1p" else set())
+    assert pooled_readback.isdisjoint(place)
+    assert set(place) | pooled_readback == set(widths)
+    attn = next(n for n in art.nodes if n["op"] == "attention")
+    assert len({place[v][0] for v in attn["inputs"]}) == 1          # Q, K, V: one read
