@@ -2,8 +2,9 @@
 
 One stage per artifact node that ends in a neuron, run one after the other by a static sequencer
 (the model is known at generation time, so the schedule is unrolled into the top FSM). Each
-stage has its own small issue FSM and spike collector; the expensive units are shared
-(`_SharedUnits`): one SparseMatmulEngine holds every conv and CSC matmul side by side and one
+stage has its own small issue FSM; everything else is shared, since only one stage runs at a
+time: one spike collector (`_collector`) and one cycle counter serve every stage, and
+(`_SharedUnits`) one SparseMatmulEngine holds every conv and CSC matmul side by side and one
 SlifNeuronArray every conv/matmul stage's channels, so their memories and the neuron's
 multiplier exist once, not once per layer:
 
@@ -175,21 +176,23 @@ class Accelerator(wiring.Component):
 
         stage_start = [Signal(name=f"start_{_ident(n['name'])}") for n in self.stages]
         stage_done = [Signal(name=f"done_{_ident(n['name'])}") for n in self.stages]
-        trace_drivers = []
+        # the stages share one cycle counter (each restarts it) and one spike collector
+        run_cycles = Signal(CYCLE_BITS, name="stage_cycles")
+        stage_busy = [Signal(name=f"busy_{_ident(n['name'])}") for n in self.stages]
+        with m.If(_or_all(stage_busy)):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+        users = {}
         for sid, node in enumerate(self.stages, start=1):
+            args = (m, sid, node, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1],
+                    run_cycles)
             if node["op"] == "attention":
-                drv = self._attention_stage(m, sid, node, stage_start[sid - 1],
-                                            stage_done[sid - 1], mem_r, mem_w, read, trace_ready)
+                users[sid] = self._attention_stage(*args, mem_r, read)
             else:
-                drv = self._engine_stage(m, sid, node, stage_start[sid - 1], stage_done[sid - 1],
-                                         mem_r, mem_w, read, counts, image_r, trace_ready,
-                                         shared)
-            trace_drivers.append((sid, drv))
+                users[sid] = self._engine_stage(*args, read, counts, image_r, shared)
         shared.connect(m, active)
-        with m.Switch(active):
-            for sid, (valid, payload) in trace_drivers:
-                with m.Case(sid):
-                    m.d.comb += [trace_valid.eq(valid), trace_payload.eq(payload)]
+        valid, payload = self._collector(m, active, users, mem_r, mem_w, read, run_cycles,
+                                         trace_ready, _or_all(stage_start))
+        m.d.comb += [trace_valid.eq(valid), trace_payload.eq(payload)]
 
         # ---- head: feature sums, then serial MAC per class
         head_start, head_done = Signal(), Signal()
@@ -253,8 +256,10 @@ class Accelerator(wiring.Component):
 
     # ---- conv / matmul stage -----------------------------------------------------------------
 
-    def _engine_stage(self, m, sid, node, start, done, mem_r, mem_w, read, counts, image_r,
-                      trace_ready, shared):
+    def _engine_stage(self, m, sid, node, start, done, busy, run_cycles, read, counts, image_r,
+                      shared):
+        """A conv or matmul stage: its issue FSM (and, for the static first conv, the replay
+        feeder) on the shared engine and neuron array. Returns its collector user."""
         a, T = self.artifact, self.T
         name, ident = node["name"], _ident(node["name"])
         widths = node["widths"]
@@ -290,10 +295,6 @@ class Accelerator(wiring.Component):
         tap = Signal(range(10), name=f"{ident}_tap")
         mask = Signal(max(self.in_c if from_image else self.channels[self.sources[src][0]], 1),
                       name=f"{ident}_mask")
-        run_cycles = Signal(CYCLE_BITS, name=f"{ident}_cycles")
-        busy = Signal(name=f"{ident}_busy")
-        with m.If(busy):
-            m.d.sync += run_cycles.eq(run_cycles + 1)
 
         # source reads: address of (step, position) of the tap's neighbour
         dy = Signal(signed(3), name=f"{ident}_dy")
@@ -463,115 +464,157 @@ class Accelerator(wiring.Component):
                 with m.If(~busy):       # the collector finishes the stage
                     m.next = "IDLE"
 
-        return self._collector(m, sid, node, neuron, mem_r, mem_w, read, done, busy, run_cycles,
-                               trace_ready, tokens_outer=True, h=h, wd=wd)
+        return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, tokens_outer=True,
+                               h=h, wd=wd)
 
-    # ---- spike collector -------------------------------------------------------------------
+    # ---- spike collector (one for all stages) ----------------------------------------------
 
-    def _collector(self, m, sid, node, neuron, mem_r, mem_w, read, done, busy, run_cycles,
-                   trace_ready, tokens_outer, h, wd):
-        """Gather one spike per channel into a vector; a writer then stores it (OR-pooled for
+    def _collector(self, m, active, users, mem_r, mem_w, read, run_cycles, trace_ready,
+                   starting):
+        """The one spike collector: the stages run one after the other, so they take turns on
+        it (`users`: {stage id: SimpleNamespace(node, o, busy, done, tokens_outer, h, wd)}; the
+        active stage's neuron output stream, constants and value memory are switched in).
+
+        It gathers one spike per channel into a vector; a writer then stores it (OR-pooled for
         pooled convs) and traces it while the next vector is already being gathered; after the
         last vector the writer finishes the stage (plus the layer-cycles record).
 
         The gather side always takes the neuron's outputs, except a vector's last channel
         while the writer is still busy with the previous vector (2 cycles: WRITE, TRACE; pooled
-        3 or 4: READ_OLD, MERGE, WRITE_POOLED and, for a cell's last position, TRACE)."""
+        3 or 4: READ_OLD, MERGE, WRITE_POOLED and, for a cell's last position, TRACE). Returns
+        the trace stream's (valid, payload)."""
         T = self.T
-        name, ident = node["name"], _ident(node["name"])
-        c_out = self.channels[name]
-        pool = node["op"] == "conv" and node["pool"]
-        out_positions = self.positions[name]
-        tokens = h * wd if node["op"] == "conv" else self.N
-        vec = Signal(c_out, name=f"{ident}_vec")
-        got = Signal(range(c_out + 1), name=f"{ident}_got")
-        # gather-side position of the vector being gathered
-        c_step = Signal(range(T), name=f"{ident}_c_step")
-        c_tok = Signal(range(tokens), name=f"{ident}_c_tok")
-        cy = Signal(range(h), name=f"{ident}_cy")
-        cx = Signal(range(wd), name=f"{ident}_cx")
-        # writer-side copy: the vector being written and where
-        w_step = Signal(range(T), name=f"{ident}_w_step")
-        w_tok = Signal(range(tokens), name=f"{ident}_w_tok")
-        w_cy = Signal(range(h), name=f"{ident}_w_cy")
-        w_cx = Signal(range(wd), name=f"{ident}_w_cx")
-        w_last = Signal(name=f"{ident}_w_last")
+        names = {sid: u.node["name"] for sid, u in users.items()}
+        width = max(self.channels[n] for n in names.values())
+        tokens_of = {sid: u.h * u.wd for sid, u in users.items()}
+        max_tokens = max(tokens_of.values())
+        max_h = max(u.h for u in users.values())
+        max_wd = max(u.wd for u in users.values())
+        any_pool = any(u.node["op"] == "conv" and u.node["pool"] for u in users.values())
 
-        if pool:
-            out_pos = (w_cy >> 1) * (wd // 2) + (w_cx >> 1)
-            first_in_cell = (w_cy[0] == 0) & (w_cx[0] == 0)
-            last_in_cell = (w_cy[0] == 1) & (w_cx[0] == 1)
-        else:
-            out_pos = w_tok
-            first_in_cell = Const(1)
-            last_in_cell = Const(1)
-        out_addr = w_step * out_positions + out_pos
-        word = Signal(c_out, name=f"{ident}_word")
-        trace_valid = Signal(name=f"{ident}_trace_valid")
-        trace_payload = Signal(self.trace_layout, name=f"{ident}_trace")
-        wp = mem_w[name]
-        n_index = self.node_index[name]
+        # the active stage's constants and neuron output
+        last_ch = Signal(range(width), name="col_last_channel")
+        tok_last = Signal(range(max_tokens), name="col_last_token")
+        wd_last = Signal(range(max_wd), name="col_last_x")
+        tokens_outer = Signal(name="col_tokens_outer")
+        pool = Signal(name="col_pool")
+        n_index = Signal(8, name="col_node")
+        o_valid, o_ready = Signal(name="col_valid"), Signal(name="col_ready")
+        o_spike = Signal(name="col_spike")
+        o_channel = Signal(range(width), name="col_channel")
+        with m.Switch(active):
+            for sid, u in users.items():
+                name = names[sid]
+                with m.Case(sid):
+                    m.d.comb += [
+                        last_ch.eq(self.channels[name] - 1), tok_last.eq(tokens_of[sid] - 1),
+                        wd_last.eq(u.wd - 1), tokens_outer.eq(u.tokens_outer),
+                        pool.eq(u.node["op"] == "conv" and bool(u.node["pool"])),
+                        n_index.eq(self.node_index[name]),
+                        o_valid.eq(u.o.valid), u.o.ready.eq(o_ready),
+                        o_spike.eq(u.o.payload.spike), o_channel.eq(u.o.payload.channel)]
+
+        vec = Signal(width, name="col_vec")
+        got = Signal(range(width + 1), name="col_got")
+        # gather-side position of the vector being gathered
+        c_step = Signal(range(T), name="col_step")
+        c_tok = Signal(range(max_tokens + 1), name="col_tok")
+        cy = Signal(range(max_h + 1), name="col_y")
+        cx = Signal(range(max_wd), name="col_x")
+        # writer-side copy: the vector being written and where
+        w_step = Signal(range(T), name="col_w_step")
+        w_tok = Signal(range(max_tokens + 1), name="col_w_tok")
+        w_cy = Signal(range(max_h + 1), name="col_w_y")
+        w_cx = Signal(range(max_wd), name="col_w_x")
+        w_last = Signal(name="col_w_last")
+        word = Signal(width, name="col_word")
+        old = Signal(width, name="col_old")            # a pooled cell's partial OR
+        write = Signal(name="col_write")
+        out_pos = Signal(16, name="col_out_pos")
+        out_addr = Signal(range(max(T * self.positions[n] for n in names.values())),
+                          name="col_out_addr")
+        first_in_cell, last_in_cell = Signal(name="col_first_in_cell"), Signal(name="col_last_in_cell")
+        with m.Switch(active):
+            for sid, u in users.items():
+                name = names[sid]
+                with m.Case(sid):
+                    if u.node["op"] == "conv" and u.node["pool"]:
+                        pos = (w_cy >> 1) * (u.wd // 2) + (w_cx >> 1)
+                        m.d.comb += [first_in_cell.eq((w_cy[0] == 0) & (w_cx[0] == 0)),
+                                     last_in_cell.eq((w_cy[0] == 1) & (w_cx[0] == 1)),
+                                     old.eq(mem_r[name].data)]
+                        read(sid, name, out_addr)
+                    else:
+                        pos = w_tok
+                        m.d.comb += [first_in_cell.eq(1), last_in_cell.eq(1)]
+                    m.d.comb += [out_pos.eq(pos),
+                                 out_addr.eq(w_step * self.positions[name] + pos)]
+                    wp = mem_w[name]
+                    m.d.comb += [wp.addr.eq(out_addr), wp.data.eq(word), wp.en.eq(write)]
+        trace_valid = Signal(name="col_trace_valid")
+        trace_payload = Signal(self.trace_layout, name="col_trace")
 
         def advance():
-            if tokens_outer:
+            with m.If(tokens_outer):
                 with m.If(c_step == T - 1):
                     m.d.sync += c_step.eq(0)
                     m.d.sync += c_tok.eq(c_tok + 1)
-                    with m.If(cx == wd - 1):
+                    with m.If(cx == wd_last):
                         m.d.sync += [cx.eq(0), cy.eq(cy + 1)]
                     with m.Else():
                         m.d.sync += cx.eq(cx + 1)
                 with m.Else():
                     m.d.sync += c_step.eq(c_step + 1)
-            else:
-                with m.If(c_tok == tokens - 1):
+            with m.Else():
+                with m.If(c_tok == tok_last):
                     m.d.sync += [c_tok.eq(0), c_step.eq(c_step + 1)]
                 with m.Else():
                     m.d.sync += c_tok.eq(c_tok + 1)
 
-        last_vector = (c_step == T - 1) & (c_tok == tokens - 1)
-        writer_busy = Signal(name=f"{ident}_writer_busy")
-        last_channel = got == c_out - 1
-        m.d.comb += neuron.o.ready.eq(~(last_channel & writer_busy))
-        with m.If(neuron.o.valid & neuron.o.ready):
-            spike_vec = vec | (neuron.o.payload.spike << neuron.o.payload.channel)
+        last_vector = (c_step == T - 1) & (c_tok == tok_last)
+        writer_busy = Signal(name="col_writer_busy")
+        last_channel = got == last_ch
+        m.d.comb += o_ready.eq(~(last_channel & writer_busy))
+        with m.If(o_valid & o_ready):
+            spike_vec = vec | (o_spike << o_channel)
             with m.If(last_channel):
                 m.d.sync += [vec.eq(0), got.eq(0), word.eq(spike_vec), w_step.eq(c_step),
                              w_tok.eq(c_tok), w_cy.eq(cy), w_cx.eq(cx), w_last.eq(last_vector)]
                 advance()
             with m.Else():
                 m.d.sync += [vec.eq(spike_vec), got.eq(got + 1)]
-        with m.If(~busy):
+        with m.If(starting):
             m.d.sync += [got.eq(0), vec.eq(0), c_step.eq(0), c_tok.eq(0), cy.eq(0), cx.eq(0)]
 
-        with m.FSM(name=f"{ident}_write"):
+        with m.FSM(name="collector_write"):
             with m.State("IDLE"):
-                with m.If(neuron.o.valid & neuron.o.ready & last_channel):
-                    m.next = "READ_OLD" if pool else "WRITE"
-            if pool:
+                with m.If(o_valid & o_ready & last_channel):
+                    if any_pool:
+                        with m.If(pool):
+                            m.next = "READ_OLD"
+                        with m.Else():
+                            m.next = "WRITE"
+                    else:
+                        m.next = "WRITE"
+            if any_pool:
                 with m.State("READ_OLD"):
                     m.d.comb += writer_busy.eq(1)
-                    read(sid, name, out_addr)     # the pooled cell's partial OR
                     m.next = "MERGE"
                 with m.State("MERGE"):
                     m.d.comb += writer_busy.eq(1)
-                    read(sid, name, out_addr)
-                    m.d.sync += word.eq(Mux(first_in_cell, word, word | mem_r[name].data))
+                    m.d.sync += word.eq(Mux(first_in_cell, word, word | old))
                     m.next = "WRITE_POOLED"
                 with m.State("WRITE_POOLED"):
-                    m.d.comb += [writer_busy.eq(1),
-                                 wp.addr.eq(out_addr), wp.data.eq(word), wp.en.eq(1)]
+                    m.d.comb += [writer_busy.eq(1), write.eq(1)]
                     with m.If(last_in_cell):
                         m.next = "TRACE"
                     with m.Elif(w_last):
                         m.next = "CYCLES"
                     with m.Else():
                         m.next = "IDLE"
-            else:
-                with m.State("WRITE"):
-                    m.d.comb += [writer_busy.eq(1),
-                                 wp.addr.eq(out_addr), wp.data.eq(word), wp.en.eq(1)]
-                    m.next = "TRACE"
+            with m.State("WRITE"):
+                m.d.comb += [writer_busy.eq(1), write.eq(1)]
+                m.next = "TRACE"
             with m.State("TRACE"):
                 m.d.comb += [writer_busy.eq(1), trace_valid.eq(1),
                              trace_payload.kind.eq(TRACE_SPIKES),
@@ -590,14 +633,19 @@ class Accelerator(wiring.Component):
                              trace_payload.node.eq(n_index),
                              trace_payload.data.eq(run_cycles)]
                 with m.If(trace_ready):
-                    m.d.comb += done.eq(1)
-                    m.d.sync += busy.eq(0)
+                    with m.Switch(active):
+                        for sid, u in users.items():
+                            with m.Case(sid):
+                                m.d.comb += u.done.eq(1)
+                                m.d.sync += u.busy.eq(0)
                     m.next = "IDLE"
         return trace_valid, trace_payload
 
     # ---- attention stage --------------------------------------------------------------------
 
-    def _attention_stage(self, m, sid, node, start, done, mem_r, mem_w, read, trace_ready):
+    def _attention_stage(self, m, sid, node, start, done, busy, run_cycles, mem_r, read):
+        """The attention stage: Q/K/V row reader, SpikingAttention and its own neuron array
+        (time steps outer: tokens x channels membranes). Returns its collector user."""
         a, T, N = self.artifact, self.T, self.N
         name, ident = node["name"], _ident(node["name"])
         widths = node["widths"]
@@ -611,10 +659,6 @@ class Accelerator(wiring.Component):
         m.submodules[f"neuron_{ident}"] = neuron
         step = Signal(range(T), name=f"{ident}_step")
         token = Signal(range(N), name=f"{ident}_token")
-        busy = Signal(name=f"{ident}_busy")
-        run_cycles = Signal(CYCLE_BITS, name=f"{ident}_cycles")
-        with m.If(busy):
-            m.d.sync += run_cycles.eq(run_cycles + 1)
         addr = step * N + token
         for src in (q_name, k_name, v_name):
             read(sid, src, addr)
@@ -658,8 +702,8 @@ class Accelerator(wiring.Component):
             with m.State("DRAIN"):
                 with m.If(~busy):
                     m.next = "IDLE"
-        return self._collector(m, sid, node, neuron, mem_r, mem_w, read, done, busy,
-                               run_cycles, trace_ready, tokens_outer=False, h=1, wd=N)
+        return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, tokens_outer=False,
+                               h=1, wd=N)
 
     # ---- head -------------------------------------------------------------------------------
 
