@@ -5,12 +5,13 @@ One stage per artifact node that ends in a neuron, run one after the other by a 
 stage has its own small issue FSM; everything else is shared, since only one stage runs at a
 time: one spike collector (`_collector`) and one cycle counter serve every stage, and
 (`_SharedUnits`) one SparseMatmulEngine holds every conv and CSC matmul side by side and one
-SlifNeuronArray every conv/matmul stage's channels, so their memories and the neuron's
-multiplier exist once, not once per layer:
+SlifNeuronArray every stage's channels, so their memories and the neuron's multiplier exist
+once, not once per layer:
 
     conv / matmul  event generator -> SparseMatmulEngine | RankFactoredEngine -> SlifNeuronArray
                    -> spike collector -> value memory (+ trace)
     attention      Q/K/V row reader -> SpikingAttention -> SlifNeuronArray -> collector
+                   (the same neuron array; its per-token membranes above the others)
     head           feature sums over steps and tokens -> serial MAC per class -> logits, argmax
 
 Values. Every neuron node's output is one word per (time step, token), bit c = channel c, in
@@ -20,9 +21,9 @@ value is a multiset of neuron outputs (a residual is read as the sum of its sour
 same address). Conv outputs are tokens already (position y * W + x, after pooling).
 
 Loop order. conv/matmul stages run tokens outer, time steps inner: a neuron's membrane only
-lives across the time steps of its token, so each neuron array holds one membrane per channel.
-The attention stage runs time steps outer (K^T V sums over all tokens of a step), so its neuron
-array holds tokens x channels membranes. The first conv of a static image computes each
+lives across the time steps of its token, so such a stage needs one membrane per channel.
+The attention stage runs time steps outer (K^T V sums over all tokens of a step), so it needs
+tokens x channels membranes. The first conv of a static image computes each
 position's accumulators once and replays them for the later time steps.
 """
 
@@ -186,7 +187,7 @@ class Accelerator(wiring.Component):
             args = (m, sid, node, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1],
                     run_cycles)
             if node["op"] == "attention":
-                users[sid] = self._attention_stage(*args, mem_r, read)
+                users[sid] = self._attention_stage(*args, mem_r, read, shared)
             else:
                 users[sid] = self._engine_stage(*args, read, counts, image_r, shared)
         shared.connect(m, active)
@@ -643,9 +644,10 @@ class Accelerator(wiring.Component):
 
     # ---- attention stage --------------------------------------------------------------------
 
-    def _attention_stage(self, m, sid, node, start, done, busy, run_cycles, mem_r, read):
-        """The attention stage: Q/K/V row reader, SpikingAttention and its own neuron array
-        (time steps outer: tokens x channels membranes). Returns its collector user."""
+    def _attention_stage(self, m, sid, node, start, done, busy, run_cycles, mem_r, read,
+                         shared):
+        """The attention stage: Q/K/V row reader and SpikingAttention on the shared neuron
+        array (time steps outer: tokens x channels membranes). Returns its collector user."""
         a, T, N = self.artifact, self.T, self.N
         name, ident = node["name"], _ident(node["name"])
         widths = node["widths"]
@@ -653,10 +655,7 @@ class Accelerator(wiring.Component):
         q_name, k_name, v_name = node["inputs"]
         attention = SpikingAttention(N, dim, node["heads"], widths["kv"], widths["acc"])
         m.submodules[f"attention_{ident}"] = attention
-        neuron = SlifNeuronArray(dim, N, a.arrays[node["bias"]], a.arrays[node["threshold"]],
-                                 a.arrays[node["leak"]], a.frac_bits, a.leak_bits,
-                                 widths["acc"], widths["membrane"], widths["product"])
-        m.submodules[f"neuron_{ident}"] = neuron
+        neuron = shared.neuron_user(sid, name)
         step = Signal(range(T), name=f"{ident}_step")
         token = Signal(range(N), name=f"{ident}_token")
         addr = step * N + token
@@ -951,7 +950,7 @@ class _ValueStore:
 
 class _SharedUnits:
     """One SparseMatmulEngine for every conv and CSC matmul, one SlifNeuronArray for every
-    conv/matmul stage: the stages run one after the other, so they take turns on them.
+    stage (attention too): the stages run one after the other, so they take turns on them.
 
     The engine holds all those matrices side by side (stage s's column j is column
     ``col_base[s] + j``; each stage drains its own ``rows``); the neuron array holds every
@@ -968,9 +967,12 @@ class _SharedUnits:
         ptrs, idxs, vals, cols, in_max, acc_width = [], [], [], 0, 1, 1
         bias, threshold, leak, channels = [], [], [], 0
         membrane_width = product_width = 1
-        for node in acc.stages:
-            if node["op"] == "attention":
-                continue
+        # attention stages (time steps outer: one membrane per token and channel) go last, so
+        # their per-token membranes sit above every other stage's (token_stride below)
+        order = [n for n in acc.stages if n["op"] != "attention"] + \
+            [n for n in acc.stages if n["op"] == "attention"]
+        per_token = sum(acc.channels[n["name"]] for n in order if n["op"] == "attention")
+        for node in order:
             name, widths, c_out = node["name"], node["widths"], acc.channels[node["name"]]
             acc_width = max(acc_width, widths["acc"])
             membrane_width = max(membrane_width, widths["membrane"])
@@ -980,7 +982,8 @@ class _SharedUnits:
             bias.append(a.arrays[node["bias"]])
             threshold.append(a.arrays[node["threshold"]])
             leak.append(a.arrays[node["leak"]])
-            if node["op"] == "matmul" and node["format"] == "lowrank":
+            if node["op"] == "attention" or (node["op"] == "matmul" and
+                                             node["format"] == "lowrank"):
                 continue
             if node["op"] == "conv":
                 ptr, idx, val = conv_columns(node, a.arrays[node["weight"]])
@@ -1004,10 +1007,14 @@ class _SharedUnits:
                 dense_from_csc(col_ptr, row_idx, values, rows, cols), in_max)))
             self.engine = SparseMatmulEngine(cols, rows, col_ptr, row_idx, values, in_max,
                                              acc_width, variable_rows=True, overlap=True)
+        # Neuron (token, channel) at membrane address token * stride + channel: conv/matmul
+        # stages use token 0 only (addresses below the attention channels), attention stages
+        # every token, with stride = all attention channels: no two neurons share a membrane.
         cat = np.concatenate
-        self.neurons = SlifNeuronArray(channels, 1, cat(bias), cat(threshold), cat(leak),
-                                       a.frac_bits, a.leak_bits, acc_width, membrane_width,
-                                       product_width)
+        self.neurons = SlifNeuronArray(channels, acc.N if per_token else 1, cat(bias),
+                                       cat(threshold), cat(leak), a.frac_bits, a.leak_bits,
+                                       acc_width, membrane_width, product_width,
+                                       token_stride=per_token or None)
         self._engine_users, self._neuron_users = {}, {}
 
     def engine_user(self, sid: int, name: str) -> SimpleNamespace:

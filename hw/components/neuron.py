@@ -50,7 +50,12 @@ class SlifNeuronArray(wiring.Component):
     Parameters
     ----------
     channels, tokens : int
-        Neurons per token and tokens; the membrane RAM has tokens * channels entries.
+        Neurons per token and tokens; neuron (token, channel) keeps its membrane at RAM
+        address ``token * token_stride + channel``.
+    token_stride : int, optional
+        Default ``channels``: every (token, channel) has its own membrane. A smaller stride
+        lets several users share one array, e.g. per-token channels only at the end of the
+        channel range: the caller then sends only pairs whose addresses differ.
     bias, threshold, leak : sequences of int, one per channel
         The artifact's integers: any bias, thresholds >= 1, leaks in 0..2^leak_bits.
     frac_bits, leak_bits : int
@@ -70,14 +75,16 @@ class SlifNeuronArray(wiring.Component):
     Attributes
     ----------
     membrane_data : MemoryData
-        The membrane RAM's contents (address token * channels + channel), exposed so that
+        The membrane RAM's contents (address token * token_stride + channel), exposed so that
         simulations and debug views can inspect the state.
     """
 
     def __init__(self, channels, tokens, bias, threshold, leak, frac_bits, leak_bits,
-                 acc_width, membrane_width, product_width):
+                 acc_width, membrane_width, product_width, token_stride=None):
         self._channels = check_int(channels, "channels", minimum=1)
         self._tokens = check_int(tokens, "tokens", minimum=1)
+        self._stride = self._channels if token_stride is None else \
+            check_int(token_stride, "token_stride", minimum=1)
         self._frac_bits = check_int(frac_bits, "frac_bits", minimum=0)
         self._leak_bits = check_int(leak_bits, "leak_bits", minimum=0)
         self._bias = check_int_array(bias, "bias", shape=(self._channels,))
@@ -105,7 +112,8 @@ class SlifNeuronArray(wiring.Component):
             "spike": 1,
         })
         self.membrane_data = MemoryData(shape=signed(self._membrane_width),
-                                        depth=self._tokens * self._channels, init=[])
+                                        depth=(self._tokens - 1) * self._stride + self._channels,
+                                        init=[])
         super().__init__({
             "i": In(stream.Signature(self._update_layout)),
             "o": Out(stream.Signature(self._spike_layout)),
@@ -113,6 +121,7 @@ class SlifNeuronArray(wiring.Component):
 
     channels = property(lambda self: self._channels)
     tokens = property(lambda self: self._tokens)
+    token_stride = property(lambda self: self._stride)
     frac_bits = property(lambda self: self._frac_bits)
     leak_bits = property(lambda self: self._leak_bits)
     acc_width = property(lambda self: self._acc_width)
@@ -146,7 +155,7 @@ class SlifNeuronArray(wiring.Component):
         x_width = max(self._acc_width + F, parameter_layout["bias"].shape.width) + 1
         diff_width = max(x_width, self._membrane_width) + 1
         h_width = max(self._membrane_width, self._product_width - K, 1) + 1
-        address_shape = unsigned(bits_for(self._tokens * self._channels - 1))
+        address_shape = unsigned(bits_for(self.membrane_data.depth - 1))
 
         def stage(name):
             """Registers that travel with an update through the pipeline."""
@@ -174,7 +183,7 @@ class SlifNeuronArray(wiring.Component):
                   (s2["valid"] & (s2["address"] == address)))
         accept = Signal()
         m.d.comb += [
-            address.eq(self.i.p.token * self._channels + self.i.p.channel),
+            address.eq(self.i.p.token * self._stride + self.i.p.channel),
             self.i.ready.eq(advance & ~hazard),
             accept.eq(self.i.valid & self.i.ready),
             membrane_read.addr.eq(address),
