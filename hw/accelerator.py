@@ -347,8 +347,11 @@ class Accelerator(wiring.Component):
             m.d.comb += low_times_9.eq(_or_all(
                 [Const(9 * c, width) & lowest[c].replicate(width) for c in range(1, n_mask)]))
         low_count = Signal(count_bits, name=f"{ident}_low_count")
-        m.d.comb += low_count.eq(_or_all(
-            [word_counts[c] & lowest[c].replicate(count_bits) for c in range(n_mask)]))
+        if count_bits == 1:     # a mask bit is set only where the count is 1
+            m.d.comb += low_count.eq(1)
+        else:
+            m.d.comb += low_count.eq(_or_all(
+                [word_counts[c] & lowest[c].replicate(count_bits) for c in range(n_mask)]))
 
         ev = engine.i
         neuron_in = neuron.i
