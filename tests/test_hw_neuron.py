@@ -230,6 +230,7 @@ def test_same_neuron_back_to_back_waits_for_its_write():
     ({"leak": [-1, 0]}, ValueError, "leaks must lie in 0..2"),
     ({"product_width": 0}, ValueError, "product_width must be an integer >= 1, not 0"),
     ({"membrane_width": None}, TypeError, "membrane_width must be an integer, not None"),
+    ({"token_stride": 0}, ValueError, "token_stride must be an integer >= 1, not 0"),
 ])
 def test_constructor_rejects_bad_parameters(kwargs, error, match):
     params = {"channels": 2, "tokens": 3, "bias": [5, -5], "threshold": [100, 1],
@@ -238,3 +239,14 @@ def test_constructor_rejects_bad_parameters(kwargs, error, match):
     params.update(kwargs)
     with pytest.raises(error, match=match):
         SlifNeuronArray(**params)
+
+
+def test_token_stride_sets_the_membrane_layout():
+    """Neuron (token, channel) at token * token_stride + channel: the accelerator's shared array
+    keeps per-token membranes for its last (attention) channels only."""
+    params = {"channels": 40, "tokens": 16, "bias": [0] * 40, "threshold": [1] * 40,
+              "leak": [128] * 40, "frac_bits": 8, "leak_bits": 8, "acc_width": 8,
+              "membrane_width": 20, "product_width": 30}
+    assert SlifNeuronArray(**params).membrane_data.depth == 16 * 40
+    shared = SlifNeuronArray(**params, token_stride=8)
+    assert shared.token_stride == 8 and shared.membrane_data.depth == 15 * 8 + 40
