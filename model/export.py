@@ -30,6 +30,9 @@ from model.transformer import SpikingTransformer
 __all__ = ["export_model"]
 
 
+DEAD_ROW_BITS = 14     # bias/threshold magnitude of a neuron without input (see _Builder.neuron)
+
+
 def _int_weight(layer) -> tuple[np.ndarray, np.ndarray]:
     """(integer weights, float64 scale broadcast per output row) of a Brevitas layer."""
     qw = layer.quant_weight()
@@ -75,6 +78,13 @@ class _Builder:
         u_th = neuron.threshold().detach().double().numpy()
         k = neuron.leak().detach().double().numpy()
         scale = float(1 << self.F)
+        # A row without input (orient's a == 0): x = b exactly whatever a > 0 is, so a is
+        # chosen for precision: the larger of |b| and u_th becomes 2^DEAD_ROW_BITS. With a = 1
+        # they resolved only 2^-F, and such a neuron, driven by its bias alone towards an
+        # equilibrium next to its threshold, fired one step earlier or later than the float
+        # model on a rounding.
+        mag = np.broadcast_to(np.maximum(np.abs(b), u_th), a.shape)
+        a = np.where(a > 0, a, np.where(mag > 0, mag * scale / (1 << DEAD_ROW_BITS), 1.0))
         bias = np.rint(b / a * scale)
         threshold = np.maximum(1, np.ceil(u_th / a * scale - 1e-9))
         leak = np.clip(np.rint(k * (1 << self.K)), 0, 1 << self.K)
@@ -85,15 +95,16 @@ class _Builder:
     @staticmethod
     def orient(w: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Negate rows with a < 0 so that every a > 0. A row whose input cannot matter (all
-        weights zero, e.g. fully pruned, or a == 0) gets a := 1: then x = b exactly, whatever a
-        was, and bias and threshold stay small instead of being divided by a vanishing scale."""
+        weights zero, e.g. fully pruned, or a == 0) gets a := 0 and zero weights: `neuron` then
+        picks its scale (x = b exactly, whatever a is), instead of dividing bias and threshold
+        by a vanishing one."""
         w = w.copy()
         sign = np.where(a < 0, -1, 1)
         w *= sign.reshape((-1,) + (1,) * (w.ndim - 1))
         a = np.abs(a)
         dead = (a == 0) | ~w.reshape(w.shape[0], -1).any(axis=1)
         w[dead] = 0
-        a = np.where(dead, 1.0, a)
+        a = np.where(dead, 0.0, a)
         return w, a
 
 

@@ -88,3 +88,28 @@ def test_golden_tracks_quantized_model_per_layer(quantized_variants, exported, d
     for name, agree in r["layer_spike_agreement"].items():
         assert agree >= 0.99, name
     assert r["agreement"] >= 0.95
+
+
+def test_a_row_without_weights_gets_a_precise_scale():
+    """A fully pruned row: x = b whatever its scale, so the export resolves b and u_th to
+    2^-DEAD_ROW_BITS of the larger one instead of 2^-F of one unit (such bias-driven neurons
+    sit next to their threshold, and a coarse grid moved their spikes by a step)."""
+    from model.export import DEAD_ROW_BITS, _Builder
+
+    class Neuron:
+        def threshold(self):
+            return torch.tensor([0.343, 0.5])
+
+        def leak(self):
+            return torch.tensor([0.5, 0.5])
+
+    bld = _Builder(frac_bits=8, leak_bits=8)
+    w = np.array([[0, 0, 0], [3, 0, -2]])
+    w, a = bld.orient(w, np.array([0.01, -0.02]))
+    assert list(a) == [0.0, 0.02] and list(w[1]) == [-3, 0, 2]
+    node = {"name": "n"}
+    bld.neuron(node, Neuron(), a, np.array([0.359, 0.1]))
+    bias, threshold = bld.arrays[node["bias"]], bld.arrays[node["threshold"]]
+    assert bias[0] == 1 << DEAD_ROW_BITS
+    assert threshold[0] == int(np.ceil(0.343 / 0.359 * (1 << DEAD_ROW_BITS) - 1e-9))
+    assert bias[1] == round(0.1 / 0.02 * 256) and threshold[1] == int(np.ceil(0.5 / 0.02 * 256))
