@@ -419,6 +419,13 @@ class Accelerator(wiring.Component):
             with m.State("FETCH"):
                 # the read address is valid this cycle; data arrives next cycle
                 m.next = "LOAD_MASK"
+                if is_conv:     # a tap outside the image has no inputs: 1 cycle, not 3
+                    with m.If(~inside):
+                        with m.If(tap == 8):
+                            m.next = "END"
+                        with m.Else():
+                            m.d.sync += tap.eq(tap + 1)
+                            m.next = "FETCH"
             with m.State("LOAD_MASK"):
                 if is_conv:
                     m.d.sync += mask.eq(Mux(inside, nonzero, 0))

@@ -19,8 +19,9 @@ time step inner. The issue FSM, for each vector, per conv tap (a matmul has one 
 
     FETCH (1) -> LOAD_MASK (1) -> EMIT: one event per active input channel, lowest first,
     each held until the engine accepts it, then one cycle with an empty mask -> next tap
-    (a tap without events costs exactly 3 cycles) ... -> END (end marker, held until accepted)
-    -> NEXT (1) -> FETCH of the next vector
+    (a tap without events costs exactly 3 cycles; a conv tap outside the image only its
+    FETCH, 1 cycle) ... -> END (end marker, held until accepted) -> NEXT (1) -> FETCH of the
+    next vector
 
 The engine (hw/components/sparse.py) accepts event e at a_e = max(offer_e, L_{e-1}); its
 column-extent ROM read takes a cycle; the walker loads it at L_e = max(a_e + 1, last cycle of
@@ -183,7 +184,8 @@ def _out_channels(node) -> int:
 
 
 def _tap_masks(node, counts: np.ndarray, t: int, pos: int):
-    """Active input channels (ascending) per tap of vector (t, pos): conv 9 taps, matmul 1."""
+    """Active input channels (ascending) per tap of vector (t, pos): conv 9 taps, matmul 1;
+    None for a conv tap outside the image."""
     if node["op"] != "conv":
         return [np.flatnonzero(counts[t, pos])]
     h, w = node["height"], node["width"]
@@ -194,7 +196,7 @@ def _tap_masks(node, counts: np.ndarray, t: int, pos: int):
         if 0 <= ny < h and 0 <= nx < w:
             taps.append(np.flatnonzero(counts[t, ny * w + nx]))
         else:
-            taps.append(np.zeros(0, dtype=np.int64))
+            taps.append(None)
     return taps
 
 
@@ -251,6 +253,9 @@ def _engine_stage(artifact, node, values) -> int:
                 prev_load = None                    # L of the previous event of this vector
                 column_end = _NEVER                 # last walker cycle of the previous column
                 for k, channels in enumerate(_tap_masks(node, counts, t, pos)):
+                    if channels is None:            # outside the image: FETCH skips it
+                        f += 1
+                        continue
                     if len(channels) == 0:
                         f += 3
                         continue
@@ -360,7 +365,8 @@ def ideal_breakdown(artifact, node_spikes: dict, image=None) -> dict[str, dict[s
                 for t in range(steps):
                     for pos in range(positions):
                         for k, ch in enumerate(_tap_masks(node, counts, t, pos)):
-                            syn += int(sizes[ch * 9 + k].sum())
+                            if ch is not None:
+                                syn += int(sizes[ch * 9 + k].sum())
                 terms["synaptic"] = syn
                 terms["neuron"] = T * positions * c_out
             else:
