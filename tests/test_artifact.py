@@ -35,6 +35,12 @@ def test_formats_per_variant(exported):
     assert len(exported["l1p"].arrays[q["values"]]) <= 0.1 * 32 * 32 + 1
     d = exported["dense"].node("block0.q")
     assert len(exported["dense"].arrays[d["values"]]) == 32 * 32
+    # the shipped L1P prunes the spike-fed stem conv too (prune.stem); the pixel-fed one never
+    conv = lambda v, n: exported[v].node(n).get("format", "dense")
+    assert conv("l1p", "stem1") == "sparse" and conv("l1p", "stem0") == "dense"
+    assert conv("dense", "stem1") == "dense" and conv("dsp", "stem1") == "dense"
+    w = exported["l1p"].arrays[exported["l1p"].node("stem1")["weight"]]
+    assert abs((w == 0).mean() - 0.9) < 0.01
 
 
 def test_conv_columns_store_every_weight_or_the_non_zeros():
