@@ -72,7 +72,8 @@ clean:
 
 ## bitstream of the board top (UART link + accelerator) for MODEL on TARGET, e.g.
 ##   make bitstream TARGET=ice40-up5k|ecp5-85f [MODEL=l1p]
-## -> build/<target>/top.bin|.bit and build/reports/synth-<target>.json; the PLL clock is
+## -> build/<target>/top.bin|.bit and build/reports/synth-<target>.json (another MODEL:
+## build/<target>-<model>/, synth-<target>-<model>.json); the PLL clock is
 ## 24 MHz (UP5K) / 50 MHz (ECP5) unless CLOCK_MHZ=<MHz> is given
 TARGET             ?=
 CLOCK_MHZ          ?=
