@@ -183,13 +183,14 @@ class Accelerator(wiring.Component):
         with m.If(_or_all(stage_busy)):
             m.d.sync += run_cycles.eq(run_cycles + 1)
         users = {}
+        issuer = _Issuer(self, [n for n in self.stages if n["op"] != "attention"])
         for sid, node in enumerate(self.stages, start=1):
-            args = (m, sid, node, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1],
-                    run_cycles)
+            args = (m, sid, node, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1])
             if node["op"] == "attention":
-                users[sid] = self._attention_stage(*args, mem_r, read, shared)
+                users[sid] = self._attention_stage(*args, run_cycles, mem_r, read, shared)
             else:
-                users[sid] = self._engine_stage(*args, read, counts, image_r, shared)
+                users[sid] = self._engine_stage(*args, read, counts, image_r, shared, issuer)
+        issuer.build(m, active, run_cycles)
         shared.connect(m, active)
         valid, payload = self._collector(m, active, users, mem_r, mem_w, read, run_cycles,
                                          trace_ready, _or_all(stage_start))
@@ -257,10 +258,11 @@ class Accelerator(wiring.Component):
 
     # ---- conv / matmul stage -----------------------------------------------------------------
 
-    def _engine_stage(self, m, sid, node, start, done, busy, run_cycles, read, counts, image_r,
-                      shared):
-        """A conv or matmul stage: its issue FSM (and, for the static first conv, the replay
-        feeder) on the shared engine and neuron array. Returns its collector user."""
+    def _engine_stage(self, m, sid, node, start, done, busy, read, counts, image_r, shared,
+                      issuer):
+        """A conv or matmul stage on the shared issuer, engine and neuron array: its source
+        reads, engine -> neuron feed (and, for the static first conv, the replay feeder).
+        Returns its collector user."""
         a, T = self.artifact, self.T
         name, ident = node["name"], _ident(node["name"])
         widths = node["widths"]
@@ -283,46 +285,22 @@ class Accelerator(wiring.Component):
             engine = shared.engine_user(sid, name)
         neuron = shared.neuron_user(sid, name)
 
-        # geometry
-        if is_conv:
-            h, wd = node["height"], node["width"]
-        else:
-            h, wd = 1, self.N
+        # geometry; the counters are the shared issuer's (`_Issuer`)
+        h, wd = (node["height"], node["width"]) if is_conv else (1, self.N)
         positions = h * wd
-        token = Signal(range(positions), name=f"{ident}_token")
-        step = Signal(range(T), name=f"{ident}_step")
-        y = Signal(range(h), name=f"{ident}_y")
-        x = Signal(range(wd), name=f"{ident}_x")
-        tap = Signal(range(10), name=f"{ident}_tap")
-        mask = Signal(max(self.in_c if from_image else self.channels[self.sources[src][0]], 1),
-                      name=f"{ident}_mask")
-
-        # source reads: address of (step, position) of the tap's neighbour
-        dy = Signal(signed(3), name=f"{ident}_dy")
-        dx = Signal(signed(3), name=f"{ident}_dx")
-        ny = Signal(signed(bits_for(h) + 2), name=f"{ident}_ny")
-        nx = Signal(signed(bits_for(wd) + 2), name=f"{ident}_nx")
-        inside = Signal(name=f"{ident}_inside")
-        with m.Switch(tap):
-            for k in range(9):
-                with m.Case(k):
-                    m.d.comb += [dy.eq(k // 3 - 1), dx.eq(k % 3 - 1)]
-        m.d.comb += [ny.eq(y + dy), nx.eq(x + dx),
-                     inside.eq((ny >= 0) & (ny < h) & (nx >= 0) & (nx < wd))]
         if is_conv:
-            src_pos = (ny * wd + nx)[:bits_for(positions)]
+            src_pos = (issuer.ny * wd + issuer.nx)[:bits_for(positions)]
         else:
-            src_pos = token
+            src_pos = issuer.token
         if from_image:
-            addr = (step * positions + src_pos) if self.time_varying else src_pos
+            addr = (issuer.step * positions + src_pos) if self.time_varying else src_pos
             m.d.comb += image_r.addr.eq(addr)       # only the first conv reads the image
             pixel_words = [image_r.data[c * self.pixel_bits:(c + 1) * self.pixel_bits]
                            for c in range(self.in_c)]
             word_counts, count_bits = pixel_words, self.pixel_bits
         else:
-            read(sid, src, step * positions + src_pos)
+            read(sid, src, issuer.step * positions + src_pos)
             word_counts, count_bits = counts(src)
-        nonzero = Cat(*[c != 0 for c in word_counts])
 
         # replay buffer for the static first conv: accumulators of t = 0, reused for t > 0
         if static_replay:
@@ -332,28 +310,6 @@ class Accelerator(wiring.Component):
             replay_w = replay.write_port()
             replay_r = replay.read_port()
 
-        # event emitter: lowest set bit of `mask` each cycle, isolated as mask & -mask (a carry
-        # chain) and encoded by OR trees: log depth, where an if-chain over 128 inputs was the
-        # design's critical path
-        n_mask = len(mask)
-        lowest = Signal(n_mask, name=f"{ident}_lowest")
-        m.d.comb += lowest.eq(mask & (~mask + 1))
-        low = Signal(range(max(n_mask, 2)), name=f"{ident}_low")
-        for b in range(len(low)):
-            m.d.comb += low[b].eq(_or_all([lowest[c] for c in range(n_mask) if (c >> b) & 1]))
-        if is_conv:     # low * 9 as an OR of constants: a multiplier here was the critical path
-            low_times_9 = Signal(range(9 * n_mask), name=f"{ident}_low_times_9")
-            width = len(low_times_9)
-            m.d.comb += low_times_9.eq(_or_all(
-                [Const(9 * c, width) & lowest[c].replicate(width) for c in range(1, n_mask)]))
-        low_count = Signal(count_bits, name=f"{ident}_low_count")
-        if count_bits == 1:     # a mask bit is set only where the count is 1
-            m.d.comb += low_count.eq(1)
-        else:
-            m.d.comb += low_count.eq(_or_all(
-                [word_counts[c] & lowest[c].replicate(count_bits) for c in range(n_mask)]))
-
-        ev = engine.i
         neuron_in = neuron.i
         # the step of the vector leaving the engine (the issue FSM may already be ahead)
         out_step = Signal(range(T), name=f"{ident}_out_step")
@@ -408,73 +364,9 @@ class Accelerator(wiring.Component):
                          neuron_in.payload.acc.eq(engine.o.payload.acc),
                          neuron_in.payload.first.eq(out_step == 0)]
 
-        # issue FSM: (token outer, step inner), taps for conv
-        vectors_issued = Signal(range(positions * T + 1), name=f"{ident}_issued")
-        with m.FSM(name=f"{ident}_issue"):
-            with m.State("IDLE"):
-                with m.If(start):
-                    m.d.sync += [token.eq(0), step.eq(0), y.eq(0), x.eq(0), tap.eq(0),
-                                 busy.eq(1), run_cycles.eq(1)]
-                    m.next = "FETCH"
-            with m.State("FETCH"):
-                # the read address is valid this cycle; data arrives next cycle
-                m.next = "LOAD_MASK"
-                if is_conv:     # a tap outside the image has no inputs: 1 cycle, not 3
-                    with m.If(~inside):
-                        with m.If(tap == 8):
-                            m.next = "END"
-                        with m.Else():
-                            m.d.sync += tap.eq(tap + 1)
-                            m.next = "FETCH"
-            with m.State("LOAD_MASK"):
-                if is_conv:
-                    m.d.sync += mask.eq(Mux(inside, nonzero, 0))
-                else:
-                    m.d.sync += mask.eq(nonzero)
-                m.next = "EMIT"
-            with m.State("EMIT"):
-                # hold the read address so word_counts stay valid while emitting
-                with m.If(mask != 0):
-                    index = (low_times_9 + tap) if is_conv else low
-                    m.d.comb += [ev.valid.eq(1), ev.payload.index.eq(index),
-                                 ev.payload.count.eq(low_count), ev.payload.end.eq(0)]
-                    with m.If(ev.ready):
-                        m.d.sync += mask.eq(mask & ~lowest)
-                with m.Else():
-                    if is_conv:
-                        with m.If(tap == 8):
-                            m.next = "END"
-                        with m.Else():
-                            m.d.sync += tap.eq(tap + 1)
-                            m.next = "FETCH"
-                    else:
-                        m.next = "END"
-            with m.State("END"):
-                m.d.comb += [ev.valid.eq(1), ev.payload.end.eq(1)]
-                with m.If(ev.ready):
-                    m.next = "NEXT"
-            with m.State("NEXT"):
-                m.d.sync += tap.eq(0)
-                # a static first conv issues step 0 only: the feeder replays the others
-                with m.If((step == T - 1) | static_replay):
-                    m.d.sync += step.eq(0)
-                    with m.If(token == positions - 1):
-                        m.next = "DRAIN"
-                    with m.Else():
-                        m.d.sync += token.eq(token + 1)
-                        if is_conv:
-                            with m.If(x == wd - 1):
-                                m.d.sync += [x.eq(0), y.eq(y + 1)]
-                            with m.Else():
-                                m.d.sync += x.eq(x + 1)
-                        m.next = "FETCH"
-                with m.Else():
-                    m.d.sync += step.eq(step + 1)
-                    m.next = "FETCH"
-            with m.State("DRAIN"):
-                with m.If(~busy):       # the collector finishes the stage
-                    m.next = "IDLE"
-
+        issuer.add(sid, SimpleNamespace(
+            start=start, busy=busy, ev=engine.i, is_conv=is_conv, static_replay=static_replay,
+            h=h, wd=wd, positions=positions, word_counts=word_counts, count_bits=count_bits))
         return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, tokens_outer=True,
                                h=h, wd=wd)
 
@@ -819,6 +711,166 @@ class Accelerator(wiring.Component):
                 m.next = "IDLE"
         logits_array = _SignalArray(m, logits, lbits)
         return logits_array, best_cls
+
+
+class _Issuer:
+    """The one issue FSM of every conv and matmul stage: the stages run one after the other, so
+    they take turns on it (`add` registers a stage; the active one's constants, source word and
+    engine stream are switched in, as for the collector).
+
+    Loop order tokens outer, time steps inner, the nine taps innermost for a conv. Per
+    (token, step, tap): FETCH (the source read's address is valid; a conv tap outside the image
+    ends here), LOAD_MASK (the read data's non-zero channels into `mask`), EMIT (one event per
+    set bit, lowest first: isolated as mask & -mask, a carry chain, and encoded by OR trees of
+    log depth), then after the last tap END (the end marker) and NEXT. A static first conv
+    issues step 0 only (its feeder replays the others). Timing is that of one FSM per stage,
+    cycle for cycle (hw/cycles.py).
+    """
+
+    def __init__(self, acc: "Accelerator", nodes: list[dict]):
+        self.acc, self.specs = acc, {}
+        conv = [n for n in nodes if n["op"] == "conv"]
+        h = max([n["height"] for n in conv], default=1)
+        wd = max([n["width"] for n in conv] + [acc.N])
+        positions = max([n["height"] * n["width"] for n in conv] + [acc.N])
+        self.token = Signal(range(positions), name="issue_token")
+        self.step = Signal(range(acc.T), name="issue_step")
+        self.y = Signal(range(h), name="issue_y")
+        self.x = Signal(range(wd), name="issue_x")
+        self.tap = Signal(range(10), name="issue_tap")
+        self.ny = Signal(signed(bits_for(h) + 2), name="issue_ny")
+        self.nx = Signal(signed(bits_for(wd) + 2), name="issue_nx")
+
+    def add(self, sid: int, spec: SimpleNamespace) -> None:
+        self.specs[sid] = spec
+
+    def build(self, m: Module, active: Signal, run_cycles: Signal) -> None:
+        if not self.specs:
+            return
+        T, specs = self.acc.T, self.specs
+        token, step, y, x, tap, ny, nx = (self.token, self.step, self.y, self.x, self.tap,
+                                          self.ny, self.nx)
+        n_mask = max(max(len(s.word_counts) for s in specs.values()), 1)
+        conv_mask = max([len(s.word_counts) for s in specs.values() if s.is_conv], default=1)
+        count_bits = max(s.count_bits for s in specs.values())
+
+        # the active stage's constants and source word
+        is_conv, replay = Signal(name="issue_is_conv"), Signal(name="issue_replay")
+        tok_last = Signal.like(token, name="issue_token_last")
+        x_last = Signal.like(x, name="issue_x_last")
+        h = Signal(len(y) + 1, name="issue_h")
+        wd = Signal(len(x) + 1, name="issue_wd")
+        nonzero = Signal(n_mask, name="issue_nonzero")
+        busy, ev_ready = Signal(name="issue_stage_busy"), Signal(name="issue_ev_ready")
+        mask = Signal(n_mask, name="issue_mask")
+        lowest = Signal(n_mask, name="issue_lowest")
+        low_count = Signal(count_bits, name="issue_low_count")
+        m.d.comb += low_count.eq(1)
+        with m.Switch(active):
+            for sid, s in specs.items():
+                with m.Case(sid):
+                    m.d.comb += [is_conv.eq(s.is_conv), replay.eq(s.static_replay),
+                                 tok_last.eq(s.positions - 1), x_last.eq(s.wd - 1),
+                                 h.eq(s.h), wd.eq(s.wd),
+                                 nonzero.eq(Cat(*[c != 0 for c in s.word_counts])),
+                                 busy.eq(s.busy), ev_ready.eq(s.ev.ready)]
+                    if s.count_bits > 1:    # a mask bit is set only where the count is 1
+                        m.d.comb += low_count.eq(_or_all(
+                            [c & lowest[i].replicate(s.count_bits)
+                             for i, c in enumerate(s.word_counts)]))
+
+        dy, dx = Signal(signed(3), name="issue_dy"), Signal(signed(3), name="issue_dx")
+        inside = Signal(name="issue_inside")
+        with m.Switch(tap):
+            for k in range(9):
+                with m.Case(k):
+                    m.d.comb += [dy.eq(k // 3 - 1), dx.eq(k % 3 - 1)]
+        m.d.comb += [ny.eq(y + dy), nx.eq(x + dx),
+                     inside.eq((ny >= 0) & (ny < h) & (nx >= 0) & (nx < wd))]
+
+        # event emitter: lowest set bit of `mask`, its index, and index * 9 for a conv (an OR
+        # of constants: a multiplier here was the critical path)
+        m.d.comb += lowest.eq(mask & (~mask + 1))
+        low = Signal(range(max(n_mask, 2)), name="issue_low")
+        for b in range(len(low)):
+            m.d.comb += low[b].eq(_or_all([lowest[c] for c in range(n_mask) if (c >> b) & 1]))
+        low_times_9 = Signal(range(9 * conv_mask), name="issue_low_times_9")
+        width = len(low_times_9)
+        m.d.comb += low_times_9.eq(_or_all(
+            [Const(9 * c, width) & lowest[c].replicate(width) for c in range(1, conv_mask)]))
+        ev_valid, ev_end = Signal(name="issue_ev_valid"), Signal(name="issue_ev_end")
+        ev_index = Signal(max(len(low), len(low_times_9) + 1), name="issue_ev_index")
+        for sid, s in specs.items():
+            m.d.comb += [s.ev.valid.eq(ev_valid & (active == sid)),
+                         s.ev.payload.index.eq(ev_index), s.ev.payload.count.eq(low_count),
+                         s.ev.payload.end.eq(ev_end)]
+
+        start = _or_all([s.start for s in specs.values()])
+
+        def begin():
+            m.d.sync += [token.eq(0), step.eq(0), y.eq(0), x.eq(0), tap.eq(0),
+                         run_cycles.eq(1)]
+            for s in specs.values():
+                with m.If(s.start):
+                    m.d.sync += s.busy.eq(1)
+            m.next = "FETCH"
+
+        def next_tap():
+            with m.If(tap == 8):
+                m.next = "END"
+            with m.Else():
+                m.d.sync += tap.eq(tap + 1)
+                m.next = "FETCH"
+
+        with m.FSM(name="issue"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    begin()
+            with m.State("FETCH"):
+                # the read address is valid this cycle; data arrives next cycle
+                m.next = "LOAD_MASK"
+                with m.If(is_conv & ~inside):   # a tap outside the image: 1 cycle, not 3
+                    next_tap()
+            with m.State("LOAD_MASK"):
+                m.d.sync += mask.eq(nonzero)
+                m.next = "EMIT"
+            with m.State("EMIT"):
+                # the read address is held, so the source word stays valid while emitting
+                with m.If(mask != 0):
+                    m.d.comb += [ev_valid.eq(1),
+                                 ev_index.eq(Mux(is_conv, low_times_9 + tap, low))]
+                    with m.If(ev_ready):
+                        m.d.sync += mask.eq(mask & ~lowest)
+                with m.Elif(is_conv):
+                    next_tap()
+                with m.Else():
+                    m.next = "END"
+            with m.State("END"):
+                m.d.comb += [ev_valid.eq(1), ev_end.eq(1)]
+                with m.If(ev_ready):
+                    m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.sync += tap.eq(0)
+                with m.If((step == T - 1) | replay):
+                    m.d.sync += step.eq(0)
+                    with m.If(token == tok_last):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.d.sync += token.eq(token + 1)
+                        with m.If(x == x_last):
+                            m.d.sync += [x.eq(0), y.eq(y + 1)]
+                        with m.Else():
+                            m.d.sync += x.eq(x + 1)
+                        m.next = "FETCH"
+                with m.Else():
+                    m.d.sync += step.eq(step + 1)
+                    m.next = "FETCH"
+            with m.State("DRAIN"):
+                # the collector ends the stage; the next one may start in that very cycle
+                with m.If(start):
+                    begin()
+                with m.Elif(~busy):
+                    m.next = "IDLE"
 
 
 class _ValueStore:
