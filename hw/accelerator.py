@@ -1029,11 +1029,12 @@ class _SharedUnits:
         ptrs, idxs, vals, cols, in_max, acc_width = [], [], [], 0, 1, 1
         bias, threshold, leak, channels = [], [], [], 0
         membrane_width = product_width = 1
-        # attention stages (time steps outer: one membrane per token and channel) go last, so
-        # their per-token membranes sit above every other stage's (token_stride below)
+        # attention stages (time steps outer: one membrane per token and channel) need
+        # per_token membranes per token (token_stride below); their constants go last
         order = [n for n in acc.stages if n["op"] != "attention"] + \
             [n for n in acc.stages if n["op"] == "attention"]
-        per_token = sum(acc.channels[n["name"]] for n in order if n["op"] == "attention")
+        per_token = max([acc.channels[n["name"]] for n in order if n["op"] == "attention"],
+                        default=0)
         for node in order:
             name, widths, c_out = node["name"], node["widths"], acc.channels[node["name"]]
             acc_width = max(acc_width, widths["acc"])
@@ -1069,14 +1070,18 @@ class _SharedUnits:
                 dense_from_csc(col_ptr, row_idx, values, rows, cols), in_max)))
             self.engine = SparseMatmulEngine(cols, rows, col_ptr, row_idx, values, in_max,
                                              acc_width, variable_rows=True, overlap=True)
-        # Neuron (token, channel) at membrane address token * stride + channel: conv/matmul
-        # stages use token 0 only (addresses below the attention channels), attention stages
-        # every token, with stride = all attention channels: no two neurons share a membrane.
+        # Membranes are reused from stage to stage (a stage's membranes live only while it
+        # runs; `first` takes them as 0): neuron (token, local channel c) of a stage sits at
+        # token * stride + c, conv/matmul stages at token 0, attention stages at every token
+        # with stride = all attention channels. Their constants stay at base + c.
         cat = np.concatenate
+        widest = max([acc.channels[n["name"]] for n in order if n["op"] != "attention"],
+                     default=1)
         self.neurons = SlifNeuronArray(channels, acc.N if per_token else 1, cat(bias),
                                        cat(threshold), cat(leak), a.frac_bits, a.leak_bits,
                                        acc_width, membrane_width, product_width,
-                                       token_stride=per_token or None)
+                                       token_stride=per_token or None,
+                                       membranes=max(acc.N * per_token, widest))
         self._engine_users, self._neuron_users = {}, {}
 
     def engine_user(self, sid: int, name: str) -> SimpleNamespace:
@@ -1120,6 +1125,7 @@ class _SharedUnits:
                         n.i.valid.eq(u.i.valid), u.i.ready.eq(n.i.ready),
                         n.i.payload.eq(u.i.payload),
                         n.i.payload.channel.eq(u.i.payload.channel + base),
+                        n.i.payload.slot.eq(u.i.payload.channel),
                         u.o.valid.eq(n.o.valid), n.o.ready.eq(u.o.ready),
                         u.o.payload.eq(n.o.payload),
                         u.o.payload.channel.eq(n.o.payload.channel - base),

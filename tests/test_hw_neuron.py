@@ -231,6 +231,7 @@ def test_same_neuron_back_to_back_waits_for_its_write():
     ({"product_width": 0}, ValueError, "product_width must be an integer >= 1, not 0"),
     ({"membrane_width": None}, TypeError, "membrane_width must be an integer, not None"),
     ({"token_stride": 0}, ValueError, "token_stride must be an integer >= 1, not 0"),
+    ({"membranes": 0}, ValueError, "membranes must be an integer >= 1, not 0"),
 ])
 def test_constructor_rejects_bad_parameters(kwargs, error, match):
     params = {"channels": 2, "tokens": 3, "bias": [5, -5], "threshold": [100, 1],
@@ -250,3 +251,41 @@ def test_token_stride_sets_the_membrane_layout():
     assert SlifNeuronArray(**params).membrane_data.depth == 16 * 40
     shared = SlifNeuronArray(**params, token_stride=8)
     assert shared.token_stride == 8 and shared.membrane_data.depth == 15 * 8 + 40
+
+
+def test_membranes_are_shared_by_layers_that_run_one_after_the_other():
+    """With `membranes`, updates carry a slot: two layers (channels 0-2 and 3-5, each with its
+    own constants) reuse the same three membrane words one after the other and each still
+    follows neuron_step exactly; `first` makes the second layer ignore the first one's state."""
+    rng = np.random.default_rng(7)
+    bias = rng.integers(-300, 300, size=6)
+    threshold = rng.integers(1, 400, size=6)
+    leak = rng.integers(0, 257, size=6)
+    dut = SlifNeuronArray(6, 1, bias, threshold, leak, 4, 8, acc_width=8, membrane_width=20,
+                          product_width=32, membranes=3)
+    assert dut.membrane_data.depth == 3 and "slot" in dut.update_layout.members
+    steps = 4
+    layers = [(0, rng.integers(-128, 128, size=(steps, 3))),
+              (3, rng.integers(-128, 128, size=(steps, 3)))]
+    expected = []
+    for base, accs in layers:
+        v = np.zeros(3, dtype=np.int64)
+        for acc in accs:
+            s, v, *_ = neuron_step(v, acc, bias[base:base + 3], threshold[base:base + 3],
+                                   leak[base:base + 3], 4, 8)
+            expected += [(base + c, int(s[c])) for c in range(3)]
+    got = []
+
+    async def producer(ctx):
+        for base, accs in layers:
+            for t, acc in enumerate(accs):
+                await stream_put_all(ctx, dut.i, [
+                    {"token": 0, "channel": base + c, "slot": c, "acc": int(acc[c]),
+                     "first": int(t == 0)} for c in range(3)])
+
+    async def consumer(ctx):
+        out = await stream_get_all(ctx, dut.o, len(expected))
+        got.extend((int(p.channel), int(p.spike)) for p in out)
+
+    simulate(dut, producer, consumer)
+    assert got == expected

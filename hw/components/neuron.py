@@ -56,6 +56,11 @@ class SlifNeuronArray(wiring.Component):
         Default ``channels``: every (token, channel) has its own membrane. A smaller stride
         lets several users share one array, e.g. per-token channels only at the end of the
         channel range: the caller then sends only pairs whose addresses differ.
+    membranes : int, optional
+        Membrane words, when they are fewer than the neurons: updates then carry a ``slot``
+        and neuron (token, channel) keeps its membrane at ``token * token_stride + slot``
+        (< membranes), while ``channel`` still selects the constants. Users of one array whose
+        neurons never live at the same time (layers run one after the other) share words.
     bias, threshold, leak : sequences of int, one per channel
         The artifact's integers: any bias, thresholds >= 1, leaks in 0..2^leak_bits.
     frac_bits, leak_bits : int
@@ -80,7 +85,7 @@ class SlifNeuronArray(wiring.Component):
     """
 
     def __init__(self, channels, tokens, bias, threshold, leak, frac_bits, leak_bits,
-                 acc_width, membrane_width, product_width, token_stride=None):
+                 acc_width, membrane_width, product_width, token_stride=None, membranes=None):
         self._channels = check_int(channels, "channels", minimum=1)
         self._tokens = check_int(tokens, "tokens", minimum=1)
         self._stride = self._channels if token_stride is None else \
@@ -100,20 +105,25 @@ class SlifNeuronArray(wiring.Component):
         self._membrane_width = check_int(membrane_width, "membrane_width", minimum=1)
         self._product_width = check_int(product_width, "product_width", minimum=1)
 
-        self._update_layout = data.StructLayout({
+        self._slots = membranes is not None
+        depth = ((self._tokens - 1) * self._stride + self._channels) if membranes is None else \
+            check_int(membranes, "membranes", minimum=1)
+        fields = {
             "token": unsigned(bits_for(self._tokens - 1)),
             "channel": unsigned(bits_for(self._channels - 1)),
             "acc": signed(self._acc_width),
             "first": 1,
-        })
+        }
+        if self._slots:
+            fields["slot"] = unsigned(bits_for(depth - 1))
+        self._update_layout = data.StructLayout(fields)
         self._spike_layout = data.StructLayout({
             "token": unsigned(bits_for(self._tokens - 1)),
             "channel": unsigned(bits_for(self._channels - 1)),
             "spike": 1,
         })
         self.membrane_data = MemoryData(shape=signed(self._membrane_width),
-                                        depth=(self._tokens - 1) * self._stride + self._channels,
-                                        init=[])
+                                        depth=depth, init=[])
         super().__init__({
             "i": In(stream.Signature(self._update_layout)),
             "o": Out(stream.Signature(self._spike_layout)),
@@ -183,7 +193,8 @@ class SlifNeuronArray(wiring.Component):
                   (s2["valid"] & (s2["address"] == address)))
         accept = Signal()
         m.d.comb += [
-            address.eq(self.i.p.token * self._stride + self.i.p.channel),
+            address.eq(self.i.p.token * self._stride +
+                       (self.i.p.slot if self._slots else self.i.p.channel)),
             self.i.ready.eq(advance & ~hazard),
             accept.eq(self.i.valid & self.i.ready),
             membrane_read.addr.eq(address),
