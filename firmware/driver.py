@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode, Frame, FrameDecoder, \
-    FrameError, encode_frame, pack_run, unpack_error, unpack_result
+    FrameError, encode_frame, pack_run, pack_write_mem, unpack_error, unpack_result
 from model.errors import StforgeError, report_error, report_interrupt
 
 __all__ = ["Accelerator", "BoardError", "BoardTimeout", "DriverError", "Inference", "LinkError",
@@ -290,6 +290,47 @@ class Accelerator:
                             f"model has {self.classes} classes (bitstream of another model?)")
         return Inference(tuple(result.logits), result.cycles, result.predicted)
 
+    def loadable(self) -> bool:
+        """Whether the bitstream takes its tables from the host (the iCE40 build). Asks with a
+        WRITE_MEM that names no words, which writes nothing either way: a loadable board
+        refuses it as BAD_ARGUMENT, one with its weights in the bitstream as UNSUPPORTED."""
+        try:
+            self._transact(Command.WRITE_MEM, pack_write_mem(0, 0, b""), retry=True)
+        except BoardError as error:
+            if error.code == ErrorCode.UNSUPPORTED:
+                return False
+            if error.code == ErrorCode.BAD_ARGUMENT:
+                return True
+            raise
+        raise LinkError(f"the board on {self.name} accepted a WRITE_MEM without words")
+
+    def load(self, tables, progress=None) -> bool:
+        """Write the memory images (:func:`firmware.images.memory_images`) with WRITE_MEM.
+
+        Returns False, having written nothing, when the bitstream keeps its weights in block-RAM
+        init (the board answers the first frame UNSUPPORTED), True once every table is written.
+        Needs ``input_shape`` (:meth:`for_artifact`): the board takes payloads up to the RUN
+        size. `progress(done, total)` is called after each frame."""
+        import math
+        from firmware.images import write_mem_chunks
+        if self.input_shape is None:
+            raise DriverError("load needs the model's input shape (use Accelerator.for_artifact)")
+        chunks = list(write_mem_chunks(tables, math.prod(self.input_shape)))
+        for done, (mem_id, address, data) in enumerate(chunks, start=1):
+            try:
+                payload = self._transact(Command.WRITE_MEM,
+                                         pack_write_mem(mem_id, address, data), retry=True)
+            except BoardError as error:
+                if done == 1 and error.code == ErrorCode.UNSUPPORTED:
+                    return False
+                raise
+            if payload:
+                raise LinkError(f"WRITE_MEM reply from {self.name} carries {len(payload)} "
+                                f"bytes, not 0")
+            if progress is not None:
+                progress(done, len(chunks))
+        return True
+
     def infer(self, image) -> Inference:
         """Run one image: ``(logits, cycles, predicted)``."""
         self.run(image)
@@ -358,6 +399,16 @@ def main(argv=None) -> int:
         with Accelerator.for_artifact(args.port, manifest, baud=args.baud,
                                       timeout=args.timeout) as board:
             board.ping()
+            if board.loadable():        # the iCE40 build: its tables come from the host
+                from firmware.images import memory_images
+                from model.artifact import load_artifact
+                try:
+                    tables = memory_images(load_artifact(args.artifact))
+                except StforgeError as error:
+                    raise DriverError(str(error)) from None
+                board.load(tables)
+                print(f"loaded {sum(len(t.words) for t in tables)} words "
+                      f"({', '.join(t.name for t in tables)}) into the board")
             correct, mismatches, cycles = 0, 0, []
             for i, (image, label) in enumerate(zip(images, labels)):
                 out = board.infer(image)

@@ -1,3 +1,6 @@
+# amaranth: UnusedElaboratable=no
+# (the shared engine and neuron array are built in __init__, for memory_map; they are
+# elaborated only with the accelerator)
 """The whole-network accelerator, generated from an integer artifact (docs/HARDWARE.md).
 
 One stage per artifact node that ends in a neuron, run one after the other by a static sequencer
@@ -39,7 +42,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
-    SpikingAttention, block_ram_attrs
+    SpikingAttention, block_ram_attrs, packed_words
 from model.artifact import NEURON_OPS, Artifact, conv_columns, dense_from_csc, derive_widths, \
     value_sources
 from model.intops import acc_range, signed_bits
@@ -62,9 +65,15 @@ class Accelerator(wiring.Component):
         Add the ``trace`` port.
     lanes : int
         Parallel lanes per engine; this generator builds 1 (one stored weight per cycle).
+    loadable : bool
+        The shared engine's entry table and the neuron constants are not ROMs but written
+        through the ``load`` port before the first image (`memory_map` says what to write):
+        they then have no initial contents, so the iCE40 flow puts them in SPRAM. Everything
+        else, timing included, is the same.
     """
 
-    def __init__(self, artifact: Artifact, trace: bool = False, lanes: int = 1):
+    def __init__(self, artifact: Artifact, trace: bool = False, lanes: int = 1,
+                 loadable: bool = False):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if lanes != 1:
@@ -96,7 +105,36 @@ class Accelerator(wiring.Component):
         }
         if trace:
             members["trace"] = Out(stream.Signature(self.trace_layout))
+        self.loadable = bool(loadable)
+        self._shared = _SharedUnits(self, self.loadable)
+        if self.loadable:
+            tables = self.memory_map()
+            members["load"] = In(stream.Signature(data.StructLayout({
+                "memory": unsigned(bits_for(len(tables) - 1)),
+                "addr": unsigned(max(bits_for(len(t.words) - 1) for t in tables)),
+                "data": unsigned(max(t.width for t in tables)),
+            })))
         super().__init__(members)
+
+    def memory_map(self) -> list[SimpleNamespace]:
+        """The tables a loader writes into a ``loadable`` accelerator, by memory id (the
+        ``load`` port's ``memory``; the WRITE_MEM command's id): ``name``, ``width`` (bits per
+        word) and ``words`` (unsigned ints, address 0 first), from the same components that
+        build them, so host images and hardware cannot disagree."""
+        tables = []
+        engine, neurons = self._shared.engine, self._shared.neurons
+        if engine is not None:
+            tables.append(SimpleNamespace(name="engine.entries",
+                                          width=engine.entry_layout.size,
+                                          words=packed_words(engine.entry_layout,
+                                                             engine.entries_init())))
+        tables.append(SimpleNamespace(name="neurons.parameters",
+                                      width=neurons.parameter_layout.size,
+                                      words=packed_words(neurons.parameter_layout,
+                                                         neurons.parameters_init())))
+        for i, table in enumerate(tables):
+            table.id = i
+        return tables
 
     # ---- shapes -------------------------------------------------------------------------------
 
@@ -170,7 +208,7 @@ class Accelerator(wiring.Component):
         else:
             m.d.comb += trace_ready.eq(1)
 
-        shared = _SharedUnits(self)
+        shared = self._shared
         if shared.engine is not None:
             m.submodules.engine = shared.engine
         m.submodules.neurons = shared.neurons
@@ -198,18 +236,29 @@ class Accelerator(wiring.Component):
 
         # ---- head: feature sums, then serial MAC per class
         head_start, head_done = Signal(), Signal()
-        logits_mem, best_cls = self._head_stage(m, stage_count + 1, head_start, head_done,
-                                                read, counts)
+        best_cls = self._head_stage(m, stage_count + 1, head_start, head_done, read, counts)
 
         # every stage has registered its reads: place the values, mux addresses by stage
         store.build(m, active)
 
+        if self.loadable:
+            units = [shared.engine, shared.neurons] if shared.engine is not None else \
+                [shared.neurons]
+            for table, unit in zip(self.memory_map(), units):
+                m.d.comb += [
+                    unit.load.valid.eq(self.load.valid & self.load.ready &
+                                       (self.load.payload.memory == table.id)),
+                    unit.load.payload.addr.eq(self.load.payload.addr),
+                    unit.load.payload.data.eq(self.load.payload.data[:table.width]),
+                ]
+
         # ---- top sequencer
-        out_k = Signal(range(self.classes + 1))
         with m.FSM():
             with m.State("LOAD"):
                 m.d.comb += [self.pixels.ready.eq(1), image_w.en.eq(
                     Mux(self.pixels.valid, 1 << load_c, 0))]
+                if self.loadable:       # tables are written only between images
+                    m.d.comb += self.load.ready.eq(load_count == 0)
                 with m.If(self.pixels.valid):
                     m.d.sync += running.eq(1)
                     with m.If(load_count == 0):
@@ -237,17 +286,10 @@ class Accelerator(wiring.Component):
                             m.d.comb += stage_start[sid].eq(1)
                         else:
                             m.d.comb += head_start.eq(1)
+                # the head has streamed the logits out as it computed them
                 with m.If((active == stage_count + 1) & head_done):
-                    m.d.sync += [active.eq(stage_count + 2), out_k.eq(0)]
-                    m.next = "LOGITS"
-            with m.State("LOGITS"):
-                m.d.comb += [self.logits.valid.eq(1),
-                             self.logits.payload.eq(logits_mem[out_k])]
-                with m.If(self.logits.ready):
-                    m.d.sync += out_k.eq(out_k + 1)
-                    with m.If(out_k == self.classes - 1):
-                        m.d.sync += running.eq(0)
-                        m.next = "RESULT"
+                    m.d.sync += [active.eq(stage_count + 2), running.eq(0)]
+                    m.next = "RESULT"
             with m.State("RESULT"):
                 m.d.comb += [self.result.valid.eq(1), self.result.payload.cls.eq(best_cls),
                              self.result.payload.cycles.eq(cycles)]
@@ -623,7 +665,6 @@ class Accelerator(wiring.Component):
             attrs=block_ram_attrs(signed(wbits), w.size))
         w_r = weights.read_port()
         features = [Signal(signed(fbits), name=f"feature_{c}") for c in range(dim)]
-        logits = [Signal(signed(lbits), name=f"logit_{k}") for k in range(self.classes)]
         best, best_cls = Signal(signed(lbits)), Signal(8)
         step = Signal(range(T))
         token = Signal(range(N))
@@ -634,13 +675,19 @@ class Accelerator(wiring.Component):
         word_counts, _ = counts(src)
         # SUM: one (step, token) word read per cycle, added the cycle after (read latency 1).
         # MAC: one weight read per cycle over k * dim + c, multiplied and added the cycle after;
-        # a class's first product starts from its bias, its last one stores the logit.
+        # a class's first product starts from its bias, its last one puts the logit on the
+        # `logits` stream (one register: a class's last product is not issued while the
+        # previous logit still waits there, which with a ready consumer never happens).
         summing = Signal(name="head_summing")           # a read was issued last cycle
         i = Signal(range(self.classes * dim + 1), name="head_index")
         mac_valid = Signal(name="head_mac_valid")       # w_r.data holds W[mac_k, mac_c]
         mac_k = Signal(range(self.classes), name="head_mac_k")
         mac_c = Signal(range(dim), name="head_mac_c")
         m.d.comb += w_r.addr.eq(i)
+        logit_valid = Signal(name="head_logit_valid")
+        m.d.comb += self.logits.valid.eq(logit_valid)
+        with m.If(self.logits.ready):
+            m.d.sync += logit_valid.eq(0)
         with m.If(summing):
             m.d.sync += [f.eq(f + cnt) for f, cnt in zip(features, word_counts)]
         feature = Signal(signed(fbits), name="head_feature")
@@ -668,10 +715,7 @@ class Accelerator(wiring.Component):
         with m.If(p_valid):
             m.d.sync += acc.eq(total)
             with m.If(p_c == dim - 1):
-                with m.Switch(p_k):
-                    for ki in range(self.classes):
-                        with m.Case(ki):
-                            m.d.sync += logits[ki].eq(total)
+                m.d.sync += [self.logits.payload.eq(total), logit_valid.eq(1)]
         with m.If(stored & ((stored_k == 0) | (acc > best))):
             m.d.sync += [best.eq(acc), best_cls.eq(stored_k)]
         m.d.sync += [summing.eq(0), mac_valid.eq(0)]
@@ -693,24 +737,25 @@ class Accelerator(wiring.Component):
                     m.d.sync += token.eq(token + 1)
             with m.State("MAC"):
                 # the last SUM lands in this state's first cycle; the first product in the next
-                m.d.sync += [mac_valid.eq(1), mac_k.eq(k), mac_c.eq(c), i.eq(i + 1)]
-                with m.If(c == dim - 1):
-                    m.d.sync += [c.eq(0), k.eq(k + 1)]
-                    with m.If(k == self.classes - 1):
-                        m.next = "LAST"
-                with m.Else():
-                    m.d.sync += c.eq(c + 1)
+                with m.If((c != dim - 1) | ~logit_valid | self.logits.ready):
+                    m.d.sync += [mac_valid.eq(1), mac_k.eq(k), mac_c.eq(c), i.eq(i + 1)]
+                    with m.If(c == dim - 1):
+                        m.d.sync += [c.eq(0), k.eq(k + 1)]
+                        with m.If(k == self.classes - 1):
+                            m.next = "LAST"
+                    with m.Else():
+                        m.d.sync += c.eq(c + 1)
             with m.State("LAST"):
                 m.next = "LAST_ADD"      # the last product is registered in this cycle
             with m.State("LAST_ADD"):
                 m.next = "LAST_CMP"      # ... added and stored as a logit in this one
             with m.State("LAST_CMP"):
-                m.next = "DONE"          # ... compared with the best in this one
+                m.next = "DONE"          # ... compared with the best (and on `logits`) here
             with m.State("DONE"):
-                m.d.comb += done.eq(1)
-                m.next = "IDLE"
-        logits_array = _SignalArray(m, logits, lbits)
-        return logits_array, best_cls
+                with m.If(~logit_valid):  # the last logit has been taken
+                    m.d.comb += done.eq(1)
+                    m.next = "IDLE"
+        return best_cls
 
 
 class _Issuer:
@@ -1023,7 +1068,7 @@ class _SharedUnits:
     the shared units. Timing is the unshared design's, cycle for cycle (hw/cycles.py).
     """
 
-    def __init__(self, acc: "Accelerator"):
+    def __init__(self, acc: "Accelerator", loadable: bool = False):
         a = acc.artifact
         self.col_base, self.rows, self.channel_base = {}, {}, {}
         ptrs, idxs, vals, cols, in_max, acc_width = [], [], [], 0, 1, 1
@@ -1069,7 +1114,8 @@ class _SharedUnits:
             acc_width = max(acc_width, signed_bits(*acc_range(
                 dense_from_csc(col_ptr, row_idx, values, rows, cols), in_max)))
             self.engine = SparseMatmulEngine(cols, rows, col_ptr, row_idx, values, in_max,
-                                             acc_width, variable_rows=True, overlap=True)
+                                             acc_width, variable_rows=True, overlap=True,
+                                             loadable=loadable)
         # Membranes are reused from stage to stage (a stage's membranes live only while it
         # runs; `first` takes them as 0): neuron (token, local channel c) of a stage sits at
         # token * stride + c, conv/matmul stages at token 0, attention stages at every token
@@ -1081,7 +1127,8 @@ class _SharedUnits:
                                        cat(threshold), cat(leak), a.frac_bits, a.leak_bits,
                                        acc_width, membrane_width, product_width,
                                        token_stride=per_token or None,
-                                       membranes=max(acc.N * per_token, widest))
+                                       membranes=max(acc.N * per_token, widest),
+                                       loadable=loadable)
         self._engine_users, self._neuron_users = {}, {}
 
     def engine_user(self, sid: int, name: str) -> SimpleNamespace:
@@ -1130,21 +1177,6 @@ class _SharedUnits:
                         u.o.payload.eq(n.o.payload),
                         u.o.payload.channel.eq(n.o.payload.channel - base),
                     ]
-
-
-class _SignalArray:
-    """Index a list of signals with a signal (a mux), for the logits output."""
-
-    def __init__(self, m, signals, width):
-        self.m, self.signals, self.width = m, signals, width
-
-    def __getitem__(self, index):
-        out = Signal(signed(self.width))
-        with self.m.Switch(index):
-            for i, s in enumerate(self.signals):
-                with self.m.Case(i):
-                    self.m.d.comb += out.eq(s)
-        return out
 
 
 def _or_all(values):

@@ -18,8 +18,16 @@ Commands (``firmware/protocol.py``; every reply is one frame, ``OK`` or ``ERROR 
                 ~0.11 M for the default l1p model; a watchdog answers ``BUSY`` after
                 ``result_wait``, 1 s by default). Before any run -> ``BUSY``. The result stays
                 readable until the next RUN.
-``WRITE_MEM``   -> ``UNSUPPORTED``: the weights boot from block-RAM initial values (the
-                accelerator's ROMs are built from the artifact), there is nothing to write.
+``WRITE_MEM``   With ``loadable`` (the iCE40 build: its engine entries and neuron constants live
+                in SPRAM, which a bitstream cannot initialise): memory id (u8), word address
+                (u32), then whole words of that table (``Accelerator.memory_map``), each
+                ``ceil(width / 8)`` bytes little-endian -> ``OK []`` once written. Like RUN,
+                the payload is buffered and nothing is written before the CRC has matched. An
+                unknown id, no words, a partial word or words past the table's end ->
+                ``BAD_ARGUMENT``; during a run -> ``BUSY``. The host loads every table after
+                configuration (``firmware.driver.Accelerator.load``); a run before that computes
+                with empty tables. Without ``loadable`` the weights boot from block-RAM initial
+                values and the reply is ``UNSUPPORTED``.
 other commands  -> ``UNKNOWN_COMMAND``; a non-empty PING / READ_RESULT -> ``BAD_ARGUMENT``.
 
 A frame the receiver drops gets an ``ERROR`` reply with the receiver's code (``BAD_CRC``,
@@ -60,6 +68,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 from amaranth import ClockDomain, ClockSignal, Const, Module, Mux, ResetSignal, Signal
 from amaranth.hdl import Instance
@@ -201,6 +210,9 @@ class BoardTop(wiring.Component):
     result_wait : float
         Watchdog of a READ_RESULT sent during a run: after this many seconds without a result
         the board answers ``ERROR BUSY`` (a run of the default model takes ~10 ms at 12 MHz).
+    loadable : bool
+        Build ``Accelerator(loadable=True)`` and implement ``WRITE_MEM`` (see the module
+        docstring); :meth:`for_platform` sets it for iCE40 targets.
 
     Members
     -------
@@ -211,7 +223,7 @@ class BoardTop(wiring.Component):
 
     def __init__(self, artifact, clk_hz, baud=DEFAULT_BAUD, *, pll: PllConfig | None = None,
                  frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
-                 result_wait: float = DEFAULT_RESULT_WAIT):
+                 result_wait: float = DEFAULT_RESULT_WAIT, loadable: bool = False):
         self.divisor = uart_divisor(clk_hz, baud)
         if pll is not None and abs(pll.f_out - clk_hz) > 1e-6 * clk_hz:
             raise ValueError(f"PLL output {pll.f_out / 1e6:g} MHz differs from clk_hz "
@@ -221,8 +233,12 @@ class BoardTop(wiring.Component):
         if not result_wait > 0:
             raise ValueError(f"Result wait must be positive seconds, not {result_wait!r}")
         self.artifact, self.clk_hz, self.baud, self.pll = artifact, clk_hz, baud, pll
-        self.accelerator = Accelerator(artifact)
+        self.accelerator = Accelerator(artifact, loadable=loadable)
         acc = self.accelerator
+        self.loadable = acc.loadable
+        #: WRITE_MEM ids: (bytes per word, words) per table of the accelerator's memory map
+        self.tables = [((t.width + 7) // 8, len(t.words)) for t in acc.memory_map()] \
+            if self.loadable else []
         self.n_pixels = acc.in_c * acc.in_h * acc.in_w * (acc.T if acc.time_varying else 1)
         self.input_max = int(artifact.manifest["model"]["input_max"])
         self.classes = acc.classes
@@ -240,16 +256,19 @@ class BoardTop(wiring.Component):
     def for_platform(cls, artifact, target, clock_mhz=None, baud=DEFAULT_BAUD, *, pll=True,
                      frame_timeout=DEFAULT_FRAME_TIMEOUT):
         """The board top for a :data:`hw.synth.TARGETS` name, clocked by a PLL at ``clock_mhz``
-        (default :data:`DEFAULT_CLOCK_MHZ`) or, with ``pll=False``, by the oscillator."""
+        (default :data:`DEFAULT_CLOCK_MHZ`) or, with ``pll=False``, by the oscillator. On iCE40
+        it is ``loadable``: the block RAM is too small for the tables, SPRAM holds them."""
         from hw.synth import get_target
         spec = get_target(target)
         platform_cls = spec.platform_class()
         osc = platform_cls().default_clk_frequency
+        loadable = spec.loadable
         if not pll:
-            return cls(artifact, osc, baud, frame_timeout=frame_timeout)
+            return cls(artifact, osc, baud, frame_timeout=frame_timeout, loadable=loadable)
         mhz = DEFAULT_CLOCK_MHZ.get(spec.name, osc / 1e6) if clock_mhz is None else clock_mhz
         config = (ice40_pll if spec.family == "ice40" else ecp5_pll)(osc, mhz * 1e6)
-        return cls(artifact, config.f_out, baud, pll=config, frame_timeout=frame_timeout)
+        return cls(artifact, config.f_out, baud, pll=config, frame_timeout=frame_timeout,
+                   loadable=loadable)
 
     # ---- clocking on a board -------------------------------------------------------------------
 
@@ -354,7 +373,9 @@ class BoardTop(wiring.Component):
         has_result = Signal()
         feeding = Signal()
         feed_index = Signal(range(n_pixels))
-        m.d.comb += [buf_r.addr.eq(feed_index), acc.pixels.payload.eq(buf_r.data)]
+        m.d.comb += acc.pixels.payload.eq(buf_r.data)
+        with m.If(feeding):
+            m.d.comb += buf_r.addr.eq(feed_index)
         with m.FSM(name="feeder"):
             with m.State("IDLE"):
                 with m.If(start):
@@ -394,6 +415,11 @@ class BoardTop(wiring.Component):
 
         # ---- command handler
         event = receiver.o.payload
+        buf_r_index = Signal(range(n_pixels + 1))
+        wm = None
+        if self.loadable:
+            wm = self._write_mem_state()
+            self._write_mem_checks(m, wm)
         command = Signal(8)
         count = Signal(16)         # payload bytes of the current frame
         bad_pixel = Signal()       # a RUN byte above input_max
@@ -439,10 +465,13 @@ class BoardTop(wiring.Component):
                             with m.If(command == Command.RUN):
                                 with m.If(event.data > self.input_max):
                                     m.d.sync += bad_pixel.eq(1)
-                                # the buffer is being read only while feeding: leave it alone
-                                # then (such a RUN is answered BUSY anyway)
-                                m.d.comb += [buf_w.addr.eq(count), buf_w.data.eq(event.data),
-                                             buf_w.en.eq(~feeding & (count < n_pixels))]
+                            # the buffer is being read only while feeding: leave it alone
+                            # then (such a RUN or WRITE_MEM is answered BUSY anyway)
+                            m.d.comb += [buf_w.addr.eq(count), buf_w.data.eq(event.data),
+                                         buf_w.en.eq(~feeding & (count < n_pixels))]
+                            if self.loadable:
+                                with m.If(command == Command.WRITE_MEM):
+                                    self._write_mem_byte(m, wm, count, event.data)
                         with m.Case(FrameEventKind.END):
                             m.next = "DISPATCH"
                         with m.Case(FrameEventKind.ERROR):
@@ -476,7 +505,16 @@ class BoardTop(wiring.Component):
                         with m.Else():
                             reply(kind=_Reply.RESULT)
                     with m.Case(Command.WRITE_MEM):
-                        reply(ErrorCode.UNSUPPORTED)
+                        if self.loadable:
+                            with m.If(running | feeding):
+                                reply(ErrorCode.BUSY)
+                            with m.Elif(~wm.fits):
+                                reply(ErrorCode.BAD_ARGUMENT)
+                            with m.Else():
+                                m.d.sync += [buf_r_index.eq(5), wm.byte.eq(0)]
+                                m.next = "WRITE_FETCH"
+                        else:
+                            reply(ErrorCode.UNSUPPORTED)
                     with m.Default():
                         reply(ErrorCode.UNKNOWN_COMMAND)
 
@@ -486,6 +524,30 @@ class BoardTop(wiring.Component):
                     reply(kind=_Reply.RESULT)
                 with m.Elif(wait_cycles == self.result_wait_cycles - 1):
                     reply(ErrorCode.BUSY)          # watchdog: the link never waits forever
+
+            if self.loadable:
+                # the checked payload from the buffer into the table, a word at a time
+                with m.State("WRITE_FETCH"):        # the buffer's read port: one cycle
+                    m.d.comb += buf_r.addr.eq(buf_r_index)
+                    m.next = "WRITE_BYTE"
+                with m.State("WRITE_BYTE"):
+                    with m.Switch(wm.byte):
+                        for i in range(max(b for b, _ in self.tables)):
+                            with m.Case(i):
+                                m.d.sync += wm.word.word_select(i, 8).eq(buf_r.data)
+                    m.d.sync += [buf_r_index.eq(buf_r_index + 1), wm.byte.eq(wm.byte + 1)]
+                    m.next = "WRITE_FETCH"
+                    with m.If(wm.byte == wm.word_bytes - 1):
+                        m.next = "WRITE_WORD"
+                with m.State("WRITE_WORD"):
+                    m.d.comb += [acc.load.valid.eq(1), acc.load.payload.memory.eq(wm.id),
+                                 acc.load.payload.addr.eq(wm.addr),
+                                 acc.load.payload.data.eq(wm.word)]
+                    with m.If(acc.load.ready):
+                        m.d.sync += [wm.addr.eq(wm.addr + 1), wm.byte.eq(0)]
+                        m.next = "WRITE_FETCH"
+                        with m.If(buf_r_index == count):
+                            reply(kind=_Reply.EMPTY)
 
             with m.State("HEADER"):
                 m.d.comb += [sender.header.valid.eq(1),
@@ -525,6 +587,59 @@ class BoardTop(wiring.Component):
         m.d.comb += sender.payload.payload.eq(
             Mux(reply_kind == _Reply.RESULT, result_byte, reply_byte))
         return m
+
+
+    # ---- WRITE_MEM (loadable only) -------------------------------------------------------------
+
+    def _write_mem_state(self):
+        """The registers of a WRITE_MEM frame, and ``fits``: its id, address and word count
+        name whole words inside a table (the check before anything is written)."""
+        word_bytes = max(b for b, _ in self.tables)
+        depth = max(d for _, d in self.tables)
+        wm = SimpleNamespace(
+            id=Signal(8, name="wm_id"),
+            addr=Signal(range(depth + 1), name="wm_addr"),
+            high=Signal(name="wm_addr_high"),       # an address bit above the table range
+            k=Signal(range(word_bytes), name="wm_k"),          # byte within word, received
+            words=Signal(range(self.n_pixels + 1), name="wm_words"),
+            byte=Signal(range(word_bytes), name="wm_byte"),    # byte within word, written
+            word=Signal(8 * word_bytes, name="wm_word"),
+            word_bytes=Signal(range(word_bytes + 1), name="wm_word_bytes"),
+            depth=Signal(range(depth + 1), name="wm_depth"),
+            fits=Signal(name="wm_fits"))
+        wm.end = Signal(len(wm.addr) + 1, name="wm_end")
+        return wm
+
+    def _write_mem_checks(self, m, wm):
+        with m.Switch(wm.id):
+            for i, (nbytes, words) in enumerate(self.tables):
+                with m.Case(i):
+                    m.d.comb += [wm.word_bytes.eq(nbytes), wm.depth.eq(words)]
+        m.d.comb += [
+            wm.end.eq(wm.addr + wm.words),
+            wm.fits.eq((wm.id < len(self.tables)) & ~wm.high & (wm.k == 0) &
+                       (wm.words != 0) & (wm.end <= wm.depth)),
+        ]
+
+    def _write_mem_byte(self, m, wm, count, byte):
+        """One payload byte of a WRITE_MEM frame: id, 4 address bytes, then word bytes."""
+        addr_bits = len(wm.addr)
+        with m.If(count == 0):
+            m.d.sync += [wm.id.eq(byte), wm.addr.eq(0), wm.high.eq(0), wm.k.eq(0),
+                         wm.words.eq(0)]
+        for i in range(4):
+            with m.Elif(count == 1 + i):
+                low = 8 * i
+                if low < addr_bits:
+                    m.d.sync += wm.addr.bit_select(low, min(8, addr_bits - low)).eq(byte)
+                keep = max(0, min(8, addr_bits - low))
+                with m.If((byte >> keep) != 0):
+                    m.d.sync += wm.high.eq(1)
+        with m.Else():
+            with m.If(wm.k == wm.word_bytes - 1):
+                m.d.sync += [wm.k.eq(0), wm.words.eq(wm.words + 1)]
+            with m.Else():
+                m.d.sync += wm.k.eq(wm.k + 1)
 
 
 # --------------------------------------------------------------------------------------------

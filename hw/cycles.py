@@ -63,9 +63,9 @@ counts from c + 3 on, one per cycle, back to back across tokens.
 
 Head (not traced): SUM reads one (step, token) word per cycle (added the cycle after), MAC one
 weight per cycle over all classes (then a registered multiply, add and best-class compare),
-LAST, LAST_ADD, LAST_CMP, DONE; then LOGITS, one per class:
-    head = T N + classes in_features + 4 + classes.
-Whole inference, first pixel accepted through last logit transfer (the ``result.cycles`` value):
+LAST, LAST_ADD, LAST_CMP, DONE; each logit leaves on the `logits` stream as it is computed:
+    head = T N + classes in_features + 4.
+Whole inference, first pixel accepted through the head's end (the ``result.cycles`` value):
     total = pixels + sum(layer cycles) + head,   pixels = C H W (x T for event data).
 
 The model is exact for streams that are always ready (trace, logits); back-pressure on them
@@ -325,10 +325,10 @@ def expected_cycles(artifact, node_spikes: dict, image=None) -> dict[str, int]:
 
 
 def head_cycles(artifact) -> int:
-    """From the head's start through the last logit transfer: T N + classes (dim + 1) + 4."""
+    """From the head's start through its end (the last logit taken): T N + classes dim + 4."""
     man = artifact.manifest["model"]
     head = next(n for n in artifact.nodes if n["op"] == "head")
-    return man["timesteps"] * man["tokens"] + head["classes"] * (head["in_features"] + 1) + 4
+    return man["timesteps"] * man["tokens"] + head["classes"] * head["in_features"] + 4
 
 
 def load_cycles(artifact) -> int:

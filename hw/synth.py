@@ -54,7 +54,7 @@ import threading
 import time
 from pathlib import Path
 
-from hw.components import BLOCK_RAM_MIN_BITS  # memories above it must be block RAM
+from hw.components import BLOCK_RAM_MIN_BITS, LOADED_PREFIX  # memories above it: block RAM
 from model.errors import StforgeError
 
 __all__ = [
@@ -112,6 +112,8 @@ class Target:
     resource_names: dict
     synth_command: str
     synth_opts: str
+    script_after_read: str     # Yosys commands between reading the design and synthesis
+    loadable: bool             # the accelerator's tables are loaded, not ROMs (SPRAM on iCE40)
     pnr_tool: str
     pack_tool: str
     bitstream_suffix: str
@@ -125,6 +127,12 @@ class Target:
         return ("yosys", self.pnr_tool, self.pack_tool)
 
 
+# Tables written by a loader (hw.components.LOADED_PREFIX) have no initial contents: drop the
+# all-zero init Amaranth gives every memory and ask for SPRAM (single port, 16 bits x 16 K),
+# which cannot be initialised by the bitstream. Names match before and after flattening.
+_SPRAM_SCRIPT = (f"delete t:$meminit_v2 r:MEMID=*{LOADED_PREFIX}* %i\n"
+                 f"setattr -set ram_style \"huge\" m:*{LOADED_PREFIX}*")
+
 TARGETS = {
     "ice40-up5k": Target(
         name="ice40-up5k",
@@ -135,8 +143,10 @@ TARGETS = {
         limits={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
         resource_names={"lut": "LC", "ff": "FF", "bram": "EBR (4 Kbit)", "spram": "SPRAM",
                         "dsp": "DSP (SB_MAC16)"},
-        synth_command="synth_ice40 -dsp",
-        synth_opts="-dsp",
+        synth_command="synth_ice40 -dsp -spram",
+        synth_opts="-dsp -spram",
+        script_after_read=_SPRAM_SCRIPT,
+        loadable=True,      # 30 EBR cannot hold the default model's tables; 4 SPRAMs can
         pnr_tool="nextpnr-ice40",
         pack_tool="icepack",
         bitstream_suffix=".bin",
@@ -152,6 +162,8 @@ TARGETS = {
                         "dsp": "MULT18X18D"},
         synth_command="synth_ecp5",
         synth_opts="",
+        script_after_read="",
+        loadable=False,
         pnr_tool="nextpnr-ecp5",
         pack_tool="ecppack",
         bitstream_suffix=".bit",
@@ -462,6 +474,7 @@ def synth_stats(design, target, top_name="top", *, ports=None, log_dir=None, tim
         (work / "synth.ys").write_text(
             "read_verilog -sv design.v\n"
             f"hierarchy -check -top {top_name}\n"
+            f"{spec.script_after_read}\n"
             f"{spec.synth_command} -top {top_name} -run :map_ram\n"
             "dump -o memories.il t:$mem_v2\n"
             f"{spec.synth_command} -top {top_name} -run map_ram:\n"
@@ -629,6 +642,7 @@ def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
         plan = platform.build(
             elaboratable, name=name, do_build=False,
             synth_opts=spec.synth_opts,
+            script_after_read=spec.script_after_read or "# nothing after read",
             script_after_synth=f"tee -q -o {name}.stat.json stat -json",
             nextpnr_opts=f"--report {report_name} --timing-allow-fail")
         # not plan.execute_local: its subprocess.check_call, interrupted, kills only the `sh`
@@ -640,13 +654,16 @@ def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
                                           stdout=log)
             if returncode != 0:
                 step = _failed_step(log_path)
+                packed = _pnr_overuse(products / f"{name}.tim")
                 try:  # when Yosys got through, say which resource ran out, if one did
                     check_fits(_stat_counts(products / f"{name}.stat.json", spec.family), spec)
                 except FitError as error:
-                    packed = _pnr_overuse(products / f"{name}.tim")
                     raise FitError(f"{error} ({step} failed{packed}) [log: {log_path}]") from None
                 except (OSError, ValueError):
                     pass
+                if packed:      # Yosys' counts fit, nextpnr's packing does not
+                    raise FitError(f"Design does not fit {spec.name}: {packed[2:]} ({step} "
+                                   f"failed) [log: {log_path}]")
                 raise SynthError(f"{step} failed for {spec.name}: {_quote(log_path)}")
         finally:
             for product, kept in ((f"{name}.rpt", f"{name}.yosys.log"),

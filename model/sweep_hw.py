@@ -371,7 +371,7 @@ def _hw(job: dict, model: dict) -> dict:
     import warnings
     from amaranth.hdl import UnusedElaboratable
     from hw.accelerator import Accelerator
-    from hw.synth import FitError, SynthError, check_fits, synth_stats
+    from hw.synth import FitError, SynthError, check_fits, get_target, synth_stats
     from model.artifact import load_artifact
     from model.bench import fpga_latency
     warnings.filterwarnings("ignore", category=UnusedElaboratable)
@@ -382,7 +382,8 @@ def _hw(job: dict, model: dict) -> dict:
         for ext in ("json", "npz"):
             (tmp / f"artifact.{ext}").write_bytes(model["artifact"][ext])
         artifact = load_artifact(tmp / "artifact.json")
-        top = Accelerator(artifact, lanes=lanes)          # the generator's own verdict on lanes
+        # the generator's own verdict on lanes; the target's build (tables in SPRAM on iCE40)
+        top = Accelerator(artifact, lanes=lanes, loadable=get_target(target).loadable)
         if lanes != 1:
             raise StforgeError(f"lanes = {lanes}: hw/cycles.py models one lane per engine, so "
                                f"there is no checked cycle figure for it")

@@ -11,11 +11,13 @@ Tests (this module is the cocotb test module; it imports NumPy, cocotb and the t
 driver only):
 
 * ``test_link_errors`` — PING; bad CRC, truncated, over-long and garbage-prefixed frames; unknown
-  command, WRITE_MEM (UNSUPPORTED), malformed RUN / PING, READ_RESULT with no result: each gets
-  its ERROR reply and the next PING works.
-* ``test_images`` — every image of the golden .npz listed in ``STFORGE_BOARD_IMAGES`` through
-  ``driver.infer``; logits and class must equal the golden model's; RUN while running is BUSY;
-  a second READ_RESULT repeats the result.
+  command, WRITE_MEM (UNSUPPORTED; on a loadable board: bad id, partial word, no words, past the
+  end, BAD_ARGUMENT), malformed RUN / PING, READ_RESULT with no result: each gets its ERROR reply
+  and the next PING works.
+* ``test_images`` — on a loadable board first ``driver.load`` of the memory images; then every
+  image of the golden .npz listed in ``STFORGE_BOARD_IMAGES`` through ``driver.infer``; logits
+  and class must equal the golden model's; RUN (and WRITE_MEM) while running is BUSY; a second
+  READ_RESULT repeats the result.
 
 The runner half (:func:`run_board_sim`, ``python -m sim.board_tb``) writes the Verilog of
 ``BoardTop``, builds it with Verilator under its own directory and runs the tests; results come
@@ -231,8 +233,21 @@ def _link_checks(port, driver, config):
     expect_error("over-long length", bytes([SYNC, Command.RUN, 0xFF, 0xFF]),
                  ErrorCode.BAD_LENGTH)
     expect_error("unknown command", encode_frame(0x42), ErrorCode.UNKNOWN_COMMAND)
-    expect_error("WRITE_MEM", encode_frame(Command.WRITE_MEM, pack_write_mem(0, 0, b"\1\2")),
-                 ErrorCode.UNSUPPORTED)
+    if config["tables"] is None:
+        expect_error("WRITE_MEM", encode_frame(Command.WRITE_MEM, pack_write_mem(0, 0, b"\1\2")),
+                     ErrorCode.UNSUPPORTED)
+    else:       # loadable: ids, partial words and words past a table's end are refused
+        tables = config["tables"]
+        nbytes = (tables[0]["width"] + 7) // 8
+        for what, payload in (
+                ("WRITE_MEM to an unknown memory", pack_write_mem(len(tables), 0, bytes(nbytes))),
+                ("WRITE_MEM of a partial word", pack_write_mem(0, 0, bytes(nbytes + 1))),
+                ("WRITE_MEM without words", pack_write_mem(0, 0, b"")),
+                ("WRITE_MEM past the table's end",
+                 pack_write_mem(0, len(tables[0]["words"]) - 1, bytes(2 * nbytes))),
+                ("WRITE_MEM at an address above 16 bits", pack_write_mem(0, 1 << 16,
+                                                                         bytes(nbytes)))):
+            expect_error(what, encode_frame(Command.WRITE_MEM, payload), ErrorCode.BAD_ARGUMENT)
     expect_error("RUN with too few pixels", encode_frame(Command.RUN, bytes(n - 1)),
                  ErrorCode.BAD_ARGUMENT)
     expect_error("RUN with a pixel above input_max",
@@ -295,13 +310,29 @@ if _test is not None:
 
         def run_all():
             from firmware.driver import BoardError
-            from firmware.protocol import ErrorCode
+            from firmware.images import Table
+            from firmware.protocol import Command, ErrorCode, pack_write_mem
             out = []
+            tables = config["tables"]
+            if tables is not None:      # a loadable board computes nothing before this
+                t0 = get_sim_time("ns")
+                assert driver.load([Table(t["id"], t["name"], t["width"], tuple(t["words"]))
+                                    for t in tables]) is True
+                _record("load", {"words": sum(len(t["words"]) for t in tables),
+                                 "sim_ns": get_sim_time("ns") - t0})
             for k, i in enumerate(indices):
                 image = golden["images"][i]
                 t0, w0 = get_sim_time("ns"), time.time()
                 if k == 0:
                     driver.run(image)
+                    if tables is not None:     # the tables are not written under a run
+                        try:
+                            driver._transact(Command.WRITE_MEM, pack_write_mem(0, 0, bytes(
+                                (tables[0]["width"] + 7) // 8)))
+                        except BoardError as error:
+                            assert error.code == ErrorCode.BUSY, error
+                        else:
+                            raise AssertionError("WRITE_MEM while running was not BUSY")
                     try:                       # a second RUN while the first one runs
                         driver.run(image)
                     except BoardError as error:
@@ -345,8 +376,11 @@ if _test is not None:
 # --------------------------------------------------------------------------------------------
 
 def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFAULT_DIVISOR,
-                  waves=False, testcase=None) -> dict:
+                  waves=False, testcase=None, loadable=False) -> dict:
     """Generate, build (cached by Verilog hash) and simulate the board top; returns results.
+
+    With `loadable` the board is the iCE40 build's (``BoardTop(loadable=True)``): the driver
+    first writes the memory images (``firmware.images``) with WRITE_MEM.
 
     ``images`` are indices into the golden .npz. Raises ``SystemExit``/``AssertionError``
     through the cocotb runner when a test fails (under pytest), and :class:`StforgeError` for
@@ -365,7 +399,8 @@ def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFA
         raise StforgeError(f"golden data {golden_path} does not exist (stforge golden-data)")
     artifact = load_artifact(artifact_path)
     clk_hz = 1e9 / CLOCK_NS
-    top = BoardTop(artifact, clk_hz, clk_hz / divisor, frame_timeout=1e-9)   # 20 byte times
+    top = BoardTop(artifact, clk_hz, clk_hz / divisor, frame_timeout=1e-9,    # 20 byte times
+                   loadable=loadable)
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{TOP}.v"
     text = verilog.convert(top, name=TOP, emit_src=False)
@@ -394,7 +429,11 @@ def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFA
     config = {"divisor": top.divisor, "n_pixels": top.n_pixels, "input_max": top.input_max,
               "classes": top.classes, "input_shape": shape,
               "timeout_cycles": top.timeout_cycles,
-              "port_timeout_ns": 2_000_000 * CLOCK_NS}
+              "port_timeout_ns": 2_000_000 * CLOCK_NS, "tables": None}
+    if loadable:
+        from firmware.images import memory_images
+        config["tables"] = [{"id": t.id, "name": t.name, "width": t.width,
+                             "words": list(t.words)} for t in memory_images(artifact)]
     (build_dir / "config.json").write_text(json.dumps(config, indent=1))
     results = build_dir / "results.json"
     results.unlink(missing_ok=True)
@@ -448,11 +487,13 @@ def main(argv=None) -> int:
     parser.add_argument("--build-dir", help="default build/sim_board/<artifact name>")
     parser.add_argument("--divisor", type=int, default=DEFAULT_DIVISOR)
     parser.add_argument("--waves", action="store_true")
+    parser.add_argument("--loadable", action="store_true",
+                        help="the iCE40 build's board: tables written with WRITE_MEM first")
     args = parser.parse_args(argv)
     build_dir = args.build_dir or Path("build/sim_board") / Path(args.artifact).stem
     try:
         raw = run_board_sim(args.artifact, args.golden, range(args.images), build_dir,
-                            divisor=args.divisor, waves=args.waves)
+                            divisor=args.divisor, waves=args.waves, loadable=args.loadable)
     except StforgeError as exc:
         return report_error(exc)
     for line in raw.get("link", {}).get("checks", []):

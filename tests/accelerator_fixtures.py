@@ -218,7 +218,7 @@ def pixel_stream(artifact, image) -> list[int]:
 
 
 def run_accelerator(dut, images, scoreboard=None, deadline_cycles: int = 2_000_000,
-                    idle=None, stop_after: str | None = None) -> list[dict]:
+                    idle=None, stop_after: str | None = None, load: bool = True) -> list[dict]:
     """Run `images` back to back through `dut` (an Accelerator built with trace=True) in
     amaranth.sim; returns per image {"logits", "cls", "cycles", "layer_cycles" (node name ->
     TRACE_CYCLES data), "trace" (list of (kind, node, step, token, data)), "span"}.
@@ -227,7 +227,8 @@ def run_accelerator(dut, images, scoreboard=None, deadline_cycles: int = 2_000_0
     `idle()`, if given, is called every cycle and holds the output streams not ready when it
     returns true (back-pressure); by default every stream is always ready. `stop_after` (a node
     name) ends the run at that node's layer-cycles record of the first image (the scoreboard,
-    if any, is then left unfinished)."""
+    if any, is then left unfinished). A `loadable` dut gets its tables through ``load`` first
+    (unless `load` is false)."""
     from hw.components.streams import CycleClock, simulate, stream_put
     names = {i: n["name"] for i, n in enumerate(dut.artifact.nodes)}
     records = [{"trace": [], "logits": [], "layer_cycles": {}} for _ in images]
@@ -235,6 +236,11 @@ def run_accelerator(dut, images, scoreboard=None, deadline_cycles: int = 2_000_0
     started = []
 
     async def producer(ctx):
+        if dut.loadable and load:       # the tables first, as a host does after configuration
+            for table in dut.memory_map():
+                for addr, word in enumerate(table.words):
+                    await stream_put(ctx, dut.load,
+                                     {"memory": table.id, "addr": addr, "data": word})
         # pixels of the next image wait in the stream until the accelerator is back in LOAD
         for image in images:
             for i, p in enumerate(pixel_stream(dut.artifact, image)):

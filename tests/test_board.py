@@ -212,10 +212,13 @@ IMAGES = 3
 
 
 @pytest.mark.sim
-def test_board_simulation_matches_golden(l1p, shipped_l1p_path):
+@pytest.mark.parametrize("loadable", [False, True], ids=["rom", "loadable"])
+def test_board_simulation_matches_golden(l1p, shipped_l1p_path, loadable):
+    """The driver over a simulated UART: link errors, then golden images. `loadable` is the
+    iCE40 build's board (tables in SPRAM): the driver writes them with WRITE_MEM first."""
     L1P = shipped_l1p_path
     from sim.board_tb import run_board_sim
-    build_dir = ROOT / "build" / "sim_board" / "l1p"
+    build_dir = ROOT / "build" / "sim_board" / ("l1p-loadable" if loadable else "l1p")
     build_dir.mkdir(parents=True, exist_ok=True)
     golden = build_dir / "golden.npz"
     started = time.time()
@@ -224,12 +227,21 @@ def test_board_simulation_matches_golden(l1p, shipped_l1p_path):
                     "--out", str(golden), "--quiet"], cwd=ROOT, check=True, timeout=300,
                    capture_output=True)
     golden_seconds = time.time() - started
-    raw = run_board_sim(L1P, golden, range(IMAGES), build_dir)
+    raw = run_board_sim(L1P, golden, range(IMAGES), build_dir, loadable=loadable)
     assert raw["failed"] == []
     checks = raw["link"]["checks"]
-    for what in ("bad CRC: BAD_CRC", "truncated RUN: TIMEOUT", "over-long length: BAD_LENGTH",
-                 "unknown command: UNKNOWN_COMMAND", "WRITE_MEM: UNSUPPORTED",
-                 "RUN with too few pixels: BAD_ARGUMENT", "READ_RESULT before any RUN: BUSY"):
+    expected = ["bad CRC: BAD_CRC", "truncated RUN: TIMEOUT", "over-long length: BAD_LENGTH",
+                "unknown command: UNKNOWN_COMMAND", "RUN with too few pixels: BAD_ARGUMENT",
+                "READ_RESULT before any RUN: BUSY"]
+    if loadable:
+        expected += ["WRITE_MEM to an unknown memory: BAD_ARGUMENT",
+                     "WRITE_MEM of a partial word: BAD_ARGUMENT",
+                     "WRITE_MEM past the table's end: BAD_ARGUMENT"]
+        tables = raw["config"]["tables"]
+        assert raw["load"]["words"] == sum(len(t["words"]) for t in tables) > 0
+    else:
+        expected += ["WRITE_MEM: UNSUPPORTED"]
+    for what in expected:
         assert any(line.startswith(what) for line in checks), (what, checks)
     assert raw["images"]["torch_imported"] is False
     results = raw["images"]["results"]

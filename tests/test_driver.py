@@ -274,6 +274,8 @@ def serve_fake(fd, logits_for):
                 continue
             if frame.command == Command.PING:
                 reply = encode_frame(Command.OK, bytes([PROTOCOL_VERSION]))
+            elif frame.command == Command.WRITE_MEM:  # weights in the bitstream (ECP5 build)
+                reply = encode_frame(Command.ERROR, pack_error(ErrorCode.UNSUPPORTED))
             elif frame.command == Command.RUN:
                 logits = logits_for(frame.payload)
                 result = Result(tuple(logits), int(np.argmax(logits)), 1000 + frame.payload[0])
@@ -317,3 +319,60 @@ def test_cli_runs_digits_images_and_compares_with_golden(tmp_path):
     assert lines[-1].endswith("4/4 logits equal to golden")
     assert r2.returncode == 1
     assert "LOGITS DIFFER FROM GOLDEN" in r2.stdout.splitlines()[0]
+
+
+def test_load_writes_whole_words_in_frames_the_board_can_take():
+    """Accelerator.load: every table word once, little-endian, in WRITE_MEM frames of at most
+    the RUN payload (64 bytes for 1x8x8 images) holding whole words; a board whose weights are
+    in the bitstream answers the first frame UNSUPPORTED and nothing more is sent."""
+    from firmware.images import Table, write_mem_chunks
+    from firmware.protocol import unpack_write_mem
+    tables = [Table(0, "engine.entries", 15, tuple(range(100))),
+              Table(1, "neurons.parameters", 48, tuple((1 << 47) + i for i in range(20)))]
+    written = {}
+
+    def respond(frame):
+        if frame.command == Command.WRITE_MEM:
+            mem, address, data = unpack_write_mem(frame.payload)
+            assert len(frame.payload) <= 64
+            nbytes = (tables[mem].width + 7) // 8
+            assert len(data) % nbytes == 0 and data
+            for i in range(len(data) // nbytes):
+                word = int.from_bytes(data[i * nbytes:(i + 1) * nbytes], "little")
+                assert (mem, address + i) not in written
+                written[mem, address + i] = word
+            return encode_frame(Command.OK)
+        return FakeBoard.default(board, frame)
+
+    board = FakeBoard(respond)
+    progress = []
+    acc = driver(board, input_shape=(1, 8, 8))
+    assert acc.load(tables, progress=lambda done, total: progress.append((done, total))) is True
+    assert written == {(t.id, a): w for t in tables for a, w in enumerate(t.words)}
+    frames = len(list(write_mem_chunks(tables, 64)))
+    assert progress[-1] == (frames, frames) and len(board.frames) == frames
+
+    rom = FakeBoard(lambda frame: encode_frame(Command.ERROR, pack_error(ErrorCode.UNSUPPORTED)))
+    assert driver(rom, input_shape=(1, 8, 8)).load(tables) is False
+    assert len(rom.frames) == 1
+    assert driver(rom).loadable() is False
+    refuse = FakeBoard(lambda f: encode_frame(Command.ERROR, pack_error(ErrorCode.BAD_ARGUMENT)))
+    assert driver(refuse).loadable() is True
+    assert unpack_write_mem(refuse.frames[0].payload) == (0, 0, b"")
+    with pytest.raises(DriverError, match="input shape"):
+        driver(FakeBoard()).load(tables)
+
+
+def test_memory_images_come_from_the_accelerators_memory_map(shipped_l1p_path):
+    """firmware.images.memory_images: the loadable accelerator's two tables, every stored
+    weight once (the engine's entries) and every neuron's constants once."""
+    from firmware.images import memory_images
+    from model.artifact import load_artifact
+    art = load_artifact(shipped_l1p_path)
+    tables = memory_images(art)
+    assert [(t.id, t.name) for t in tables] == [(0, "engine.entries"), (1, "neurons.parameters")]
+    entries, params = tables
+    assert all(0 <= w < (1 << entries.width) for w in entries.words)
+    channels = sum(n.get("out_channels", n.get("out_features", n.get("dim", 0)))
+                   for n in art.nodes if n["op"] in ("conv", "matmul", "attention"))
+    assert len(params.words) == channels

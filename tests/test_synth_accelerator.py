@@ -55,3 +55,15 @@ def test_tiny_accelerator_synthesizes_and_fits(tiny, target, tmp_path):
     assert stats["bram"] >= 1
     utilization = check_fits(stats, target)
     assert all(0 <= u <= 1 for u in utilization.values())
+
+
+@needs_yosys
+def test_loaded_tables_go_to_spram_on_ice40(tiny, tmp_path):
+    """Accelerator(loadable=True), as the iCE40 board builds it: the engine entries and neuron
+    constants have no initial contents and map to SPRAM; the other memories stay in EBR."""
+    stats = synth_stats(Accelerator(tiny, loadable=True), "ice40-up5k", log_dir=tmp_path)
+    places = {m["name"].rsplit(".", 1)[-1]: m["mapped_to"] for m in stats["memories"]}
+    assert places["loaded_entries"] == "spram" and places["loaded_parameters"] == "spram"
+    assert "entries" not in places and "parameters" not in places
+    assert stats["spram"] >= 2
+    assert _block_ram_rule(stats) == [], _block_ram_rule(stats)

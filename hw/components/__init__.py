@@ -39,6 +39,63 @@ def block_ram_attrs(shape, depth: int) -> dict:
     return {"ram_style": "block"} if width * depth > BLOCK_RAM_MIN_BITS else {}
 
 
+#: Name prefix of a table written by a loader instead of initialised from the artifact: such
+#: memories have no initial contents, so the iCE40 flow can put them in SPRAM (hw/synth.py).
+LOADED_PREFIX = "loaded_"
+
+
+def packed_words(shape, init) -> list[int]:
+    """`init` (ints, or dicts of a StructLayout) as the unsigned words a memory of `shape`
+    holds: what a loader writes."""
+    from amaranth import Const, Shape
+    from amaranth.lib import data
+    mask = (1 << Shape.cast(shape).width) - 1
+    if isinstance(shape, data.Layout):
+        return [Const.cast(shape.const(v)).value & mask for v in init]
+    return [Const(int(v), shape).value & mask for v in init]
+
+
+def load_signature(shape, depth: int):
+    """The ``load`` stream of a loaded table: ``{addr, data}``, one word per transfer."""
+    from amaranth import unsigned
+    from amaranth.lib import data, stream
+    from amaranth.utils import bits_for
+    return stream.Signature(data.StructLayout({"addr": unsigned(bits_for(depth - 1)),
+                                               "data": shape}))
+
+
+def add_table(m, name: str, shape, init, load=None):
+    """A read-only table of the artifact's constants; returns its read port's ``(addr, en,
+    data)`` (data one cycle after addr, held while ``en`` is low).
+
+    Without `load` it is a ROM initialised with `init`. With `load` (an ``In`` stream of
+    :func:`load_signature`) it is the memory ``loaded_<name>``, empty at start-up and written
+    through `load` (always ready) before use; reads and writes then share one address and never
+    happen in the same cycle (a write wins), so it maps to a single-port RAM: the iCE40 SPRAM.
+    """
+    from amaranth import Mux, Signal
+    from amaranth.lib.memory import Memory
+    depth = max(len(init), 1)               # a Memory needs one row even when a table is empty
+    addr, en = Signal(range(depth), name=f"{name}_addr"), Signal(name=f"{name}_en")
+    if load is None:
+        memory = Memory(shape=shape, depth=depth, init=init, attrs=block_ram_attrs(shape, depth))
+        m.submodules[name] = memory
+        read = memory.read_port()
+        m.d.comb += [read.addr.eq(addr), read.en.eq(en)]
+        return addr, en, read.data
+    memory = Memory(shape=shape, depth=depth, init=[], attrs=block_ram_attrs(shape, depth))
+    m.submodules[LOADED_PREFIX + name] = memory
+    write, read = memory.write_port(), memory.read_port()
+    shared = Signal(range(depth), name=f"{name}_port_addr")
+    m.d.comb += [
+        load.ready.eq(1),
+        shared.eq(Mux(load.valid, load.payload.addr, addr)),
+        write.addr.eq(shared), write.data.eq(load.payload.data), write.en.eq(load.valid),
+        read.addr.eq(shared), read.en.eq(en & ~load.valid),
+    ]
+    return addr, en, read.data
+
+
 def check_int(value, name: str, *, minimum: int | None = None) -> int:
     """`value` as a Python int, or TypeError/ValueError naming `name` and the value.
 

@@ -17,7 +17,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import block_ram_attrs, check_int, check_int_array
+from hw.components import add_table, block_ram_attrs, check_int, check_int_array, \
+    load_signature
 from model.intops import signed_bits
 
 __all__ = ["SlifNeuronArray"]
@@ -76,6 +77,10 @@ class SlifNeuronArray(wiring.Component):
         Updates ``{token, channel, acc, first}``.
     o : Out(stream.Signature(spike_layout))
         Results ``{token, channel, spike}``.
+    load : In(load_signature(parameter_layout, channels)), only with ``loadable=True``
+        The constants table is then written through this stream (``parameters_init()``, one
+        channel per transfer, always ready) before the first update, instead of being a ROM
+        (hw/components `add_table`: on iCE40 the table goes to SPRAM).
 
     Attributes
     ----------
@@ -85,7 +90,8 @@ class SlifNeuronArray(wiring.Component):
     """
 
     def __init__(self, channels, tokens, bias, threshold, leak, frac_bits, leak_bits,
-                 acc_width, membrane_width, product_width, token_stride=None, membranes=None):
+                 acc_width, membrane_width, product_width, token_stride=None, membranes=None,
+                 loadable=False):
         self._channels = check_int(channels, "channels", minimum=1)
         self._tokens = check_int(tokens, "tokens", minimum=1)
         self._stride = self._channels if token_stride is None else \
@@ -124,10 +130,14 @@ class SlifNeuronArray(wiring.Component):
         })
         self.membrane_data = MemoryData(shape=signed(self._membrane_width),
                                         depth=depth, init=[])
-        super().__init__({
+        members = {
             "i": In(stream.Signature(self._update_layout)),
             "o": Out(stream.Signature(self._spike_layout)),
-        })
+        }
+        self._loadable = bool(loadable)
+        if self._loadable:
+            members["load"] = In(load_signature(self.parameter_layout, self._channels))
+        super().__init__(members)
 
     channels = property(lambda self: self._channels)
     tokens = property(lambda self: self._tokens)
@@ -140,23 +150,30 @@ class SlifNeuronArray(wiring.Component):
     update_layout = property(lambda self: self._update_layout)
     spike_layout = property(lambda self: self._spike_layout)
 
+    @property
+    def parameter_layout(self) -> data.StructLayout:
+        """One channel's constants."""
+        return data.StructLayout({
+            "bias": signed(signed_bits(int(self._bias.min()), int(self._bias.max()))),
+            "threshold": unsigned(bits_for(int(self._threshold.max()))),
+            "leak": unsigned(bits_for(1 << self._leak_bits)),
+        })
+
+    def parameters_init(self) -> list[dict]:
+        """The constants table's contents, channel by channel (what ``load`` writes)."""
+        return [{"bias": int(b), "threshold": int(t), "leak": int(k)}
+                for b, t, k in zip(self._bias, self._threshold, self._leak)]
+
     def elaborate(self, platform):
         m = Module()
         F, K = self._frac_bits, self._leak_bits
-        parameter_layout = data.StructLayout({
-            "bias": signed(signed_bits(int(self._bias.min()), int(self._bias.max()))),
-            "threshold": unsigned(bits_for(int(self._threshold.max()))),
-            "leak": unsigned(bits_for(1 << K)),
-        })
-        m.submodules.parameters = parameters = Memory(
-            shape=parameter_layout, depth=self._channels,
-            attrs=block_ram_attrs(parameter_layout, self._channels),
-            init=[{"bias": int(b), "threshold": int(t), "leak": int(k)}
-                  for b, t, k in zip(self._bias, self._threshold, self._leak)])
+        parameter_layout = self.parameter_layout
+        parameter_addr, parameter_en, parameter_data = add_table(
+            m, "parameters", parameter_layout, self.parameters_init(),
+            load=self.load if self._loadable else None)
         m.submodules.membranes = membranes = Memory(
             data=self.membrane_data,
             attrs=block_ram_attrs(self.membrane_data.shape, self.membrane_data.depth))
-        parameter_read = parameters.read_port()
         membrane_write = membranes.write_port()
         membrane_read = membranes.read_port(transparent_for=(membrane_write,))
 
@@ -181,11 +198,11 @@ class SlifNeuronArray(wiring.Component):
         s1_first = Signal()
         s2_membrane = Signal(signed(self._membrane_width))
         s2_diff = Signal(signed(diff_width))
-        s2_leak = Signal.like(parameter_read.data.leak)
-        s2_threshold = Signal.like(parameter_read.data.threshold)
+        s2_leak = Signal.like(parameter_data.leak)
+        s2_threshold = Signal.like(parameter_data.threshold)
         s3_membrane = Signal(signed(self._membrane_width))
         s3_product = Signal(signed(self._product_width))
-        s3_threshold = Signal.like(parameter_read.data.threshold)
+        s3_threshold = Signal.like(parameter_data.threshold)
 
         advance = ~self.o.valid | self.o.ready
         address = Signal(address_shape)
@@ -199,14 +216,14 @@ class SlifNeuronArray(wiring.Component):
             accept.eq(self.i.valid & self.i.ready),
             membrane_read.addr.eq(address),
             membrane_read.en.eq(advance),
-            parameter_read.addr.eq(self.i.p.channel),
-            parameter_read.en.eq(advance),
+            parameter_addr.eq(self.i.p.channel),
+            parameter_en.eq(advance),
         ]
 
         x = Signal(signed(x_width))
         membrane = Signal(signed(self._membrane_width))
         m.d.comb += [
-            x.eq(s1_acc.shift_left(F) + parameter_read.data.bias),
+            x.eq(s1_acc.shift_left(F) + parameter_data.bias),
             membrane.eq(Mux(s1_first, 0, membrane_read.data)),
         ]
 
@@ -233,8 +250,8 @@ class SlifNeuronArray(wiring.Component):
             m.d.sync += [
                 s2_membrane.eq(membrane),
                 s2_diff.eq(x - membrane),
-                s2_leak.eq(parameter_read.data.leak),
-                s2_threshold.eq(parameter_read.data.threshold),
+                s2_leak.eq(parameter_data.leak),
+                s2_threshold.eq(parameter_data.threshold),
             ]
             m.d.sync += [s3[key].eq(s2[key]) for key in s2]
             m.d.sync += [

@@ -15,7 +15,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import block_ram_attrs, check_int, check_int_array
+from hw.components import add_table, block_ram_attrs, check_int, check_int_array, \
+    load_signature
 from model.artifact import dense_from_csc
 from model.intops import acc_range, signed_bits
 
@@ -113,10 +114,14 @@ class SparseMatmulEngine(wiring.Component):
         One engine then serves several matrices in turn (the accelerator's layers): their
         columns side by side in one CSC, each layer sending its own column range and draining
         its own rows. Cycles as above with ``rows`` for ``out_features``.
+    load : In(load_signature(entry_layout, nnz)), only with ``loadable=True``
+        The entry table is then written through this stream (``entries_init()``, one entry per
+        transfer, always ready) before the first vector, instead of being a ROM; the engine must
+        be idle meanwhile (hw/components `add_table`: on iCE40 the table goes to SPRAM).
     """
 
     def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width,
-                 variable_rows=False, overlap=False):
+                 variable_rows=False, overlap=False, loadable=False):
         self._in_features = check_int(in_features, "in_features", minimum=1)
         self._out_features = check_int(out_features, "out_features", minimum=1)
         self._col_ptr, self._row_idx, self._values = check_csc(
@@ -146,6 +151,9 @@ class SparseMatmulEngine(wiring.Component):
         self._overlap = bool(overlap)
         if self._variable_rows:
             members["rows"] = In(range(1, self._out_features + 1), init=self._out_features)
+        self._loadable = bool(loadable)
+        if self._loadable:
+            members["load"] = In(load_signature(self.entry_layout, max(self.nnz, 1)))
         super().__init__(members)
 
     in_features = property(lambda self: self._in_features)
@@ -170,27 +178,33 @@ class SparseMatmulEngine(wiring.Component):
         nnz = np.diff(self._col_ptr)
         return sum(max(int(nnz[j]), 1) for j in indices) + self._out_features + 4
 
+    @property
+    def entry_layout(self) -> data.StructLayout:
+        """One stored entry of W: its row and value."""
+        value_bits = signed_bits(int(self._values.min(initial=0)),
+                                 int(self._values.max(initial=0)))
+        return data.StructLayout({"row": self._result_layout["row"].shape,
+                                  "value": signed(value_bits)})
+
+    def entries_init(self) -> list[dict]:
+        """The entry table's contents, column after column (what ``load`` writes)."""
+        return [{"row": int(r), "value": int(v)} for r, v in zip(self._row_idx, self._values)]
+
     def elaborate(self, platform):
         m = Module()
         nnz = self.nnz
-        value_bits = signed_bits(int(self._values.min(initial=0)),
-                                 int(self._values.max(initial=0)))
         pointer_shape = unsigned(bits_for(nnz))
         column_layout = data.StructLayout({"start": pointer_shape, "end": pointer_shape})
-        entry_layout = data.StructLayout({
-            "row": self._result_layout["row"].shape,
-            "value": signed(value_bits),
-        })
+        entry_layout = self.entry_layout
 
         m.submodules.columns = columns = Memory(
             shape=column_layout, depth=self._in_features,
             attrs=block_ram_attrs(column_layout, self._in_features),
             init=[{"start": int(self._col_ptr[j]), "end": int(self._col_ptr[j + 1])}
                   for j in range(self._in_features)])
-        m.submodules.entries = entries = Memory(
-            shape=entry_layout, depth=max(nnz, 1),    # a Memory needs one row even when W = 0
-            attrs=block_ram_attrs(entry_layout, max(nnz, 1)),
-            init=[{"row": int(r), "value": int(v)} for r, v in zip(self._row_idx, self._values)])
+        entry_addr, entry_en, entry_data = add_table(
+            m, "entries", entry_layout, self.entries_init(),
+            load=self.load if self._loadable else None)
         # One accumulator bank, or two with `overlap`: bank `walk_bank` takes the updates of
         # the vector being walked, bank `drain_bank` is read out (and cleared) by the drain.
         banks = 2 if self._overlap else 1
@@ -202,7 +216,6 @@ class SparseMatmulEngine(wiring.Component):
             acc_write.append(bank.write_port())
             acc_read.append(bank.read_port(transparent_for=(acc_write[-1],)))
         column_read = columns.read_port()
-        entry_read = entries.read_port()
 
         count_shape = self._event_layout["count"].shape
         row_shape = self._result_layout["row"].shape
@@ -229,7 +242,7 @@ class SparseMatmulEngine(wiring.Component):
         entry_bank = Signal(range(banks))
         update_valid = Signal()
         update_row = Signal(row_shape)
-        update_term = Signal(signed(value_bits + count_shape.width + 1))
+        update_term = Signal(signed(entry_layout["value"].shape.width + count_shape.width + 1))
         update_bank = Signal(range(banks))
         # Drain.
         draining = Signal()
@@ -287,13 +300,13 @@ class SparseMatmulEngine(wiring.Component):
             if self._overlap:
                 m.d.sync += walk_bank.eq(~walk_bank)
 
-        m.d.comb += [entry_read.addr.eq(walk_pointer), entry_read.en.eq(1)]
+        m.d.comb += [entry_addr.eq(walk_pointer), entry_en.eq(1)]
         m.d.sync += [entry_valid.eq(walk_issue), entry_count.eq(walk_count),
                      entry_bank.eq(walk_bank)]
         m.d.sync += [
             update_valid.eq(entry_valid),
-            update_row.eq(entry_read.data.row),
-            update_term.eq(entry_read.data.value * entry_count),
+            update_row.eq(entry_data.row),
+            update_term.eq(entry_data.value * entry_count),
             update_bank.eq(entry_bank),
         ]
 
@@ -306,7 +319,7 @@ class SparseMatmulEngine(wiring.Component):
             with m.If(draining & (drain_bank == b)):
                 m.d.comb += [acc_read[b].addr.eq(drain_row), acc_read[b].en.eq(advance)]
             with m.Else():
-                m.d.comb += [acc_read[b].addr.eq(entry_read.data.row), acc_read[b].en.eq(1)]
+                m.d.comb += [acc_read[b].addr.eq(entry_data.row), acc_read[b].en.eq(1)]
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(drain_issue), out_row.eq(drain_row),
                          out_bank.eq(drain_bank)]
