@@ -41,6 +41,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from hw.cycles import ISSUE_CHUNK
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
     SpikingAttention, block_ram_attrs, packed_words
 from model.artifact import NEURON_OPS, Artifact, conv_columns, dense_from_csc, derive_widths, \
@@ -65,6 +66,9 @@ class Accelerator(wiring.Component):
         Add the ``trace`` port.
     lanes : int
         Parallel lanes per engine; this generator builds 1 (one stored weight per cycle).
+    issue_chunk : int
+        Input channels the issue FSM looks at per mask load (hw.cycles.ISSUE_CHUNK by default):
+        wider source words take several loads, a cycle or two more each, for a narrower mask.
     loadable : bool
         The shared engine's entry table and the neuron constants are not ROMs but written
         through the ``load`` port before the first image (`memory_map` says what to write):
@@ -73,12 +77,15 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, artifact: Artifact, trace: bool = False, lanes: int = 1,
-                 loadable: bool = False):
+                 loadable: bool = False, issue_chunk: int = ISSUE_CHUNK):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if lanes != 1:
             raise ValueError(f"lanes = {lanes}: this generator builds one lane per engine")
+        if not isinstance(issue_chunk, int) or isinstance(issue_chunk, bool) or issue_chunk < 1:
+            raise ValueError(f"issue_chunk must be a positive integer, not {issue_chunk!r}")
         self.artifact, self.trace_enabled, self.lanes = artifact, trace, lanes
+        self.issue_chunk = issue_chunk
         man = artifact.manifest["model"]
         self.T, self.N = man["timesteps"], man["tokens"]
         self.time_varying = bool(man["time_varying_input"])
@@ -765,11 +772,14 @@ class _Issuer:
 
     Loop order tokens outer, time steps inner, the nine taps innermost for a conv. Per
     (token, step, tap): FETCH (the source read's address is valid; a conv tap outside the image
-    ends here), LOAD_MASK (the read data's non-zero channels into `mask`), EMIT (one event per
-    set bit, lowest first: isolated as mask & -mask, a carry chain, and encoded by OR trees of
-    log depth), then after the last tap END (the end marker) and NEXT. A static first conv
-    issues step 0 only (its feeder replays the others). Timing is that of one FSM per stage,
-    cycle for cycle (hw/cycles.py).
+    ends here), then per chunk of `issue_chunk` input channels LOAD_MASK (the chunk's non-zero
+    channels into `mask`) and EMIT (one event per set bit, lowest first: isolated as
+    mask & -mask, a carry chain, and encoded by OR trees of log depth; one more cycle when the
+    mask is empty), then after the last tap END (the end marker) and NEXT. Chunks keep the
+    mask, its carry chain and the encoders `issue_chunk` wide, not as wide as the widest
+    value (an MLP's hidden layer); the source word stays on the read port meanwhile. A static
+    first conv issues step 0 only (its feeder replays the others). hw/cycles.py models it
+    cycle for cycle.
     """
 
     def __init__(self, acc: "Accelerator", nodes: list[dict]):
@@ -792,12 +802,26 @@ class _Issuer:
     def build(self, m: Module, active: Signal, run_cycles: Signal) -> None:
         if not self.specs:
             return
-        T, specs = self.acc.T, self.specs
+        T, specs, CHUNK = self.acc.T, self.specs, self.acc.issue_chunk
         token, step, y, x, tap, ny, nx = (self.token, self.step, self.y, self.x, self.tap,
                                           self.ny, self.nx)
-        n_mask = max(max(len(s.word_counts) for s in specs.values()), 1)
-        conv_mask = max([len(s.word_counts) for s in specs.values() if s.is_conv], default=1)
+        widest = max(max(len(s.word_counts) for s in specs.values()), 1)
+        n_mask = min(widest, CHUNK)
+        chunks = -(-widest // n_mask)
+        conv_mask = min(max([len(s.word_counts) for s in specs.values() if s.is_conv],
+                            default=1), n_mask)
         count_bits = max(s.count_bits for s in specs.values())
+        chunk = Signal(range(chunks), name="issue_chunk")
+        chunk_last = Signal.like(chunk, name="issue_chunk_last")
+
+        def chunked(values, width):
+            """The current chunk of a stage's per-channel values (n_mask of them)."""
+            n = -(-len(values) // n_mask)
+            padded = [v for v in values] + [Const(0, width)] * (n * n_mask - len(values))
+            if n == 1:
+                return padded
+            word = Cat(*padded).word_select(chunk[:bits_for(n - 1)], n_mask * width)
+            return [word[i * width:(i + 1) * width] for i in range(n_mask)]
 
         # the active stage's constants and source word
         is_conv, replay = Signal(name="issue_is_conv"), Signal(name="issue_replay")
@@ -817,12 +841,13 @@ class _Issuer:
                     m.d.comb += [is_conv.eq(s.is_conv), replay.eq(s.static_replay),
                                  tok_last.eq(s.positions - 1), x_last.eq(s.wd - 1),
                                  h.eq(s.h), wd.eq(s.wd),
-                                 nonzero.eq(Cat(*[c != 0 for c in s.word_counts])),
+                                 chunk_last.eq(-(-len(s.word_counts) // n_mask) - 1),
+                                 nonzero.eq(Cat(*chunked([c != 0 for c in s.word_counts], 1))),
                                  busy.eq(s.busy), ev_ready.eq(s.ev.ready)]
                     if s.count_bits > 1:    # a mask bit is set only where the count is 1
                         m.d.comb += low_count.eq(_or_all(
                             [c & lowest[i].replicate(s.count_bits)
-                             for i, c in enumerate(s.word_counts)]))
+                             for i, c in enumerate(chunked(s.word_counts, s.count_bits))]))
 
         dy, dx = Signal(signed(3), name="issue_dy"), Signal(signed(3), name="issue_dx")
         inside = Signal(name="issue_inside")
@@ -843,8 +868,12 @@ class _Issuer:
         width = len(low_times_9)
         m.d.comb += low_times_9.eq(_or_all(
             [Const(9 * c, width) & lowest[c].replicate(width) for c in range(1, conv_mask)]))
+        # the chunk's first channel, and its index * 9 for a conv (a mux of constants)
+        chunk_base = Signal(range(max(chunks * n_mask, 2)), name="issue_chunk_base")
+        chunk_base_9 = Signal(range(max(9 * chunks * n_mask, 2)), name="issue_chunk_base_9")
+        m.d.comb += [chunk_base.eq(chunk * n_mask), chunk_base_9.eq(chunk * (9 * n_mask))]
         ev_valid, ev_end = Signal(name="issue_ev_valid"), Signal(name="issue_ev_end")
-        ev_index = Signal(max(len(low), len(low_times_9) + 1), name="issue_ev_index")
+        ev_index = Signal(max(len(chunk_base), len(chunk_base_9)) + 2, name="issue_ev_index")
         for sid, s in specs.items():
             m.d.comb += [s.ev.valid.eq(ev_valid & (active == sid)),
                          s.ev.payload.index.eq(ev_index), s.ev.payload.count.eq(low_count),
@@ -853,7 +882,7 @@ class _Issuer:
         start = _or_all([s.start for s in specs.values()])
 
         def begin():
-            m.d.sync += [token.eq(0), step.eq(0), y.eq(0), x.eq(0), tap.eq(0),
+            m.d.sync += [token.eq(0), step.eq(0), y.eq(0), x.eq(0), tap.eq(0), chunk.eq(0),
                          run_cycles.eq(1)]
             for s in specs.values():
                 with m.If(s.start):
@@ -882,14 +911,19 @@ class _Issuer:
             with m.State("EMIT"):
                 # the read address is held, so the source word stays valid while emitting
                 with m.If(mask != 0):
-                    m.d.comb += [ev_valid.eq(1),
-                                 ev_index.eq(Mux(is_conv, low_times_9 + tap, low))]
+                    m.d.comb += [ev_valid.eq(1), ev_index.eq(Mux(
+                        is_conv, chunk_base_9 + low_times_9 + tap, chunk_base + low))]
                     with m.If(ev_ready):
                         m.d.sync += mask.eq(mask & ~lowest)
-                with m.Elif(is_conv):
-                    next_tap()
+                with m.Elif(chunk != chunk_last):       # the next chunk of the same word
+                    m.d.sync += chunk.eq(chunk + 1)
+                    m.next = "LOAD_MASK"
                 with m.Else():
-                    m.next = "END"
+                    m.d.sync += chunk.eq(0)
+                    with m.If(is_conv):
+                        next_tap()
+                    with m.Else():
+                        m.next = "END"
             with m.State("END"):
                 m.d.comb += [ev_valid.eq(1), ev_end.eq(1)]
                 with m.If(ev_ready):

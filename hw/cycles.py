@@ -17,11 +17,12 @@ state minus s, so consecutive stages chain (the next stage starts in that cycle)
 Engine stage (conv, matmul). Vectors run token (conv: position y*W+x, full resolution) outer,
 time step inner. The issue FSM, for each vector, per conv tap (a matmul has one "tap"):
 
-    FETCH (1) -> LOAD_MASK (1) -> EMIT: one event per active input channel, lowest first,
-    each held until the engine accepts it, then one cycle with an empty mask -> next tap
-    (a tap without events costs exactly 3 cycles; a conv tap outside the image only its
-    FETCH, 1 cycle) ... -> END (end marker, held until accepted) -> NEXT (1) -> FETCH of the
-    next vector
+    FETCH (1) -> per chunk of ISSUE_CHUNK input channels: LOAD_MASK (1) -> EMIT: one event
+    per active input channel of the chunk, lowest first, each held until the engine accepts
+    it, then one cycle with an empty mask -> next chunk, or next tap (a tap of one chunk
+    without events costs exactly 3 cycles; a conv tap outside the image only its FETCH,
+    1 cycle) ... -> END (end marker, held until accepted) -> NEXT (1) -> FETCH of the next
+    vector
 
 The engine (hw/components/sparse.py) accepts event e at a_e = max(offer_e, L_{e-1}); its
 column-extent ROM read takes a cycle; the walker loads it at L_e = max(a_e + 1, last cycle of
@@ -100,11 +101,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles", "ideal_breakdown",
+__all__ = ["ISSUE_CHUNK", "NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles", "ideal_breakdown",
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
 from model.artifact import NEURON_OPS, conv_columns, value_sources
 _NEVER = -(1 << 60)
+#: Input channels per mask load of the issue FSM (hw.accelerator._Issuer uses this one)
+ISSUE_CHUNK = 32
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -205,7 +208,7 @@ def _conv_input(node, counts: np.ndarray) -> np.ndarray:
     return counts.reshape(counts.shape[0], node["height"] * node["width"], -1)
 
 
-def _engine_stage(artifact, node, values) -> int:
+def _engine_stage(artifact, node, values, issue_chunk: int = ISSUE_CHUNK) -> int:
     man = artifact.manifest["model"]
     T = man["timesteps"]
     c_out = node[_out_channels(node)]
@@ -227,6 +230,7 @@ def _engine_stage(artifact, node, values) -> int:
     rank = node.get("rank", 0)
     sizes = _column_sizes(artifact, node)
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
+    chunks = -(-counts.shape[-1] // issue_chunk)      # the issuer's mask loads per word
 
     f = 1                        # FETCH of the first vector (the start cycle is 0)
     engine_ready = _NEVER        # first event of the next vector (see the module docstring)
@@ -256,16 +260,20 @@ def _engine_stage(artifact, node, values) -> int:
                     if channels is None:            # outside the image: FETCH skips it
                         f += 1
                         continue
-                    if len(channels) == 0:
-                        f += 3
-                        continue
-                    offer = f + 2
-                    for j in channels:
-                        a = max(offer, engine_ready if prev_load is None else prev_load)
-                        load = max(a + 1, column_end)
-                        column_end = load + max(int(sizes[taps_of(int(j), k)]), 1)
-                        prev_load, offer = load, a + 1
-                    f = a + 2
+                    p = f + 1                       # LOAD_MASK of the first chunk
+                    for c in range(chunks):         # EMIT; an empty mask costs one cycle
+                        in_chunk = channels[channels // issue_chunk == c]
+                        if len(in_chunk) == 0:
+                            p += 2
+                            continue
+                        offer = p + 1
+                        for j in in_chunk:
+                            a = max(offer, engine_ready if prev_load is None else prev_load)
+                            load = max(a + 1, column_end)
+                            column_end = load + max(int(sizes[taps_of(int(j), k)]), 1)
+                            prev_load, offer = load, a + 1
+                        p = a + 2
+                    f = p                           # the next tap's FETCH, or END
                 a_end = max(f, engine_ready if prev_load is None else prev_load)
                 if lowrank:
                     d0 = max(a_end + 1, column_end) + 2
@@ -310,17 +318,19 @@ def _attention_stage(artifact, node, values) -> int:
     return done
 
 
-def expected_cycles(artifact, node_spikes: dict, image=None) -> dict[str, int]:
+def expected_cycles(artifact, node_spikes: dict, image=None, *,
+                    issue_chunk: int = ISSUE_CHUNK) -> dict[str, int]:
     """{node: the cycles its TRACE_CYCLES record reports} for one input, for every conv, matmul
     and attention node, in accelerator order. `node_spikes`: {name: (T, tokens, C)} golden
-    spikes of this image; `image`: its pixels (or node_spikes["input"])."""
+    spikes of this image; `image`: its pixels (or node_spikes["input"]); `issue_chunk`: the
+    accelerator's (``Accelerator(issue_chunk=...)``)."""
     values = value_counts(artifact, node_spikes, image)
     out = {}
     for node in artifact.nodes:
         if node["op"] == "attention":
             out[node["name"]] = _attention_stage(artifact, node, values)
         elif node["op"] in NEURON_OPS:
-            out[node["name"]] = _engine_stage(artifact, node, values)
+            out[node["name"]] = _engine_stage(artifact, node, values, issue_chunk)
     return out
 
 
