@@ -41,7 +41,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.cycles import ISSUE_CHUNK
+from hw.cycles import CHUNK
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
     SpikingAttention, block_ram_attrs, packed_words
 from model.artifact import NEURON_OPS, Artifact, conv_columns, dense_from_csc, derive_widths, \
@@ -52,6 +52,9 @@ __all__ = ["Accelerator", "TRACE_SPIKES", "TRACE_CYCLES", "NEURON_OPS", "value_s
 
 TRACE_SPIKES = 0
 TRACE_CYCLES = 1
+#: Fewest channels in a collector chunk: its gather outlasts the writer of the previous chunk
+#: (at most 4 cycles), so chunk writes never hold the neuron array up
+MIN_CHUNK = 5
 CYCLE_BITS = 32
 
 
@@ -66,9 +69,13 @@ class Accelerator(wiring.Component):
         Add the ``trace`` port.
     lanes : int
         Parallel lanes per engine; this generator builds 1 (one stored weight per cycle).
-    issue_chunk : int
-        Input channels the issue FSM looks at per mask load (hw.cycles.ISSUE_CHUNK by default):
-        wider source words take several loads, a cycle or two more each, for a narrower mask.
+    chunk : int
+        Channels per chunk (hw.cycles.CHUNK by default): the issue FSM loads a source word's
+        mask and the collector gathers and writes a spike vector this many channels at a time,
+        so neither is as wide as the widest value (an MLP's hidden layer). A wider source word
+        costs a cycle or two per extra chunk in the issue FSM, mostly hidden behind the engine;
+        the collector's chunk writes cost no cycle, as every chunk has at least MIN_CHUNK
+        channels (checked).
     loadable : bool
         The shared engine's entry table and the neuron constants are not ROMs but written
         through the ``load`` port before the first image (`memory_map` says what to write):
@@ -77,15 +84,23 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, artifact: Artifact, trace: bool = False, lanes: int = 1,
-                 loadable: bool = False, issue_chunk: int = ISSUE_CHUNK):
+                 loadable: bool = False, chunk: int = CHUNK):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if lanes != 1:
             raise ValueError(f"lanes = {lanes}: this generator builds one lane per engine")
-        if not isinstance(issue_chunk, int) or isinstance(issue_chunk, bool) or issue_chunk < 1:
-            raise ValueError(f"issue_chunk must be a positive integer, not {issue_chunk!r}")
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
+        for node in artifact.nodes:     # every collector chunk outlasts the writer (4 cycles)
+            width = node.get("out_channels", node.get("out_features", node.get("dim", 0)))
+            if node["op"] in NEURON_OPS and width > chunk and \
+                    min(chunk, width % chunk or chunk) < MIN_CHUNK:
+                raise ValueError(
+                    f"chunk = {chunk} splits the {width} channels of {node['name']} into a chunk "
+                    f"of fewer than {MIN_CHUNK}; choose a chunk of at least {MIN_CHUNK} that "
+                    f"leaves no smaller remainder")
         self.artifact, self.trace_enabled, self.lanes = artifact, trace, lanes
-        self.issue_chunk = issue_chunk
+        self.chunk = chunk
         man = artifact.manifest["model"]
         self.T, self.N = man["timesteps"], man["tokens"]
         self.time_varying = bool(man["time_varying_input"])
@@ -238,7 +253,7 @@ class Accelerator(wiring.Component):
         issuer.build(m, active, run_cycles)
         shared.connect(m, active)
         valid, payload = self._collector(m, active, users, mem_r, mem_w, read, run_cycles,
-                                         trace_ready, _or_all(stage_start))
+                                         trace_ready, _or_all(stage_start), store)
         m.d.comb += [trace_valid.eq(valid), trace_payload.eq(payload)]
 
         # ---- head: feature sums, then serial MAC per class
@@ -422,7 +437,7 @@ class Accelerator(wiring.Component):
     # ---- spike collector (one for all stages) ----------------------------------------------
 
     def _collector(self, m, active, users, mem_r, mem_w, read, run_cycles, trace_ready,
-                   starting):
+                   starting, store):
         """The one spike collector: the stages run one after the other, so they take turns on
         it (`users`: {stage id: SimpleNamespace(node, o, busy, done, tokens_outer, h, wd)}; the
         active stage's neuron output stream, constants and value memory are switched in).
@@ -431,10 +446,15 @@ class Accelerator(wiring.Component):
         pooled convs) and traces it while the next vector is already being gathered; after the
         last vector the writer finishes the stage (plus the layer-cycles record).
 
-        The gather side always takes the neuron's outputs, except a vector's last channel
-        while the writer is still busy with the previous vector (2 cycles: WRITE, TRACE; pooled
-        3 or 4: READ_OLD, MERGE, WRITE_POOLED and, for a cell's last position, TRACE). Returns
-        the trace stream's (valid, payload)."""
+        Vectors wider than `chunk` channels are gathered and written a chunk at a time (the
+        value's lanes of that chunk are write-enabled; the chunk's bits are replicated across the
+        value's word): the gather register is one chunk wide. A chunk that does not end its
+        vector costs the writer one cycle (WRITE), far less than the next chunk takes to gather.
+
+        The gather side always takes the neuron's outputs, except a chunk's last channel
+        while the writer is still busy with the previous chunk (a vector's last chunk: 2 cycles,
+        WRITE, TRACE; pooled 3 or 4: READ_OLD, MERGE, WRITE_POOLED and, for a cell's last
+        position, TRACE). Returns the trace stream's (valid, payload)."""
         T = self.T
         names = {sid: u.node["name"] for sid, u in users.items()}
         width = max(self.channels[n] for n in names.values())
@@ -453,7 +473,6 @@ class Accelerator(wiring.Component):
         n_index = Signal(8, name="col_node")
         o_valid, o_ready = Signal(name="col_valid"), Signal(name="col_ready")
         o_spike = Signal(name="col_spike")
-        o_channel = Signal(range(width), name="col_channel")
         with m.Switch(active):
             for sid, u in users.items():
                 name = names[sid]
@@ -464,10 +483,14 @@ class Accelerator(wiring.Component):
                         pool.eq(u.node["op"] == "conv" and bool(u.node["pool"])),
                         n_index.eq(self.node_index[name]),
                         o_valid.eq(u.o.valid), u.o.ready.eq(o_ready),
-                        o_spike.eq(u.o.payload.spike), o_channel.eq(u.o.payload.channel)]
+                        o_spike.eq(u.o.payload.spike)]
 
-        vec = Signal(width, name="col_vec")
-        got = Signal(range(width + 1), name="col_got")
+        C = min(width, self.chunk)          # the gather register's width
+        chunks = -(-width // C)
+        vec = Signal(C, name="col_vec")
+        got = Signal(range(width + 1), name="col_got")      # channels gathered of the vector
+        slot = Signal(range(C), name="col_slot")            # the next channel's bit in vec
+        g_chunk = Signal(range(chunks), name="col_chunk")   # the chunk being gathered
         # gather-side position of the vector being gathered
         c_step = Signal(range(T), name="col_step")
         c_tok = Signal(range(max_tokens + 1), name="col_tok")
@@ -479,8 +502,12 @@ class Accelerator(wiring.Component):
         w_cy = Signal(range(max_h + 1), name="col_w_y")
         w_cx = Signal(range(max_wd), name="col_w_x")
         w_last = Signal(name="col_w_last")
-        word = Signal(width, name="col_word")
-        old = Signal(width, name="col_old")            # a pooled cell's partial OR
+        w_chunk = Signal(range(chunks), name="col_w_chunk")
+        w_final = Signal(name="col_w_final")                # the vector's last chunk
+        word = Signal(C, name="col_word")
+        store.written = word        # every value write is this chunk, replicated
+        trace_word = Signal(width, name="col_trace_word")   # the whole vector, for TRACE
+        old = Signal(C, name="col_old")                     # a pooled cell's partial OR
         write = Signal(name="col_write")
         out_pos = Signal(16, name="col_out_pos")
         out_addr = Signal(range(max(T * self.positions[n] for n in names.values())),
@@ -492,19 +519,34 @@ class Accelerator(wiring.Component):
                 with m.Case(sid):
                     if u.node["op"] == "conv" and u.node["pool"]:
                         pos = (w_cy >> 1) * (u.wd // 2) + (w_cx >> 1)
+                        data, n = mem_r[name].data, -(-self.channels[name] // C)
+                        if n > 1:       # the chunk being written
+                            data = Cat(data, Const(0, n * C - len(data))).word_select(
+                                w_chunk[:bits_for(n - 1)], C)
                         m.d.comb += [first_in_cell.eq((w_cy[0] == 0) & (w_cx[0] == 0)),
                                      last_in_cell.eq((w_cy[0] == 1) & (w_cx[0] == 1)),
-                                     old.eq(mem_r[name].data)]
+                                     old.eq(data)]
                         read(sid, name, out_addr)
                     else:
                         pos = w_tok
                         m.d.comb += [first_in_cell.eq(1), last_in_cell.eq(1)]
                     m.d.comb += [out_pos.eq(pos),
                                  out_addr.eq(w_step * self.positions[name] + pos)]
-                    wp = mem_w[name]
-                    m.d.comb += [wp.addr.eq(out_addr), wp.data.eq(word), wp.en.eq(write)]
+                    wp, n_chunks = mem_w[name], len(mem_w[name].en)
+                    m.d.comb += [wp.addr.eq(out_addr),
+                                 wp.data.eq(Cat(*[word] * n_chunks)),
+                                 wp.en.eq(Mux(write, Const(1, n_chunks) <<
+                                              w_chunk[:bits_for(n_chunks - 1)], 0))]
         trace_valid = Signal(name="col_trace_valid")
         trace_payload = Signal(self.trace_layout, name="col_trace")
+
+        def trace_chunk(k, bits):
+            """trace_word's chunk k := bits."""
+            with m.Switch(k):
+                for i in range(chunks):
+                    with m.Case(i):
+                        n = min(C, width - i * C)
+                        m.d.sync += trace_word[i * C:i * C + n].eq(bits[:n])
 
         def advance():
             with m.If(tokens_outer):
@@ -526,21 +568,34 @@ class Accelerator(wiring.Component):
         last_vector = (c_step == T - 1) & (c_tok == tok_last)
         writer_busy = Signal(name="col_writer_busy")
         last_channel = got == last_ch
-        m.d.comb += o_ready.eq(~(last_channel & writer_busy))
+        chunk_end = last_channel | (slot == C - 1)
+        handover = Signal(name="col_handover")              # a chunk goes to the writer
+        m.d.comb += [o_ready.eq(~(chunk_end & writer_busy)),
+                     handover.eq(o_valid & o_ready & chunk_end)]
         with m.If(o_valid & o_ready):
-            spike_vec = vec | (o_spike << o_channel)
-            with m.If(last_channel):
-                m.d.sync += [vec.eq(0), got.eq(0), word.eq(spike_vec), w_step.eq(c_step),
-                             w_tok.eq(c_tok), w_cy.eq(cy), w_cx.eq(cx), w_last.eq(last_vector)]
-                advance()
+            spike_vec = vec | (o_spike << slot)
+            with m.If(chunk_end):
+                m.d.sync += [vec.eq(0), slot.eq(0), word.eq(spike_vec), w_chunk.eq(g_chunk),
+                             w_final.eq(last_channel), w_step.eq(c_step), w_tok.eq(c_tok),
+                             w_cy.eq(cy), w_cx.eq(cx), w_last.eq(last_vector)]
+                with m.If(g_chunk == 0):    # the whole vector, for the trace
+                    m.d.sync += trace_word.eq(spike_vec)
+                with m.Else():
+                    trace_chunk(g_chunk, spike_vec)
+                with m.If(last_channel):
+                    m.d.sync += [got.eq(0), g_chunk.eq(0)]
+                    advance()
+                with m.Else():
+                    m.d.sync += [got.eq(got + 1), g_chunk.eq(g_chunk + 1)]
             with m.Else():
-                m.d.sync += [vec.eq(spike_vec), got.eq(got + 1)]
+                m.d.sync += [vec.eq(spike_vec), got.eq(got + 1), slot.eq(slot + 1)]
         with m.If(starting):
-            m.d.sync += [got.eq(0), vec.eq(0), c_step.eq(0), c_tok.eq(0), cy.eq(0), cx.eq(0)]
+            m.d.sync += [got.eq(0), vec.eq(0), slot.eq(0), g_chunk.eq(0), c_step.eq(0),
+                         c_tok.eq(0), cy.eq(0), cx.eq(0)]
 
         with m.FSM(name="collector_write"):
             with m.State("IDLE"):
-                with m.If(o_valid & o_ready & last_channel):
+                with m.If(handover):
                     if any_pool:
                         with m.If(pool):
                             m.next = "READ_OLD"
@@ -554,26 +609,31 @@ class Accelerator(wiring.Component):
                     m.next = "MERGE"
                 with m.State("MERGE"):
                     m.d.comb += writer_busy.eq(1)
-                    m.d.sync += word.eq(Mux(first_in_cell, word, word | old))
+                    merged = Mux(first_in_cell, word, word | old)
+                    m.d.sync += word.eq(merged)
+                    trace_chunk(w_chunk, merged)
                     m.next = "WRITE_POOLED"
                 with m.State("WRITE_POOLED"):
                     m.d.comb += [writer_busy.eq(1), write.eq(1)]
-                    with m.If(last_in_cell):
+                    with m.If(w_final & last_in_cell):
                         m.next = "TRACE"
-                    with m.Elif(w_last):
+                    with m.Elif(w_final & w_last):
                         m.next = "CYCLES"
                     with m.Else():
                         m.next = "IDLE"
             with m.State("WRITE"):
                 m.d.comb += [writer_busy.eq(1), write.eq(1)]
-                m.next = "TRACE"
+                with m.If(w_final):
+                    m.next = "TRACE"
+                with m.Else():                  # more chunks of this vector to come
+                    m.next = "IDLE"
             with m.State("TRACE"):
                 m.d.comb += [writer_busy.eq(1), trace_valid.eq(1),
                              trace_payload.kind.eq(TRACE_SPIKES),
                              trace_payload.node.eq(n_index),
                              trace_payload.step.eq(w_step),
                              trace_payload.token.eq(out_pos),
-                             trace_payload.data.eq(word)]
+                             trace_payload.data.eq(trace_word)]
                 with m.If(trace_ready):
                     with m.If(w_last):
                         m.next = "CYCLES"
@@ -772,11 +832,11 @@ class _Issuer:
 
     Loop order tokens outer, time steps inner, the nine taps innermost for a conv. Per
     (token, step, tap): FETCH (the source read's address is valid; a conv tap outside the image
-    ends here), then per chunk of `issue_chunk` input channels LOAD_MASK (the chunk's non-zero
+    ends here), then per chunk of `chunk` input channels LOAD_MASK (the chunk's non-zero
     channels into `mask`) and EMIT (one event per set bit, lowest first: isolated as
     mask & -mask, a carry chain, and encoded by OR trees of log depth; one more cycle when the
     mask is empty), then after the last tap END (the end marker) and NEXT. Chunks keep the
-    mask, its carry chain and the encoders `issue_chunk` wide, not as wide as the widest
+    mask, its carry chain and the encoders `chunk` wide, not as wide as the widest
     value (an MLP's hidden layer); the source word stays on the read port meanwhile. A static
     first conv issues step 0 only (its feeder replays the others). hw/cycles.py models it
     cycle for cycle.
@@ -802,7 +862,7 @@ class _Issuer:
     def build(self, m: Module, active: Signal, run_cycles: Signal) -> None:
         if not self.specs:
             return
-        T, specs, CHUNK = self.acc.T, self.specs, self.acc.issue_chunk
+        T, specs, CHUNK = self.acc.T, self.specs, self.acc.chunk
         token, step, y, x, tap, ny, nx = (self.token, self.step, self.y, self.x, self.tap,
                                           self.ny, self.nx)
         widest = max(max(len(s.word_counts) for s in specs.values()), 1)
@@ -811,8 +871,8 @@ class _Issuer:
         conv_mask = min(max([len(s.word_counts) for s in specs.values() if s.is_conv],
                             default=1), n_mask)
         count_bits = max(s.count_bits for s in specs.values())
-        chunk = Signal(range(chunks), name="issue_chunk")
-        chunk_last = Signal.like(chunk, name="issue_chunk_last")
+        chunk = Signal(range(chunks), name="chunk")
+        chunk_last = Signal.like(chunk, name="chunk_last")
 
         def chunked(values, width):
             """The current chunk of a stage's per-channel values (n_mask of them)."""
@@ -869,8 +929,8 @@ class _Issuer:
         m.d.comb += low_times_9.eq(_or_all(
             [Const(9 * c, width) & lowest[c].replicate(width) for c in range(1, conv_mask)]))
         # the chunk's first channel, and its index * 9 for a conv (a mux of constants)
-        chunk_base = Signal(range(max(chunks * n_mask, 2)), name="issue_chunk_base")
-        chunk_base_9 = Signal(range(max(9 * chunks * n_mask, 2)), name="issue_chunk_base_9")
+        chunk_base = Signal(range(max(chunks * n_mask, 2)), name="chunk_base")
+        chunk_base_9 = Signal(range(max(9 * chunks * n_mask, 2)), name="chunk_base_9")
         m.d.comb += [chunk_base.eq(chunk * n_mask), chunk_base_9.eq(chunk * (9 * n_mask))]
         ev_valid, ev_end = Signal(name="issue_ev_valid"), Signal(name="issue_ev_end")
         ev_index = Signal(max(len(chunk_base), len(chunk_base_9)) + 2, name="issue_ev_index")
@@ -972,14 +1032,16 @@ class _ValueStore:
     def __init__(self, acc: "Accelerator"):
         self.acc = acc
         self.r, self.w, self.reads, self.depth = {}, {}, {}, {}
+        self.written = None          # the collector's chunk register (set by the collector)
         for node in acc.stages:
             name, ident = node["name"], _ident(node["name"])
             width, depth = acc.channels[name], acc.T * acc.positions[name]
             self.depth[name] = depth
             self.r[name] = SimpleNamespace(data=Signal(width, name=f"{ident}_rdata"))
+            # one write enable per chunk of the value (the collector writes a chunk at a time)
             self.w[name] = SimpleNamespace(addr=Signal(range(depth), name=f"{ident}_waddr"),
                                            data=Signal(width, name=f"{ident}_wdata"),
-                                           en=Signal(name=f"{ident}_wen"))
+                                           en=Signal(-(-width // acc.chunk), name=f"{ident}_wen"))
 
     def read(self, stage_id: int, value: str, addr) -> None:
         """Read `value` (every memory behind it) at `addr` while stage `stage_id` runs."""
@@ -1046,8 +1108,16 @@ class _ValueStore:
                 raise AssertionError(f"stage {sid} reads the value bank at two bases")
             if bases:
                 stage_base[sid] = bases.pop()
-        granularity = int(np.gcd.reduce([widths[v] for v in place]))
+        chunked = [self.acc.chunk] if any(widths[v] > self.acc.chunk for v in place) else []
+        granularity = int(np.gcd.reduce([widths[v] for v in place] + chunked))
         return place, stage_base, width, granularity
+
+    def _lane_enables(self, value: str, granularity: int):
+        """The write enables of `value`'s granules (granularity bits each), from its per-chunk
+        enables."""
+        width, chunk, en = self.acc.channels[value], self.acc.chunk, self.w[value].en
+        return Cat(*[en[k].replicate((min(chunk, width - k * chunk)) // granularity)
+                     for k in range(len(en))])
 
     def build(self, m: Module, active: Signal) -> None:
         acc, widths = self.acc, self.acc.channels
@@ -1059,13 +1129,21 @@ class _ValueStore:
                                                 attrs=block_ram_attrs(shape, depth))
             bank_w = bank.write_port(granularity=granularity)
             bank_r = bank.read_port()
+            # A value's write data is the collector's chunk replicated; when every lane starts
+            # at a multiple of the chunk, one replicated word serves all of them (no lane mux).
+            word = self.written
+            aligned = all(lane % len(word) == 0 for _, lane in place.values())
+            if aligned:
+                m.d.comb += bank_w.data.eq(Cat(*[word] * -(-width // len(word)))[:width])
             for v, (base, lane) in place.items():
-                w, lanes = self.w[v], widths[v] // granularity
+                w = self.w[v]
                 m.d.comb += self.r[v].data.eq(bank_r.data[lane:lane + widths[v]])
-                with m.If(w.en):
+                with m.If(w.en.any()):
                     m.d.comb += [bank_w.addr.eq(base + w.addr),
-                                 bank_w.data.eq(w.data << lane),
-                                 bank_w.en.eq(((1 << lanes) - 1) << (lane // granularity))]
+                                 bank_w.en.eq(self._lane_enables(v, granularity)
+                                              << (lane // granularity))]
+                    if not aligned:
+                        m.d.comb += bank_w.data.eq(w.data << lane)
             with m.Switch(active):
                 for sid, per in self.reads.items():
                     addrs = [addr for src, addr in per.items() if src in place]
@@ -1078,9 +1156,11 @@ class _ValueStore:
             shape, depth = unsigned(widths[v]), self.depth[v]
             mem = Memory(shape=shape, depth=depth, init=[], attrs=block_ram_attrs(shape, depth))
             m.submodules[f"value_{_ident(v)}"] = mem
-            wp, rp = mem.write_port(), mem.read_port()
             w = self.w[v]
-            m.d.comb += [wp.addr.eq(w.addr), wp.data.eq(w.data), wp.en.eq(w.en),
+            granularity = int(np.gcd(widths[v], self.acc.chunk)) if len(w.en) > 1 else widths[v]
+            wp, rp = mem.write_port(granularity=granularity), mem.read_port()
+            m.d.comb += [wp.addr.eq(w.addr), wp.data.eq(w.data),
+                         wp.en.eq(self._lane_enables(v, granularity)),
                          self.r[v].data.eq(rp.data)]
             with m.Switch(active):
                 for sid, per in self.reads.items():

@@ -17,7 +17,7 @@ state minus s, so consecutive stages chain (the next stage starts in that cycle)
 Engine stage (conv, matmul). Vectors run token (conv: position y*W+x, full resolution) outer,
 time step inner. The issue FSM, for each vector, per conv tap (a matmul has one "tap"):
 
-    FETCH (1) -> per chunk of ISSUE_CHUNK input channels: LOAD_MASK (1) -> EMIT: one event
+    FETCH (1) -> per chunk of `chunk` input channels: LOAD_MASK (1) -> EMIT: one event
     per active input channel of the chunk, lowest first, each held until the engine accepts
     it, then one cycle with an empty mask -> next chunk, or next tap (a tap of one chunk
     without events costs exactly 3 cycles; a conv tap outside the image only its FETCH,
@@ -101,13 +101,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ISSUE_CHUNK", "NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles", "ideal_breakdown",
+__all__ = ["CHUNK", "NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles",
+           "ideal_breakdown",
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
 from model.artifact import NEURON_OPS, conv_columns, value_sources
 _NEVER = -(1 << 60)
-#: Input channels per mask load of the issue FSM (hw.accelerator._Issuer uses this one)
-ISSUE_CHUNK = 32
+#: Channels per chunk: the issue FSM's mask loads and the collector's writes
+#: (hw.accelerator.Accelerator's default ``chunk``)
+CHUNK = 32
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def _conv_input(node, counts: np.ndarray) -> np.ndarray:
     return counts.reshape(counts.shape[0], node["height"] * node["width"], -1)
 
 
-def _engine_stage(artifact, node, values, issue_chunk: int = ISSUE_CHUNK) -> int:
+def _engine_stage(artifact, node, values, chunk: int = CHUNK) -> int:
     man = artifact.manifest["model"]
     T = man["timesteps"]
     c_out = node[_out_channels(node)]
@@ -230,7 +232,7 @@ def _engine_stage(artifact, node, values, issue_chunk: int = ISSUE_CHUNK) -> int
     rank = node.get("rank", 0)
     sizes = _column_sizes(artifact, node)
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
-    chunks = -(-counts.shape[-1] // issue_chunk)      # the issuer's mask loads per word
+    chunks = -(-counts.shape[-1] // chunk)      # the issuer's mask loads per word
 
     f = 1                        # FETCH of the first vector (the start cycle is 0)
     engine_ready = _NEVER        # first event of the next vector (see the module docstring)
@@ -262,7 +264,7 @@ def _engine_stage(artifact, node, values, issue_chunk: int = ISSUE_CHUNK) -> int
                         continue
                     p = f + 1                       # LOAD_MASK of the first chunk
                     for c in range(chunks):         # EMIT; an empty mask costs one cycle
-                        in_chunk = channels[channels // issue_chunk == c]
+                        in_chunk = channels[channels // chunk == c]
                         if len(in_chunk) == 0:
                             p += 2
                             continue
@@ -319,18 +321,19 @@ def _attention_stage(artifact, node, values) -> int:
 
 
 def expected_cycles(artifact, node_spikes: dict, image=None, *,
-                    issue_chunk: int = ISSUE_CHUNK) -> dict[str, int]:
+                    chunk: int = CHUNK) -> dict[str, int]:
     """{node: the cycles its TRACE_CYCLES record reports} for one input, for every conv, matmul
     and attention node, in accelerator order. `node_spikes`: {name: (T, tokens, C)} golden
-    spikes of this image; `image`: its pixels (or node_spikes["input"]); `issue_chunk`: the
-    accelerator's (``Accelerator(issue_chunk=...)``)."""
+    spikes of this image; `image`: its pixels (or node_spikes["input"]); `chunk`: the
+    accelerator's (``Accelerator(chunk=...)``; the collector's chunk writes cost no cycles as
+    long as a chunk has more channels than a vector's writer needs cycles, at most 4)."""
     values = value_counts(artifact, node_spikes, image)
     out = {}
     for node in artifact.nodes:
         if node["op"] == "attention":
             out[node["name"]] = _attention_stage(artifact, node, values)
         elif node["op"] in NEURON_OPS:
-            out[node["name"]] = _engine_stage(artifact, node, values, issue_chunk)
+            out[node["name"]] = _engine_stage(artifact, node, values, chunk)
     return out
 
 

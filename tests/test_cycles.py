@@ -59,23 +59,28 @@ def test_cycles_exact(kind, root):
         assert rec["cycles"] == total, f"{kind} input {i}: {rec['cycles']} != {total}"
 
 
-def test_issue_chunks_exact_and_bitexact(root):
-    """Accelerator(issue_chunk=3): every source word of 4, 8 or 16 channels is issued in chunks
-    of 3 (conv and matmul, a last chunk narrower than the others); the run stays bit-exact and
-    the model, told the same chunk, reproduces every layer's cycles and result.cycles."""
+def test_chunks_exact_and_bitexact(root):
+    """Accelerator(chunk=8): the 16-channel MLP hidden vectors are gathered and written, and
+    the 16-channel source words of the next matmul issued, in two chunks of 8 (the value bank
+    then writes half a value at a time); every traced vector stays bit-exact and the model,
+    told the same chunk, reproduces every layer's cycles and result.cycles. A chunk that would
+    leave a remainder too short to outlast the writer is refused."""
     from accelerator_fixtures import run_accelerator
     from hw.accelerator import Accelerator
     from sim.scoreboard import Scoreboard
     art, golden, records = simulated("l1p", root)
-    got = run_accelerator(Accelerator(art, trace=True, issue_chunk=3), golden.images[:2],
+    assert max(n.get("out_features", 0) for n in art.nodes) == 16
+    got = run_accelerator(Accelerator(art, trace=True, chunk=8), golden.images[:2],
                           Scoreboard(golden))
     for i, rec in enumerate(got):
         assert rec["result"].bitexact
-        expected = expected_cycles(art, *image_spikes(golden, i), issue_chunk=3)
+        expected = expected_cycles(art, *image_spikes(golden, i), chunk=8)
         assert rec["layer_cycles"] == expected
         assert rec["cycles"] == sum(expected.values()) + load_cycles(art) + head_cycles(art)
-        # more mask loads than with one chunk per word: some layer takes longer
+        # the chunked source word costs mask loads: some layer takes longer than unchunked
         assert any(rec["layer_cycles"][n] > records[i]["layer_cycles"][n] for n in expected)
+    with pytest.raises(ValueError, match="chunk = 6 splits the 8 channels of stem1 into a chunk of fewer than 5"):
+        Accelerator(art, chunk=6)
 
 
 @pytest.mark.parametrize("kind", KINDS)
