@@ -73,6 +73,10 @@ class TrainConfig:
     neuron_lr: float = 2e-2            # u_th and tau learn faster than the weights
     weight_decay: float = 1e-4
     seed: int = 0
+    # Spike-activity penalty: loss = cross-entropy + spike_penalty * mean firing rate of every
+    # spiking layer (model.train.spike_rate). Fewer spikes are fewer cycles on chip, where a
+    # spike-fed layer's work is active inputs x the non-zeros they touch. 0 = off (bit-exact).
+    spike_penalty: float = 0.0
 
 
 @dataclass
@@ -173,6 +177,9 @@ class Config:
             t = getattr(pl, name)
             _check(t.epochs >= 0 and t.batch_size > 0 and t.lr > 0 and t.neuron_lr > 0,
                    f"pipeline.{name}: epochs >= 0, batch_size > 0 and learning rates > 0 needed")
+            _check(0.0 <= t.spike_penalty < float("inf"),
+                   f"pipeline.{name}.spike_penalty must be a finite number >= 0, "
+                   f"not {t.spike_penalty}")
         _check(len(pl.sweep_seeds) >= 1, "pipeline.sweep_seeds must name at least one seed")
         return self
 
