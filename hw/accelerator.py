@@ -430,6 +430,7 @@ class Accelerator(wiring.Component):
 
         issuer.add(sid, SimpleNamespace(
             start=start, busy=busy, ev=engine.i, is_conv=is_conv, static_replay=static_replay,
+            col_base=shared.col_base.get(name, 0),      # 0: a rank-factored engine of its own
             h=h, wd=wd, positions=positions, word_counts=word_counts, count_bits=count_bits))
         return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, tokens_outer=True,
                                h=h, wd=wd)
@@ -568,14 +569,22 @@ class Accelerator(wiring.Component):
         last_vector = (c_step == T - 1) & (c_tok == tok_last)
         writer_busy = Signal(name="col_writer_busy")
         last_channel = got == last_ch
-        chunk_end = last_channel | (slot == C - 1)
+        # `chunk_end` (the next output ends a chunk) is a register, computed from the next
+        # got/slot, so that the ready path into the neuron array starts at registers: it is the
+        # head of the chain neuron array -> feeder -> engine. `last_ch` follows `active` a cycle
+        # late at a stage's start, long before the stage's first output.
+        chunk_end = Signal(name="col_chunk_end")
+        got_next, slot_next = Signal.like(got, name="col_got_next"), \
+            Signal.like(slot, name="col_slot_next")
         handover = Signal(name="col_handover")              # a chunk goes to the writer
         m.d.comb += [o_ready.eq(~(chunk_end & writer_busy)),
-                     handover.eq(o_valid & o_ready & chunk_end)]
+                     handover.eq(o_valid & o_ready & chunk_end),
+                     got_next.eq(got), slot_next.eq(slot)]
         with m.If(o_valid & o_ready):
             spike_vec = vec | (o_spike << slot)
             with m.If(chunk_end):
-                m.d.sync += [vec.eq(0), slot.eq(0), word.eq(spike_vec), w_chunk.eq(g_chunk),
+                m.d.comb += slot_next.eq(0)
+                m.d.sync += [vec.eq(0), word.eq(spike_vec), w_chunk.eq(g_chunk),
                              w_final.eq(last_channel), w_step.eq(c_step), w_tok.eq(c_tok),
                              w_cy.eq(cy), w_cx.eq(cx), w_last.eq(last_vector)]
                 with m.If(g_chunk == 0):    # the whole vector, for the trace
@@ -583,15 +592,21 @@ class Accelerator(wiring.Component):
                 with m.Else():
                     trace_chunk(g_chunk, spike_vec)
                 with m.If(last_channel):
-                    m.d.sync += [got.eq(0), g_chunk.eq(0)]
+                    m.d.comb += got_next.eq(0)
+                    m.d.sync += g_chunk.eq(0)
                     advance()
                 with m.Else():
-                    m.d.sync += [got.eq(got + 1), g_chunk.eq(g_chunk + 1)]
+                    m.d.comb += got_next.eq(got + 1)
+                    m.d.sync += g_chunk.eq(g_chunk + 1)
             with m.Else():
-                m.d.sync += [vec.eq(spike_vec), got.eq(got + 1), slot.eq(slot + 1)]
+                m.d.comb += [got_next.eq(got + 1), slot_next.eq(slot + 1)]
+                m.d.sync += vec.eq(spike_vec)
         with m.If(starting):
-            m.d.sync += [got.eq(0), vec.eq(0), slot.eq(0), g_chunk.eq(0), c_step.eq(0),
-                         c_tok.eq(0), cy.eq(0), cx.eq(0)]
+            m.d.comb += [got_next.eq(0), slot_next.eq(0)]
+            m.d.sync += [vec.eq(0), g_chunk.eq(0), c_step.eq(0), c_tok.eq(0), cy.eq(0),
+                         cx.eq(0)]
+        m.d.sync += [got.eq(got_next), slot.eq(slot_next),
+                     chunk_end.eq((got_next == last_ch) | (slot_next == C - 1))]
 
         with m.FSM(name="collector_write"):
             with m.State("IDLE"):
@@ -868,10 +883,10 @@ class _Issuer:
         widest = max(max(len(s.word_counts) for s in specs.values()), 1)
         n_mask = min(widest, CHUNK)
         chunks = -(-widest // n_mask)
-        conv_mask = min(max([len(s.word_counts) for s in specs.values() if s.is_conv],
-                            default=1), n_mask)
         count_bits = max(s.count_bits for s in specs.values())
-        chunk = Signal(range(chunks), name="chunk")
+        chunk = Signal(range(chunks), name="issue_chunk")
+        col_base = Signal(range(max(s.col_base for s in specs.values()) + 1),
+                          name="issue_col_base")
         chunk_last = Signal.like(chunk, name="chunk_last")
 
         def chunked(values, width):
@@ -902,6 +917,7 @@ class _Issuer:
                                  tok_last.eq(s.positions - 1), x_last.eq(s.wd - 1),
                                  h.eq(s.h), wd.eq(s.wd),
                                  chunk_last.eq(-(-len(s.word_counts) // n_mask) - 1),
+                                 col_base.eq(s.col_base),
                                  nonzero.eq(Cat(*chunked([c != 0 for c in s.word_counts], 1))),
                                  busy.eq(s.busy), ev_ready.eq(s.ev.ready)]
                     if s.count_bits > 1:    # a mask bit is set only where the count is 1
@@ -918,22 +934,24 @@ class _Issuer:
         m.d.comb += [ny.eq(y + dy), nx.eq(x + dx),
                      inside.eq((ny >= 0) & (ny < h) & (nx >= 0) & (nx < wd))]
 
-        # event emitter: lowest set bit of `mask`, its index, and index * 9 for a conv (an OR
-        # of constants: a multiplier here was the critical path)
+        # event emitter: lowest set bit of `mask`
         m.d.comb += lowest.eq(mask & (~mask + 1))
-        low = Signal(range(max(n_mask, 2)), name="issue_low")
-        for b in range(len(low)):
-            m.d.comb += low[b].eq(_or_all([lowest[c] for c in range(n_mask) if (c >> b) & 1]))
-        low_times_9 = Signal(range(9 * conv_mask), name="issue_low_times_9")
-        width = len(low_times_9)
-        m.d.comb += low_times_9.eq(_or_all(
-            [Const(9 * c, width) & lowest[c].replicate(width) for c in range(1, conv_mask)]))
-        # the chunk's first channel, and its index * 9 for a conv (a mux of constants)
-        chunk_base = Signal(range(max(chunks * n_mask, 2)), name="chunk_base")
-        chunk_base_9 = Signal(range(max(9 * chunks * n_mask, 2)), name="chunk_base_9")
-        m.d.comb += [chunk_base.eq(chunk * n_mask), chunk_base_9.eq(chunk * (9 * n_mask))]
+        # The event's engine column: a base (the stage's first engine column, plus the chunk's
+        # first channel and, for a conv, * 9 + tap), registered a cycle ahead of EMIT (tap,
+        # chunk and stage change at least a cycle before it), plus the lowest set bit's index
+        # (* 9 for a conv): an OR of constants, so one adder sits between mask and engine.
+        max_index = max(s.col_base + (9 if s.is_conv else 1) * len(s.word_counts)
+                        for s in specs.values())
+        index_base = Signal(range(max_index + 1), name="issue_index_base")
+        low_scaled = Signal(range(max(9 * n_mask, 2)), name="issue_low_scaled")
+        width = len(low_scaled)
+        m.d.comb += low_scaled.eq(_or_all(
+            [Mux(is_conv, Const(9 * c, width), Const(c, width)) & lowest[c].replicate(width)
+             for c in range(1, n_mask)]))
+        m.d.sync += index_base.eq(col_base + Mux(is_conv, chunk * (9 * n_mask) + tap,
+                                                 chunk * n_mask))
         ev_valid, ev_end = Signal(name="issue_ev_valid"), Signal(name="issue_ev_end")
-        ev_index = Signal(max(len(chunk_base), len(chunk_base_9)) + 2, name="issue_ev_index")
+        ev_index = Signal(bits_for(max_index), name="issue_ev_index")
         for sid, s in specs.items():
             m.d.comb += [s.ev.valid.eq(ev_valid & (active == sid)),
                          s.ev.payload.index.eq(ev_index), s.ev.payload.count.eq(low_count),
@@ -971,8 +989,7 @@ class _Issuer:
             with m.State("EMIT"):
                 # the read address is held, so the source word stays valid while emitting
                 with m.If(mask != 0):
-                    m.d.comb += [ev_valid.eq(1), ev_index.eq(Mux(
-                        is_conv, chunk_base_9 + low_times_9 + tap, chunk_base + low))]
+                    m.d.comb += [ev_valid.eq(1), ev_index.eq(index_base + low_scaled)]
                     with m.If(ev_ready):
                         m.d.sync += mask.eq(mask & ~lowest)
                 with m.Elif(chunk != chunk_last):       # the next chunk of the same word
@@ -1275,7 +1292,7 @@ class _SharedUnits:
                         m.d.comb += [
                             e.i.valid.eq(u.i.valid), u.i.ready.eq(e.i.ready),
                             e.i.payload.eq(u.i.payload),
-                            e.i.payload.index.eq(u.i.payload.index + self.col_base[name]),
+                            e.i.payload.index.eq(u.i.payload.index),    # the issuer's base
                             e.rows.eq(self.rows[name]),
                             u.o.valid.eq(e.o.valid), e.o.ready.eq(u.o.ready),
                             u.o.payload.eq(e.o.payload),

@@ -606,7 +606,7 @@ class BoardTop(wiring.Component):
             word=Signal(8 * word_bytes, name="wm_word"),
             word_bytes=Signal(range(word_bytes + 1), name="wm_word_bytes"),
             depth=Signal(range(depth + 1), name="wm_depth"),
-            fits=Signal(name="wm_fits"))
+            fits=Signal(name="wm_fits"))          # a cycle after the frame's bytes
         wm.end = Signal(len(wm.addr) + 1, name="wm_end")
         return wm
 
@@ -615,11 +615,11 @@ class BoardTop(wiring.Component):
             for i, (nbytes, words) in enumerate(self.tables):
                 with m.Case(i):
                     m.d.comb += [wm.word_bytes.eq(nbytes), wm.depth.eq(words)]
-        m.d.comb += [
-            wm.end.eq(wm.addr + wm.words),
-            wm.fits.eq((wm.id < len(self.tables)) & ~wm.high & (wm.k == 0) &
-                       (wm.words != 0) & (wm.end <= wm.depth)),
-        ]
+        # registered: the frame's last byte comes at least a cycle before its END event, and
+        # the check's adder and comparator stay out of the handler's paths
+        m.d.comb += wm.end.eq(wm.addr + wm.words)
+        m.d.sync += wm.fits.eq((wm.id < len(self.tables)) & ~wm.high & (wm.k == 0) &
+                               (wm.words != 0) & (wm.end <= wm.depth))
 
     def _write_mem_byte(self, m, wm, count, byte):
         """One payload byte of a WRITE_MEM frame: id, 4 address bytes, then word bytes."""

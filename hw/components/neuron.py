@@ -11,7 +11,7 @@ one update datapath; its state lives in RAM and its per-channel constants in ROM
 
 from __future__ import annotations
 
-from amaranth import MemoryData, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, MemoryData, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -35,14 +35,15 @@ class SlifNeuronArray(wiring.Component):
 
     Pipeline (4 stages, one new update per cycle):
 
-        1. accept; read V from the membrane RAM and (bias, threshold, leak) from the channel ROM
+        1. accept; read V from the membrane RAM, (bias, threshold) and leak from the channel
+           tables
         2. x = (I << F) + bias, d = x - V
         3. product = leak * d                (registered in and out: maps to a DSP multiplier)
         4. H = V + (product >>> K), spike = H >= threshold; write V_next back; register output
 
     The write of stage 4 and the read of stage 1 meet in a read port transparent to the write
-    port. An update whose neuron is still in stage 2 or 3 (the same address within the last two
-    accepted updates) waits until it has left them: at most 2 stall cycles, and never with the
+    port. An update whose neuron is still in stage 2 or 3 (the same (token, channel) pair, or
+    slot, within the last two accepted updates) waits until it has left them: at most 2 stall cycles, and never with the
     sequencer's order (all channels of a token, token by token), unless tokens * channels <= 2.
     That check makes ``i.ready`` depend combinationally on ``i.payload`` (never the other way).
     Without stalls n updates take n + 4 cycles from the first acceptance through the last
@@ -78,9 +79,9 @@ class SlifNeuronArray(wiring.Component):
     o : Out(stream.Signature(spike_layout))
         Results ``{token, channel, spike}``.
     load : In(load_signature(parameter_layout, channels)), only with ``loadable=True``
-        The constants table is then written through this stream (``parameters_init()``, one
-        channel per transfer, always ready) before the first update, instead of being a ROM
-        (hw/components `add_table`: on iCE40 the table goes to SPRAM).
+        The bias/threshold table is then written through this stream (``parameters_init()``,
+        one channel per transfer, always ready) before the first update, instead of being a ROM
+        (hw/components `add_table`: on iCE40 the table goes to SPRAM); the leaks stay a ROM.
 
     Attributes
     ----------
@@ -152,17 +153,17 @@ class SlifNeuronArray(wiring.Component):
 
     @property
     def parameter_layout(self) -> data.StructLayout:
-        """One channel's constants."""
+        """One channel's bias and threshold (the leaks have a table of their own, so that the
+        two fit three 16-bit SPRAMs where the three would not)."""
         return data.StructLayout({
             "bias": signed(signed_bits(int(self._bias.min()), int(self._bias.max()))),
             "threshold": unsigned(bits_for(int(self._threshold.max()))),
-            "leak": unsigned(bits_for(1 << self._leak_bits)),
         })
 
     def parameters_init(self) -> list[dict]:
-        """The constants table's contents, channel by channel (what ``load`` writes)."""
-        return [{"bias": int(b), "threshold": int(t), "leak": int(k)}
-                for b, t, k in zip(self._bias, self._threshold, self._leak)]
+        """The bias/threshold table's contents, channel by channel (what ``load`` writes)."""
+        return [{"bias": int(b), "threshold": int(t)}
+                for b, t in zip(self._bias, self._threshold)]
 
     def elaborate(self, platform):
         m = Module()
@@ -171,6 +172,9 @@ class SlifNeuronArray(wiring.Component):
         parameter_addr, parameter_en, parameter_data = add_table(
             m, "parameters", parameter_layout, self.parameters_init(),
             load=self.load if self._loadable else None)
+        leak_shape = unsigned(bits_for(int(self._leak.max())))      # always a ROM
+        leak_addr, leak_en, leak_data = add_table(m, "leaks", leak_shape,
+                                                  [int(k) for k in self._leak])
         m.submodules.membranes = membranes = Memory(
             data=self.membrane_data,
             attrs=block_ram_attrs(self.membrane_data.shape, self.membrane_data.depth))
@@ -184,6 +188,11 @@ class SlifNeuronArray(wiring.Component):
         h_width = max(self._membrane_width, self._product_width - K, 1) + 1
         address_shape = unsigned(bits_for(self.membrane_data.depth - 1))
 
+        # An update's (token, slot or channel) pair names its membrane as well as its address
+        # (callers never send two pairs with one address), without the address's adder: the
+        # hazard check compares pairs, so `i.ready` does not wait for token * stride + slot.
+        pair = Signal(len(self.i.p.token) + len(self.i.p.slot if self._slots else self.i.p.channel))
+
         def stage(name):
             """Registers that travel with an update through the pipeline."""
             return {
@@ -191,6 +200,7 @@ class SlifNeuronArray(wiring.Component):
                 "token": Signal(self._update_layout["token"].shape, name=f"{name}_token"),
                 "channel": Signal(self._update_layout["channel"].shape, name=f"{name}_channel"),
                 "address": Signal(address_shape, name=f"{name}_address"),
+                "pair": Signal(len(pair), name=f"{name}_pair"),
             }
 
         s1, s2, s3 = stage("read"), stage("diff"), stage("product")
@@ -198,7 +208,7 @@ class SlifNeuronArray(wiring.Component):
         s1_first = Signal()
         s2_membrane = Signal(signed(self._membrane_width))
         s2_diff = Signal(signed(diff_width))
-        s2_leak = Signal.like(parameter_data.leak)
+        s2_leak = Signal.like(leak_data)
         s2_threshold = Signal.like(parameter_data.threshold)
         s3_membrane = Signal(signed(self._membrane_width))
         s3_product = Signal(signed(self._product_width))
@@ -206,18 +216,21 @@ class SlifNeuronArray(wiring.Component):
 
         advance = ~self.o.valid | self.o.ready
         address = Signal(address_shape)
-        hazard = ((s1["valid"] & (s1["address"] == address)) |
-                  (s2["valid"] & (s2["address"] == address)))
+        hazard = ((s1["valid"] & (s1["pair"] == pair)) |
+                  (s2["valid"] & (s2["pair"] == pair)))
         accept = Signal()
         m.d.comb += [
             address.eq(self.i.p.token * self._stride +
                        (self.i.p.slot if self._slots else self.i.p.channel)),
+            pair.eq(Cat(self.i.p.slot if self._slots else self.i.p.channel, self.i.p.token)),
             self.i.ready.eq(advance & ~hazard),
             accept.eq(self.i.valid & self.i.ready),
             membrane_read.addr.eq(address),
             membrane_read.en.eq(advance),
             parameter_addr.eq(self.i.p.channel),
             parameter_en.eq(advance),
+            leak_addr.eq(self.i.p.channel),
+            leak_en.eq(advance),
         ]
 
         x = Signal(signed(x_width))
@@ -243,6 +256,7 @@ class SlifNeuronArray(wiring.Component):
                 s1["token"].eq(self.i.p.token),
                 s1["channel"].eq(self.i.p.channel),
                 s1["address"].eq(address),
+                s1["pair"].eq(pair),
                 s1_acc.eq(self.i.p.acc),
                 s1_first.eq(self.i.p.first),
             ]
@@ -250,7 +264,7 @@ class SlifNeuronArray(wiring.Component):
             m.d.sync += [
                 s2_membrane.eq(membrane),
                 s2_diff.eq(x - membrane),
-                s2_leak.eq(parameter_data.leak),
+                s2_leak.eq(leak_data),
                 s2_threshold.eq(parameter_data.threshold),
             ]
             m.d.sync += [s3[key].eq(s2[key]) for key in s2]
