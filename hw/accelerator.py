@@ -91,6 +91,13 @@ class Accelerator(wiring.Component):
             raise ValueError(f"lanes = {lanes}: this generator builds one lane per engine")
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
+        for node in artifact.nodes:
+            width = node.get("out_channels", node.get("out_features", node.get("dim", 0)))
+            if node["op"] in NEURON_OPS and width < 3:
+                # the neuron array runs without its hazard stall: a neuron comes back only
+                # after every other channel of its stage (and the cycle model assumes > 3)
+                raise ValueError(f"{node['name']} has {width} channels; the accelerator needs "
+                                 f"at least 3 per layer")
         for node in artifact.nodes:     # every collector chunk outlasts the writer (4 cycles)
             width = node.get("out_channels", node.get("out_features", node.get("dim", 0)))
             if node["op"] in NEURON_OPS and width > chunk and \
@@ -934,8 +941,13 @@ class _Issuer:
         m.d.comb += [ny.eq(y + dy), nx.eq(x + dx),
                      inside.eq((ny >= 0) & (ny < h) & (nx >= 0) & (nx < wd))]
 
-        # event emitter: lowest set bit of `mask`
-        m.d.comb += lowest.eq(mask & (~mask + 1))
+        # event emitter: `lowest` is the lowest set bit of `mask` (x & -x, a carry chain), kept
+        # in a register beside it, so the chain sits between registers, not in the event path
+
+        def set_mask(value):
+            rest = Signal(n_mask, name="issue_mask_next")
+            m.d.comb += rest.eq(value)
+            m.d.sync += [mask.eq(rest), lowest.eq(rest & (~rest + 1))]
         # The event's engine column: a base (the stage's first engine column, plus the chunk's
         # first channel and, for a conv, * 9 + tap), registered a cycle ahead of EMIT (tap,
         # chunk and stage change at least a cycle before it), plus the lowest set bit's index
@@ -984,14 +996,14 @@ class _Issuer:
                 with m.If(is_conv & ~inside):   # a tap outside the image: 1 cycle, not 3
                     next_tap()
             with m.State("LOAD_MASK"):
-                m.d.sync += mask.eq(nonzero)
+                set_mask(nonzero)
                 m.next = "EMIT"
             with m.State("EMIT"):
                 # the read address is held, so the source word stays valid while emitting
                 with m.If(mask != 0):
                     m.d.comb += [ev_valid.eq(1), ev_index.eq(index_base + low_scaled)]
                     with m.If(ev_ready):
-                        m.d.sync += mask.eq(mask & ~lowest)
+                        set_mask(mask & ~lowest)
                 with m.Elif(chunk != chunk_last):       # the next chunk of the same word
                     m.d.sync += chunk.eq(chunk + 1)
                     m.next = "LOAD_MASK"
@@ -1259,7 +1271,7 @@ class _SharedUnits:
                                        acc_width, membrane_width, product_width,
                                        token_stride=per_token or None,
                                        membranes=max(acc.N * per_token, widest),
-                                       loadable=loadable)
+                                       loadable=loadable, hazard_check=False)
         self._engine_users, self._neuron_users = {}, {}
 
     def engine_user(self, sid: int, name: str) -> SimpleNamespace:

@@ -289,3 +289,36 @@ def test_membranes_are_shared_by_layers_that_run_one_after_the_other():
 
     simulate(dut, producer, consumer)
     assert got == expected
+
+
+def test_without_hazard_check_sequential_order_is_exact():
+    """hazard_check=False (the accelerator's array): in the sequencer's order (channel by
+    channel, > 2 channels) no neuron comes back within two updates, so the results are exact
+    and updates are taken every cycle, whatever the payload."""
+    rng = np.random.default_rng(3)
+    channels, tokens, steps = 4, 2, 3
+    bias = rng.integers(-200, 200, size=channels)
+    threshold = rng.integers(1, 300, size=channels)
+    leak = rng.integers(0, 257, size=channels)
+    dut = SlifNeuronArray(channels, tokens, bias, threshold, leak, 4, 8, acc_width=8,
+                          membrane_width=20, product_width=32, hazard_check=False)
+    accs = rng.integers(-128, 128, size=(steps, tokens, channels))
+    expected = []
+    v = np.zeros((tokens, channels), dtype=np.int64)
+    for t in range(steps):
+        s, v, *_ = neuron_step(v, accs[t], bias, threshold, leak, 4, 8)
+        expected += [(n, c, int(s[n, c])) for n in range(tokens) for c in range(channels)]
+    got = []
+
+    async def producer(ctx):
+        for t in range(steps):
+            await stream_put_all(ctx, dut.i, [
+                {"token": n, "channel": c, "acc": int(accs[t, n, c]), "first": int(t == 0)}
+                for n in range(tokens) for c in range(channels)])
+
+    async def consumer(ctx):
+        out = await stream_get_all(ctx, dut.o, len(expected))
+        got.extend((int(p.token), int(p.channel), int(p.spike)) for p in out)
+
+    simulate(dut, producer, consumer)
+    assert got == expected

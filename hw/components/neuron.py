@@ -58,6 +58,10 @@ class SlifNeuronArray(wiring.Component):
         Default ``channels``: every (token, channel) has its own membrane. A smaller stride
         lets several users share one array, e.g. per-token channels only at the end of the
         channel range: the caller then sends only pairs whose addresses differ.
+    hazard_check : bool
+        Default True. False leaves the stall out, for a caller whose order never sends a neuron
+        again within two updates (the accelerator: every stage has more than 2 channels, sent
+        channel by channel); ``i.ready`` then no longer depends on ``i.payload``.
     membranes : int, optional
         Membrane words, when they are fewer than the neurons: updates then carry a ``slot``
         and neuron (token, channel) keeps its membrane at ``token * token_stride + slot``
@@ -92,7 +96,7 @@ class SlifNeuronArray(wiring.Component):
 
     def __init__(self, channels, tokens, bias, threshold, leak, frac_bits, leak_bits,
                  acc_width, membrane_width, product_width, token_stride=None, membranes=None,
-                 loadable=False):
+                 loadable=False, hazard_check=True):
         self._channels = check_int(channels, "channels", minimum=1)
         self._tokens = check_int(tokens, "tokens", minimum=1)
         self._stride = self._channels if token_stride is None else \
@@ -112,6 +116,7 @@ class SlifNeuronArray(wiring.Component):
         self._membrane_width = check_int(membrane_width, "membrane_width", minimum=1)
         self._product_width = check_int(product_width, "product_width", minimum=1)
 
+        self._hazard_check = bool(hazard_check)
         self._slots = membranes is not None
         depth = ((self._tokens - 1) * self._stride + self._channels) if membranes is None else \
             check_int(membranes, "membranes", minimum=1)
@@ -217,7 +222,7 @@ class SlifNeuronArray(wiring.Component):
         advance = ~self.o.valid | self.o.ready
         address = Signal(address_shape)
         hazard = ((s1["valid"] & (s1["pair"] == pair)) |
-                  (s2["valid"] & (s2["pair"] == pair)))
+                  (s2["valid"] & (s2["pair"] == pair))) if self._hazard_check else 0
         accept = Signal()
         m.d.comb += [
             address.eq(self.i.p.token * self._stride +
