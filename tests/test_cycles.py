@@ -81,6 +81,15 @@ def test_chunks_exact_and_bitexact(root):
         assert any(rec["layer_cycles"][n] > records[i]["layer_cycles"][n] for n in expected)
     with pytest.raises(ValueError, match="chunk = 6 splits the 8 channels of stem1 into a chunk of fewer than 5"):
         Accelerator(art, chunk=6)
+    # the neuron array runs without its hazard stall: every layer needs 3 channels or more
+    import copy
+    from model.artifact import Artifact
+    narrow = Artifact(copy.deepcopy(art.manifest), art.arrays)
+    node = next(n for n in narrow.nodes if n["op"] == "matmul")
+    node["out_features"] = 2
+    with pytest.raises(ValueError, match=f"{node['name']} has 2 channels; the accelerator needs "
+                                         f"at least 3 per layer"):
+        Accelerator(narrow)
 
 
 @pytest.mark.parametrize("kind", KINDS)
