@@ -4,18 +4,23 @@
 """The whole-network accelerator, generated from an integer artifact (docs/HARDWARE.md).
 
 One stage per artifact node that ends in a neuron, run one after the other by a static sequencer
-(the model is known at generation time, so the schedule is unrolled into the top FSM). Each
-stage has its own small issue FSM; everything else is shared, since only one stage runs at a
-time: one spike collector (`_collector`) and one cycle counter serve every stage, and
-(`_SharedUnits`) one SparseMatmulEngine holds every conv and CSC matmul side by side and one
-SlifNeuronArray every stage's channels, so their memories and the neuron's multiplier exist
-once, not once per layer:
+(the model is known at generation time, so the schedule is unrolled into the top FSM). Since
+only one stage runs at a time, everything is shared: one issue FSM (`_Issuer`) serves every
+conv and matmul stage, one spike collector (`_collector`) and one cycle counter every stage,
+and (`_SharedUnits`) one SparseMatmulEngine holds every conv and CSC matmul side by side and
+one SlifNeuronArray every stage's constants and (reused) membranes, so their memories and the
+neuron's multiplier exist once, not once per layer. The issue FSM and the collector work
+`chunk` (32) channels at a time, not a whole hidden-layer word:
 
-    conv / matmul  event generator -> SparseMatmulEngine | RankFactoredEngine -> SlifNeuronArray
-                   -> spike collector -> value memory (+ trace)
+    conv / matmul  issue FSM -> SparseMatmulEngine | RankFactoredEngine -> SlifNeuronArray
+                   -> spike collector -> value bank (+ trace)
     attention      Q/K/V row reader -> SpikingAttention -> SlifNeuronArray -> collector
-                   (the same neuron array; its per-token membranes above the others)
-    head           feature sums over steps and tokens -> serial MAC per class -> logits, argmax
+                   (the same neuron array; tokens x channels membranes)
+    head           feature sums over steps and tokens -> serial MAC per class -> logits
+                   (streamed as computed), argmax
+
+With `loadable` the engine's entry table and the neurons' biases/thresholds are written
+through a `load` port before the first image (the iCE40 build keeps them in SPRAM).
 
 Values. Every neuron node's output is one word per (time step, token), bit c = channel c, in
 one wide value bank shared by all of them (`_ValueStore`: values read together sit side by side
