@@ -96,21 +96,6 @@ class Accelerator(wiring.Component):
             raise ValueError(f"lanes = {lanes}: this generator builds one lane per engine")
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
-        for node in artifact.nodes:
-            width = node.get("out_channels", node.get("out_features", node.get("dim", 0)))
-            if node["op"] in NEURON_OPS and width < 3:
-                # the neuron array runs without its hazard stall: a neuron comes back only
-                # after every other channel of its stage (and the cycle model assumes > 3)
-                raise ValueError(f"{node['name']} has {width} channels; the accelerator needs "
-                                 f"at least 3 per layer")
-        for node in artifact.nodes:     # every collector chunk outlasts the writer (4 cycles)
-            width = node.get("out_channels", node.get("out_features", node.get("dim", 0)))
-            if node["op"] in NEURON_OPS and width > chunk and \
-                    min(chunk, width % chunk or chunk) < MIN_CHUNK:
-                raise ValueError(
-                    f"chunk = {chunk} splits the {width} channels of {node['name']} into a chunk "
-                    f"of fewer than {MIN_CHUNK}; choose a chunk of at least {MIN_CHUNK} that "
-                    f"leaves no smaller remainder")
         self.artifact, self.trace_enabled, self.lanes = artifact, trace, lanes
         self.chunk = chunk
         man = artifact.manifest["model"]
@@ -124,8 +109,20 @@ class Accelerator(wiring.Component):
         self.head = next(n for n in artifact.nodes if n["op"] == "head")
         self.classes = self.head["classes"]
         self.logit_bits = self.head["widths"]["logit"]
-        self.bounds = derive_widths(artifact)["_bounds"]
         self.channels = {n["name"]: self._out_channels(n) for n in self.stages}
+        for name, width in self.channels.items():
+            if width < 3:
+                # the neuron array runs without its hazard stall: a neuron comes back only
+                # after every other channel of its stage (and the cycle model assumes > 3)
+                raise ValueError(f"{name} has {width} channels; the accelerator needs at least "
+                                 f"3 per layer")
+            if width > chunk and min(chunk, width % chunk or chunk) < MIN_CHUNK:
+                # every collector chunk outlasts the writer of the previous one (4 cycles)
+                raise ValueError(
+                    f"chunk = {chunk} splits the {width} channels of {name} into a chunk of "
+                    f"fewer than {MIN_CHUNK}; choose a chunk of at least {MIN_CHUNK} that leaves "
+                    f"no smaller remainder")
+        self.bounds = derive_widths(artifact)["_bounds"]
         self.positions = {n["name"]: self._positions(n) for n in self.stages}
         self.trace_bits = max(self.channels.values())
         self.trace_layout = data.StructLayout({
@@ -153,16 +150,17 @@ class Accelerator(wiring.Component):
     def memory_map(self) -> list[SimpleNamespace]:
         """The tables a loader writes into a ``loadable`` accelerator, by memory id (the
         ``load`` port's ``memory``; the WRITE_MEM command's id): ``name``, ``width`` (bits per
-        word) and ``words`` (unsigned ints, address 0 first), from the same components that
-        build them, so host images and hardware cannot disagree."""
+        word), ``words`` (unsigned ints, address 0 first) and ``unit`` (the component holding
+        it), from the same components that build them, so host images and hardware cannot
+        disagree."""
         tables = []
         engine, neurons = self._shared.engine, self._shared.neurons
         if engine is not None:
-            tables.append(SimpleNamespace(name="engine.entries",
+            tables.append(SimpleNamespace(name="engine.entries", unit=engine,
                                           width=engine.entry_layout.size,
                                           words=packed_words(engine.entry_layout,
                                                              engine.entries_init())))
-        tables.append(SimpleNamespace(name="neurons.parameters",
+        tables.append(SimpleNamespace(name="neurons.parameters", unit=neurons,
                                       width=neurons.parameter_layout.size,
                                       words=packed_words(neurons.parameter_layout,
                                                          neurons.parameters_init())))
@@ -276,9 +274,8 @@ class Accelerator(wiring.Component):
         store.build(m, active)
 
         if self.loadable:
-            units = [shared.engine, shared.neurons] if shared.engine is not None else \
-                [shared.neurons]
-            for table, unit in zip(self.memory_map(), units):
+            for table in self.memory_map():
+                unit = table.unit
                 m.d.comb += [
                     unit.load.valid.eq(self.load.valid & self.load.ready &
                                        (self.load.payload.memory == table.id)),
