@@ -322,3 +322,164 @@ def test_without_hazard_check_sequential_order_is_exact():
 
     simulate(dut, producer, consumer)
     assert got == expected
+
+
+# ---- parallel lanes: one transfer per group of P channels -----------------------------------
+
+def run_lanes(dut, case, stall_seed=None):
+    """Send every step group by group (``case["group_orders"]``: (token, group) per step),
+    waiting for an inference's last output; return per step {(token, channel): spike} and, after
+    each inference, the membranes (token, channel) read from the RAM words."""
+    P, groups, tokens = dut.lanes, dut.groups, dut.tokens
+    stalls = None if stall_seed is None else random.Random(stall_seed)
+    idle = None if stalls is None else (lambda: stalls.choice([0, 0, 0, 1, 2]))
+    steps = [(k, t, accs[t]) for k, accs in enumerate(case["inferences"])
+             for t in range(len(accs))]
+    last_of_inference = [n == len(steps) - 1 or steps[n + 1][0] != k
+                         for n, (k, _, _) in enumerate(steps)]
+    done, outputs, membranes = [], [], {}
+
+    def acc_of(acc, tok, g):
+        return [int(acc[tok, g * P + p]) if g * P + p < dut.channels else 0 for p in range(P)]
+
+    async def producer(ctx):
+        for n, (k, t, acc) in enumerate(steps):
+            if n and last_of_inference[n - 1]:
+                while len(done) < n:
+                    await ctx.tick()
+            await stream_put_all(ctx, dut.i, [
+                {"token": tok, "group": g, "acc": acc_of(acc, tok, g), "first": int(t == 0)}
+                for tok, g in case["group_orders"][n]], idle)
+
+    async def consumer(ctx):
+        for n in range(len(steps)):
+            out = await stream_get_all(ctx, dut.o, tokens * groups, idle)
+            outputs.append([(int(o.token), int(o.group), int(o.spike)) for o in out])
+            if last_of_inference[n]:
+                words = [ctx.get(dut.membrane_data[tok * (dut.token_stride // P) + g])
+                         for tok in range(tokens) for g in range(groups)]
+                membranes[n] = np.array([[int(words[tok * groups + c // P][c % P])
+                                          for c in range(dut.channels)] for tok in range(tokens)])
+            done.append(n)
+
+    simulate(dut, producer, consumer)
+    return outputs, membranes
+
+
+def check_lanes(dut, case, outputs, membranes):
+    P = dut.lanes
+    spikes, golden_membranes = golden(case)
+    for n, (order, out) in enumerate(zip(case["group_orders"], outputs)):
+        assert [(tok, g) for tok, g, _ in out] == [tuple(map(int, o)) for o in order]
+        for tok, g, bits in out:
+            want = sum(int(spikes[n][tok, g * P + p]) << p for p in range(P)
+                       if g * P + p < dut.channels)
+            assert bits == want, f"spikes of step {n}, token {tok}, group {g}"
+    for n, membrane in membranes.items():
+        assert membrane.tolist() == golden_membranes[n].tolist(), f"membranes after step {n}"
+
+
+@st.composite
+def lane_cases(draw):
+    case = draw(neuron_cases().filter(lambda c: c["channels"] >= 2))
+    lanes = draw(st.integers(2, min(4, case["channels"])) | st.just(case["channels"]))
+    groups = -(-case["channels"] // lanes)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    order = [(tok, g) for tok in range(case["tokens"]) for g in range(groups)]
+    shuffle = draw(st.booleans())
+    case["lanes"] = lanes
+    case["group_orders"] = [[order[i] for i in rng.permutation(len(order))] if shuffle else order
+                            for _ in case["orders"]]
+    return case
+
+
+def build_lanes(case, **kwargs):
+    widths = neuron_widths(*case["acc_range"], case["bias"], case["threshold"],
+                           case["frac_bits"], case["leak_bits"])
+    return SlifNeuronArray(case["channels"], case["tokens"], case["bias"], case["threshold"],
+                           case["leak"], case["frac_bits"], case["leak_bits"], *widths,
+                           lanes=case["lanes"], **kwargs)
+
+
+@settings(SETTINGS, max_examples=30)
+@given(lane_cases(), st.one_of(st.none(), st.integers(0, 2**32 - 1)))
+def test_lanes_match_golden(case, stall_seed):
+    """P lanes: every channel's spikes and membranes equal neuron_step's, in any group order,
+    with or without back-pressure; a missing channel of the last group never fires."""
+    dut = build_lanes(case)
+    outputs, membranes = run_lanes(dut, case, stall_seed)
+    check_lanes(dut, case, outputs, membranes)
+
+
+def test_lanes_take_one_group_per_cycle():
+    """n group transfers take n + 4 cycles: P channels per cycle."""
+    case = fixed_case(channels=10, tokens=3, steps=2, seed=5)
+    case["lanes"] = 4
+    case["group_orders"] = [[(tok, g) for tok in range(3) for g in range(3)]] * 2
+    dut = build_lanes(case)
+    clock, marks = CycleClock(), {}
+
+    async def producer(ctx):
+        for t, acc in enumerate(case["inferences"][0]):
+            for tok, g in case["group_orders"][t]:
+                await stream_put_all(ctx, dut.i, [{"token": tok, "group": g, "first": int(t == 0),
+                                                   "acc": [int(acc[tok, g * 4 + p]) if g * 4 + p < 10
+                                                           else 0 for p in range(4)]}])
+                marks.setdefault("first", clock.now)
+
+    async def consumer(ctx):
+        outputs = []
+        for _ in range(2):
+            out = await stream_get_all(ctx, dut.o, 9)
+            outputs.append([(int(o.token), int(o.group), int(o.spike)) for o in out])
+        marks["last"], marks["outputs"] = clock.now, outputs
+
+    simulate(dut, producer, consumer, background=[clock.bench])
+    check_lanes(dut, case, marks["outputs"], {})
+    assert marks["last"] - marks["first"] + 1 == 2 * 3 * 3 + 4
+
+
+def test_lanes_loadable_parameters():
+    """With lanes and `loadable`, the bias/threshold table holds one group per word and is
+    written through `load` before use; the results are the ROM version's."""
+    case = fixed_case(channels=7, tokens=2, steps=3, seed=9)
+    case["lanes"] = 3
+    case["group_orders"] = [[(tok, g) for tok in range(2) for g in range(3)]] * 3
+    dut = build_lanes(case, loadable=True)
+    words = dut.parameters_init()
+    assert len(words) == 3 and len(words[-1]) == 3 and words[-1][1:] == [{"bias": 0,
+                                                                          "threshold": 1}] * 2
+    outputs = []
+
+    async def loader(ctx):
+        for addr, word in enumerate(words):
+            await stream_put_all(ctx, dut.load, [{"addr": addr, "data": word}])
+
+    async def producer(ctx):
+        await loader(ctx)
+        for t, acc in enumerate(case["inferences"][0]):
+            await stream_put_all(ctx, dut.i, [
+                {"token": tok, "group": g, "first": int(t == 0),
+                 "acc": [int(acc[tok, g * 3 + p]) if g * 3 + p < 7 else 0 for p in range(3)]}
+                for tok, g in case["group_orders"][t]])
+
+    async def consumer(ctx):
+        for _ in range(3):
+            out = await stream_get_all(ctx, dut.o, 6)
+            outputs.append([(int(o.token), int(o.group), int(o.spike)) for o in out])
+
+    simulate(dut, producer, consumer)
+    check_lanes(dut, case, outputs, {})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lanes": 0}, "lanes must be an integer >= 1, not 0"),
+    ({"lanes": 5}, "lanes = 5 exceeds the 4 channels"),
+    ({"lanes": 2, "token_stride": 5}, "token_stride = 5 must be a multiple of lanes = 2"),
+])
+def test_lanes_bad_parameters(kwargs, match):
+    params = {"channels": 4, "tokens": 3, "bias": [5, -5, 0, 1], "threshold": [100, 1, 3, 4],
+              "leak": [0, 256, 3, 4], "frac_bits": 8, "leak_bits": 8, "acc_width": 8,
+              "membrane_width": 20, "product_width": 30}
+    with pytest.raises(ValueError, match=match):
+        SlifNeuronArray(**params, **kwargs)

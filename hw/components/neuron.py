@@ -6,7 +6,8 @@ Per channel c, with membrane V (signed) and this time step's accumulator I (sign
     S = H >= threshold_c  ;  V_next = 0 if S else H
 
 F = frac_bits, K = leak_bits, ``>>>`` the arithmetic shift (floor). Every neuron of a layer shares
-one update datapath; its state lives in RAM and its per-channel constants in ROM.
+one update datapath (or P lanes of it, each with its own multiplier, updating a group of P
+channels per cycle); its state lives in RAM and its per-channel constants in ROM.
 """
 
 from __future__ import annotations
@@ -49,21 +50,33 @@ class SlifNeuronArray(wiring.Component):
     Without stalls n updates take n + 4 cycles from the first acceptance through the last
     output transfer, inclusive.
 
+    Lanes. With ``lanes`` = P > 1 a transfer updates a *group* of P channels: the layouts are
+    ``{token, group, acc[P], first}`` in and ``{token, group, spike}`` out (spike bit p and
+    acc[p]: channel group * P + p), so n group transfers take n + 4 cycles. Each table word (the
+    membranes of a (token, group), the constants of a group) holds P lanes, read and written
+    together; a missing channel of the last group (channels not a multiple of P) has bias 0,
+    threshold 1 and leak 0, which keeps its V at 0 from ``first`` on: it never fires. The pipeline
+    and its hazard check are the one-lane ones, with ``group`` for ``channel``.
+
     Parameters
     ----------
     channels, tokens : int
         Neurons per token and tokens; neuron (token, channel) keeps its membrane at RAM
-        address ``token * token_stride + channel``.
+        address ``token * token_stride + channel`` (P lanes: word
+        ``token * token_stride / P + channel // P``, lane ``channel % P``).
     token_stride : int, optional
-        Default ``channels``: every (token, channel) has its own membrane. A smaller stride
+        Default ``channels`` (rounded up to a multiple of P): every (token, channel) has its own
+        membrane. A smaller stride
         lets several users share one array, e.g. per-token channels only at the end of the
         channel range: the caller then sends only pairs whose addresses differ.
     hazard_check : bool
         Default True. False leaves the stall out, for a caller whose order never sends a neuron
         again within two updates (the accelerator: every stage has more than 2 channels, sent
         channel by channel); ``i.ready`` then no longer depends on ``i.payload``.
+    lanes : int
+        Channels updated per cycle (P, default 1; at most ``channels``).
     membranes : int, optional
-        Membrane words, when they are fewer than the neurons: updates then carry a ``slot``
+        Membrane words (of P lanes each), when they are fewer than the neurons: updates then carry a ``slot``
         and neuron (token, channel) keeps its membrane at ``token * token_stride + slot``
         (< membranes), while ``channel`` still selects the constants. Users of one array whose
         neurons never live at the same time (layers run one after the other) share words.
@@ -79,28 +92,35 @@ class SlifNeuronArray(wiring.Component):
     Members
     -------
     i : In(stream.Signature(update_layout))
-        Updates ``{token, channel, acc, first}``.
+        Updates ``{token, channel, acc, first}`` (P lanes: ``{token, group, acc[P], first}``).
     o : Out(stream.Signature(spike_layout))
-        Results ``{token, channel, spike}``.
-    load : In(load_signature(parameter_layout, channels)), only with ``loadable=True``
+        Results ``{token, channel, spike}`` (P lanes: ``{token, group, spike}``, P bits).
+    load : In(load_signature(parameter_layout, groups)), only with ``loadable=True``
         The bias/threshold table is then written through this stream (``parameters_init()``,
-        one channel per transfer, always ready) before the first update, instead of being a ROM
+        one channel, or group, per transfer, always ready) before the first update, instead of being a ROM
         (hw/components `add_table`: on iCE40 the table goes to SPRAM); the leaks stay a ROM.
 
     Attributes
     ----------
     membrane_data : MemoryData
-        The membrane RAM's contents (address token * token_stride + channel), exposed so that
-        simulations and debug views can inspect the state.
+        The membrane RAM's contents (address token * token_stride + channel; P lanes: words of
+        P membranes, see ``channels``), exposed so that simulations and debug views can inspect
+        the state.
     """
 
     def __init__(self, channels, tokens, bias, threshold, leak, frac_bits, leak_bits,
                  acc_width, membrane_width, product_width, token_stride=None, membranes=None,
-                 loadable=False, hazard_check=True):
+                 loadable=False, hazard_check=True, lanes=1):
         self._channels = check_int(channels, "channels", minimum=1)
         self._tokens = check_int(tokens, "tokens", minimum=1)
-        self._stride = self._channels if token_stride is None else \
+        self._lanes = P = check_int(lanes, "lanes", minimum=1)
+        if P > self._channels:
+            raise ValueError(f"lanes = {P} exceeds the {self._channels} channels")
+        self._groups = -(-self._channels // P)
+        self._stride = self._groups * P if token_stride is None else \
             check_int(token_stride, "token_stride", minimum=1)
+        if self._stride % P:
+            raise ValueError(f"token_stride = {self._stride} must be a multiple of lanes = {P}")
         self._frac_bits = check_int(frac_bits, "frac_bits", minimum=0)
         self._leak_bits = check_int(leak_bits, "leak_bits", minimum=0)
         self._bias = check_int_array(bias, "bias", shape=(self._channels,))
@@ -118,12 +138,16 @@ class SlifNeuronArray(wiring.Component):
 
         self._hazard_check = bool(hazard_check)
         self._slots = membranes is not None
-        depth = ((self._tokens - 1) * self._stride + self._channels) if membranes is None else \
+        words = self._stride // P            # membrane words from one token to the next
+        depth = ((self._tokens - 1) * words + self._groups) if membranes is None else \
             check_int(membranes, "membranes", minimum=1)
+        # one lane: a transfer is one channel; P lanes: one group of P channels
+        index = "channel" if P == 1 else "group"
         fields = {
             "token": unsigned(bits_for(self._tokens - 1)),
-            "channel": unsigned(bits_for(self._channels - 1)),
-            "acc": signed(self._acc_width),
+            index: unsigned(bits_for(self._groups - 1)),
+            "acc": signed(self._acc_width) if P == 1 else
+            data.ArrayLayout(signed(self._acc_width), P),
             "first": 1,
         }
         if self._slots:
@@ -131,22 +155,25 @@ class SlifNeuronArray(wiring.Component):
         self._update_layout = data.StructLayout(fields)
         self._spike_layout = data.StructLayout({
             "token": unsigned(bits_for(self._tokens - 1)),
-            "channel": unsigned(bits_for(self._channels - 1)),
-            "spike": 1,
+            index: unsigned(bits_for(self._groups - 1)),
+            "spike": P,
         })
-        self.membrane_data = MemoryData(shape=signed(self._membrane_width),
-                                        depth=depth, init=[])
+        self.membrane_data = MemoryData(
+            shape=signed(self._membrane_width) if P == 1 else
+            data.ArrayLayout(signed(self._membrane_width), P), depth=depth, init=[])
         members = {
             "i": In(stream.Signature(self._update_layout)),
             "o": Out(stream.Signature(self._spike_layout)),
         }
         self._loadable = bool(loadable)
         if self._loadable:
-            members["load"] = In(load_signature(self.parameter_layout, self._channels))
+            members["load"] = In(load_signature(self.parameter_layout, self._groups))
         super().__init__(members)
 
     channels = property(lambda self: self._channels)
     tokens = property(lambda self: self._tokens)
+    lanes = property(lambda self: self._lanes)
+    groups = property(lambda self: self._groups)
     token_stride = property(lambda self: self._stride)
     frac_bits = property(lambda self: self._frac_bits)
     leak_bits = property(lambda self: self._leak_bits)
@@ -157,67 +184,97 @@ class SlifNeuronArray(wiring.Component):
     spike_layout = property(lambda self: self._spike_layout)
 
     @property
-    def parameter_layout(self) -> data.StructLayout:
-        """One channel's bias and threshold (the leaks have a table of their own, so that the
-        two fit three 16-bit SPRAMs where the three would not)."""
-        return data.StructLayout({
+    def parameter_layout(self):
+        """One word of the bias/threshold table: a channel's (P lanes: a group's P channels')
+        bias and threshold. The leaks have a table of their own, so that the two fit three
+        16-bit SPRAMs where the three would not."""
+        channel = data.StructLayout({
             "bias": signed(signed_bits(int(self._bias.min()), int(self._bias.max()))),
             "threshold": unsigned(bits_for(int(self._threshold.max()))),
         })
+        return channel if self._lanes == 1 else data.ArrayLayout(channel, self._lanes)
 
-    def parameters_init(self) -> list[dict]:
-        """The bias/threshold table's contents, channel by channel (what ``load`` writes)."""
-        return [{"bias": int(b), "threshold": int(t)}
-                for b, t in zip(self._bias, self._threshold)]
+    def _by_group(self, values, pad: int) -> list:
+        """Per-channel `values` as one list per group (lane p of group g: channel g P + p);
+        the last group's missing channels are `pad`."""
+        P = self._lanes
+        padded = list(values) + [pad] * (self._groups * P - self._channels)
+        return [padded[g * P:(g + 1) * P] for g in range(self._groups)]
+
+    def parameters_init(self) -> list:
+        """The bias/threshold table's contents, word by word (what ``load`` writes): channel
+        by channel, or with P lanes group by group, a list of P channels each (a missing
+        channel of the last group: bias 0, threshold 1)."""
+        channels = [{"bias": int(b), "threshold": int(t)}
+                    for b, t in zip(self._bias, self._threshold)]
+        if self._lanes == 1:
+            return channels
+        return self._by_group(channels, {"bias": 0, "threshold": 1})
 
     def elaborate(self, platform):
         m = Module()
-        F, K = self._frac_bits, self._leak_bits
+        F, K, P = self._frac_bits, self._leak_bits, self._lanes
         parameter_layout = self.parameter_layout
         parameter_addr, parameter_en, parameter_data = add_table(
             m, "parameters", parameter_layout, self.parameters_init(),
             load=self.load if self._loadable else None)
         leak_shape = unsigned(bits_for(int(self._leak.max())))      # always a ROM
-        leak_addr, leak_en, leak_data = add_table(m, "leaks", leak_shape,
-                                                  [int(k) for k in self._leak])
+        leaks = [int(k) for k in self._leak]
+        if P == 1:
+            leak_addr, leak_en, leak_data = add_table(m, "leaks", leak_shape, leaks)
+        else:       # a missing channel of the last group: leak 0 keeps its V at 0 from `first`
+            leak_addr, leak_en, leak_data = add_table(
+                m, "leaks", data.ArrayLayout(leak_shape, P), self._by_group(leaks, 0))
         m.submodules.membranes = membranes = Memory(
             data=self.membrane_data,
             attrs=block_ram_attrs(self.membrane_data.shape, self.membrane_data.depth))
         membrane_write = membranes.write_port()
         membrane_read = membranes.read_port(transparent_for=(membrane_write,))
 
+        def lane(value, p):
+            """Lane p's element of a per-transfer value (the value itself with one lane)."""
+            return value if P == 1 else value[p]
+
         # Exact widths of the intermediates: nothing below can overflow except by the caller's
         # membrane and product widths, which the artifact derives from the worst case.
-        x_width = max(self._acc_width + F, parameter_layout["bias"].shape.width) + 1
+        bias_width = (parameter_layout if P == 1 else parameter_layout.elem_shape)["bias"].shape.width
+        x_width = max(self._acc_width + F, bias_width) + 1
         diff_width = max(x_width, self._membrane_width) + 1
         h_width = max(self._membrane_width, self._product_width - K, 1) + 1
         address_shape = unsigned(bits_for(self.membrane_data.depth - 1))
+        index = self.i.p.channel if P == 1 else self.i.p.group
+        word = self.i.p.slot if self._slots else index
 
         # An update's (token, slot or channel) pair names its membrane as well as its address
         # (callers never send two pairs with one address), without the address's adder: the
         # hazard check compares pairs, so `i.ready` does not wait for token * stride + slot.
-        pair = Signal(len(self.i.p.token) + len(self.i.p.slot if self._slots else self.i.p.channel))
+        pair = Signal(len(self.i.p.token) + len(word))
 
         def stage(name):
             """Registers that travel with an update through the pipeline."""
             return {
                 "valid": Signal(name=f"{name}_valid"),
                 "token": Signal(self._update_layout["token"].shape, name=f"{name}_token"),
-                "channel": Signal(self._update_layout["channel"].shape, name=f"{name}_channel"),
+                "channel": Signal(len(index), name=f"{name}_channel"),
                 "address": Signal(address_shape, name=f"{name}_address"),
                 "pair": Signal(len(pair), name=f"{name}_pair"),
             }
 
+        def lanes(name, shape):
+            """One signal per lane (named as before with one lane)."""
+            return [Signal(shape, name=name if P == 1 else f"{name}{p}") for p in range(P)]
+
         s1, s2, s3 = stage("read"), stage("diff"), stage("product")
-        s1_acc = Signal(signed(self._acc_width))
+        s1_acc = lanes("s1_acc", signed(self._acc_width))
         s1_first = Signal()
-        s2_membrane = Signal(signed(self._membrane_width))
-        s2_diff = Signal(signed(diff_width))
-        s2_leak = Signal.like(leak_data)
-        s2_threshold = Signal.like(parameter_data.threshold)
-        s3_membrane = Signal(signed(self._membrane_width))
-        s3_product = Signal(signed(self._product_width))
-        s3_threshold = Signal.like(parameter_data.threshold)
+        threshold_shape = Signal.like(lane(parameter_data, 0).threshold).shape()
+        s2_membrane = lanes("s2_membrane", signed(self._membrane_width))
+        s2_diff = lanes("s2_diff", signed(diff_width))
+        s2_leak = lanes("s2_leak", leak_shape)
+        s2_threshold = lanes("s2_threshold", threshold_shape)
+        s3_membrane = lanes("s3_membrane", signed(self._membrane_width))
+        s3_product = lanes("s3_product", signed(self._product_width))
+        s3_threshold = lanes("s3_threshold", threshold_shape)
 
         advance = ~self.o.valid | self.o.ready
         address = Signal(address_shape)
@@ -225,33 +282,32 @@ class SlifNeuronArray(wiring.Component):
                   (s2["valid"] & (s2["pair"] == pair))) if self._hazard_check else 0
         accept = Signal()
         m.d.comb += [
-            address.eq(self.i.p.token * self._stride +
-                       (self.i.p.slot if self._slots else self.i.p.channel)),
-            pair.eq(Cat(self.i.p.slot if self._slots else self.i.p.channel, self.i.p.token)),
+            address.eq(self.i.p.token * (self._stride // P) + word),
+            pair.eq(Cat(word, self.i.p.token)),
             self.i.ready.eq(advance & ~hazard),
             accept.eq(self.i.valid & self.i.ready),
             membrane_read.addr.eq(address),
             membrane_read.en.eq(advance),
-            parameter_addr.eq(self.i.p.channel),
+            parameter_addr.eq(index),
             parameter_en.eq(advance),
-            leak_addr.eq(self.i.p.channel),
+            leak_addr.eq(index),
             leak_en.eq(advance),
         ]
 
-        x = Signal(signed(x_width))
-        membrane = Signal(signed(self._membrane_width))
+        x = lanes("x", signed(x_width))
+        membrane = lanes("membrane", signed(self._membrane_width))
+        h = lanes("h", signed(h_width))
+        spike = lanes("spike", 1)
+        for p in range(P):
+            m.d.comb += [
+                x[p].eq(s1_acc[p].shift_left(F) + lane(parameter_data, p).bias),
+                membrane[p].eq(Mux(s1_first, 0, lane(membrane_read.data, p))),
+                h[p].eq(s3_membrane[p] + s3_product[p].shift_right(K)),
+                spike[p].eq(h[p] >= s3_threshold[p]),
+                lane(membrane_write.data, p).eq(Mux(spike[p], 0, h[p])),
+            ]
         m.d.comb += [
-            x.eq(s1_acc.shift_left(F) + parameter_data.bias),
-            membrane.eq(Mux(s1_first, 0, membrane_read.data)),
-        ]
-
-        h = Signal(signed(h_width))
-        spike = Signal()
-        m.d.comb += [
-            h.eq(s3_membrane + s3_product.shift_right(K)),
-            spike.eq(h >= s3_threshold),
             membrane_write.addr.eq(s3["address"]),
-            membrane_write.data.eq(Mux(spike, 0, h)),
             membrane_write.en.eq(s3["valid"] & advance),
         ]
 
@@ -259,29 +315,28 @@ class SlifNeuronArray(wiring.Component):
             m.d.sync += [
                 s1["valid"].eq(accept),
                 s1["token"].eq(self.i.p.token),
-                s1["channel"].eq(self.i.p.channel),
+                s1["channel"].eq(index),
                 s1["address"].eq(address),
                 s1["pair"].eq(pair),
-                s1_acc.eq(self.i.p.acc),
                 s1_first.eq(self.i.p.first),
             ]
+            m.d.sync += [s1_acc[p].eq(lane(self.i.p.acc, p)) for p in range(P)]
             m.d.sync += [s2[key].eq(s1[key]) for key in s1]
-            m.d.sync += [
-                s2_membrane.eq(membrane),
-                s2_diff.eq(x - membrane),
-                s2_leak.eq(leak_data),
-                s2_threshold.eq(parameter_data.threshold),
-            ]
+            for p in range(P):
+                m.d.sync += [
+                    s2_membrane[p].eq(membrane[p]),
+                    s2_diff[p].eq(x[p] - membrane[p]),
+                    s2_leak[p].eq(lane(leak_data, p)),
+                    s2_threshold[p].eq(lane(parameter_data, p).threshold),
+                    s3_membrane[p].eq(s2_membrane[p]),
+                    s3_product[p].eq(s2_leak[p] * s2_diff[p]),
+                    s3_threshold[p].eq(s2_threshold[p]),
+                ]
             m.d.sync += [s3[key].eq(s2[key]) for key in s2]
-            m.d.sync += [
-                s3_membrane.eq(s2_membrane),
-                s3_product.eq(s2_leak * s2_diff),
-                s3_threshold.eq(s2_threshold),
-            ]
             m.d.sync += [
                 self.o.valid.eq(s3["valid"]),
                 self.o.p.token.eq(s3["token"]),
-                self.o.p.channel.eq(s3["channel"]),
-                self.o.p.spike.eq(spike),
+                (self.o.p.channel if P == 1 else self.o.p.group).eq(s3["channel"]),
+                self.o.p.spike.eq(Cat(*spike)),
             ]
         return m
