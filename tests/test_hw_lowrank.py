@@ -34,11 +34,19 @@ def worst_case_widths(a: np.ndarray, b: np.ndarray, in_max: int) -> tuple[int, i
     return signed_bits(z_lo, z_hi), signed_bits(-acc_hi, acc_hi)
 
 
-def expected_cycles(b_col_ptr, x, rank, out_features) -> int:
-    """The documented cycle formula, restated independently of the component."""
-    nnz = np.diff(b_col_ptr)
-    stage1 = sum(max(int(nnz[j]), 1) for j in np.flatnonzero(x)) + rank + 4
-    return stage1 + out_features * rank + 3
+def expected_cycles(b_col_ptr, x, rank, out_features, lanes=1, b_row_idx=None) -> int:
+    """The documented cycle formula, restated independently of the component: stage 1 walks B
+    on min(lanes, rank) lanes (a column costs the most entries any lane holds, rows r = p mod
+    P1), stage 2 takes rank MACs per group of `lanes` output rows."""
+    p1 = min(lanes, rank)
+    walk = 0
+    for j in np.flatnonzero(x):
+        rows = np.asarray(b_row_idx[b_col_ptr[j]:b_col_ptr[j + 1]]) if p1 > 1 else None
+        most = max(int((rows % p1 == p).sum()) for p in range(p1)) if p1 > 1 else \
+            int(b_col_ptr[j + 1] - b_col_ptr[j])
+        walk += max(most, 1)
+    stage1 = walk + -(-rank // p1) + 4
+    return stage1 + -(-out_features // lanes) * rank + 3
 
 
 def run_vectors(dut, vectors, orders, *, stall_seed=None):
@@ -60,11 +68,20 @@ def run_vectors(dut, vectors, orders, *, stall_seed=None):
             results[n]["started"] = clock.now
             await stream_put_all(ctx, dut.i, events[1:], idle)
 
+    P = dut.lanes
+    groups = -(-dut.out_features // P)
+
     async def consumer(ctx):
         for n in range(len(vectors)):
-            out = await stream_get_all(ctx, dut.o, dut.out_features, idle)
-            results[n].update(rows=[int(p.row) for p in out], accs=[int(p.acc) for p in out],
-                              cycles=ctx.get(dut.cycles),
+            out = await stream_get_all(ctx, dut.o, groups, idle)
+            if P == 1:
+                rows, accs = [int(p.row) for p in out], [int(p.acc) for p in out]
+            else:   # group g carries rows g P .. g P + P - 1; past the last row: 0
+                rows = [int(p.group) * P + lane for p in out for lane in range(P)]
+                accs = [int(p.acc[lane]) for p in out for lane in range(P)]
+                assert accs[dut.out_features:] == [0] * (len(accs) - dut.out_features)
+                rows, accs = rows[:dut.out_features], accs[:dut.out_features]
+            results[n].update(rows=rows, accs=accs, cycles=ctx.get(dut.cycles),
                               span=clock.now - results[n]["started"] + 1)
             done.append(n)
 
@@ -95,7 +112,8 @@ def lowrank_cases(draw):
         rng.integers(0, in_max + 1, size=in_features),
     ]
     rng.shuffle(vectors)
-    return {"a": a, "b": b, "in_max": in_max, "vectors": vectors,
+    lanes = draw(st.just(1) | st.integers(1, min(4, out_features)) | st.just(out_features))
+    return {"a": a, "b": b, "in_max": in_max, "vectors": vectors, "lanes": lanes,
             "orders": [rng.permutation(in_features) for _ in vectors]}
 
 
@@ -104,8 +122,10 @@ def build(case):
     rank, in_features = case["b"].shape
     z_width, acc_width = worst_case_widths(case["a"], case["b"], case["in_max"])
     dut = RankFactoredEngine(in_features, case["a"].shape[0], rank, b_col_ptr, b_row_idx,
-                             b_values, case["a"], case["in_max"], z_width, acc_width)
+                             b_values, case["a"], case["in_max"], z_width, acc_width,
+                             lanes=case.get("lanes", 1))
     b = dense_from_csc(b_col_ptr, b_row_idx, b_values, rank, in_features)
+    dut.b_row_idx = b_row_idx           # for expected_cycles with lanes
     return dut, b_col_ptr, b
 
 
@@ -117,7 +137,8 @@ def test_products_and_cycles_at_full_rate(case):
     for x, got in zip(case["vectors"], results):
         assert got["rows"] == list(range(dut.out_features))
         assert got["accs"] == (case["a"] @ (b @ x)).tolist()
-        cycles = expected_cycles(b_col_ptr, x, dut.rank, dut.out_features)
+        cycles = expected_cycles(b_col_ptr, x, dut.rank, dut.out_features, dut.lanes,
+                                 dut.b_row_idx)
         assert got["cycles"] == got["span"] == cycles == dut.cycles_for(np.flatnonzero(x))
 
 
@@ -130,7 +151,8 @@ def test_products_under_backpressure(case, stall_seed):
         assert got["rows"] == list(range(dut.out_features))
         assert got["accs"] == (case["a"] @ (b @ x)).tolist()
         assert got["cycles"] == got["span"] >= expected_cycles(b_col_ptr, x, dut.rank,
-                                                               dut.out_features)
+                                                               dut.out_features, dut.lanes,
+                                                               dut.b_row_idx)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -141,6 +163,8 @@ def test_products_under_backpressure(case, stall_seed):
     ({"z_width": 3}, ValueError, "z_width 3 is too narrow: B x can need 6 bits"),
     ({"acc_width": 6}, ValueError, r"acc_width 6 is too narrow: A \(B x\)"),
     ({"in_max": 0}, ValueError, "in_max must be an integer >= 1, not 0"),
+    ({"lanes": 0}, ValueError, "lanes must be an integer >= 1, not 0"),
+    ({"lanes": 4}, ValueError, "lanes = 4 exceeds out_features = 3"),
 ])
 def test_constructor_rejects_bad_parameters(kwargs, error, match):
     params = {"in_features": 2, "out_features": 3, "rank": 1, "b_col_ptr": [0, 1, 1],

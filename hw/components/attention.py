@@ -5,7 +5,8 @@ The golden rule is model.intops.attention_counts: for head h of width d = dim / 
     out[n, h*d + j] = sum_i Q[n, h*d+i] * KV_h[i, j],    KV_h[i, j] = sum_m K[m, h*d+i] V[m, h*d+j]
 
 Binary operands turn every product into an AND, so the block needs no multiplier: phase 1 counts
-co-activations into KV, phase 2 sums the KV counters that Q's active bits select.
+co-activations into KV, phase 2 sums the KV counters that Q's active bits select (one output
+channel per cycle, or with P lanes a group of P channels: phase 2 dominates the cycles).
 """
 
 from __future__ import annotations
@@ -51,13 +52,22 @@ class SpikingAttention(wiring.Component):
       and add them in an adder tree: one count per cycle. The last token's pass writes each row
       back to zero, which clears the counters for the next time step without a separate pass.
 
+    Lanes. With ``lanes`` = P > 1 (P divides d, so the P channels of a group share one head)
+    phase 2 emits one *group* of P consecutive channels per transfer, ``{token, group, acc[P]}``
+    (acc[p]: channel group * P + p), token-major and groups in order: ``tokens * dim / P``
+    transfers. One counter RAM word then holds the P rows of a group (``P x d`` counters), so one
+    read feeds P adder trees. Phase 1 stays serial, one active V bit per cycle: its
+    read-modify-write rewrites the whole word with only lane c % P of word c // P incremented
+    (the transparent read port keeps back-to-back updates of one word exact). P = 1 is the
+    one-lane block above, unchanged.
+
     Cycles. With rows offered every cycle and ``o`` always ready, one time step takes exactly
 
-        cycles = sum_n max(popcount(v_n), 1) + tokens * dim + 3
+        cycles = sum_n max(popcount(v_n), 1) + tokens * dim / P + 3
 
     from the first accepted row through the last count transfer, inclusive (`cycles_for`): each
     token costs its active V bits (at least the cycle it occupies the walker), phase 2 one cycle
-    per count, and the 3 are the first row's acceptance, the counter RAM read and the output
+    per transfer, and the 3 are the first row's acceptance, the counter RAM read and the output
     register.
 
     Parameters
@@ -68,24 +78,32 @@ class SpikingAttention(wiring.Component):
         Width of the unsigned KV counters: they count up to ``tokens`` (checked); the artifact's
         signed ``widths.kv`` is one bit wider than needed and fits too.
     acc_width : int
-        Signed width of ``o.payload.acc``; it must hold tokens * d (checked).
+        Signed width of ``o.payload.acc`` (of each lane); it must hold tokens * d (checked).
+    lanes : int
+        Channels per output transfer (P, default 1); P must divide d (hence P <= dim).
 
     Members
     -------
     i : In(stream.Signature(row_layout))
         Token rows ``{token, q, k, v}``.
     o : Out(stream.Signature(count_layout))
-        Counts ``{token, channel, acc}``.
+        Counts ``{token, channel, acc}`` (P lanes: ``{token, group, acc[P]}``).
     cycles : Out(32)
         Cycles the current (or last) time step has been in flight.
     """
 
-    def __init__(self, tokens, dim, heads, kv_width, acc_width):
+    def __init__(self, tokens, dim, heads, kv_width, acc_width, lanes=1):
         self._tokens = check_int(tokens, "tokens", minimum=1)
         self._dim = check_int(dim, "dim", minimum=1)
         self._heads = check_int(heads, "heads", minimum=1)
         if self._dim % self._heads:
             raise ValueError(f"dim {self._dim} is not divisible by heads {self._heads}")
+        self._lanes = P = check_int(lanes, "lanes", minimum=1)
+        if P > self._dim:
+            raise ValueError(f"lanes = {P} exceeds dim = {self._dim}")
+        if self.head_dim % P:
+            raise ValueError(f"lanes = {P} does not divide head_dim = dim / heads = "
+                             f"{self.head_dim}")
         self._kv_width = check_int(kv_width, "kv_width", minimum=1)
         if self._tokens >= 1 << self._kv_width:
             raise ValueError(f"kv_width {self._kv_width} is too narrow: KV counts reach "
@@ -101,11 +119,18 @@ class SpikingAttention(wiring.Component):
         self._row_layout = data.StructLayout({
             "token": token_shape, "q": self._dim, "k": self._dim, "v": self._dim,
         })
-        self._count_layout = data.StructLayout({
-            "token": token_shape,
-            "channel": unsigned(bits_for(self._dim - 1)),
-            "acc": signed(self._acc_width),
-        })
+        if P == 1:
+            self._count_layout = data.StructLayout({
+                "token": token_shape,
+                "channel": unsigned(bits_for(self._dim - 1)),
+                "acc": signed(self._acc_width),
+            })
+        else:
+            self._count_layout = data.StructLayout({
+                "token": token_shape,
+                "group": unsigned(bits_for(self._dim // P - 1)),
+                "acc": data.ArrayLayout(signed(self._acc_width), P),
+            })
         super().__init__({
             "i": In(stream.Signature(self._row_layout)),
             "o": Out(stream.Signature(self._count_layout)),
@@ -117,6 +142,7 @@ class SpikingAttention(wiring.Component):
     heads = property(lambda self: self._heads)
     kv_width = property(lambda self: self._kv_width)
     acc_width = property(lambda self: self._acc_width)
+    lanes = property(lambda self: self._lanes)
     row_layout = property(lambda self: self._row_layout)
     count_layout = property(lambda self: self._count_layout)
 
@@ -128,14 +154,17 @@ class SpikingAttention(wiring.Component):
     def cycles_for(self, v_rows) -> int:
         """Exact cycle count of one time step whose V rows (0/1 sequences) are `v_rows`."""
         return (sum(max(int(sum(row)), 1) for row in v_rows)
-                + self._tokens * self._dim + 3)
+                + self._tokens * self._dim // self._lanes + 3)
 
     def elaborate(self, platform):
         m = Module()
-        N, dim, d = self._tokens, self._dim, self.head_dim
+        N, dim, d, P = self._tokens, self._dim, self.head_dim, self._lanes
+        groups = dim // P                   # counter words, and transfers per token
         counters_layout = data.ArrayLayout(unsigned(self._kv_width), d)
-        m.submodules.counters = counters = Memory(shape=counters_layout, depth=dim, init=[],
-                                                  attrs=block_ram_attrs(counters_layout, dim))
+        if P > 1:       # one word per group: the P rows (channels) of d counters each
+            counters_layout = data.ArrayLayout(counters_layout, P)
+        m.submodules.counters = counters = Memory(shape=counters_layout, depth=groups, init=[],
+                                                  attrs=block_ram_attrs(counters_layout, groups))
         m.submodules.q_rows = q_rows = Memory(shape=unsigned(dim), depth=N, init=[],
                                               attrs=block_ram_attrs(unsigned(dim), N))
         counters_write = counters.write_port()
@@ -143,19 +172,31 @@ class SpikingAttention(wiring.Component):
         q_write = q_rows.write_port()
         q_read = q_rows.read_port()
 
+        def lane(value, p):
+            """Lane p's element of a counter word or count (the value itself with one lane)."""
+            return value if P == 1 else value[p]
+
+        def index_signal(name):
+            """A channel (one lane) or group (P lanes) index, named as before with one lane."""
+            return Signal(range(groups), name=f"{name}_channel" if P == 1 else f"{name}_group")
+
         projecting = Signal()       # phase 2, until the last count has been transferred
         received = Signal(range(N + 1))
 
         # ---- phase 1: the token's V row is walked bit by bit, lowest active channel first.
+        # With P lanes, channel c is lane c % P (one-hot in `channel_lane`) of word c // P.
         token_valid = Signal()
         v_remaining = Signal(dim)
         k_row = Signal(dim)
-        channel = Signal(range(dim))
+        channel = Signal(range(groups), name="channel" if P == 1 else "channel_group")
+        channel_lane = Signal(P) if P > 1 else None
         k_head_bits = Signal(d)
         for c in reversed(range(dim)):          # the last matching assignment wins: lowest bit
             h = c // d
             with m.If(v_remaining[c]):
-                m.d.comb += [channel.eq(c), k_head_bits.eq(k_row[h * d:(h + 1) * d])]
+                m.d.comb += [channel.eq(c // P), k_head_bits.eq(k_row[h * d:(h + 1) * d])]
+                if P > 1:
+                    m.d.comb += channel_lane.eq(1 << (c % P))
         token_done = ~token_valid | ((v_remaining & (v_remaining - 1)) == 0)
         issue = token_valid & (v_remaining != 0)
         accept = Signal()
@@ -179,36 +220,40 @@ class SpikingAttention(wiring.Component):
             m.d.sync += v_remaining.eq(v_remaining & (v_remaining - 1))
 
         update_valid = Signal()
-        update_row = Signal(range(dim))
+        update_row = Signal(range(groups))      # the counter word (P lanes: the group)
         update_bits = Signal(d)
         m.d.sync += [update_valid.eq(issue), update_row.eq(channel), update_bits.eq(k_head_bits)]
+        if P > 1:
+            update_lane = Signal(P)
+            m.d.sync += update_lane.eq(channel_lane)
 
-        # ---- phase 2: (token, channel) in order, one count per cycle; stalls as a whole on o.
+        # ---- phase 2: (token, channel or group) in order, one transfer per cycle; stalls as a
+        # whole on o.
         advance = ~self.o.valid | self.o.ready
         issuing = Signal()
         token = Signal(range(N))
-        out_channel = Signal(range(dim))
+        out_channel = index_signal("out")
         head = Signal(range(self._heads))
-        within_head = Signal(range(d))
+        within_head = Signal(range(d // P))
         with m.If(~projecting & (received == N) & token_done):
             m.d.sync += [projecting.eq(1), issuing.eq(1), received.eq(0), token.eq(0),
                          out_channel.eq(0), head.eq(0), within_head.eq(0)]
         with m.If(issuing & advance):
-            with m.If(out_channel == dim - 1):
+            with m.If(out_channel == groups - 1):
                 m.d.sync += [out_channel.eq(0), head.eq(0), within_head.eq(0),
                              token.eq(token + 1)]
                 with m.If(token == N - 1):
                     m.d.sync += issuing.eq(0)
             with m.Else():
                 m.d.sync += out_channel.eq(out_channel + 1)
-                with m.If(within_head == d - 1):
+                with m.If(within_head == d // P - 1):
                     m.d.sync += [within_head.eq(0), head.eq(head + 1)]
                 with m.Else():
                     m.d.sync += within_head.eq(within_head + 1)
 
         read_valid = Signal()
         read_token = Signal(range(N))
-        read_channel = Signal(range(dim))
+        read_channel = index_signal("read")
         read_head = Signal(range(self._heads))
         with m.If(advance):
             m.d.sync += [read_valid.eq(issuing), read_token.eq(token),
@@ -218,21 +263,25 @@ class SpikingAttention(wiring.Component):
             for h in range(self._heads):
                 with m.Case(h):
                     m.d.comb += q_head_bits.eq(q_read.data[h * d:(h + 1) * d])
-        count = _tree_sum(Mux(q_head_bits[i], counters_read.data[i], 0) for i in range(d))
+        counts = [_tree_sum(Mux(q_head_bits[i], lane(counters_read.data, p)[i], 0)
+                            for i in range(d)) for p in range(P)]
+        out_index = self.o.p.channel if P == 1 else self.o.p.group
         with m.If(advance):
             m.d.sync += [
                 self.o.valid.eq(read_valid),
                 self.o.p.token.eq(read_token),
-                self.o.p.channel.eq(read_channel),
-                self.o.p.acc.eq(count),
+                out_index.eq(read_channel),
             ]
+            m.d.sync += [lane(self.o.p.acc, p).eq(counts[p]) for p in range(P)]
         transfer = self.o.valid & self.o.ready
-        last_transfer = transfer & (self.o.p.token == N - 1) & (self.o.p.channel == dim - 1)
+        last_transfer = transfer & (self.o.p.token == N - 1) & (out_index == groups - 1)
         with m.If(last_transfer):
             m.d.sync += projecting.eq(0)
 
         # ---- shared ports. Phase 1's last update may still be writing in phase 2's first cycle
-        # (the transparent read sees it); the clearing writes start a cycle later.
+        # (the transparent read sees it); the clearing writes start a cycle later. With P lanes
+        # an update rewrites its whole word, only its own lane incremented: the transparent read
+        # has already seen the previous update, even one to the same word a cycle before.
         m.d.comb += [q_read.addr.eq(token), q_read.en.eq(advance)]
         with m.If(projecting):
             m.d.comb += [counters_read.addr.eq(out_channel), counters_read.en.eq(advance)]
@@ -240,8 +289,11 @@ class SpikingAttention(wiring.Component):
             m.d.comb += [counters_read.addr.eq(channel), counters_read.en.eq(1)]
         with m.If(update_valid):
             m.d.comb += [counters_write.addr.eq(update_row), counters_write.en.eq(1)]
-            m.d.comb += [counters_write.data[i].eq(counters_read.data[i] + update_bits[i])
-                         for i in range(d)]
+            for p in range(P):
+                bits = update_bits if P == 1 else update_bits & update_lane[p].replicate(d)
+                m.d.comb += [lane(counters_write.data, p)[i].eq(lane(counters_read.data, p)[i]
+                                                                + bits[i])
+                             for i in range(d)]
         with m.Else():
             m.d.comb += [
                 counters_write.addr.eq(read_channel),

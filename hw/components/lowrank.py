@@ -2,7 +2,7 @@
 
 B (rank x in) is sparse and its input is spike counts, so z = B x is the accumulate-only,
 event-driven walk of SparseMatmulEngine. A (out x rank) is dense and multi-bit against the
-multi-bit z, so A z runs on one multiplier: rank MACs per output row, one per cycle.
+multi-bit z, so A z runs on one multiplier per lane: rank MACs per output row, one per cycle.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ class RankFactoredEngine(wiring.Component):
     the A/z read, the product register and the accumulate-and-output register. Stage 2 does not
     yet overlap the next vector's stage 1 (that needs a second z buffer).
 
+    Lanes. With ``lanes`` = P > 1 stage 1 is a SparseMatmulEngine of P1 = min(P, rank) lanes
+    (its results, and the z RAM's words, are groups of P1 z values), and stage 2 has P
+    multipliers: group g's rows g P .. g P + P - 1 take their rank MACs side by side, reading
+    one A word of P values per cycle (rows past out_features multiply zeros). Results are
+    ``{group, acc[P]}`` (acc[p]: row group * P + p), ceil(out_features / P) per vector, and
+
+        cycles = stage1.cycles_for(events) + ceil(out_features / P) * rank + 3
+
     Parameters
     ----------
     in_features, out_features, rank : int
@@ -61,22 +69,29 @@ class RankFactoredEngine(wiring.Component):
     z_width, acc_width : int
         Signed widths of z = B x and of y = A z; checked against the worst case (the artifact's
         ``widths.z`` and ``widths.acc``).
+    lanes : int
+        Output rows per transfer and multipliers in stage 2 (P, default 1; at most
+        out_features).
 
     Members
     -------
     i : In(stream.Signature(event_layout))
         Events ``{index, count, end}``.
     o : Out(stream.Signature(result_layout))
-        Results ``{row, acc}``.
+        Results ``{row, acc}`` (P lanes: ``{group, acc[P]}``).
     cycles : Out(32)
         Cycles the current (or last) vector has been in flight, as in SparseMatmulEngine.
     """
 
     def __init__(self, in_features, out_features, rank, b_col_ptr, b_row_idx, b_values, a,
-                 in_max, z_width, acc_width):
+                 in_max, z_width, acc_width, lanes=1):
         self._in_features = check_int(in_features, "in_features", minimum=1)
         self._out_features = check_int(out_features, "out_features", minimum=1)
         self._rank = check_int(rank, "rank", minimum=1)
+        self._lanes = check_int(lanes, "lanes", minimum=1)
+        if self._lanes > self._out_features:
+            raise ValueError(f"lanes = {self._lanes} exceeds out_features = "
+                             f"{self._out_features}")
         self._b = check_csc(b_col_ptr, b_row_idx, b_values, self._rank, self._in_features,
                             prefix="b_")
         self._a = check_int_array(a, "a", shape=(self._out_features, self._rank))
@@ -97,11 +112,18 @@ class RankFactoredEngine(wiring.Component):
             raise ValueError(f"acc_width {self._acc_width} is too narrow: A (B x) can need "
                              f"{needed} bits for inputs up to in_max = {self._in_max}")
 
+        # stage 1 walks B with as many lanes as z has rows, up to P
         self._stage1 = SparseMatmulEngine(self._in_features, self._rank, *self._b,
-                                          in_max=self._in_max, acc_width=self._z_width)
+                                          in_max=self._in_max, acc_width=self._z_width,
+                                          lanes=min(self._lanes, self._rank))
+        P = self._lanes
+        self._groups = -(-self._out_features // P)
         self._result_layout = data.StructLayout({
             "row": unsigned(bits_for(self._out_features - 1)),
             "acc": signed(self._acc_width),
+        }) if P == 1 else data.StructLayout({
+            "group": unsigned(bits_for(self._groups - 1)),
+            "acc": data.ArrayLayout(signed(self._acc_width), P),
         })
         super().__init__({
             "i": In(stream.Signature(self._stage1.event_layout)),
@@ -112,6 +134,7 @@ class RankFactoredEngine(wiring.Component):
     in_features = property(lambda self: self._in_features)
     out_features = property(lambda self: self._out_features)
     rank = property(lambda self: self._rank)
+    lanes = property(lambda self: self._lanes)
     in_max = property(lambda self: self._in_max)
     z_width = property(lambda self: self._z_width)
     acc_width = property(lambda self: self._acc_width)
@@ -124,18 +147,29 @@ class RankFactoredEngine(wiring.Component):
 
     def cycles_for(self, indices) -> int:
         """Exact cycle count of one vector whose events name the input columns `indices`."""
-        return self._stage1.cycles_for(indices) + self._out_features * self._rank + 3
+        return self._stage1.cycles_for(indices) + self._groups * self._rank + 3
 
     def elaborate(self, platform):
         m = Module()
-        rank, last_row = self._rank, self._out_features - 1
+        rank, P, groups = self._rank, self._lanes, self._groups
+        stage1 = self._stage1
+        P1 = stage1.lanes                       # z values per stage-1 result (and z RAM word)
         a_bits = signed_bits(int(self._a.min()), int(self._a.max()))
-        m.submodules.stage1 = stage1 = self._stage1
+        m.submodules.stage1 = stage1
+        if P == 1:
+            a_shape, a_init = signed(a_bits), [int(v) for v in self._a.ravel()]
+        else:   # one word per (group, k): A[g P + p, k] for the P lanes (0 past the last row)
+            a_shape = data.ArrayLayout(signed(a_bits), P)
+            padded = np.zeros((groups * P, rank), dtype=np.int64)
+            padded[:self._out_features] = self._a
+            a_init = [[int(padded[g * P + p, k]) for p in range(P)]
+                      for g in range(groups) for k in range(rank)]
         m.submodules.factor_a = factor_a = Memory(
-            shape=signed(a_bits), depth=self._out_features * rank,
-            attrs=block_ram_attrs(signed(a_bits), self._out_features * rank),
-            init=[int(v) for v in self._a.ravel()])
-        m.submodules.z = z_memory = Memory(shape=signed(self._z_width), depth=rank, init=[])
+            shape=a_shape, depth=groups * rank,
+            attrs=block_ram_attrs(a_shape, groups * rank), init=a_init)
+        z_shape = signed(self._z_width) if P1 == 1 else \
+            data.ArrayLayout(signed(self._z_width), P1)
+        m.submodules.z = z_memory = Memory(shape=z_shape, depth=-(-rank // P1), init=[])
         a_read = factor_a.read_port()
         z_read = z_memory.read_port()
         z_write = z_memory.write_port()
@@ -143,34 +177,35 @@ class RankFactoredEngine(wiring.Component):
         # Stage 1 runs only while no stage-2 work is pending, so z is never overwritten in use.
         projecting = Signal()       # from the last z write until the last result transfer
         accept = self.i.valid & self.i.ready
+        z_index = stage1.o.p.row if P1 == 1 else stage1.o.p.group
         m.d.comb += [
             stage1.i.p.eq(self.i.p),
             stage1.i.valid.eq(self.i.valid & ~projecting),
             self.i.ready.eq(stage1.i.ready & ~projecting),
             stage1.o.ready.eq(1),
-            z_write.addr.eq(stage1.o.p.row),
+            z_write.addr.eq(z_index),
             z_write.data.eq(stage1.o.p.acc),
             z_write.en.eq(stage1.o.valid),
         ]
 
-        # Stage 2: issue (row, k) reads -> multiply -> accumulate; the whole pipe stalls on o.
+        # Stage 2: issue (group, k) reads -> multiply -> accumulate; the whole pipe stalls on o.
         advance = ~self.o.valid | self.o.ready
         issuing = Signal()
-        row = Signal(range(self._out_features))
+        row = Signal(range(groups))
         k = Signal(range(rank))
-        flat = Signal(range(self._out_features * rank))
-        with m.If(stage1.o.valid & (stage1.o.p.row == rank - 1)):
+        flat = Signal(range(groups * rank))
+        with m.If(stage1.o.valid & (z_index == -(-rank // P1) - 1)):
             m.d.sync += [projecting.eq(1), issuing.eq(1), row.eq(0), k.eq(0), flat.eq(0)]
         issue = issuing & advance
         m.d.comb += [
             a_read.addr.eq(flat), a_read.en.eq(advance),
-            z_read.addr.eq(k), z_read.en.eq(advance),
+            z_read.addr.eq(k if P1 == 1 else k // P1), z_read.en.eq(advance),
         ]
         with m.If(issue):
             m.d.sync += flat.eq(flat + 1)
             with m.If(k == rank - 1):
                 m.d.sync += [k.eq(0), row.eq(row + 1)]
-                with m.If(row == last_row):
+                with m.If(row == groups - 1):
                     m.d.sync += issuing.eq(0)
             with m.Else():
                 m.d.sync += k.eq(k + 1)
@@ -178,28 +213,44 @@ class RankFactoredEngine(wiring.Component):
         def tags(name):
             return {"valid": Signal(name=f"{name}_valid"), "first": Signal(name=f"{name}_first"),
                     "last": Signal(name=f"{name}_last"),
-                    "row": Signal(range(self._out_features), name=f"{name}_row")}
+                    "row": Signal(range(groups), name=f"{name}_row")}
 
         read, multiply = tags("read"), tags("multiply")
-        product = Signal(signed(a_bits + self._z_width))
-        acc = Signal(signed(self._acc_width))
-        acc_next = Signal(signed(self._acc_width))
-        m.d.comb += acc_next.eq(Mux(multiply["first"], 0, acc) + product)
+        if P1 == 1:
+            z_value = z_read.data
+        else:   # the lane of the word read that holds z[k]
+            z_lane = Signal(range(P1))
+            with m.If(advance):
+                m.d.sync += z_lane.eq(k % P1)
+            z_value = z_read.data[z_lane]
+
+        def lane(value, p):
+            return value if P == 1 else value[p]
+
+        def lanes(name, shape):
+            return [Signal(shape, name=name if P == 1 else f"{name}{p}") for p in range(P)]
+
+        product = lanes("product", signed(a_bits + self._z_width))
+        acc = lanes("acc", signed(self._acc_width))
+        acc_next = lanes("acc_next", signed(self._acc_width))
+        for p in range(P):
+            m.d.comb += acc_next[p].eq(Mux(multiply["first"], 0, acc[p]) + product[p])
         with m.If(advance):
             m.d.sync += [
                 read["valid"].eq(issue), read["first"].eq(k == 0),
                 read["last"].eq(k == rank - 1), read["row"].eq(row),
             ]
             m.d.sync += [multiply[key].eq(read[key]) for key in read]
-            m.d.sync += product.eq(a_read.data * z_read.data)
+            m.d.sync += [product[p].eq(lane(a_read.data, p) * z_value) for p in range(P)]
             with m.If(multiply["valid"]):
-                m.d.sync += acc.eq(acc_next)
+                m.d.sync += [acc[p].eq(acc_next[p]) for p in range(P)]
             m.d.sync += [
                 self.o.valid.eq(multiply["valid"] & multiply["last"]),
-                self.o.p.row.eq(multiply["row"]),
-                self.o.p.acc.eq(acc_next),
+                (self.o.p.row if P == 1 else self.o.p.group).eq(multiply["row"]),
             ]
-        last_transfer = self.o.valid & self.o.ready & (self.o.p.row == last_row)
+            m.d.sync += [lane(self.o.p.acc, p).eq(acc_next[p]) for p in range(P)]
+        out_index = self.o.p.row if P == 1 else self.o.p.group
+        last_transfer = self.o.valid & self.o.ready & (out_index == groups - 1)
         with m.If(last_transfer):
             m.d.sync += projecting.eq(0)
 

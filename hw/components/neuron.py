@@ -302,14 +302,15 @@ class SlifNeuronArray(wiring.Component):
             m.d.comb += [
                 x[p].eq(s1_acc[p].shift_left(F) + lane(parameter_data, p).bias),
                 membrane[p].eq(Mux(s1_first, 0, lane(membrane_read.data, p))),
+            ]
+        for p in range(P):
+            m.d.comb += [
                 h[p].eq(s3_membrane[p] + s3_product[p].shift_right(K)),
                 spike[p].eq(h[p] >= s3_threshold[p]),
-                lane(membrane_write.data, p).eq(Mux(spike[p], 0, h[p])),
             ]
-        m.d.comb += [
-            membrane_write.addr.eq(s3["address"]),
-            membrane_write.en.eq(s3["valid"] & advance),
-        ]
+        m.d.comb += membrane_write.addr.eq(s3["address"])
+        m.d.comb += [lane(membrane_write.data, p).eq(Mux(spike[p], 0, h[p])) for p in range(P)]
+        m.d.comb += membrane_write.en.eq(s3["valid"] & advance)
 
         with m.If(advance):
             m.d.sync += [
@@ -318,9 +319,9 @@ class SlifNeuronArray(wiring.Component):
                 s1["channel"].eq(index),
                 s1["address"].eq(address),
                 s1["pair"].eq(pair),
-                s1_first.eq(self.i.p.first),
             ]
             m.d.sync += [s1_acc[p].eq(lane(self.i.p.acc, p)) for p in range(P)]
+            m.d.sync += s1_first.eq(self.i.p.first)
             m.d.sync += [s2[key].eq(s1[key]) for key in s1]
             for p in range(P):
                 m.d.sync += [
@@ -328,11 +329,14 @@ class SlifNeuronArray(wiring.Component):
                     s2_diff[p].eq(x[p] - membrane[p]),
                     s2_leak[p].eq(lane(leak_data, p)),
                     s2_threshold[p].eq(lane(parameter_data, p).threshold),
+                ]
+            m.d.sync += [s3[key].eq(s2[key]) for key in s2]
+            for p in range(P):
+                m.d.sync += [
                     s3_membrane[p].eq(s2_membrane[p]),
                     s3_product[p].eq(s2_leak[p] * s2_diff[p]),
                     s3_threshold[p].eq(s2_threshold[p]),
                 ]
-            m.d.sync += [s3[key].eq(s2[key]) for key in s2]
             m.d.sync += [
                 self.o.valid.eq(s3["valid"]),
                 self.o.p.token.eq(s3["token"]),

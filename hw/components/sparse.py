@@ -4,6 +4,11 @@ W (out x in) is stored column-compressed (CSC), as in the artifact: an input j t
 is never sent, and an input that fired touches only the stored entries of column j. Work is one
 stored entry per cycle, so silent inputs and pruned weights both cost nothing. Dense matrices use
 the same engine with every entry stored (``csc_from_dense(w, keep_zeros=True)``).
+
+With ``lanes=P`` the output rows are dealt round-robin to P lanes (row r to lane r % P), each
+with its own part of every column and its own accumulators: an event walks all P parts at once,
+so a column costs its largest part instead of all its entries, and the drain emits P rows per
+transfer. That trades P times the accumulator and table ports for up to P times the throughput.
 """
 
 from __future__ import annotations
@@ -70,17 +75,27 @@ class SparseMatmulEngine(wiring.Component):
     zero as its result is transferred: no separate clear pass. (A reset in the middle of a vector
     leaves partial sums in the RAM; draining one empty vector clears them.)
 
+    Lanes. With ``lanes=P > 1`` output row r belongs to lane r % P, at local row r // P. Each
+    lane has its own entry table (``entries<p>``: for every column, the entries of its rows, with
+    local rows) and its own accumulators (``accumulators[<b>]_lane<p>``, ceil(out_features / P)
+    deep); one extent ROM holds the P lanes' (start, end) pairs of each column. An event is taken
+    by all lanes at once and they walk their parts of the column in lockstep, one entry per lane
+    per cycle (a lane done with its part idles), so the column costs its largest part. The drain
+    emits ``groups`` = ceil(out_features / P) results ``{group, acc}`` in order, ``acc[p]`` being
+    row group * P + p; rows past the last one (in the last group) read as 0.
+
     Cycles. With events offered every cycle and ``o`` always ready, a vector of events on
     columns j_1..j_E takes exactly
 
-        cycles = sum_e max(nnz(j_e), 1) + out_features + 4
+        cycles = sum_e max(max_p nnz_p(j_e), 1) + ceil(out_features / P) + 4
 
     counted from the cycle the first transfer of the vector (event or end marker) is accepted
-    through the cycle of its last result transfer, inclusive (see `cycles_for`). Each event
-    costs its column's entries (an empty column still occupies the walker for a cycle), the
-    drain one cycle per row, and the 4 are the first transfer's acceptance, the column-extent
-    ROM read, the end marker's turn in the walker and the last result's read. Stalls on either
-    stream add to it cycle for cycle.
+    through the cycle of its last result transfer, inclusive (see `cycles_for`); nnz_p(j) is
+    lane p's part of column j (`lane_column_sizes`), the whole column nnz(j) when P = 1. Each
+    event costs its column's largest part (an empty column still occupies the walker for a
+    cycle), the drain one cycle per result, and the 4 are the first transfer's acceptance, the
+    column-extent ROM read, the end marker's turn in the walker and the last result's read.
+    Stalls on either stream add to it cycle for cycle.
 
     Parameters
     ----------
@@ -93,13 +108,16 @@ class SparseMatmulEngine(wiring.Component):
     acc_width : int
         Width of the signed accumulators and of ``o.payload.acc``; it must hold every partial sum
         of ``W x`` for ``0 <= x <= in_max`` (checked).
+    lanes : int
+        Number of lanes P, 1..out_features (default 1: one entry per cycle, one row per result).
 
     Members
     -------
     i : In(stream.Signature(event_layout))
         Events ``{index, count, end}``.
     o : Out(stream.Signature(result_layout))
-        Results ``{row, acc}``.
+        Results ``{row, acc}``; with lanes > 1 ``{group, acc}``, ``acc`` an array of P
+        accumulators.
     cycles : Out(32)
         Cycles the current (or last) vector has been in flight: counts from the cycle its first
         transfer is accepted through the cycle of its last result transfer.
@@ -113,19 +131,29 @@ class SparseMatmulEngine(wiring.Component):
         Results to drain per vector (rows 0..rows-1), held stable while a vector is in flight.
         One engine then serves several matrices in turn (the accelerator's layers): their
         columns side by side in one CSC, each layer sending its own column range and draining
-        its own rows. Cycles as above with ``rows`` for ``out_features``.
+        its own rows. Cycles as above with ``rows`` for ``out_features`` (ceil(rows / P)
+        results).
     load : In(load_signature(entry_layout, nnz)), only with ``loadable=True``
         The entry table is then written through this stream (``entries_init()``, one entry per
         transfer, always ready) before the first vector, instead of being a ROM; the engine must
-        be idle meanwhile (hw/components `add_table`: on iCE40 the table goes to SPRAM).
+        be idle meanwhile (hw/components `add_table`: on iCE40 the table goes to SPRAM). Not
+        supported with lanes > 1 yet (ValueError).
     """
 
     def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width,
-                 variable_rows=False, overlap=False, loadable=False):
+                 variable_rows=False, overlap=False, loadable=False, lanes=1):
         self._in_features = check_int(in_features, "in_features", minimum=1)
         self._out_features = check_int(out_features, "out_features", minimum=1)
         self._col_ptr, self._row_idx, self._values = check_csc(
             col_ptr, row_idx, values, self._out_features, self._in_features)
+        self._lanes = check_int(lanes, "lanes", minimum=1)
+        if self._lanes > self._out_features:
+            raise ValueError(f"lanes {self._lanes} exceeds out_features {self._out_features}: "
+                             f"every lane must own at least one row")
+        if loadable and self._lanes > 1:
+            raise ValueError(f"loadable with lanes > 1 is not supported yet (lanes = "
+                             f"{self._lanes})")
+        self._groups = -(-self._out_features // self._lanes)
         self._in_max = check_int(in_max, "in_max", minimum=1)
         self._acc_width = check_int(acc_width, "acc_width", minimum=1)
         needed = signed_bits(*acc_range(self.weight_matrix(), self._in_max))
@@ -138,10 +166,16 @@ class SparseMatmulEngine(wiring.Component):
             "count": unsigned(bits_for(self._in_max)),
             "end": 1,
         })
-        self._result_layout = data.StructLayout({
-            "row": unsigned(bits_for(self._out_features - 1)),
-            "acc": signed(self._acc_width),
-        })
+        if self._lanes == 1:
+            self._result_layout = data.StructLayout({
+                "row": unsigned(bits_for(self._out_features - 1)),
+                "acc": signed(self._acc_width),
+            })
+        else:
+            self._result_layout = data.StructLayout({
+                "group": unsigned(bits_for(self._groups - 1)),
+                "acc": data.ArrayLayout(signed(self._acc_width), self._lanes),
+            })
         members = {
             "i": In(stream.Signature(self._event_layout)),
             "o": Out(stream.Signature(self._result_layout)),
@@ -160,6 +194,7 @@ class SparseMatmulEngine(wiring.Component):
     out_features = property(lambda self: self._out_features)
     in_max = property(lambda self: self._in_max)
     acc_width = property(lambda self: self._acc_width)
+    lanes = property(lambda self: self._lanes)
     event_layout = property(lambda self: self._event_layout)
     result_layout = property(lambda self: self._result_layout)
 
@@ -173,76 +208,114 @@ class SparseMatmulEngine(wiring.Component):
         return dense_from_csc(self._col_ptr, self._row_idx, self._values, self._out_features,
                               self._in_features)
 
+    def _lane_part(self, lane: int):
+        """Lane `lane`'s part of W in CSC form: (col_ptr, local rows, values), int64."""
+        if self._lanes == 1:
+            return self._col_ptr, self._row_idx, self._values
+        keep = self._row_idx % self._lanes == lane
+        col_ptr = np.concatenate([[0], np.cumsum(keep)])[self._col_ptr]
+        return col_ptr, self._row_idx[keep] // self._lanes, self._values[keep]
+
+    def lane_column_sizes(self) -> np.ndarray:
+        """Stored entries per lane and column: int64 array (lanes, in_features), nnz_p(j)."""
+        return np.stack([np.diff(self._lane_part(p)[0]) for p in range(self._lanes)])
+
     def cycles_for(self, indices) -> int:
         """Exact cycle count of one vector whose events name the input columns `indices`."""
-        nnz = np.diff(self._col_ptr)
-        return sum(max(int(nnz[j]), 1) for j in indices) + self._out_features + 4
+        nnz = self.lane_column_sizes().max(axis=0)
+        return sum(max(int(nnz[j]), 1) for j in indices) + self._groups + 4
 
     @property
     def entry_layout(self) -> data.StructLayout:
-        """One stored entry of W: its row and value."""
+        """One stored entry of W: its row (local row in its lane with lanes > 1) and value."""
         value_bits = signed_bits(int(self._values.min(initial=0)),
                                  int(self._values.max(initial=0)))
-        return data.StructLayout({"row": self._result_layout["row"].shape,
+        return data.StructLayout({"row": unsigned(bits_for(self._groups - 1)),
                                   "value": signed(value_bits)})
 
-    def entries_init(self) -> list[dict]:
-        """The entry table's contents, column after column (what ``load`` writes)."""
-        return [{"row": int(r), "value": int(v)} for r, v in zip(self._row_idx, self._values)]
+    def entries_init(self, lane: int = 0) -> list[dict]:
+        """The entry table's contents, column after column (what ``load`` writes); with
+        lanes > 1, lane `lane`'s table (its entries, local rows)."""
+        _, rows, values = self._lane_part(lane)
+        return [{"row": int(r), "value": int(v)} for r, v in zip(rows, values)]
 
     def elaborate(self, platform):
+        # Written for P lanes; with P = 1 every per-lane list has one element and the design is
+        # the original single-lane one, signal for signal (same names, same memories).
         m = Module()
-        nnz = self.nnz
-        pointer_shape = unsigned(bits_for(nnz))
+        P = self._lanes
+        lanes = range(P)
+        parts = [self._lane_part(p) for p in lanes]
+
+        def per_lane(shape, name):
+            return [Signal(shape, name=name if P == 1 else f"{name}_lane{p}") for p in lanes]
+
+        pointer_shape = unsigned(bits_for(max(len(rows) for _, rows, _ in parts)))
         column_layout = data.StructLayout({"start": pointer_shape, "end": pointer_shape})
         entry_layout = self.entry_layout
 
+        if P == 1:
+            extent_layout = column_layout
+            extent_init = [{"start": int(self._col_ptr[j]), "end": int(self._col_ptr[j + 1])}
+                           for j in range(self._in_features)]
+        else:
+            extent_layout = data.ArrayLayout(column_layout, P)
+            extent_init = [[{"start": int(ptr[j]), "end": int(ptr[j + 1])} for ptr, _, _ in parts]
+                           for j in range(self._in_features)]
         m.submodules.columns = columns = Memory(
-            shape=column_layout, depth=self._in_features,
-            attrs=block_ram_attrs(column_layout, self._in_features),
-            init=[{"start": int(self._col_ptr[j]), "end": int(self._col_ptr[j + 1])}
-                  for j in range(self._in_features)])
-        entry_addr, entry_en, entry_data = add_table(
-            m, "entries", entry_layout, self.entries_init(),
-            load=self.load if self._loadable else None)
-        # One accumulator bank, or two with `overlap`: bank `walk_bank` takes the updates of
-        # the vector being walked, bank `drain_bank` is read out (and cleared) by the drain.
+            shape=extent_layout, depth=self._in_features,
+            attrs=block_ram_attrs(extent_layout, self._in_features), init=extent_init)
+        entry_addr, entry_en, entry_data = [], [], []
+        for p in lanes:
+            addr, en, read_data = add_table(
+                m, "entries" if P == 1 else f"entries{p}", entry_layout, self.entries_init(p),
+                load=self.load if self._loadable else None)
+            entry_addr.append(addr)
+            entry_en.append(en)
+            entry_data.append(read_data)
+        # One accumulator bank per lane, or two with `overlap`: bank `walk_bank` takes the
+        # updates of the vector being walked, bank `drain_bank` is read out (and cleared) by the
+        # drain. acc_write[p][b], acc_read[p][b]: lane p, bank b.
         banks = 2 if self._overlap else 1
-        acc_write, acc_read = [], []
-        for b in range(banks):
-            bank = Memory(shape=signed(self._acc_width), depth=self._out_features, init=[],
-                          attrs=block_ram_attrs(signed(self._acc_width), self._out_features))
-            m.submodules[f"accumulators{b}" if self._overlap else "accumulators"] = bank
-            acc_write.append(bank.write_port())
-            acc_read.append(bank.read_port(transparent_for=(acc_write[-1],)))
+        acc_write, acc_read = [[] for _ in lanes], [[] for _ in lanes]
+        for p in lanes:
+            for b in range(banks):
+                bank = Memory(shape=signed(self._acc_width), depth=self._groups, init=[],
+                              attrs=block_ram_attrs(signed(self._acc_width), self._groups))
+                name = f"accumulators{b}" if self._overlap else "accumulators"
+                m.submodules[name if P == 1 else f"{name}_lane{p}"] = bank
+                acc_write[p].append(bank.write_port())
+                acc_read[p].append(bank.read_port(transparent_for=(acc_write[p][-1],)))
         column_read = columns.read_port()
+        extents = [column_read.data] if P == 1 else [column_read.data[p] for p in lanes]
 
         count_shape = self._event_layout["count"].shape
-        row_shape = self._result_layout["row"].shape
-        if self._variable_rows:
+        row_shape = unsigned(bits_for(self._groups - 1))   # a row (P = 1) or a group / local row
+        if P == 1 and self._variable_rows:
             last_row = Signal(row_shape)
             m.d.comb += last_row.eq(self.rows - 1)
         else:
-            last_row = self._out_features - 1
+            last_row = self._groups - 1          # with P > 1 and `rows`, see drain_base
 
         # Fetch stage: one accepted event (or end marker) whose column extent the ROM is reading.
         fetch_valid = Signal()
         fetch_count = Signal(count_shape)
         fetch_is_end = Signal()
-        # Walker: the column being visited, one stored entry per cycle.
+        # Walker: the column being visited, one stored entry per lane and cycle.
         walk_valid = Signal()
         walk_is_end = Signal()
-        walk_pointer = Signal(pointer_shape)
-        walk_stop = Signal(pointer_shape)
+        walk_pointer = per_lane(pointer_shape, "walk_pointer")
+        walk_stop = per_lane(pointer_shape, "walk_stop")
         walk_count = Signal(count_shape)
         walk_bank = Signal(range(banks))
         # Read-modify-write pipeline: entry read -> accumulator read -> add and write.
-        entry_valid = Signal()
+        entry_valid = per_lane(1, "entry_valid")
         entry_count = Signal(count_shape)
         entry_bank = Signal(range(banks))
-        update_valid = Signal()
-        update_row = Signal(row_shape)
-        update_term = Signal(signed(entry_layout["value"].shape.width + count_shape.width + 1))
+        update_valid = per_lane(1, "update_valid")
+        update_row = per_lane(row_shape, "update_row")
+        update_term = per_lane(signed(entry_layout["value"].shape.width + count_shape.width + 1),
+                               "update_term")
         update_bank = Signal(range(banks))
         # Drain.
         draining = Signal()
@@ -252,13 +325,21 @@ class SparseMatmulEngine(wiring.Component):
         drain_issued = Signal()
         out_row = Signal(row_shape)
 
-        walker_free = ~walk_valid | walk_is_end | (walk_pointer + 1 >= walk_stop)
+        def all_lanes(conditions):
+            result = conditions[0]
+            for condition in conditions[1:]:
+                result = result & condition
+            return result
+
+        walker_free = ~walk_valid | walk_is_end | all_lanes(
+            [walk_pointer[p] + 1 >= walk_stop[p] for p in lanes])
         if self._overlap:
             # an end marker takes its walker turn only once the previous drain has finished
             walker_load = walker_free & fetch_valid & ~(fetch_is_end & draining)
         else:
             walker_load = walker_free & fetch_valid
-        walk_issue = walk_valid & ~walk_is_end & (walk_pointer < walk_stop)
+        walk_issue = [walk_valid & ~walk_is_end & (walk_pointer[p] < walk_stop[p])
+                      for p in lanes]
         accept = Signal()
         idle_for_events = ~end_seen if self._overlap else ~draining & ~end_seen
         m.d.comb += [
@@ -280,35 +361,65 @@ class SparseMatmulEngine(wiring.Component):
             m.d.sync += fetch_valid.eq(0)
 
         with m.If(walker_load):
-            m.d.sync += [
-                walk_valid.eq(1),
-                walk_is_end.eq(fetch_is_end),
-                walk_pointer.eq(column_read.data.start),
-                walk_stop.eq(column_read.data.end),
-                walk_count.eq(fetch_count),
-            ]
+            m.d.sync += [walk_valid.eq(1), walk_is_end.eq(fetch_is_end)]
+            for p in lanes:
+                m.d.sync += [walk_pointer[p].eq(extents[p].start),
+                             walk_stop[p].eq(extents[p].end)]
+            m.d.sync += walk_count.eq(fetch_count)
         with m.Elif(walker_free):
             m.d.sync += walk_valid.eq(0)
         with m.Else():
-            m.d.sync += walk_pointer.eq(walk_pointer + 1)
+            if P == 1:
+                m.d.sync += walk_pointer[0].eq(walk_pointer[0] + 1)
+            else:
+                for p in lanes:                 # a lane done with its part waits at its end
+                    with m.If(walk_pointer[p] < walk_stop[p]):
+                        m.d.sync += walk_pointer[p].eq(walk_pointer[p] + 1)
+
+        # Drain bookkeeping with P > 1: which lanes of the group being issued hold rows to
+        # drain (`drain_live`), and whether it is the last group. With `rows`, drain_base
+        # (= drain_row * P) counts in rows, so no division by P is needed.
+        if P > 1:
+            out_live = Signal(P)
+            if self._variable_rows:
+                drain_base = Signal(range(self._groups * P + 1))
+                drain_live = [drain_base + p < self.rows for p in lanes]
+                out_last = Signal()
+            else:
+                tail = self._out_features - (self._groups - 1) * P    # live lanes, last group
+                drain_live = [1 if p < tail else drain_row != last_row for p in lanes]
+
+        def drain_last():
+            if P > 1 and self._variable_rows:
+                return drain_base + P >= self.rows
+            return drain_row == last_row
+
+        def is_out_last():
+            if P > 1 and self._variable_rows:
+                return out_last
+            return out_row == last_row
 
         # The end marker's turn in the walker: every entry has been issued, so drain next (and,
         # with two banks, walk the next vector into the other one).
         with m.If(walk_valid & walk_is_end):
             m.d.sync += [draining.eq(1), end_seen.eq(0), drain_row.eq(0), drain_issued.eq(0),
                          drain_bank.eq(walk_bank)]
+            if P > 1 and self._variable_rows:
+                m.d.sync += drain_base.eq(0)
             if self._overlap:
                 m.d.sync += walk_bank.eq(~walk_bank)
 
-        m.d.comb += [entry_addr.eq(walk_pointer), entry_en.eq(1)]
-        m.d.sync += [entry_valid.eq(walk_issue), entry_count.eq(walk_count),
-                     entry_bank.eq(walk_bank)]
-        m.d.sync += [
-            update_valid.eq(entry_valid),
-            update_row.eq(entry_data.row),
-            update_term.eq(entry_data.value * entry_count),
-            update_bank.eq(entry_bank),
-        ]
+        for p in lanes:
+            m.d.comb += [entry_addr[p].eq(walk_pointer[p]), entry_en[p].eq(1)]
+        m.d.sync += [entry_valid[p].eq(walk_issue[p]) for p in lanes]
+        m.d.sync += [entry_count.eq(walk_count), entry_bank.eq(walk_bank)]
+        for p in lanes:
+            m.d.sync += [
+                update_valid[p].eq(entry_valid[p]),
+                update_row[p].eq(entry_data[p].row),
+                update_term[p].eq(entry_data[p].value * entry_count),
+            ]
+        m.d.sync += update_bank.eq(entry_bank)
 
         # Drain: the drain bank's read port doubles as the output register (it holds on a stall).
         advance = ~self.o.valid | self.o.ready
@@ -317,39 +428,57 @@ class SparseMatmulEngine(wiring.Component):
         out_bank = Signal(range(banks))
         for b in range(banks):
             with m.If(draining & (drain_bank == b)):
-                m.d.comb += [acc_read[b].addr.eq(drain_row), acc_read[b].en.eq(advance)]
+                for p in lanes:
+                    m.d.comb += [acc_read[p][b].addr.eq(drain_row),
+                                 acc_read[p][b].en.eq(advance)]
             with m.Else():
-                m.d.comb += [acc_read[b].addr.eq(entry_data.row), acc_read[b].en.eq(1)]
+                for p in lanes:
+                    m.d.comb += [acc_read[p][b].addr.eq(entry_data[p].row),
+                                 acc_read[p][b].en.eq(1)]
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(drain_issue), out_row.eq(drain_row),
                          out_bank.eq(drain_bank)]
+            if P > 1:
+                m.d.sync += [out_live[p].eq(drain_live[p]) for p in lanes]
+                if self._variable_rows:
+                    m.d.sync += out_last.eq(drain_last())
             with m.If(drain_issue):
                 m.d.sync += drain_row.eq(drain_row + 1)
-                with m.If(drain_row == last_row):
+                if P > 1 and self._variable_rows:
+                    m.d.sync += drain_base.eq(drain_base + P)
+                with m.If(drain_last()):
                     m.d.sync += drain_issued.eq(1)
-        m.d.comb += self.o.p.row.eq(out_row)
+        if P == 1:
+            m.d.comb += self.o.p.row.eq(out_row)
+        else:
+            m.d.comb += self.o.p.group.eq(out_row)
         with m.Switch(out_bank):
             for b in range(banks):
                 with m.Case(b):
-                    m.d.comb += self.o.p.acc.eq(acc_read[b].data)
-        with m.If(transfer & (out_row == last_row)):
+                    if P == 1:
+                        m.d.comb += self.o.p.acc.eq(acc_read[0][b].data)
+                    else:       # lanes past the last row hold nothing of this vector: 0
+                        for p in lanes:
+                            with m.If(out_live[p]):
+                                m.d.comb += self.o.p.acc[p].eq(acc_read[p][b].data)
+        with m.If(transfer & is_out_last()):
             m.d.sync += draining.eq(0)
 
-        # One write port per bank: a bank's last updates of a vector never meet its first drain
-        # write, and the two banks' roles never overlap.
-        for b in range(banks):
-            with m.If(update_valid & (update_bank == b)):
-                m.d.comb += [
-                    acc_write[b].addr.eq(update_row),
-                    acc_write[b].data.eq(acc_read[b].data + update_term),
-                    acc_write[b].en.eq(1),
-                ]
-            with m.Else():
-                m.d.comb += [acc_write[b].addr.eq(out_row), acc_write[b].data.eq(0),
-                             acc_write[b].en.eq(transfer & (out_bank == b))]
+        # One write port per lane and bank: a bank's last updates of a vector never meet its
+        # first drain write, and the two banks' roles never overlap.
+        for p in lanes:
+            for b in range(banks):
+                with m.If(update_valid[p] & (update_bank == b)):
+                    m.d.comb += [
+                        acc_write[p][b].addr.eq(update_row[p]),
+                        acc_write[p][b].data.eq(acc_read[p][b].data + update_term[p]),
+                        acc_write[p][b].en.eq(1),
+                    ]
+                with m.Else():
+                    m.d.comb += [acc_write[p][b].addr.eq(out_row), acc_write[p][b].data.eq(0),
+                                 acc_write[p][b].en.eq(transfer & (out_bank == b))]
 
-        add_cycle_counter(m, self.cycles, start=accept,
-                          stop=transfer & (out_row == last_row))
+        add_cycle_counter(m, self.cycles, start=accept, stop=transfer & is_out_last())
         return m
 
 
