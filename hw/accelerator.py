@@ -46,9 +46,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.cycles import CHUNK
+from hw.cycles import default_chunk
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
     SpikingAttention, block_ram_attrs, packed_words
+from hw.components.attention import _tree_sum
 from model.artifact import NEURON_OPS, Artifact, conv_columns, dense_from_csc, derive_widths, \
     value_sources
 from model.intops import acc_range, signed_bits
@@ -73,14 +74,19 @@ class Accelerator(wiring.Component):
     trace : bool
         Add the ``trace`` port.
     lanes : int
-        Parallel lanes per engine; this generator builds 1 (one stored weight per cycle).
+        Parallel lanes P (default 1): every unit handles P output channels side by side (the
+        engine walks P stored weights per cycle, one per lane of rows r = p mod P; the neuron
+        array updates, the collector gathers, attention counts and the head multiplies P at a
+        time). Every layer needs at least 3 groups of P channels, attention heads a multiple
+        of P channels; ``loadable`` takes one lane only.
     chunk : int
-        Channels per chunk (hw.cycles.CHUNK by default): the issue FSM loads a source word's
+        Channels per chunk (by default hw.cycles.CHUNK, 32, rounded up to a multiple of lanes:
+        `hw.cycles.default_chunk`; a multiple of lanes): the issue FSM loads a source word's
         mask and the collector gathers and writes a spike vector this many channels at a time,
         so neither is as wide as the widest value (an MLP's hidden layer). A wider source word
         costs a cycle or two per extra chunk in the issue FSM, mostly hidden behind the engine;
-        the collector's chunk writes cost no cycle, as every chunk has at least MIN_CHUNK
-        channels (checked).
+        the collector's chunk writes cost no cycle, as every chunk takes at least MIN_CHUNK
+        transfers (channels, or groups of lanes; checked).
     loadable : bool
         The shared engine's entry table and the neuron constants are not ROMs but written
         through the ``load`` port before the first image (`memory_map` says what to write):
@@ -89,13 +95,18 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, artifact: Artifact, trace: bool = False, lanes: int = 1,
-                 loadable: bool = False, chunk: int = CHUNK):
+                 loadable: bool = False, chunk: int | None = None):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
-        if lanes != 1:
-            raise ValueError(f"lanes = {lanes}: this generator builds one lane per engine")
+        chunk = default_chunk(lanes) if chunk is None else chunk
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
+        if chunk % lanes:
+            raise ValueError(f"chunk = {chunk} must be a multiple of lanes = {lanes} (the "
+                             f"collector gathers whole groups of lanes)")
+        if loadable and lanes != 1:
+            raise ValueError(f"lanes = {lanes}: a loadable accelerator (the iCE40 build, tables "
+                             f"written by the host) takes one lane only")
         self.artifact, self.trace_enabled, self.lanes = artifact, trace, lanes
         self.chunk = chunk
         man = artifact.manifest["model"]
@@ -111,17 +122,23 @@ class Accelerator(wiring.Component):
         self.logit_bits = self.head["widths"]["logit"]
         self.channels = {n["name"]: self._out_channels(n) for n in self.stages}
         for name, width in self.channels.items():
-            if width < 3:
+            if -(-width // lanes) < 3:
                 # the neuron array runs without its hazard stall: a neuron comes back only
-                # after every other channel of its stage (and the cycle model assumes > 3)
-                raise ValueError(f"{name} has {width} channels; the accelerator needs at least "
-                                 f"3 per layer")
-            if width > chunk and min(chunk, width % chunk or chunk) < MIN_CHUNK:
+                # after every other group of its stage (and the cycle model assumes > 3)
+                raise ValueError(f"{name} has {width} channels" + (
+                    f", {-(-width // lanes)} groups of {lanes} lanes" if lanes > 1 else "") +
+                    f"; the accelerator needs at least 3{' groups' if lanes > 1 else ''} per "
+                    f"layer")
+            if width > chunk and -(-min(chunk, width % chunk or chunk) // lanes) < MIN_CHUNK:
                 # every collector chunk outlasts the writer of the previous one (4 cycles)
                 raise ValueError(
                     f"chunk = {chunk} splits the {width} channels of {name} into a chunk of "
-                    f"fewer than {MIN_CHUNK}; choose a chunk of at least {MIN_CHUNK} that leaves "
-                    f"no smaller remainder")
+                    f"fewer than {MIN_CHUNK} transfers ({lanes} lanes each); choose a chunk of "
+                    f"at least {MIN_CHUNK * lanes} that leaves no smaller remainder")
+        for node in self.stages:
+            if node["op"] == "attention" and (node["dim"] // node["heads"]) % lanes:
+                raise ValueError(f"{node['name']}: lanes = {lanes} does not divide its heads' "
+                                 f"{node['dim'] // node['heads']} channels")
         self.bounds = derive_widths(artifact)["_bounds"]
         self.positions = {n["name"]: self._positions(n) for n in self.stages}
         self.trace_bits = max(self.channels.values())
@@ -340,6 +357,8 @@ class Accelerator(wiring.Component):
         name, ident = node["name"], _ident(node["name"])
         widths = node["widths"]
         c_out = self.channels[name]
+        P = self.lanes
+        groups = -(-c_out // P)
         is_conv = node["op"] == "conv"
         src = node["inputs"][0]
         from_image = src == "input"
@@ -352,7 +371,7 @@ class Accelerator(wiring.Component):
             engine = RankFactoredEngine(
                 node["in_features"], c_out, node["rank"], a.arrays[node["b_col_ptr"]],
                 a.arrays[node["b_row_idx"]], a.arrays[node["b_values"]], a.arrays[node["a"]],
-                in_max, widths["z"], widths["acc"])
+                in_max, widths["z"], widths["acc"], lanes=P)
             m.submodules[f"engine_{ident}"] = engine
         else:
             engine = shared.engine_user(sid, name)
@@ -377,16 +396,18 @@ class Accelerator(wiring.Component):
 
         # replay buffer for the static first conv: accumulators of t = 0, reused for t > 0
         if static_replay:
+            replay_shape = signed(widths["acc"]) if P == 1 else \
+                data.ArrayLayout(signed(widths["acc"]), P)
             m.submodules[f"replay_{ident}"] = replay = Memory(
-                shape=signed(widths["acc"]), depth=c_out, init=[],
-                attrs=block_ram_attrs(signed(widths["acc"]), c_out))
+                shape=replay_shape, depth=groups, init=[],
+                attrs=block_ram_attrs(replay_shape, groups))
             replay_w = replay.write_port()
             replay_r = replay.read_port()
 
         neuron_in = neuron.i
         # the step of the vector leaving the engine (the issue FSM may already be ahead)
         out_step = Signal(range(T), name=f"{ident}_out_step")
-        engine_done = engine.o.valid & engine.o.ready & (engine.o.payload.row == c_out - 1)
+        engine_done = engine.o.valid & engine.o.ready & (_index(engine.o.payload) == groups - 1)
         with m.If(engine_done):
             m.d.sync += out_step.eq(Mux(out_step == T - 1, 0, out_step + 1))
         with m.If(start):
@@ -396,35 +417,36 @@ class Accelerator(wiring.Component):
             # kept in the replay memory), steps 1..T-1 from the replay memory, one per cycle,
             # while the issue FSM already walks the next position through the engine.
             replay_valid = Signal(name=f"{ident}_replay_valid")
-            replay_k = Signal(range(c_out), name=f"{ident}_replay_k")     # channel on data
-            replay_next = Signal(range(c_out), name=f"{ident}_replay_next")
+            replay_k = Signal(range(groups), name=f"{ident}_replay_k")    # group on data
+            replay_next = Signal(range(groups), name=f"{ident}_replay_next")
             replay_step = Signal(range(T), name=f"{ident}_replay_step")
             m.d.comb += [
-                replay_w.addr.eq(engine.o.payload.row), replay_w.data.eq(engine.o.payload.acc),
+                replay_w.addr.eq(_index(engine.o.payload)),
+                *_copy_accs(replay_w.data, engine.o.payload.acc, P),
                 replay_w.en.eq(engine.o.valid & engine.o.ready),
             ]
             with m.FSM(name=f"{ident}_feed"):
                 with m.State("ENGINE"):
                     m.d.comb += [neuron_in.valid.eq(engine.o.valid),
                                  engine.o.ready.eq(neuron_in.ready),
-                                 neuron_in.payload.channel.eq(engine.o.payload.row),
-                                 neuron_in.payload.acc.eq(engine.o.payload.acc),
+                                 _index(neuron_in.payload).eq(_index(engine.o.payload)),
+                                 *_copy_accs(neuron_in.payload.acc, engine.o.payload.acc, P),
                                  neuron_in.payload.first.eq(1)]
                     with m.If(engine_done):
                         m.d.sync += [replay_next.eq(0), replay_valid.eq(0), replay_step.eq(1)]
                         m.next = "REPLAY"
                 with m.State("REPLAY"):
                     m.d.comb += [neuron_in.valid.eq(replay_valid),
-                                 neuron_in.payload.channel.eq(replay_k),
-                                 neuron_in.payload.acc.eq(replay_r.data),
+                                 _index(neuron_in.payload).eq(replay_k),
+                                 *_copy_accs(neuron_in.payload.acc, replay_r.data, P),
                                  neuron_in.payload.first.eq(0)]
                     advance = ~replay_valid | neuron_in.ready
                     with m.If(advance):
                         m.d.comb += replay_r.addr.eq(replay_next)
                         m.d.sync += [replay_valid.eq(1), replay_k.eq(replay_next),
-                                     replay_next.eq(Mux(replay_next == c_out - 1, 0,
+                                     replay_next.eq(Mux(replay_next == groups - 1, 0,
                                                         replay_next + 1))]
-                        with m.If(replay_valid & (replay_k == c_out - 1)):
+                        with m.If(replay_valid & (replay_k == groups - 1)):
                             m.d.sync += replay_step.eq(replay_step + 1)
                             with m.If(replay_step == T - 1):
                                 m.d.sync += replay_valid.eq(0)
@@ -433,8 +455,8 @@ class Accelerator(wiring.Component):
                         m.d.comb += replay_r.addr.eq(replay_k)     # hold the data
         else:
             m.d.comb += [neuron_in.valid.eq(engine.o.valid), engine.o.ready.eq(neuron_in.ready),
-                         neuron_in.payload.channel.eq(engine.o.payload.row),
-                         neuron_in.payload.acc.eq(engine.o.payload.acc),
+                         _index(neuron_in.payload).eq(_index(engine.o.payload)),
+                         *_copy_accs(neuron_in.payload.acc, engine.o.payload.acc, P),
                          neuron_in.payload.first.eq(out_step == 0)]
 
         issuer.add(sid, SimpleNamespace(
@@ -467,7 +489,9 @@ class Accelerator(wiring.Component):
         position, TRACE). Returns the trace stream's (valid, payload)."""
         T = self.T
         names = {sid: u.node["name"] for sid, u in users.items()}
+        P = self.lanes
         width = max(self.channels[n] for n in names.values())
+        groups_of = {sid: -(-self.channels[n] // P) for sid, n in names.items()}
         tokens_of = {sid: u.h * u.wd for sid, u in users.items()}
         max_tokens = max(tokens_of.values())
         max_h = max(u.h for u in users.values())
@@ -475,20 +499,20 @@ class Accelerator(wiring.Component):
         any_pool = any(u.node["op"] == "conv" and u.node["pool"] for u in users.values())
 
         # the active stage's constants and neuron output
-        last_ch = Signal(range(width), name="col_last_channel")
+        last_ch = Signal(range(max(groups_of.values())), name="col_last_channel")  # or group
         tok_last = Signal(range(max_tokens), name="col_last_token")
         wd_last = Signal(range(max_wd), name="col_last_x")
         tokens_outer = Signal(name="col_tokens_outer")
         pool = Signal(name="col_pool")
         n_index = Signal(8, name="col_node")
         o_valid, o_ready = Signal(name="col_valid"), Signal(name="col_ready")
-        o_spike = Signal(name="col_spike")
+        o_spike = Signal(P, name="col_spike")
         with m.Switch(active):
             for sid, u in users.items():
                 name = names[sid]
                 with m.Case(sid):
                     m.d.comb += [
-                        last_ch.eq(self.channels[name] - 1), tok_last.eq(tokens_of[sid] - 1),
+                        last_ch.eq(groups_of[sid] - 1), tok_last.eq(tokens_of[sid] - 1),
                         wd_last.eq(u.wd - 1), tokens_outer.eq(u.tokens_outer),
                         pool.eq(u.node["op"] == "conv" and bool(u.node["pool"])),
                         n_index.eq(self.node_index[name]),
@@ -496,10 +520,13 @@ class Accelerator(wiring.Component):
                         o_spike.eq(u.o.payload.spike)]
 
         C = min(width, self.chunk)          # the gather register's width
+        G = -(-C // P)                      # transfers (groups of P channels) per chunk
         chunks = -(-width // C)
         vec = Signal(C, name="col_vec")
-        got = Signal(range(width + 1), name="col_got")      # channels gathered of the vector
-        slot = Signal(range(C), name="col_slot")            # the next channel's bit in vec
+        # transfers (channels, or groups of P) gathered of the vector, and the next one's place
+        # in vec (its first bit: slot * P)
+        got = Signal(range(max(groups_of.values()) + 1), name="col_got")
+        slot = Signal(range(G), name="col_slot")
         g_chunk = Signal(range(chunks), name="col_chunk")   # the chunk being gathered
         # gather-side position of the vector being gathered
         c_step = Signal(range(T), name="col_step")
@@ -590,7 +617,7 @@ class Accelerator(wiring.Component):
                      handover.eq(o_valid & o_ready & chunk_end),
                      got_next.eq(got), slot_next.eq(slot)]
         with m.If(o_valid & o_ready):
-            spike_vec = vec | (o_spike << slot)
+            spike_vec = vec | (o_spike << (slot if P == 1 else slot * P))
             with m.If(chunk_end):
                 m.d.comb += slot_next.eq(0)
                 m.d.sync += [vec.eq(0), word.eq(spike_vec), w_chunk.eq(g_chunk),
@@ -615,7 +642,7 @@ class Accelerator(wiring.Component):
             m.d.sync += [vec.eq(0), g_chunk.eq(0), c_step.eq(0), c_tok.eq(0), cy.eq(0),
                          cx.eq(0)]
         m.d.sync += [got.eq(got_next), slot.eq(slot_next),
-                     chunk_end.eq((got_next == last_ch) | (slot_next == C - 1))]
+                     chunk_end.eq((got_next == last_ch) | (slot_next == G - 1))]
 
         with m.FSM(name="collector_write"):
             with m.State("IDLE"):
@@ -688,7 +715,9 @@ class Accelerator(wiring.Component):
         widths = node["widths"]
         dim = node["dim"]
         q_name, k_name, v_name = node["inputs"]
-        attention = SpikingAttention(N, dim, node["heads"], widths["kv"], widths["acc"])
+        P = self.lanes
+        attention = SpikingAttention(N, dim, node["heads"], widths["kv"], widths["acc"],
+                                     lanes=P)
         m.submodules[f"attention_{ident}"] = attention
         neuron = shared.neuron_user(sid, name)
         step = Signal(range(T), name=f"{ident}_step")
@@ -703,14 +732,14 @@ class Accelerator(wiring.Component):
             attention.i.payload.v.eq(mem_r[v_name].data),
             neuron.i.valid.eq(attention.o.valid), attention.o.ready.eq(neuron.i.ready),
             neuron.i.payload.token.eq(attention.o.payload.token),
-            neuron.i.payload.channel.eq(attention.o.payload.channel),
-            neuron.i.payload.acc.eq(attention.o.payload.acc),
+            _index(neuron.i.payload).eq(_index(attention.o.payload)),
+            *_copy_accs(neuron.i.payload.acc, attention.o.payload.acc, P),
         ]
         out_step = Signal(range(T), name=f"{ident}_out_step")
         m.d.comb += neuron.i.payload.first.eq(out_step == 0)
         # which step the attention block is emitting: advance after its last count
         with m.If(attention.o.valid & attention.o.ready & (attention.o.payload.token == N - 1)
-                  & (attention.o.payload.channel == dim - 1)):
+                  & (_index(attention.o.payload) == dim // P - 1)):
             m.d.sync += out_step.eq(out_step + 1)
         with m.FSM(name=f"{ident}_issue"):
             with m.State("IDLE"):
@@ -751,16 +780,27 @@ class Accelerator(wiring.Component):
         w = a.arrays[node["weight"]]
         bias = a.arrays[node["bias"]]
         wbits = signed_bits(int(w.min()), int(w.max()))
+        # P lanes: P features of a class per cycle (one word of P weights, P multipliers)
+        P = self.lanes
+        D = -(-dim // P)                    # MAC cycles per class
+        if P == 1:
+            w_shape, w_init = signed(wbits), [int(v) for v in w.reshape(-1)]
+        else:
+            wp = np.zeros((self.classes, D * P), dtype=np.int64)
+            wp[:, :dim] = w
+            w_shape = data.ArrayLayout(signed(wbits), P)
+            w_init = [[int(v) for v in wp[k, g * P:(g + 1) * P]]
+                      for k in range(self.classes) for g in range(D)]
         m.submodules.head_weights = weights = Memory(
-            shape=signed(wbits), depth=w.size, init=[int(v) for v in w.reshape(-1)],
-            attrs=block_ram_attrs(signed(wbits), w.size))
+            shape=w_shape, depth=self.classes * D, init=w_init,
+            attrs=block_ram_attrs(w_shape, self.classes * D))
         w_r = weights.read_port()
         features = [Signal(signed(fbits), name=f"feature_{c}") for c in range(dim)]
         best, best_cls = Signal(signed(lbits)), Signal(8)
         step = Signal(range(T))
         token = Signal(range(N))
         k = Signal(range(self.classes + 1))
-        c = Signal(range(dim + 1))
+        c = Signal(range(D + 1))
         acc = Signal(signed(lbits))
         read(sid, src, step * N + token)
         word_counts, _ = counts(src)
@@ -770,10 +810,10 @@ class Accelerator(wiring.Component):
         # `logits` stream (one register: a class's last product is not issued while the
         # previous logit still waits there, which with a ready consumer never happens).
         summing = Signal(name="head_summing")           # a read was issued last cycle
-        i = Signal(range(self.classes * dim + 1), name="head_index")
+        i = Signal(range(self.classes * D + 1), name="head_index")
         mac_valid = Signal(name="head_mac_valid")       # w_r.data holds W[mac_k, mac_c]
         mac_k = Signal(range(self.classes), name="head_mac_k")
-        mac_c = Signal(range(dim), name="head_mac_c")
+        mac_c = Signal(range(D), name="head_mac_c")
         m.d.comb += w_r.addr.eq(i)
         logit_valid = Signal(name="head_logit_valid")
         m.d.comb += self.logits.valid.eq(logit_valid)
@@ -781,18 +821,24 @@ class Accelerator(wiring.Component):
             m.d.sync += logit_valid.eq(0)
         with m.If(summing):
             m.d.sync += [f.eq(f + cnt) for f, cnt in zip(features, word_counts)]
-        feature = Signal(signed(fbits), name="head_feature")
+        # lane l multiplies feature mac_c * P + l (0 past the last feature)
+        lane_features = [Signal(signed(fbits), name="head_feature" if P == 1 else
+                                f"head_feature{l}") for l in range(P)]
         with m.Switch(mac_c):
-            for ci in range(dim):
-                with m.Case(ci):
-                    m.d.comb += feature.eq(features[ci])
+            for g in range(D):
+                with m.Case(g):
+                    m.d.comb += [lane_features[l].eq(features[g * P + l])
+                                 for l in range(P) if g * P + l < dim]
         # three registered steps per product (timing: mux + multiply | add | compare)
-        product = Signal(signed(lbits), name="head_product")
+        products = [Signal(signed(lbits), name="head_product" if P == 1 else
+                           f"head_product{l}") for l in range(P)]
         p_valid = Signal(name="head_p_valid")
         p_k = Signal(range(self.classes), name="head_p_k")
-        p_c = Signal(range(dim), name="head_p_c")
-        m.d.sync += [product.eq(w_r.data * feature), p_valid.eq(mac_valid), p_k.eq(mac_k),
-                     p_c.eq(mac_c)]
+        p_c = Signal(range(D), name="head_p_c")
+        m.d.sync += [products[l].eq((w_r.data if P == 1 else w_r.data[l]) * lane_features[l])
+                     for l in range(P)]
+        m.d.sync += [p_valid.eq(mac_valid), p_k.eq(mac_k), p_c.eq(mac_c)]
+        product = products[0] if P == 1 else _tree_sum(products)
         p_bias = Signal(signed(lbits), name="head_bias_p")
         with m.Switch(p_k):
             for ki in range(self.classes):
@@ -802,10 +848,10 @@ class Accelerator(wiring.Component):
         m.d.comb += total.eq(Mux(p_c == 0, p_bias, acc) + product)
         stored = Signal(name="head_stored")             # a logit was stored last cycle
         stored_k = Signal(range(self.classes), name="head_stored_k")
-        m.d.sync += [stored.eq(p_valid & (p_c == dim - 1)), stored_k.eq(p_k)]
+        m.d.sync += [stored.eq(p_valid & (p_c == D - 1)), stored_k.eq(p_k)]
         with m.If(p_valid):
             m.d.sync += acc.eq(total)
-            with m.If(p_c == dim - 1):
+            with m.If(p_c == D - 1):
                 m.d.sync += [self.logits.payload.eq(total), logit_valid.eq(1)]
         with m.If(stored & ((stored_k == 0) | (acc > best))):
             m.d.sync += [best.eq(acc), best_cls.eq(stored_k)]
@@ -828,9 +874,9 @@ class Accelerator(wiring.Component):
                     m.d.sync += token.eq(token + 1)
             with m.State("MAC"):
                 # the last SUM lands in this state's first cycle; the first product in the next
-                with m.If((c != dim - 1) | ~logit_valid | self.logits.ready):
+                with m.If((c != D - 1) | ~logit_valid | self.logits.ready):
                     m.d.sync += [mac_valid.eq(1), mac_k.eq(k), mac_c.eq(c), i.eq(i + 1)]
-                    with m.If(c == dim - 1):
+                    with m.If(c == D - 1):
                         m.d.sync += [c.eq(0), k.eq(k + 1)]
                         with m.If(k == self.classes - 1):
                             m.next = "LAST"
@@ -1214,7 +1260,8 @@ class _SharedUnits:
     """
 
     def __init__(self, acc: "Accelerator", loadable: bool = False):
-        a = acc.artifact
+        a, P = acc.artifact, acc.lanes
+        self.lanes = P
         self.col_base, self.rows, self.channel_base = {}, {}, {}
         ptrs, idxs, vals, cols, in_max, acc_width = [], [], [], 0, 1, 1
         bias, threshold, leak, channels = [], [], [], 0
@@ -1223,18 +1270,24 @@ class _SharedUnits:
         # per_token membranes per token (token_stride below); their constants go last
         order = [n for n in acc.stages if n["op"] != "attention"] + \
             [n for n in acc.stages if n["op"] == "attention"]
-        per_token = max([acc.channels[n["name"]] for n in order if n["op"] == "attention"],
-                        default=0)
+        # With P lanes every stage's channels start at a group boundary: its constants are
+        # padded to whole groups (bias 0, threshold 1, leak 0: a padding channel never fires).
+        def padded(c):
+            return -(-c // P) * P
+        per_token = max([padded(acc.channels[n["name"]]) for n in order
+                         if n["op"] == "attention"], default=0)
         for node in order:
             name, widths, c_out = node["name"], node["widths"], acc.channels[node["name"]]
             acc_width = max(acc_width, widths["acc"])
             membrane_width = max(membrane_width, widths["membrane"])
             product_width = max(product_width, widths["product"])
             self.channel_base[name] = channels
-            channels += c_out
-            bias.append(a.arrays[node["bias"]])
-            threshold.append(a.arrays[node["threshold"]])
-            leak.append(a.arrays[node["leak"]])
+            channels += padded(c_out)
+            pad = padded(c_out) - c_out
+            bias.append(np.concatenate([a.arrays[node["bias"]], np.zeros(pad, np.int64)]))
+            threshold.append(np.concatenate([a.arrays[node["threshold"]],
+                                             np.ones(pad, np.int64)]))
+            leak.append(np.concatenate([a.arrays[node["leak"]], np.zeros(pad, np.int64)]))
             if node["op"] == "attention" or (node["op"] == "matmul" and
                                              node["format"] == "lowrank"):
                 continue
@@ -1260,20 +1313,20 @@ class _SharedUnits:
                 dense_from_csc(col_ptr, row_idx, values, rows, cols), in_max)))
             self.engine = SparseMatmulEngine(cols, rows, col_ptr, row_idx, values, in_max,
                                              acc_width, variable_rows=True, overlap=True,
-                                             loadable=loadable)
+                                             loadable=loadable, lanes=P)
         # Membranes are reused from stage to stage (a stage's membranes live only while it
         # runs; `first` takes them as 0): neuron (token, local channel c) of a stage sits at
         # token * stride + c, conv/matmul stages at token 0, attention stages at every token
         # with stride = all attention channels. Their constants stay at base + c.
         cat = np.concatenate
-        widest = max([acc.channels[n["name"]] for n in order if n["op"] != "attention"],
-                     default=1)
+        widest = max([padded(acc.channels[n["name"]]) for n in order
+                      if n["op"] != "attention"], default=P)
         self.neurons = SlifNeuronArray(channels, acc.N if per_token else 1, cat(bias),
                                        cat(threshold), cat(leak), a.frac_bits, a.leak_bits,
                                        acc_width, membrane_width, product_width,
                                        token_stride=per_token or None,
-                                       membranes=max(acc.N * per_token, widest),
-                                       loadable=loadable, hazard_check=False)
+                                       membranes=max(acc.N * per_token, widest) // P,
+                                       loadable=loadable, hazard_check=False, lanes=P)
         self._engine_users, self._neuron_users = {}, {}
 
     def engine_user(self, sid: int, name: str) -> SimpleNamespace:
@@ -1312,15 +1365,15 @@ class _SharedUnits:
                             u.o.payload.eq(e.o.payload),
                         ]
                     name, u = self._neuron_users[sid]
-                    base = self.channel_base[name]
+                    base = self.channel_base[name] // self.lanes     # in groups
                     m.d.comb += [
                         n.i.valid.eq(u.i.valid), u.i.ready.eq(n.i.ready),
                         n.i.payload.eq(u.i.payload),
-                        n.i.payload.channel.eq(u.i.payload.channel + base),
-                        n.i.payload.slot.eq(u.i.payload.channel),
+                        _index(n.i.payload).eq(_index(u.i.payload) + base),
+                        n.i.payload.slot.eq(_index(u.i.payload)),
                         u.o.valid.eq(n.o.valid), n.o.ready.eq(u.o.ready),
                         u.o.payload.eq(n.o.payload),
-                        u.o.payload.channel.eq(n.o.payload.channel - base),
+                        _index(u.o.payload).eq(_index(n.o.payload) - base),
                     ]
 
 
@@ -1333,6 +1386,20 @@ def _or_all(values):
         values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i]
                   for i in range(0, len(values), 2)]
     return values[0]
+
+
+def _index(payload):
+    """A result's row or an update's channel (one lane), or its group (P lanes)."""
+    members = payload.shape().members
+    return next(getattr(payload, f) for f in ("channel", "row", "group") if f in members)
+
+
+def _copy_accs(dst, src, lanes: int) -> list:
+    """dst.eq(src) for accumulators of one lane (signed values) or P lanes (arrays whose
+    element widths may differ: copied element by element, each sign-extended)."""
+    if lanes == 1:
+        return [dst.eq(src)]
+    return [dst[p].eq(src[p]) for p in range(lanes)]
 
 
 def _ident(name: str) -> str:

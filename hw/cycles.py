@@ -101,15 +101,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles",
+__all__ = ["CHUNK", "default_chunk", "NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles",
            "ideal_breakdown",
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
 from model.artifact import NEURON_OPS, conv_columns, value_sources
 _NEVER = -(1 << 60)
 #: Channels per chunk: the issue FSM's mask loads and the collector's writes
-#: (hw.accelerator.Accelerator's default ``chunk``)
+#: (hw.accelerator.Accelerator's default ``chunk``, rounded up to whole groups of lanes)
 CHUNK = 32
+
+
+def default_chunk(lanes: int = 1) -> int:
+    """The accelerator's default chunk on `lanes` lanes: CHUNK rounded up to a multiple of
+    lanes (the collector gathers whole groups)."""
+    return -(-CHUNK // lanes) * lanes
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -176,12 +182,27 @@ class _Collector:
 
 # ---- stages -----------------------------------------------------------------------------------
 
-def _column_sizes(artifact, node) -> np.ndarray:
+def _column_sizes(artifact, node, lanes: int = 1) -> np.ndarray:
+    """Stored entries per engine column; with `lanes` P, the walker's cycles per column: the
+    most entries any lane holds (lane p holds rows r = p mod P; a rank-factored B has
+    min(P, rank) lanes)."""
     if node["op"] == "conv":
-        ptr = conv_columns(node, artifact.arrays[node["weight"]])[0]
-        return np.diff(np.asarray(ptr, dtype=np.int64))
-    ptr = artifact.arrays[node["b_col_ptr" if node["format"] == "lowrank" else "col_ptr"]]
-    return np.diff(np.asarray(ptr, dtype=np.int64))
+        ptr, idx, _ = conv_columns(node, artifact.arrays[node["weight"]])
+    else:
+        lowrank = node["format"] == "lowrank"
+        ptr = artifact.arrays[node["b_col_ptr" if lowrank else "col_ptr"]]
+        idx = artifact.arrays[node["b_row_idx" if lowrank else "row_idx"]]
+        if lowrank:
+            lanes = min(lanes, node["rank"])
+    ptr = np.asarray(ptr, dtype=np.int64)
+    if lanes == 1:
+        return np.diff(ptr)
+    lane = np.asarray(idx, dtype=np.int64) % lanes
+    sizes = np.zeros(len(ptr) - 1, dtype=np.int64)
+    for p in range(lanes):
+        in_lane = np.concatenate([[0], np.cumsum(lane == p)])
+        sizes = np.maximum(sizes, in_lane[ptr[1:]] - in_lane[ptr[:-1]])
+    return sizes
 
 
 def _out_channels(node) -> int:
@@ -210,13 +231,13 @@ def _conv_input(node, counts: np.ndarray) -> np.ndarray:
     return counts.reshape(counts.shape[0], node["height"] * node["width"], -1)
 
 
-def _engine_stage(artifact, node, values, chunk: int = CHUNK) -> int:
+def _engine_stage(artifact, node, values, chunk: int = CHUNK, lanes: int = 1) -> int:
     man = artifact.manifest["model"]
     T = man["timesteps"]
-    c_out = node[_out_channels(node)]
-    if c_out <= 3:
+    groups = -(-node[_out_channels(node)] // lanes)     # transfers per vector
+    if groups <= 3:
         raise ValueError(f"node {node['name']}: the cycle model assumes more than 3 output "
-                         f"channels (neuron hazards, collector freezes)")
+                         f"channels, or groups of lanes (neuron hazards, collector freezes)")
     is_conv = node["op"] == "conv"
     src = node["inputs"][0]
     counts = values[src]
@@ -230,7 +251,8 @@ def _engine_stage(artifact, node, values, chunk: int = CHUNK) -> int:
     replay = is_conv and src == "input" and not man["time_varying_input"] and T > 1
     lowrank = node["op"] == "matmul" and node["format"] == "lowrank"
     rank = node.get("rank", 0)
-    sizes = _column_sizes(artifact, node)
+    z_groups = -(-rank // min(lanes, rank)) if lowrank else 0    # stage 1's drain
+    sizes = _column_sizes(artifact, node, lanes)
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
     chunks = -(-counts.shape[-1] // chunk)      # the issuer's mask loads per word
 
@@ -252,7 +274,7 @@ def _engine_stage(artifact, node, values, chunk: int = CHUNK) -> int:
                 # the feeder: first replayed update two cycles after step 0's last result,
                 # then one per cycle through step T - 1; engine results again a cycle later
                 first = x0 + 2 if t == 1 else last_acc + 1
-                last_acc, done = collector.feed(first, 1, c_out, writer)
+                last_acc, done = collector.feed(first, 1, groups, writer)
                 if t == T - 1:
                     feeder_ready = last_acc + 1
             else:
@@ -279,12 +301,12 @@ def _engine_stage(artifact, node, values, chunk: int = CHUNK) -> int:
                 a_end = max(f, engine_ready if prev_load is None else prev_load)
                 if lowrank:
                     d0 = max(a_end + 1, column_end) + 2
-                    first, gap = d0 + rank + 3 + rank, rank
+                    first, gap = d0 + z_groups + 3 + rank, rank
                 else:       # the shared two-bank engine: the end marker waits for the drain
                     load_end = max(a_end + 1, column_end, drain_free)
                     d0 = load_end + 2
                     first, gap = max(d0 + 1, feeder_ready), 1
-                last_acc, done = collector.feed(first, gap, c_out, writer)
+                last_acc, done = collector.feed(first, gap, groups, writer)
                 if lowrank:
                     engine_ready = last_acc + 1
                 else:
@@ -295,11 +317,12 @@ def _engine_stage(artifact, node, values, chunk: int = CHUNK) -> int:
     return done                  # the CYCLES state
 
 
-def _attention_stage(artifact, node, values) -> int:
+def _attention_stage(artifact, node, values, lanes: int = 1) -> int:
     man = artifact.manifest["model"]
-    T, N, dim = man["timesteps"], man["tokens"], node["dim"]
-    if dim <= 3:
-        raise ValueError(f"node {node['name']}: the cycle model assumes dim > 3")
+    T, N, groups = man["timesteps"], man["tokens"], node["dim"] // lanes
+    if groups <= 3:
+        raise ValueError(f"node {node['name']}: the cycle model assumes more than 3 channels, "
+                         f"or groups of lanes")
     v = values[node["inputs"][2]]
     pops = (v != 0).sum(axis=2)                          # (T, N) active V bits per token
     offer = 2                                            # FETCH 1, SEND 2
@@ -314,34 +337,38 @@ def _attention_stage(artifact, node, values) -> int:
         offer = a + 2                                    # next step's first SEND
         first = phase2 + 3
         for n in range(N):
-            last_acc, done = collector.feed(first, 1, dim, 2)      # writer: WRITE, TRACE
+            last_acc, done = collector.feed(first, 1, groups, 2)   # writer: WRITE, TRACE
             first = last_acc + 1
         last_count = last_acc
     return done
 
 
 def expected_cycles(artifact, node_spikes: dict, image=None, *,
-                    chunk: int = CHUNK) -> dict[str, int]:
+                    chunk: int | None = None, lanes: int = 1) -> dict[str, int]:
     """{node: the cycles its TRACE_CYCLES record reports} for one input, for every conv, matmul
     and attention node, in accelerator order. `node_spikes`: {name: (T, tokens, C)} golden
-    spikes of this image; `image`: its pixels (or node_spikes["input"]); `chunk`: the
-    accelerator's (``Accelerator(chunk=...)``; the collector's chunk writes cost no cycles as
-    long as a chunk has more channels than a vector's writer needs cycles, at most 4)."""
+    spikes of this image; `image`: its pixels (or node_spikes["input"]); `chunk` and `lanes`:
+    the accelerator's (``Accelerator(chunk=..., lanes=...)``; the collector's chunk writes cost
+    no cycles as long as a chunk takes more transfers than a vector's writer needs cycles, at
+    most 4; default `default_chunk(lanes)`)."""
     values = value_counts(artifact, node_spikes, image)
+    chunk = default_chunk(lanes) if chunk is None else chunk
     out = {}
     for node in artifact.nodes:
         if node["op"] == "attention":
-            out[node["name"]] = _attention_stage(artifact, node, values)
+            out[node["name"]] = _attention_stage(artifact, node, values, lanes)
         elif node["op"] in NEURON_OPS:
-            out[node["name"]] = _engine_stage(artifact, node, values, chunk)
+            out[node["name"]] = _engine_stage(artifact, node, values, chunk, lanes)
     return out
 
 
-def head_cycles(artifact) -> int:
-    """From the head's start through its end (the last logit taken): T N + classes dim + 4."""
+def head_cycles(artifact, lanes: int = 1) -> int:
+    """From the head's start through its end (the last logit taken):
+    T N + classes ceil(dim / lanes) + 4."""
     man = artifact.manifest["model"]
     head = next(n for n in artifact.nodes if n["op"] == "head")
-    return man["timesteps"] * man["tokens"] + head["classes"] * head["in_features"] + 4
+    return (man["timesteps"] * man["tokens"] + head["classes"] * -(-head["in_features"] // lanes)
+            + 4)
 
 
 def load_cycles(artifact) -> int:
@@ -353,11 +380,13 @@ def load_cycles(artifact) -> int:
 
 # ---- ideal ------------------------------------------------------------------------------------
 
-def ideal_breakdown(artifact, node_spikes: dict, image=None) -> dict[str, dict[str, int]]:
-    """{node: {term: work in cycles}} with the terms "synaptic" (spike-fed accumulate ops, or the
+def ideal_breakdown(artifact, node_spikes: dict, image=None,
+                    lanes: int = 1) -> dict[str, dict[str, int]]:
+    """{node: {term: operations}} with the terms "synaptic" (spike-fed accumulate ops, or the
     first conv's pixel MACs), "mac" (multi-bit MACs: rank-factored A stage, head), "attention"
-    (active V bits + counts) and "neuron" (updates); plus "ideal", the layer's bound
-    max(synaptic + mac + attention, neuron). Includes "head"."""
+    (active V bits + counts) and "neuron" (updates); plus "ideal", the layer's bound in cycles
+    on `lanes` lanes: max(synaptic + mac + attention, neuron) / lanes, rounded up. Includes
+    "head"."""
     man = artifact.manifest["model"]
     T, N = man["timesteps"], man["tokens"]
     values = value_counts(artifact, node_spikes, image)
@@ -396,33 +425,34 @@ def ideal_breakdown(artifact, node_spikes: dict, image=None) -> dict[str, dict[s
             terms["mac"] = node["classes"] * node["in_features"]
         else:
             continue
-        terms["ideal"] = max(terms["synaptic"] + terms["mac"] + terms["attention"],
-                             terms["neuron"])
+        terms["ideal"] = -(-max(terms["synaptic"] + terms["mac"] + terms["attention"],
+                                terms["neuron"]) // lanes)
         out[name] = terms
     return out
 
 
-def ideal_cycles(artifact, node_spikes: dict, image=None) -> dict[str, int]:
+def ideal_cycles(artifact, node_spikes: dict, image=None, lanes: int = 1) -> dict[str, int]:
     """{node: ideal cycles} for every conv, matmul and attention node and "head"."""
-    return {name: t["ideal"] for name, t in ideal_breakdown(artifact, node_spikes, image).items()}
+    return {name: t["ideal"]
+            for name, t in ideal_breakdown(artifact, node_spikes, image, lanes).items()}
 
 
 # ---- totals and reports -----------------------------------------------------------------------
 
-def inference_cycles(artifact, node_spikes: dict, image=None) -> dict:
-    """Expected and ideal cycles of one inference:
+def inference_cycles(artifact, node_spikes: dict, image=None, lanes: int = 1) -> dict:
+    """Expected and ideal cycles of one inference on `lanes` lanes:
     {"layers": {node: cycles}, "load": pixels, "head": head, "total": result.cycles,
      "ideal_layers": {node: ideal}, "ideal": sum of the ideals (layers and head)}."""
-    layers = expected_cycles(artifact, node_spikes, image)
-    ideal = ideal_cycles(artifact, node_spikes, image)
-    load, head = load_cycles(artifact), head_cycles(artifact)
+    layers = expected_cycles(artifact, node_spikes, image, lanes=lanes)
+    ideal = ideal_cycles(artifact, node_spikes, image, lanes)
+    load, head = load_cycles(artifact), head_cycles(artifact, lanes)
     return {"layers": layers, "load": load, "head": head,
             "total": load + sum(layers.values()) + head,
             "ideal_layers": ideal, "ideal": sum(ideal.values())}
 
 
 def summarize(artifact, golden, measured: list[dict] | None = None,
-              indices=None) -> dict:
+              indices=None, lanes: int = 1) -> dict:
     """The cycle part of sim.json for images `indices` (default: all) of `golden`
     (sim.scoreboard.GoldenData).
 
@@ -434,7 +464,7 @@ def summarize(artifact, golden, measured: list[dict] | None = None,
     indices = list(range(len(golden.images))) if indices is None else list(indices)
     if measured is not None and len(measured) != len(indices):
         raise ValueError(f"{len(measured)} measured records for {len(indices)} images")
-    per = [inference_cycles(artifact, *image_spikes(golden, i)) for i in indices]
+    per = [inference_cycles(artifact, *image_spikes(golden, i), lanes=lanes) for i in indices]
     names = list(per[0]["layers"]) + ["head"] if per else []
     totals = [m["cycles"] for m in measured] if measured is not None else \
         [p["total"] for p in per]

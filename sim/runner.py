@@ -140,8 +140,9 @@ def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
         from model.artifact import load_artifact
         design = json.loads((Path(raw["hdl_dir"]) / "design.json").read_text())
         cyc = cycle_summary(load_artifact(design["artifact"]), GoldenData(golden_path),
-                            measured=imgs, indices=[r["image"] for r in imgs])
-        report.update(cyc)
+                            measured=imgs, indices=[r["image"] for r in imgs],
+                            lanes=design.get("lanes", 1))
+        report.update(cyc, lanes=design.get("lanes", 1))
     first = next((m for r in imgs for m in r["mismatches"]), None)
     if first:
         report["first_mismatch"] = first

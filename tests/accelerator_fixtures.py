@@ -36,13 +36,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KINDS", "build_artifact", "golden_data", "sample_images", "event_split",
+__all__ = ["KINDS", "LANES_KINDS", "build_artifact", "golden_data", "sample_images", "event_split",
            "perturb_weight", "perturb_threshold", "pixel_stream", "run_accelerator",
            "SIM_INPUTS", "tiny_artifact", "simulated"]
 
 KINDS = ("l1p", "dense", "dsp", "l1p16", "events")
+#: Wider tiny models for the lanes tests (every layer needs 3+ groups of lanes, attention
+#: heads a multiple of the lanes): stem channels [10, 12], dim 12 (2 heads of 6), MLP 24.
+LANES_KINDS = ("l1p-wide", "dsp-wide")
 
-_SEEDS = {"l1p": 1, "dense": 2, "dsp": 3, "l1p16": 4, "events": 5}
+_SEEDS = {"l1p": 1, "dense": 2, "dsp": 3, "l1p16": 4, "events": 5, "l1p-wide": 6,
+          "dsp-wide": 7}
 
 
 def tiny_config(kind: str):
@@ -50,6 +54,8 @@ def tiny_config(kind: str):
     cfg = Config()
     m = cfg.model
     m.image_size, m.stem_channels, m.dim, m.heads = 8, [4, 8], 8, 2
+    if kind in LANES_KINDS:
+        m.stem_channels, m.dim = [10, 12], 12
     m.stem_pool = [True, False] if kind == "l1p16" else [True, True]
     m.mlp_ratio, m.timesteps, m.depth = 2, 2, 1
     cfg.prune.rank = 3
@@ -102,8 +108,9 @@ def build_artifact(kind: str, out_dir) -> "Artifact":  # noqa: F821
     from model.pruning import l1p_prune, to_low_rank
     from model.train import rebuild
     from model.transformer import SpikingTransformer
-    if kind not in KINDS:
-        raise ValueError(f"unknown tiny artifact kind {kind!r}; known: {', '.join(KINDS)}")
+    if kind not in KINDS + LANES_KINDS:
+        raise ValueError(f"unknown tiny artifact kind {kind!r}; known: "
+                         f"{', '.join(KINDS + LANES_KINDS)}")
     cfg = tiny_config(kind)
     seed = _SEEDS[kind]
     torch.manual_seed(seed)
@@ -117,7 +124,7 @@ def build_artifact(kind: str, out_dir) -> "Artifact":  # noqa: F821
         for block in m.blocks:      # attention counts are small (x = 0.125 count): fire anyway
             block.neurons["attn"].u_th.uniform_(0.02, 0.1)
             block.neurons["attn"].w_tau.uniform_(1.0, 3.0)
-    if kind == "dsp":
+    if kind.startswith("dsp"):
         m = to_low_rank(m, rank=cfg.prune.rank)
     elif kind != "dense":
         m = rebuild(m)
@@ -305,15 +312,18 @@ def tiny_artifact(kind: str, root):
     return _artifacts[kind]
 
 
-def simulated(kind: str, root):
-    """(artifact, GoldenData, records) of kind's SIM_INPUTS through Accelerator(trace=True),
-    checked by a Scoreboard (records[i]["result"]); simulated once per process."""
-    if kind not in _simulations:
+def simulated(kind: str, root, **accelerator):
+    """(artifact, GoldenData, records) of kind's SIM_INPUTS (a LANES_KINDS kind: a digit and
+    the all-max input) through Accelerator(trace=True, **accelerator), e.g. lanes=2, checked by
+    a Scoreboard (records[i]["result"]); simulated once per process and configuration."""
+    key = (kind, tuple(sorted(accelerator.items())))
+    if key not in _simulations:
         from hw.accelerator import Accelerator
         from sim.scoreboard import Scoreboard
         art = tiny_artifact(kind, root)
-        images = sample_images(art, 1)[:SIM_INPUTS[kind]]
+        images = sample_images(art, 1)[:SIM_INPUTS.get(kind, 2)]
         golden = golden_data(art, images, Path(root) / f"{kind}-golden.npz")
-        records = run_accelerator(Accelerator(art, trace=True), images, Scoreboard(golden))
-        _simulations[kind] = (art, golden, records)
-    return _simulations[kind]
+        records = run_accelerator(Accelerator(art, trace=True, **accelerator), images,
+                                  Scoreboard(golden))
+        _simulations[key] = (art, golden, records)
+    return _simulations[key]

@@ -250,3 +250,71 @@ def test_ideal_below_expected_on_random_activity(kind, root, seed, density):
             assert terms["ideal"] <= total["layers"][name], (name, terms)
     assert total["ideal"] < total["total"]
     assert total["total"] == load_cycles(art) + sum(total["layers"].values()) + total["head"]
+
+
+# ---- lanes ------------------------------------------------------------------------------------
+
+LANES_RUNS = [("l1p-wide", 2, 12), ("l1p-wide", 3, None), ("dsp-wide", 2, None)]
+
+
+@pytest.mark.parametrize("kind, lanes, chunk", LANES_RUNS)
+def test_lanes_bitexact_and_cycles_exact(kind, lanes, chunk, root):
+    """Accelerator(lanes=P): every traced spike vector, the logits and the class equal the golden
+    model's, and the cycle model told the same lanes (and chunk) reproduces every layer's cycles
+    and result.cycles. The runs cover P = 2 and 3 (groups that do not divide the 10-channel stem
+    conv, nor the rank-3 z of the DSP model at P = 2), a chunked collector (24-channel MLP
+    hidden layer in chunks of 12: 6 transfers each) and the static stem's replay. With more
+    lanes every layer needs no more cycles than with one, and most need fewer."""
+    from accelerator_fixtures import LANES_KINDS, simulated
+    assert kind in LANES_KINDS
+    art, golden, records = simulated(kind, root, lanes=lanes, chunk=chunk)
+    _, _, single = simulated(kind, root)
+    for i, (rec, one) in enumerate(zip(records, single)):
+        assert rec["result"].bitexact, "; ".join(str(m) for m in rec["result"].mismatches[:5])
+        assert rec["logits"] == [int(v) for v in golden.logits[i]]
+        expected = expected_cycles(art, *image_spikes(golden, i), chunk=chunk, lanes=lanes)
+        assert rec["layer_cycles"] == expected
+        assert rec["cycles"] == sum(expected.values()) + load_cycles(art) + \
+            head_cycles(art, lanes)
+        if chunk is None:
+            assert rec["cycles"] == inference_cycles(art, *image_spikes(golden, i),
+                                                     lanes=lanes)["total"]
+        ideal = ideal_cycles(art, *image_spikes(golden, i), lanes=lanes)
+        assert all(ideal[n] <= rec["layer_cycles"][n] for n in expected)
+        assert all(rec["layer_cycles"][n] <= one["layer_cycles"][n] for n in expected)
+        assert sum(rec["layer_cycles"][n] < one["layer_cycles"][n] for n in expected) > \
+            len(expected) // 2
+
+
+def test_lanes_model_terms():
+    """The lanes terms of the model on their own: the walker's cycles per column are the most
+    entries any lane holds (rows r = p mod P), the head takes ceil(dim / P) MACs per class, the
+    default chunk is whole groups, and the ideal divides the work by the lanes."""
+    from hw.cycles import _column_sizes, default_chunk
+    node = {"op": "matmul", "format": "csc", "col_ptr": "p", "row_idx": "r"}
+
+    class Art:
+        arrays = {"p": np.array([0, 4, 4, 7]), "r": np.array([0, 2, 4, 6, 1, 2, 3])}
+    assert _column_sizes(Art, node).tolist() == [4, 0, 3]
+    assert _column_sizes(Art, node, 2).tolist() == [4, 0, 2]     # rows 0,2,4,6 all in lane 0
+    assert _column_sizes(Art, node, 3).tolist() == [2, 0, 1]
+    assert [default_chunk(p) for p in (1, 2, 3, 5)] == [32, 32, 33, 35]
+
+
+def test_lanes_refused_configurations(root):
+    """A lanes configuration the design cannot take is refused before elaboration, naming the
+    numbers: too few groups per layer, a chunk that is not whole groups, attention heads that
+    the lanes do not divide, and the loadable (iCE40) build, which takes one lane."""
+    from accelerator_fixtures import tiny_artifact
+    from hw.accelerator import Accelerator
+    art = tiny_artifact("l1p-wide", root)          # stem 10, 12; dim 12 in 2 heads of 6
+    with pytest.raises(ValueError, match="stem0 has 10 channels, 2 groups of 5 lanes; the "
+                                         "accelerator needs at least 3 groups per layer"):
+        Accelerator(art, lanes=5)
+    with pytest.raises(ValueError, match="chunk = 32 must be a multiple of lanes = 3"):
+        Accelerator(art, lanes=3, chunk=32)
+    with pytest.raises(ValueError, match="block0.attn: lanes = 4 does not divide its heads' 6 "
+                                         "channels"):
+        Accelerator(art, lanes=4)
+    with pytest.raises(ValueError, match="a loadable accelerator .* takes one lane only"):
+        Accelerator(art, lanes=2, loadable=True)

@@ -21,7 +21,7 @@ name = "digits"
 limit = 80
 
 [model]
-stem_channels = [4, 8]
+stem_channels = [8, 8]
 stem_pool = [true, false]
 dim = 8
 heads = 2
@@ -63,12 +63,18 @@ def _sweep(config, out, *args):
 
 
 def test_two_configuration_sweep_on_a_local_cluster(tiny_config, tmp_path, capsys):
-    # lanes 1 and 2 at one sparsity: the generator builds one lane, so lanes=2 must fail and be
-    # reported with its configuration while lanes=1 succeeds.
-    report = _sweep(tiny_config, tmp_path, "--sparsity", "0.5", "--lanes", "1", "2")
-    ok, failed = report["rows"]
-    assert (report["jobs"], report["cached"], report["computed"], report["failed"]) == (2, 0, 2, 1)
-    assert report["stages_computed"] == {"dense": 1, "model": 1, "hw": 1}
+    # lanes 1, 2 and 4 at one sparsity: 4 lanes leave the 8-channel layers 2 groups, fewer than
+    # the generator takes, so that job must fail and be reported with its configuration while
+    # the others succeed; 2 lanes need fewer cycles than 1 on the same model.
+    report = _sweep(tiny_config, tmp_path, "--sparsity", "0.5", "--lanes", "1", "2", "4")
+    ok, two, failed = report["rows"]
+    assert (report["jobs"], report["cached"], report["computed"], report["failed"]) == (3, 0, 3, 1)
+    assert report["stages_computed"] == {"dense": 1, "model": 1, "hw": 2}
+    assert two["status"] == "ok" and two["lanes"] == 2 and two["model_key"] == ok["model_key"]
+    assert two["ideal_cycles"] <= two["cycles"] < ok["cycles"]
+    assert two["accuracy"] == ok["accuracy"]
+    assert two["cycles_source"] == "cycle model (unchecked: no simulation report with " \
+        "model_error for 2 lanes)"
     assert report["engine"].startswith("Dask LocalCluster")
     assert ok["status"] == "ok" and not ok["cached"]
     assert (ok["method"], ok["sparsity"], ok["lanes"], ok["target"]) == \
@@ -81,8 +87,8 @@ def test_two_configuration_sweep_on_a_local_cluster(tiny_config, tmp_path, capsy
     assert ok["fmax_mhz"] is None and ok["fmax_reason"] and ok["latency_us"] is None
     assert failed["status"] == "failed"
     assert (failed["method"], failed["sparsity"], failed["lanes"], failed["target"],
-            failed["seed"]) == ("l1p", 0.5, 2, "ice40-up5k", 0)
-    assert failed["failed_stage"] == "hw" and "lanes" in failed["error"]
+            failed["seed"]) == ("l1p", 0.5, 4, "ice40-up5k", 0)
+    assert failed["failed_stage"] == "hw" and "2 groups of 4 lanes" in failed["error"]
     assert "\n" not in failed["error"]
     out = capsys.readouterr().out
     assert "FAILED in hw stage" in out
@@ -215,6 +221,17 @@ def test_sim_report_records_the_hw_sources_and_the_sweep_trusts_only_those(tmp_p
     text, checked, _ = sweep_hw.cycles_source(reports)
     assert not checked
     assert "stale: sim-dsp.json records no hw_source_sha256, re-run `make sim MODEL=dsp`" in text
+
+    # Lanes: a design of 2 lanes is checked only by reports that simulated 2 lanes.
+    assert sweep_hw.cycles_source(reports, 2)[:2] == (
+        "cycle model (unchecked: no simulation report with model_error for 2 lanes)", False)
+    two = json.loads((reports / "sim-l1p.json").read_text())
+    two.update(model="l1p-x2", lanes=2, model_error=0.0)
+    (reports / "sim-l1p-x2.json").write_text(json.dumps(two))
+    text, checked, used = sweep_hw.cycles_source(reports, 2)
+    assert checked and used == [u for u in used if u.startswith("sim-l1p-x2.json")] and used
+    monkeypatch.setattr(sweep_hw, "hw_source_sha256", lambda: "0" * 64)
+    assert "re-run `make sim MODEL=l1p LANES=2`" in sweep_hw.cycles_source(reports, 2)[0]
 
 
 def test_sources_changed_during_a_simulation_are_not_vouched_for(tmp_path, monkeypatch, capsys):
