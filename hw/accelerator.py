@@ -22,6 +22,13 @@ neuron's multiplier exist once, not once per layer. The issue FSM and the collec
 With `loadable` the engine's entry table and the neurons' biases/thresholds are written
 through a `load` port before the first image (the iCE40 build keeps them in SPRAM).
 
+Lanes. With `lanes` = P every unit above works on groups of P channels: the engine walks a
+column on P lanes (row r on lane r mod P, a column costing its fullest lane), drains, feeds the
+neuron array and the collector one group per cycle; attention emits a group of counts per
+cycle; the rank-factored A stage and the head have P multipliers. Stage constants start at
+group boundaries (padding channels never fire), so a stage of C channels takes ceil(C / P)
+transfers per vector. One lane elaborates to exactly the one-lane design.
+
 Values. Every neuron node's output is one word per (time step, token), bit c = channel c, in
 one wide value bank shared by all of them (`_ValueStore`: values read together sit side by side
 at one base address, so one read serves them all). `add` and `to_tokens` nodes cost nothing: a
@@ -48,8 +55,7 @@ from amaranth.utils import bits_for
 
 from hw.cycles import default_chunk
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
-    SpikingAttention, block_ram_attrs, packed_words
-from hw.components.attention import _tree_sum
+    SpikingAttention, block_ram_attrs, packed_words, tree_sum
 from model.artifact import NEURON_OPS, Artifact, conv_columns, dense_from_csc, derive_widths, \
     value_sources
 from model.intops import acc_range, signed_bits
@@ -838,7 +844,7 @@ class Accelerator(wiring.Component):
         m.d.sync += [products[l].eq((w_r.data if P == 1 else w_r.data[l]) * lane_features[l])
                      for l in range(P)]
         m.d.sync += [p_valid.eq(mac_valid), p_k.eq(mac_k), p_c.eq(mac_c)]
-        product = products[0] if P == 1 else _tree_sum(products)
+        product = products[0] if P == 1 else tree_sum(products)
         p_bias = Signal(signed(lbits), name="head_bias_p")
         with m.Switch(p_k):
             for ki in range(self.classes):

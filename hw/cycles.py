@@ -72,10 +72,18 @@ Whole inference, first pixel accepted through the head's end (the ``result.cycle
 The model is exact for streams that are always ready (trace, logits); back-pressure on them
 adds cycles that it cannot know about.
 
+Lanes (``lanes`` = P, `Accelerator(lanes=P)`). Everything above counts transfers, and with P
+lanes a transfer is a group of P channels: a vector of C outputs is ceil(C / P) drain, replay,
+neuron and collector transfers (attention dim / P per token), a rank-factored z drain
+ceil(rank / P1) with P1 = min(P, rank) stage-1 lanes, the head ceil(in_features / P) MACs per
+class; an engine column costs the most entries any lane holds (rows r = p mod P,
+`_column_sizes`). The issue FSM is the same.
+
 Ideal cycles (REPORTS.md)
 =========================
 
-Work that no design can skip, divided by the units this design has for it (1 lane each):
+Work that no design can skip, divided by the units this design has for it (P lanes each, the
+``lanes`` argument; the terms below are operations, the ideal divides them by P):
 
 * spike-fed matmul / conv: one operation per (active input, i.e. count > 0) x (stored weight of
   that input's column): sum over steps, tokens (conv: positions and taps, inside the image) of
@@ -92,7 +100,7 @@ Work that no design can skip, divided by the units this design has for it (1 lan
 * head: classes x in_features MACs (one multiplier).
 
 The engine (or attention block) and the neuron array run concurrently, so a layer's ideal is
-max(engine work, neuron updates): a lower bound on any schedule of these units. Pixel loading,
+max(engine work, neuron updates) / P: a lower bound on any schedule of these units. Pixel loading,
 FSM control, memory latency, pipeline fill and drain are overhead. `ideal_breakdown` returns
 every term separately.
 """
@@ -458,6 +466,7 @@ def summarize(artifact, golden, measured: list[dict] | None = None,
 
     `measured`: per image {"cycles": result.cycles, "layer_cycles": {node: TRACE_CYCLES}} from
     the simulator, in the order of `indices`; without it the model's expectation stands in.
+    `lanes`: the simulated design's.
     Returns {"cycles_per_inference": {mean, min, max}, "ideal_cycles_per_inference",
     "expected_cycles_per_inference", "layers": [{name, cycles, ideal_cycles, expected_cycles,
     ...}], "model_error": worst |measured / expected - 1| over layers and totals}."""

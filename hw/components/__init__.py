@@ -11,9 +11,11 @@ The integer arithmetic is model/intops.py's, bit for bit.
     SlifNeuronArray      the integer sLIF update of model.intops.neuron_step, one per cycle
 
 The matmul engines and the attention block emit one accumulator per transfer in row (channel)
-order, the order in which SlifNeuronArray consumes them.
+order, the order in which SlifNeuronArray consumes them. Every component takes ``lanes`` = P:
+then a transfer carries a *group* of P consecutive rows or channels ``{group, acc[P]}`` (a
+group's row r belongs to lane r mod P), and each unit does P operations per cycle.
 
-The small parameter checks below are shared by the component constructors. They are defined
+The small parameter checks and helpers below are shared by the components. They are defined
 before the component imports at the bottom of this file, which use them.
 """
 
@@ -23,7 +25,8 @@ import operator
 
 import numpy as np
 
-__all__ = ["SlifNeuronArray", "SparseMatmulEngine", "RankFactoredEngine", "SpikingAttention"]
+__all__ = ["SlifNeuronArray", "SparseMatmulEngine", "RankFactoredEngine", "SpikingAttention",
+           "tree_sum"]
 
 
 #: Memories above this many bits must live in block RAM (the generator issue's rule; hw/synth.py
@@ -94,6 +97,15 @@ def add_table(m, name: str, shape, init, load=None):
         read.addr.eq(shared), read.en.eq(en & ~load.valid),
     ]
     return addr, en, read.data
+
+
+def tree_sum(terms):
+    """Balanced adder tree: log2(len(terms)) adders deep instead of a chain."""
+    terms = list(terms)
+    while len(terms) > 1:
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + terms[len(pairs) * 2:]
+    return terms[0]
 
 
 def check_int(value, name: str, *, minimum: int | None = None) -> int:

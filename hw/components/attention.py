@@ -17,20 +17,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import block_ram_attrs, check_int
+from hw.components import block_ram_attrs, check_int, tree_sum
 from hw.components.sparse import CYCLE_COUNTER_WIDTH, add_cycle_counter
 from model.intops import signed_bits
 
 __all__ = ["SpikingAttention"]
-
-
-def _tree_sum(terms):
-    """Balanced adder tree: log2(len(terms)) adders deep instead of a chain."""
-    terms = list(terms)
-    while len(terms) > 1:
-        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        terms = pairs + terms[len(pairs) * 2:]
-    return terms[0]
 
 
 class SpikingAttention(wiring.Component):
@@ -263,7 +254,7 @@ class SpikingAttention(wiring.Component):
             for h in range(self._heads):
                 with m.Case(h):
                     m.d.comb += q_head_bits.eq(q_read.data[h * d:(h + 1) * d])
-        counts = [_tree_sum(Mux(q_head_bits[i], lane(counters_read.data, p)[i], 0)
+        counts = [tree_sum(Mux(q_head_bits[i], lane(counters_read.data, p)[i], 0)
                             for i in range(d)) for p in range(P)]
         out_index = self.o.p.channel if P == 1 else self.o.p.group
         with m.If(advance):
