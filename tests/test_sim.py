@@ -13,7 +13,7 @@ from tests.conftest import export_shipped
 pytestmark = pytest.mark.sim
 
 
-def prepare(artifact, images, root, name):
+def prepare(artifact, images, root, name, lanes=1):
     """Artifact + images -> (hdl folder, golden .npz), like `make sim` does."""
     from hw.generate import generate_verilog
     from model.artifact import save_artifact
@@ -21,7 +21,7 @@ def prepare(artifact, images, root, name):
     root.mkdir(parents=True, exist_ok=True)
     save_artifact(artifact, root / f"{name}-artifact")
     hdl = root / name
-    generate_verilog(root / f"{name}-artifact.json", hdl)
+    generate_verilog(root / f"{name}-artifact.json", hdl, lanes=lanes)
     golden = root / f"{name}-golden.npz"
     write_golden_data(GoldenModel(artifact), images, np.zeros(len(images), np.int64), golden)
     return hdl, golden
@@ -55,6 +55,41 @@ def test_tiny_variant_is_bitexact_on_verilator(kind, tmp_path):
     hdl, golden = prepare(artifact, images, tmp_path / "sim", kind)
     check_bitexact(run_simulation(hdl, golden, list(range(len(images))), "verilator",
                                   build_root=tmp_path / "build"))
+
+
+def test_lanes_on_verilator_bitexact_and_cycle_model_exact(tmp_path):
+    """`make sim LANES=2` in small: the generated Verilog of a 2-lane accelerator is bit-exact
+    on Verilator, and sim.json (its "lanes" from design.json) finds the cycle model exact."""
+    from sim.runner import run_simulation, summarize
+    from tests.accelerator_fixtures import build_artifact, sample_images
+    artifact = build_artifact("l1p-wide", tmp_path)
+    images = sample_images(artifact, 1)                  # a digit, all-max, all-zero
+    hdl, golden = prepare(artifact, images, tmp_path / "sim", "wide", lanes=2)
+    assert json.loads((hdl / "design.json").read_text())["lanes"] == 2
+    raw = run_simulation(hdl, golden, list(range(len(images))), "verilator",
+                         build_root=tmp_path / "build")
+    check_bitexact(raw)
+    report = summarize(raw, "verilator", "wide-x2", golden)
+    assert report["lanes"] == 2 and report["bitexact"] == len(images)
+    assert report["model_error"] == 0.0
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")   # the refused design
+def test_generate_refuses_lanes_the_model_cannot_take(tmp_path, capsys):
+    """Too many lanes for a layer: one line naming the layer and the numbers, exit 2, nothing
+    written."""
+    from hw.generate import main
+    from model.artifact import save_artifact
+    from tests.accelerator_fixtures import build_artifact
+    save_artifact(build_artifact("l1p-wide", tmp_path), tmp_path / "wide")
+    out = tmp_path / "hdl"
+    assert main([str(tmp_path / "wide.json"), "--out", str(out), "--lanes", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stforge: error: stem0 has 10 channels, 2 groups of 5 lanes")
+    assert "Traceback" not in err and not out.exists()
+    assert main([str(tmp_path / "wide.json"), "--out", str(out), "--lanes", "0"]) == 2
+    assert "lanes must be a positive integer, not 0" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")
