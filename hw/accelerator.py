@@ -55,7 +55,7 @@ from amaranth.utils import bits_for
 
 from hw.cycles import default_chunk
 from hw.components import RankFactoredEngine, SlifNeuronArray, SparseMatmulEngine, \
-    SpikingAttention, block_ram_attrs, packed_words, tree_sum
+    SpikingAttention, block_ram_attrs, lane_of, lane_shape, packed_words, tree_sum
 from model.artifact import NEURON_OPS, Artifact, conv_columns, dense_from_csc, derive_widths, \
     value_sources
 from model.intops import acc_range, signed_bits
@@ -402,8 +402,7 @@ class Accelerator(wiring.Component):
 
         # replay buffer for the static first conv: accumulators of t = 0, reused for t > 0
         if static_replay:
-            replay_shape = signed(widths["acc"]) if P == 1 else \
-                data.ArrayLayout(signed(widths["acc"]), P)
+            replay_shape = lane_shape(signed(widths["acc"]), P)
             m.submodules[f"replay_{ident}"] = replay = Memory(
                 shape=replay_shape, depth=groups, init=[],
                 attrs=block_ram_attrs(replay_shape, groups))
@@ -841,7 +840,7 @@ class Accelerator(wiring.Component):
         p_valid = Signal(name="head_p_valid")
         p_k = Signal(range(self.classes), name="head_p_k")
         p_c = Signal(range(D), name="head_p_c")
-        m.d.sync += [products[l].eq((w_r.data if P == 1 else w_r.data[l]) * lane_features[l])
+        m.d.sync += [products[l].eq(lane_of(w_r.data, l, P) * lane_features[l])
                      for l in range(P)]
         m.d.sync += [p_valid.eq(mac_valid), p_k.eq(mac_k), p_c.eq(mac_c)]
         product = products[0] if P == 1 else tree_sum(products)
@@ -1403,9 +1402,7 @@ def _index(payload):
 def _copy_accs(dst, src, lanes: int) -> list:
     """dst.eq(src) for accumulators of one lane (signed values) or P lanes (arrays whose
     element widths may differ: copied element by element, each sign-extended)."""
-    if lanes == 1:
-        return [dst.eq(src)]
-    return [dst[p].eq(src[p]) for p in range(lanes)]
+    return [lane_of(dst, p, lanes).eq(lane_of(src, p, lanes)) for p in range(lanes)]
 
 
 def _ident(name: str) -> str:

@@ -26,7 +26,7 @@ import operator
 import numpy as np
 
 __all__ = ["SlifNeuronArray", "SparseMatmulEngine", "RankFactoredEngine", "SpikingAttention",
-           "tree_sum"]
+           "tree_sum", "lane_of", "lane_shape"]
 
 
 #: Memories above this many bits must live in block RAM (the generator issue's rule; hw/synth.py
@@ -97,6 +97,19 @@ def add_table(m, name: str, shape, init, load=None):
         read.addr.eq(shared), read.en.eq(en & ~load.valid),
     ]
     return addr, en, read.data
+
+
+def lane_of(value, p: int, lanes: int):
+    """Lane p's element of a per-transfer value: the value itself with one lane (a plain
+    signal), its element p with P lanes (an ArrayLayout view)."""
+    return value if lanes == 1 else value[p]
+
+
+def lane_shape(shape, lanes: int):
+    """The shape of a value carried per lane: `shape` itself with one lane, an ArrayLayout of P
+    elements with P lanes."""
+    from amaranth.lib import data
+    return shape if lanes == 1 else data.ArrayLayout(shape, lanes)
 
 
 def tree_sum(terms):

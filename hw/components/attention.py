@@ -17,7 +17,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import block_ram_attrs, check_int, tree_sum
+from hw.components import block_ram_attrs, check_int, lane_of, tree_sum
 from hw.components.sparse import CYCLE_COUNTER_WIDTH, add_cycle_counter
 from model.intops import signed_bits
 
@@ -163,10 +163,6 @@ class SpikingAttention(wiring.Component):
         q_write = q_rows.write_port()
         q_read = q_rows.read_port()
 
-        def lane(value, p):
-            """Lane p's element of a counter word or count (the value itself with one lane)."""
-            return value if P == 1 else value[p]
-
         def index_signal(name):
             """A channel (one lane) or group (P lanes) index, named as before with one lane."""
             return Signal(range(groups), name=f"{name}_channel" if P == 1 else f"{name}_group")
@@ -254,7 +250,7 @@ class SpikingAttention(wiring.Component):
             for h in range(self._heads):
                 with m.Case(h):
                     m.d.comb += q_head_bits.eq(q_read.data[h * d:(h + 1) * d])
-        counts = [tree_sum(Mux(q_head_bits[i], lane(counters_read.data, p)[i], 0)
+        counts = [tree_sum(Mux(q_head_bits[i], lane_of(counters_read.data, p, P)[i], 0)
                             for i in range(d)) for p in range(P)]
         out_index = self.o.p.channel if P == 1 else self.o.p.group
         with m.If(advance):
@@ -263,7 +259,7 @@ class SpikingAttention(wiring.Component):
                 self.o.p.token.eq(read_token),
                 out_index.eq(read_channel),
             ]
-            m.d.sync += [lane(self.o.p.acc, p).eq(counts[p]) for p in range(P)]
+            m.d.sync += [lane_of(self.o.p.acc, p, P).eq(counts[p]) for p in range(P)]
         transfer = self.o.valid & self.o.ready
         last_transfer = transfer & (self.o.p.token == N - 1) & (out_index == groups - 1)
         with m.If(last_transfer):
@@ -282,9 +278,8 @@ class SpikingAttention(wiring.Component):
             m.d.comb += [counters_write.addr.eq(update_row), counters_write.en.eq(1)]
             for p in range(P):
                 bits = update_bits if P == 1 else update_bits & update_lane[p].replicate(d)
-                m.d.comb += [lane(counters_write.data, p)[i].eq(lane(counters_read.data, p)[i]
-                                                                + bits[i])
-                             for i in range(d)]
+                old, new = lane_of(counters_read.data, p, P), lane_of(counters_write.data, p, P)
+                m.d.comb += [new[i].eq(old[i] + bits[i]) for i in range(d)]
         with m.Else():
             m.d.comb += [
                 counters_write.addr.eq(read_channel),

@@ -14,7 +14,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import block_ram_attrs, check_int, check_int_array
+from hw.components import block_ram_attrs, check_int, check_int_array, lane_of, lane_shape
 from hw.components.sparse import (CYCLE_COUNTER_WIDTH, SparseMatmulEngine, add_cycle_counter,
                                   check_csc)
 from model.artifact import dense_from_csc
@@ -167,8 +167,7 @@ class RankFactoredEngine(wiring.Component):
         m.submodules.factor_a = factor_a = Memory(
             shape=a_shape, depth=groups * rank,
             attrs=block_ram_attrs(a_shape, groups * rank), init=a_init)
-        z_shape = signed(self._z_width) if P1 == 1 else \
-            data.ArrayLayout(signed(self._z_width), P1)
+        z_shape = lane_shape(signed(self._z_width), P1)
         m.submodules.z = z_memory = Memory(shape=z_shape, depth=-(-rank // P1), init=[])
         a_read = factor_a.read_port()
         z_read = z_memory.read_port()
@@ -224,9 +223,6 @@ class RankFactoredEngine(wiring.Component):
                 m.d.sync += z_lane.eq(k % P1)
             z_value = z_read.data[z_lane]
 
-        def lane(value, p):
-            return value if P == 1 else value[p]
-
         def lanes(name, shape):
             return [Signal(shape, name=name if P == 1 else f"{name}{p}") for p in range(P)]
 
@@ -241,14 +237,14 @@ class RankFactoredEngine(wiring.Component):
                 read["last"].eq(k == rank - 1), read["row"].eq(row),
             ]
             m.d.sync += [multiply[key].eq(read[key]) for key in read]
-            m.d.sync += [product[p].eq(lane(a_read.data, p) * z_value) for p in range(P)]
+            m.d.sync += [product[p].eq(lane_of(a_read.data, p, P) * z_value) for p in range(P)]
             with m.If(multiply["valid"]):
                 m.d.sync += [acc[p].eq(acc_next[p]) for p in range(P)]
             m.d.sync += [
                 self.o.valid.eq(multiply["valid"] & multiply["last"]),
                 (self.o.p.row if P == 1 else self.o.p.group).eq(multiply["row"]),
             ]
-            m.d.sync += [lane(self.o.p.acc, p).eq(acc_next[p]) for p in range(P)]
+            m.d.sync += [lane_of(self.o.p.acc, p, P).eq(acc_next[p]) for p in range(P)]
         out_index = self.o.p.row if P == 1 else self.o.p.group
         last_transfer = self.o.valid & self.o.ready & (out_index == groups - 1)
         with m.If(last_transfer):

@@ -18,8 +18,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import add_table, block_ram_attrs, check_int, check_int_array, \
-    load_signature
+from hw.components import add_table, block_ram_attrs, check_int, check_int_array, lane_of, \
+    lane_shape, load_signature
 from model.intops import signed_bits
 
 __all__ = ["SlifNeuronArray"]
@@ -146,8 +146,7 @@ class SlifNeuronArray(wiring.Component):
         fields = {
             "token": unsigned(bits_for(self._tokens - 1)),
             index: unsigned(bits_for(self._groups - 1)),
-            "acc": signed(self._acc_width) if P == 1 else
-            data.ArrayLayout(signed(self._acc_width), P),
+            "acc": lane_shape(signed(self._acc_width), P),
             "first": 1,
         }
         if self._slots:
@@ -158,9 +157,8 @@ class SlifNeuronArray(wiring.Component):
             index: unsigned(bits_for(self._groups - 1)),
             "spike": P,
         })
-        self.membrane_data = MemoryData(
-            shape=signed(self._membrane_width) if P == 1 else
-            data.ArrayLayout(signed(self._membrane_width), P), depth=depth, init=[])
+        self.membrane_data = MemoryData(shape=lane_shape(signed(self._membrane_width), P),
+                                        depth=depth, init=[])
         members = {
             "i": In(stream.Signature(self._update_layout)),
             "o": Out(stream.Signature(self._spike_layout)),
@@ -192,7 +190,7 @@ class SlifNeuronArray(wiring.Component):
             "bias": signed(signed_bits(int(self._bias.min()), int(self._bias.max()))),
             "threshold": unsigned(bits_for(int(self._threshold.max()))),
         })
-        return channel if self._lanes == 1 else data.ArrayLayout(channel, self._lanes)
+        return lane_shape(channel, self._lanes)
 
     def _by_group(self, values, pad: int) -> list:
         """Per-channel `values` as one list per group (lane p of group g: channel g P + p);
@@ -231,10 +229,6 @@ class SlifNeuronArray(wiring.Component):
         membrane_write = membranes.write_port()
         membrane_read = membranes.read_port(transparent_for=(membrane_write,))
 
-        def lane(value, p):
-            """Lane p's element of a per-transfer value (the value itself with one lane)."""
-            return value if P == 1 else value[p]
-
         # Exact widths of the intermediates: nothing below can overflow except by the caller's
         # membrane and product widths, which the artifact derives from the worst case.
         bias_width = (parameter_layout if P == 1 else parameter_layout.elem_shape)["bias"].shape.width
@@ -267,7 +261,7 @@ class SlifNeuronArray(wiring.Component):
         s1, s2, s3 = stage("read"), stage("diff"), stage("product")
         s1_acc = lanes("s1_acc", signed(self._acc_width))
         s1_first = Signal()
-        threshold_shape = Signal.like(lane(parameter_data, 0).threshold).shape()
+        threshold_shape = Signal.like(lane_of(parameter_data, 0, P).threshold).shape()
         s2_membrane = lanes("s2_membrane", signed(self._membrane_width))
         s2_diff = lanes("s2_diff", signed(diff_width))
         s2_leak = lanes("s2_leak", leak_shape)
@@ -300,8 +294,8 @@ class SlifNeuronArray(wiring.Component):
         spike = lanes("spike", 1)
         for p in range(P):
             m.d.comb += [
-                x[p].eq(s1_acc[p].shift_left(F) + lane(parameter_data, p).bias),
-                membrane[p].eq(Mux(s1_first, 0, lane(membrane_read.data, p))),
+                x[p].eq(s1_acc[p].shift_left(F) + lane_of(parameter_data, p, P).bias),
+                membrane[p].eq(Mux(s1_first, 0, lane_of(membrane_read.data, p, P))),
             ]
         for p in range(P):
             m.d.comb += [
@@ -309,7 +303,8 @@ class SlifNeuronArray(wiring.Component):
                 spike[p].eq(h[p] >= s3_threshold[p]),
             ]
         m.d.comb += membrane_write.addr.eq(s3["address"])
-        m.d.comb += [lane(membrane_write.data, p).eq(Mux(spike[p], 0, h[p])) for p in range(P)]
+        m.d.comb += [lane_of(membrane_write.data, p, P).eq(Mux(spike[p], 0, h[p]))
+                     for p in range(P)]
         m.d.comb += membrane_write.en.eq(s3["valid"] & advance)
 
         with m.If(advance):
@@ -320,15 +315,15 @@ class SlifNeuronArray(wiring.Component):
                 s1["address"].eq(address),
                 s1["pair"].eq(pair),
             ]
-            m.d.sync += [s1_acc[p].eq(lane(self.i.p.acc, p)) for p in range(P)]
+            m.d.sync += [s1_acc[p].eq(lane_of(self.i.p.acc, p, P)) for p in range(P)]
             m.d.sync += s1_first.eq(self.i.p.first)
             m.d.sync += [s2[key].eq(s1[key]) for key in s1]
             for p in range(P):
                 m.d.sync += [
                     s2_membrane[p].eq(membrane[p]),
                     s2_diff[p].eq(x[p] - membrane[p]),
-                    s2_leak[p].eq(lane(leak_data, p)),
-                    s2_threshold[p].eq(lane(parameter_data, p).threshold),
+                    s2_leak[p].eq(lane_of(leak_data, p, P)),
+                    s2_threshold[p].eq(lane_of(parameter_data, p, P).threshold),
                 ]
             m.d.sync += [s3[key].eq(s2[key]) for key in s2]
             for p in range(P):
