@@ -261,8 +261,12 @@ def test_any_exception_while_a_tool_runs_stops_its_process_group(tmp_path, monke
 
 
 _INTERRUPTED_BUILD = """
-import sys
+import signal, sys
 from pathlib import Path
+# As a process started from a terminal: Ctrl-C raises KeyboardInterrupt. A test runner's worker
+# may hand its children SIGINT ignored or blocked (CI once saw this build ignore the signal).
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import io
 from hw import synth
