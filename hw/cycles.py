@@ -109,7 +109,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "default_chunk", "NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles",
+__all__ = ["CHUNK", "default_chunk", "lane_column_sizes", "NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles",
            "ideal_breakdown",
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
@@ -190,10 +190,23 @@ class _Collector:
 
 # ---- stages -----------------------------------------------------------------------------------
 
+def lane_column_sizes(col_ptr, row_idx, lanes: int) -> np.ndarray:
+    """Stored entries per lane and column of a CSC matrix, (lanes, columns): the engines deal
+    row r to lane r mod lanes (hw/components/sparse.py), so a column walks in as many cycles as
+    its fullest lane holds."""
+    ptr = np.asarray(col_ptr, dtype=np.int64)
+    lane = np.asarray(row_idx, dtype=np.int64) % lanes
+    sizes = []
+    for p in range(lanes):
+        in_lane = np.concatenate([[0], np.cumsum(lane == p)])
+        sizes.append(in_lane[ptr[1:]] - in_lane[ptr[:-1]])
+    return np.stack(sizes) if sizes else np.zeros((0, len(ptr) - 1), dtype=np.int64)
+
+
 def _column_sizes(artifact, node, lanes: int = 1) -> np.ndarray:
     """Stored entries per engine column; with `lanes` P, the walker's cycles per column: the
-    most entries any lane holds (lane p holds rows r = p mod P; a rank-factored B has
-    min(P, rank) lanes)."""
+    most entries any lane holds (`lane_column_sizes`; a rank-factored B has min(P, rank)
+    lanes)."""
     if node["op"] == "conv":
         ptr, idx, _ = conv_columns(node, artifact.arrays[node["weight"]])
     else:
@@ -202,15 +215,7 @@ def _column_sizes(artifact, node, lanes: int = 1) -> np.ndarray:
         idx = artifact.arrays[node["b_row_idx" if lowrank else "row_idx"]]
         if lowrank:
             lanes = min(lanes, node["rank"])
-    ptr = np.asarray(ptr, dtype=np.int64)
-    if lanes == 1:
-        return np.diff(ptr)
-    lane = np.asarray(idx, dtype=np.int64) % lanes
-    sizes = np.zeros(len(ptr) - 1, dtype=np.int64)
-    for p in range(lanes):
-        in_lane = np.concatenate([[0], np.cumsum(lane == p)])
-        sizes = np.maximum(sizes, in_lane[ptr[1:]] - in_lane[ptr[:-1]])
-    return sizes
+    return lane_column_sizes(ptr, idx, lanes).max(axis=0)
 
 
 def _out_channels(node) -> int:

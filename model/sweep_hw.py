@@ -10,9 +10,9 @@ three content-hashed stages, so that jobs share what they have in common:
 
     dense   train the dense LIF parent (one per seed; shared by every job of that seed)
     model   prune (L1P sparsity | DSP rank) -> sLIF fine-tune -> QAT at quant.weight_bits ->
-            export -> integer golden model: accuracy on the test split, cycle-model cycles
-            (hw/cycles.py) over --images test images, ideal cycles (one per model point)
-    hw      generate the accelerator with `lanes`, Yosys resources (hw/synth.py), optionally
+            export -> integer golden model: accuracy on the test split (one per model point)
+    hw      generate the accelerator with `lanes`, its cycle-model and ideal cycles
+            (hw/cycles.py) over --images test images, Yosys resources (hw/synth.py), optionally
             nextpnr fmax on the board top (hw/board.py) -> the row
 
 The stages are Dask tasks (a stage's result feeds the next); every stage catches its own errors
@@ -64,7 +64,7 @@ MAX_CYCLE_MODEL_ERROR = 0.05                      # the model may stand in withi
 # the installed distributions that compute it.
 STAGE_MODULES = {
     "dense": ("model.pipeline",),
-    "model": ("model.pipeline", "model.export", "model.golden", "model.bench", "hw.cycles"),
+    "model": ("model.pipeline", "model.export", "model.golden"),
     "hw": ("hw.accelerator", "hw.synth", "hw.board", "model.bench", "hw.cycles",
            "model.golden", "model.pipeline"),
 }
@@ -187,10 +187,10 @@ def dense_key(config: Config, seed: int) -> str:
                          "code": code_version("dense")})
 
 
-def model_key(config: Config, job: Job, images: int) -> str:
+def model_key(config: Config, job: Job) -> str:
     """Pruned + compensated + quantized model: its dense parent's key, the method and its
-    sparsity or rank, the prune/quant/fine-tune/QAT settings, the cycle images, the code. The
-    axis replaces prune.sparsity / rank / energy; quant.extra_bits is not used here."""
+    sparsity or rank, the prune/quant/fine-tune/QAT settings, the code. The axis replaces
+    prune.sparsity / rank / energy; quant.extra_bits is not used here."""
     c = config_to_dict(config)
     prune = {k: v for k, v in c["prune"].items() if k not in ("sparsity", "rank", "energy")}
     quant = {k: v for k, v in c["quant"].items() if k != "extra_bits"}
@@ -198,14 +198,14 @@ def model_key(config: Config, job: Job, images: int) -> str:
                          "method": job.method, "sparsity": job.sparsity, "rank": job.rank,
                          "neuron": "slif", "prune": prune, "quant": quant,
                          "finetune": c["pipeline"]["finetune"], "qat": c["pipeline"]["qat"],
-                         "images": images, "code": code_version("model")})
+                         "code": code_version("model")})
 
 
 def row_key(config: Config, job: Job, images: int, synth: bool, fmax: bool) -> str:
-    """A row: its model's key, lanes, target, which tools ran, the code."""
-    return _content_key({"stage": "hw", "model": model_key(config, job, images),
-                         "lanes": job.lanes, "target": job.target, "synth": synth, "fmax": fmax,
-                         "code": code_version("hw")})
+    """A row: its model's key, lanes, target, the cycle images, which tools ran, the code."""
+    return _content_key({"stage": "hw", "model": model_key(config, job),
+                         "lanes": job.lanes, "target": job.target, "images": images,
+                         "synth": synth, "fmax": fmax, "code": code_version("hw")})
 
 
 # ---- the cache ---------------------------------------------------------------------------------
@@ -324,8 +324,6 @@ def _dense(job: dict) -> dict:
 
 def _model(job: dict, dense: dict) -> dict:
     import numpy as np
-    from hw.cycles import inference_cycles
-    from model.bench import golden_node_spikes
     from model.export import export_model
     from model.golden import GoldenModel
     from model.pipeline import compensate, describe, load_data, quantize
@@ -350,22 +348,13 @@ def _model(job: dict, dense: dict) -> dict:
     golden = GoldenModel(artifact)
     golden.run(split.x_test[:1], saturate=True)       # every width holds at full activity
     predicted = golden.run(split.x_test, record=False).prediction.numpy()
-    n = min(job["images"], len(split.x_test))
-    per = [inference_cycles(artifact, spikes, image)
-           for spikes, image in golden_node_spikes(golden, split.x_test[:n])]
-    totals = [p["total"] for p in per]
     return {"artifact": blobs,
             "accuracy": float(np.mean(predicted == np.asarray(split.y_test))),
             "accuracy_quant": entry["accuracy"], "test_images": int(len(split.y_test)),
             "weight_bits": q.weight_bits, "neuron": q.neuron_kind,
             "sparsity_measured": entry.get("sparsity"), "ranks": entry.get("ranks"),
             "params": entry["params"], "block_params": entry["block_params"],
-            "nonzero_params": entry["nonzero_params"],
-            "cycles": float(np.mean(totals)), "cycles_min": int(min(totals)),
-            "cycles_max": int(max(totals)), "cycles_images": n,
-            "ideal_cycles": float(np.mean([p["ideal"] for p in per])),
-            "layer_cycles": {name: float(np.mean([p["layers"][name] for p in per]))
-                             for name in per[0]["layers"]}}
+            "nonzero_params": entry["nonzero_params"]}
 
 
 def _hw(job: dict, model: dict) -> dict:
@@ -391,14 +380,14 @@ def _hw(job: dict, model: dict) -> dict:
         # which takes one lane: more lanes keep them in block RAM, as on ECP5)
         top = Accelerator(artifact, lanes=lanes,
                           loadable=get_target(target).loadable and lanes == 1)
-        # the cycle model on these lanes, over the model stage's images
+        # the cycle model on these lanes over the first --images test images
         split = load_data(config_from_dict(job["config"]))
+        n = min(job["images"], len(split.x_test))
         per = [inference_cycles(artifact, spikes, image, lanes=lanes)
-               for spikes, image in golden_node_spikes(GoldenModel(artifact),
-                                                       split.x_test[:model["cycles_images"]])]
+               for spikes, image in golden_node_spikes(GoldenModel(artifact), split.x_test[:n])]
         totals = [p["total"] for p in per]
         out.update(cycles=float(np.mean(totals)), cycles_min=int(min(totals)),
-                   cycles_max=int(max(totals)),
+                   cycles_max=int(max(totals)), cycles_images=n,
                    ideal_cycles=float(np.mean([p["ideal"] for p in per])),
                    layer_cycles={name: float(np.mean([p["layers"][name] for p in per]))
                                  for name in per[0]["layers"]})
@@ -459,8 +448,7 @@ def hw_stage(job: dict, model: dict) -> dict:
 # ---- rows, Pareto fronts, report ---------------------------------------------------------------
 
 MODEL_FIELDS = ("accuracy", "accuracy_quant", "test_images", "weight_bits", "neuron",
-                "sparsity_measured", "ranks", "params", "block_params", "nonzero_params", "cycles",
-                "cycles_min", "cycles_max", "cycles_images", "ideal_cycles", "layer_cycles")
+                "sparsity_measured", "ranks", "params", "block_params", "nonzero_params")
 
 
 def _failed_row(job: Job, stage: str | None, error: str | None, where=None) -> dict:
@@ -716,7 +704,7 @@ def run_sweep_hw(plan: SweepPlan, engine: _Engine, progress: bool = True, log=pr
 
         for job in todo:
             dkey = dense_key(plan.config, job.seed)
-            mkey = model_key(plan.config, job, plan.images)
+            mkey = model_key(plan.config, job)
             dense = lambda: upstream("dense", dkey, job, lambda: client.submit(
                 dense_stage, spec(job), key=f"dense-{dkey[:16]}"))
             model = upstream("model", mkey, job, lambda: client.submit(
@@ -745,7 +733,7 @@ def run_sweep_hw(plan: SweepPlan, engine: _Engine, progress: bool = True, log=pr
                         cache.put_model(key, result)
                         computed["model"] += 1
                 else:
-                    mkey = model_key(plan.config, job, plan.images)
+                    mkey = model_key(plan.config, job)
                     if result["status"] != "ok":
                         rows[job] = _failed_row(job, result.get("stage"), result.get("error"),
                                                 result.get("where"))

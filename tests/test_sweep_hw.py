@@ -109,7 +109,7 @@ def test_cache_key_follows_the_config(tiny_config):
     config = load_config(tiny_config)
     job = sweep_hw.Job(seed=0, method="l1p", sparsity=0.9, rank=None, lanes=1,
                        target="ice40-up5k")
-    keys = lambda c, j=job: (sweep_hw.dense_key(c, j.seed), sweep_hw.model_key(c, j, 20),
+    keys = lambda c, j=job: (sweep_hw.dense_key(c, j.seed), sweep_hw.model_key(c, j),
                              sweep_hw.row_key(c, j, 20, True, False))
     base = keys(config)
     assert keys(load_config(tiny_config)) == base                  # same content, same keys
@@ -127,6 +127,7 @@ def test_cache_key_follows_the_config(tiny_config):
     other = sweep_hw.Job(0, "l1p", 0.9, None, 1, "ecp5-85f")       # only the hw stage differs
     assert keys(config, other)[:2] == base[:2] and keys(config, other)[2] != base[2]
     assert sweep_hw.row_key(config, job, 20, True, True) != base[2]     # --fmax
+    assert sweep_hw.row_key(config, job, 40, True, False) != base[2]    # --images: the row only
 
 
 def test_code_version_covers_what_a_stage_imports():
@@ -135,8 +136,10 @@ def test_code_version_covers_what_a_stage_imports():
     dense, model, hw = names("dense"), names("model"), names("hw")
     assert {"model/pipeline.py", "model/train.py", "model/transformer.py"} <= dense
     assert "hw/cycles.py" not in dense and "hw/synth.py" not in model
-    assert {"model/export.py", "model/golden.py", "hw/cycles.py", "model/intops.py"} <= model
-    assert {"hw/accelerator.py", "hw/components/sparse.py", "hw/synth.py", "hw/board.py"} <= hw
+    assert {"model/export.py", "model/golden.py", "model/intops.py"} <= model
+    assert "hw/cycles.py" not in model      # the hw stage runs the cycle model, on its lanes
+    assert {"hw/accelerator.py", "hw/components/sparse.py", "hw/synth.py", "hw/board.py",
+            "hw/cycles.py", "model/golden.py"} <= hw
     assert len(sweep_hw.code_version("hw")) == 64
 
 

@@ -22,6 +22,7 @@ from amaranth.utils import bits_for
 
 from hw.components import add_table, block_ram_attrs, check_int, check_int_array, \
     load_signature
+from hw.cycles import lane_column_sizes
 from model.artifact import dense_from_csc
 from model.intops import acc_range, signed_bits
 
@@ -217,8 +218,9 @@ class SparseMatmulEngine(wiring.Component):
         return col_ptr, self._row_idx[keep] // self._lanes, self._values[keep]
 
     def lane_column_sizes(self) -> np.ndarray:
-        """Stored entries per lane and column: int64 array (lanes, in_features), nnz_p(j)."""
-        return np.stack([np.diff(self._lane_part(p)[0]) for p in range(self._lanes)])
+        """Stored entries per lane and column: int64 array (lanes, in_features), nnz_p(j)
+        (the cycle model's `hw.cycles.lane_column_sizes`, the one definition of the split)."""
+        return lane_column_sizes(self._col_ptr, self._row_idx, self._lanes)
 
     def cycles_for(self, indices) -> int:
         """Exact cycle count of one vector whose events name the input columns `indices`."""
