@@ -3,6 +3,8 @@ PYTHON      ?= python3.11
 VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
+# every stage runs through the one command line, `stforge <stage>` (model/flows/cli.py)
+STFORGE     := $(VENV)/bin/stforge
 CONFIG      ?= configs/default.toml
 # Quantized checkpoints to export: the shipped ones by default, build/checkpoints after `make train`.
 CHECKPOINTS ?= model/shipped
@@ -36,19 +38,19 @@ $(STAMP): pyproject.toml
 
 ## model: dense -> L1P/DSP + sLIF/LIF -> int8/int4 QAT; build/checkpoints, build/reports/model.json
 train: $(STAMP)
-	$(PY) -m model.cli pipeline --config $(CONFIG)
+	$(STFORGE) pipeline --config $(CONFIG)
 
 ## model: Fig. 5 over seeds (sparsity x neuron, DSP rank x neuron), plots in build/reports
 sweep: $(STAMP)
-	$(PY) -m model.cli sweep --config $(CONFIG)
+	$(STFORGE) sweep --config $(CONFIG)
 
 ## integer artifacts for the L1P, DSP and dense variants + build/reports/golden.json
 export: $(STAMP)
-	$(PY) -m model.cli export l1p=$(CHECKPOINTS)/l1p-int8.pt dsp=$(CHECKPOINTS)/dsp-int8.pt \
+	$(STFORGE) export l1p=$(CHECKPOINTS)/l1p-int8.pt dsp=$(CHECKPOINTS)/dsp-int8.pt \
 		dense=$(CHECKPOINTS)/dense-int8.pt --out-dir build/artifacts
 
 build/artifacts/%.json: $(CHECKPOINTS)/%-int8.pt | $(STAMP)
-	$(PY) -m model.cli export $*=$< --out-dir build/artifacts --report build/reports/golden-$*.json
+	$(STFORGE) export $*=$< --out-dir build/artifacts --report build/reports/golden-$*.json
 
 check-model:
 	@test -f "$(ARTIFACT)" || test -f "$(CHECKPOINTS)/$(MODEL)-int8.pt" || \
@@ -56,12 +58,12 @@ check-model:
 
 ## Verilog of the accelerator for MODEL (LANES lanes) under build/hdl/<name>[-x<lanes>]/
 hdl: $(STAMP) check-model $(ARTIFACT)
-	$(PY) -m hw.generate $(ARTIFACT) --out build/hdl/$(DESIGN) --lanes $(LANES)
+	$(STFORGE) hdl $(ARTIFACT) --out build/hdl/$(DESIGN) --lanes $(LANES)
 
 ## the main job: export, golden data, HDL, Verilator + cocotb over IMAGES test images, sim.json
 sim: hdl
-	$(PY) -m model.cli golden-data $(ARTIFACT) --images $(IMAGES) --out build/sim/$(NAME)-golden.npz
-	$(PY) -m sim.runner --hdl build/hdl/$(DESIGN) --golden build/sim/$(NAME)-golden.npz \
+	$(STFORGE) golden-data $(ARTIFACT) --images $(IMAGES) --out build/sim/$(NAME)-golden.npz
+	$(STFORGE) sim --hdl build/hdl/$(DESIGN) --golden build/sim/$(NAME)-golden.npz \
 		--images $(IMAGES) --sim $(SIM) --image $(IMAGE) $(if $(WAVES),--waves) --model $(DESIGN)
 
 ## the default suite (no `slow` tests)
@@ -86,7 +88,7 @@ BITSTREAM_ARTIFACT := $(if $(filter %.json,$(MODEL)),$(MODEL),build/artifacts/$(
 .PHONY: bitstream
 bitstream: $(STAMP)
 	@test -f "$(BITSTREAM_ARTIFACT)" || $(MAKE) --no-print-directory export
-	$(PY) -m hw.board --target "$(TARGET)" --artifact "$(BITSTREAM_ARTIFACT)" \
+	$(STFORGE) bitstream --target "$(TARGET)" --artifact "$(BITSTREAM_ARTIFACT)" \
 		$(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ))
 
 ## FPGA (sim-<v>.json cycles, synth-<target>.json fmax) vs CPU (timed here) vs GPU (CUDA events,
@@ -97,7 +99,7 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	@for v in l1p dsp dense; do test -f build/artifacts/$$v.json || \
 		{ $(MAKE) --no-print-directory export; break; }; done
-	$(PY) -m model.bench $(BENCH_ARGS)
+	$(STFORGE) bench $(BENCH_ARGS)
 
 ## hardware design space: L1P sparsity x DSP rank x lanes x target -> accuracy (integer golden
 ## model), cycles (cycle model, checked against sim), LUT/FF/BRAM/DSP (Yosys), fmax (nextpnr,
@@ -108,4 +110,4 @@ bench: $(STAMP)
 SWEEP_HW_ARGS ?=
 .PHONY: sweep-hw
 sweep-hw: $(STAMP)
-	$(PY) -m model.sweep_hw --config $(CONFIG) $(SWEEP_HW_ARGS)
+	$(STFORGE) sweep-hw --config $(CONFIG) $(SWEEP_HW_ARGS)

@@ -22,8 +22,9 @@ Errors (all :class:`DriverError`, a :class:`model.errors.StforgeError`, one line
 
 CLI (digits test images of the artifact's data split; torch-free)::
 
-    python -m firmware.driver --port /dev/ttyUSB1 --artifact build/artifacts/l1p.json \
-        [--images 10] [--baud 115200] [--timeout 2.0] [--golden g.npz] [--clock-mhz 24]
+    stforge run --port /dev/ttyUSB1 --artifact build/artifacts/l1p.json \
+        [--images 10] [--baud 115200] [--timeout 2.0] [--golden g.npz] [--clock-mhz 24] \
+        [--memory-map build/ice40-up5k/memory_map.json]
 
 prints one line per image and a summary; a port that is missing or does not answer prints one
 line and exits 2; logits that differ from ``--golden`` (an ``stforge golden-data`` file) exit 1.
@@ -31,19 +32,18 @@ line and exits 2; logits that differ from ``--golden`` (an ``stforge golden-data
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from firmware.images import read_memory_map, write_mem_chunks
 from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode, Frame, FrameDecoder, \
     FrameError, encode_frame, pack_run, pack_write_mem, unpack_error, unpack_result
-from model.errors import StforgeError, report_error, report_interrupt
+from model.errors import StforgeError, positive_int
 
 __all__ = ["Accelerator", "BoardError", "BoardTimeout", "DriverError", "Inference", "LinkError",
-           "PortError", "main"]
+           "PortError", "configure", "run"]
 
 #: The largest reply payload: READ_RESULT with 255 logits.
 MAX_REPLY_PAYLOAD = 6 + 4 * 255
@@ -305,14 +305,13 @@ class Accelerator:
         raise LinkError(f"the board on {self.name} accepted a WRITE_MEM without words")
 
     def load(self, tables, progress=None) -> bool:
-        """Write the memory images (:func:`firmware.images.memory_images`) with WRITE_MEM.
+        """Write the memory images (:func:`firmware.images.read_memory_map`) with WRITE_MEM.
 
         Returns False, having written nothing, when the bitstream keeps its weights in block-RAM
         init (the board answers the first frame UNSUPPORTED), True once every table is written.
         Needs ``input_shape`` (:meth:`for_artifact`): the board takes payloads up to the RUN
         size. `progress(done, total)` is called after each frame."""
         import math
-        from firmware.images import write_mem_chunks
         if self.input_shape is None:
             raise DriverError("load needs the model's input shape (use Accelerator.for_artifact)")
         chunks = list(write_mem_chunks(tables, math.prod(self.input_shape)))
@@ -368,70 +367,65 @@ def _load_manifest(path):
     return manifest
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m firmware.driver",
-                                     description="Run digits test images on the board.")
+def configure(parser) -> None:
+    """`stforge run`'s arguments."""
     parser.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyUSB1")
     parser.add_argument("--artifact", required=True, help="the artifact the bitstream was built "
                                                           "from (.json)")
-    parser.add_argument("--images", type=int, default=10, help="first N test images")
+    parser.add_argument("--images", type=positive_int, default=10, help="first N test images")
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds")
     parser.add_argument("--golden", help="golden .npz (stforge golden-data) to compare logits")
     parser.add_argument("--clock-mhz", type=float, help="board clock, to print latencies")
-    args = parser.parse_args(argv)
-    try:
-        if args.images < 1:
-            raise DriverError(f"--images must be at least 1, not {args.images}")
-        manifest = _load_manifest(args.artifact)
-        images, labels = _test_images(manifest, args.images)
-        golden = None
-        if args.golden:
-            import numpy as np
+    parser.add_argument("--memory-map", help="memory_map.json beside the bitstream (make "
+                                             "bitstream): the tables a loadable board needs")
+
+
+def run(args) -> int:
+    """`stforge run`: test images through the board, compared with the golden logits."""
+    manifest = _load_manifest(args.artifact)
+    images, labels = _test_images(manifest, args.images)
+    golden = None
+    if args.golden:
+        import numpy as np
+        try:
+            with np.load(args.golden) as npz:
+                golden = npz["logits"]
+        except (OSError, ValueError, KeyError) as error:
+            raise DriverError(f"golden data {args.golden} is not readable ({error})") from None
+        if len(golden) < len(images):
+            raise DriverError(f"{args.golden} holds {len(golden)} images, {len(images)} "
+                              f"requested")
+    with Accelerator.for_artifact(args.port, manifest, baud=args.baud,
+                                  timeout=args.timeout) as board:
+        board.ping()
+        if board.loadable():        # the iCE40 build: its tables come from the host
+            if not args.memory_map:
+                raise DriverError("this board takes its tables from the host: pass "
+                                  "--memory-map <bitstream folder>/memory_map.json "
+                                  "(written by `make bitstream`)")
             try:
-                with np.load(args.golden) as npz:
-                    golden = npz["logits"]
-            except (OSError, ValueError, KeyError) as error:
-                raise DriverError(f"golden data {args.golden} is not readable ({error})") from None
-            if len(golden) < len(images):
-                raise DriverError(f"{args.golden} holds {len(golden)} images, {len(images)} "
-                                  f"requested")
-        with Accelerator.for_artifact(args.port, manifest, baud=args.baud,
-                                      timeout=args.timeout) as board:
-            board.ping()
-            if board.loadable():        # the iCE40 build: its tables come from the host
-                from firmware.images import memory_images
-                from model.artifact import load_artifact
-                try:
-                    tables = memory_images(load_artifact(args.artifact))
-                except StforgeError as error:
-                    raise DriverError(str(error)) from None
-                board.load(tables)
-                print(f"loaded {sum(len(t.words) for t in tables)} words "
-                      f"({', '.join(t.name for t in tables)}) into the board")
-            correct, mismatches, cycles = 0, 0, []
-            for i, (image, label) in enumerate(zip(images, labels)):
-                out = board.infer(image)
-                cycles.append(out.cycles)
-                correct += out.predicted == int(label)
-                note = ""
-                if golden is not None:
-                    same = list(out.logits) == [int(v) for v in golden[i]]
-                    mismatches += not same
-                    note = ", logits = golden" if same else ", LOGITS DIFFER FROM GOLDEN"
-                latency = (f", {out.cycles / args.clock_mhz:.1f} us" if args.clock_mhz else "")
-                print(f"image {i}: label {int(label)}, board {out.predicted}, "
-                      f"{out.cycles} cycles{latency}{note}")
-    except (DriverError, ValueError) as exc:
-        return report_error(exc)
-    except KeyboardInterrupt:
-        return report_interrupt()
+                tables = read_memory_map(args.memory_map)
+            except StforgeError as error:
+                raise DriverError(str(error)) from None
+            board.load(tables)
+            print(f"loaded {sum(len(t.words) for t in tables)} words "
+                  f"({', '.join(t.name for t in tables)}) into the board")
+        correct, mismatches, cycles = 0, 0, []
+        for i, (image, label) in enumerate(zip(images, labels)):
+            out = board.infer(image)
+            cycles.append(out.cycles)
+            correct += out.predicted == int(label)
+            note = ""
+            if golden is not None:
+                same = list(out.logits) == [int(v) for v in golden[i]]
+                mismatches += not same
+                note = ", logits = golden" if same else ", LOGITS DIFFER FROM GOLDEN"
+            latency = (f", {out.cycles / args.clock_mhz:.1f} us" if args.clock_mhz else "")
+            print(f"image {i}: label {int(label)}, board {out.predicted}, "
+                  f"{out.cycles} cycles{latency}{note}")
     n = len(images)
     print(f"{n} images: {correct}/{n} correct (accuracy {correct / n:.3f}), cycles mean "
           f"{sum(cycles) / n:.0f} (min {min(cycles)}, max {max(cycles)})"
           + (f"; {n - mismatches}/{n} logits equal to golden" if golden is not None else ""))
     return 1 if mismatches else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

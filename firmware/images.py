@@ -1,23 +1,31 @@
-# amaranth: UnusedElaboratable=no
-# (memory_images builds an Accelerator for its memory map only)
 """Memory images: the tables a host writes into a loadable accelerator (the iCE40 board).
 
 The iCE40 UP5K's 30 block RAMs cannot hold the default model, so its bitstream keeps the engine
 entries and neuron constants in SPRAM, which a bitstream cannot initialise; the host writes them
 after configuration with ``WRITE_MEM`` frames (``firmware/protocol.py``). What to write comes
-from :meth:`hw.accelerator.Accelerator.memory_map`, i.e. from the same components that build the
-tables, so image and hardware cannot disagree.
+from the hardware generator as data: ``make hdl`` and ``make bitstream`` write the design's
+``memory_map.json`` (from :meth:`hw.accelerator.Accelerator.memory_map`, i.e. from the same
+components that build the tables, so image and hardware cannot disagree), and the host reads it
+here without Amaranth:
 
-    tables = memory_images(load_artifact("build/artifacts/l1p.json"))
+    tables = read_memory_map("build/ice40-up5k/memory_map.json")
     for mem_id, address, data in write_mem_chunks(tables, max_payload=64):
         ...   # one WRITE_MEM frame each (firmware.driver.Accelerator.load does this)
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Table", "memory_images", "word_bytes", "write_mem_chunks"]
+from model.errors import StforgeError
+from model.ir.files import write_json
+
+__all__ = ["Table", "MEMORY_MAP_FORMAT", "read_memory_map", "write_memory_map", "word_bytes",
+           "write_mem_chunks"]
+
+MEMORY_MAP_FORMAT = "stforge-memory-map"
 
 #: WRITE_MEM payload bytes before the data: memory id (u8) and word address (u32).
 WRITE_MEM_HEADER = 5
@@ -36,11 +44,36 @@ def word_bytes(width: int) -> int:
     return (width + 7) // 8
 
 
-def memory_images(artifact) -> list[Table]:
-    """The tables of ``Accelerator(artifact, loadable=True)``, by id."""
-    from hw.accelerator import Accelerator
-    acc = Accelerator(artifact, loadable=True)
-    return [Table(t.id, t.name, t.width, tuple(t.words)) for t in acc.memory_map()]
+def write_memory_map(path, tables, *, loadable: bool) -> Path:
+    """Write a design's memory map: its tables by id (`loadable`: whether the host must write
+    them, the iCE40 build; otherwise the bitstream holds them already)."""
+    return write_json(path, {"format": MEMORY_MAP_FORMAT, "version": 1, "loadable": loadable,
+                             "tables": [{"id": t.id, "name": t.name, "width": t.width,
+                                         "words": [int(w) for w in t.words]} for t in tables]})
+
+
+def read_memory_map(path) -> list[Table]:
+    """The tables of a memory_map.json (see `write_memory_map`); a bad file is one
+    StforgeError line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != MEMORY_MAP_FORMAT or data.get("version") != 1:
+            raise ValueError(f"not an {MEMORY_MAP_FORMAT} (version 1) file")
+        tables = [Table(int(t["id"]), str(t["name"]), int(t["width"]),
+                        tuple(int(w) for w in t["words"])) for t in data["tables"]]
+    except FileNotFoundError:
+        raise StforgeError(f"memory map {path} does not exist (`make bitstream` writes it "
+                           f"beside the bitstream)") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise StforgeError(f"memory map {path} is not readable ({error})") from None
+    if [t.id for t in tables] != list(range(len(tables))):
+        raise StforgeError(f"memory map {path}: table ids must be 0, 1, ... in order")
+    for t in tables:
+        if t.width < 1 or any(w < 0 or w >> t.width for w in t.words):
+            raise StforgeError(f"memory map {path}: table {t.name} holds a word wider than its "
+                               f"{t.width} bits")
+    return tables
 
 
 def write_mem_chunks(tables, max_payload: int):

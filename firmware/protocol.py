@@ -39,6 +39,7 @@ Replies (board -> host): ``OK`` (payload as above) or ``ERROR`` carrying one byt
 an :class:`ErrorCode` (:func:`pack_error`).
 """
 
+import binascii
 import dataclasses
 import enum
 import struct
@@ -108,25 +109,10 @@ class ErrorCode(enum.IntEnum):
                             #: on a bitstream whose weights boot from block-RAM init)
 
 
-def _crc16_table():
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ CRC16_POLY) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC16_TABLE = _crc16_table()
-
-
 def crc16(data, crc=CRC16_INIT):
-    """CRC-16/CCITT-FALSE of ``data``; pass a previous result as ``crc`` to continue it."""
-    for byte in bytes(data):
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC16_TABLE[(crc >> 8) ^ byte]
-    return crc
+    """CRC-16/CCITT-FALSE of ``data``; pass a previous result as ``crc`` to continue it
+    (the standard library's ``binascii.crc_hqx``: this polynomial, MSB first, no final XOR)."""
+    return binascii.crc_hqx(bytes(data), crc)
 
 
 def _check_byte(name, value):

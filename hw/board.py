@@ -44,7 +44,7 @@ clock: with ``pll`` (see :func:`ice40_pll` / :func:`ecp5_pll`) ``sync`` comes fr
 the PLL locks plus a power-on delay (iCE40 block RAM reads zero for ~3 us after configuration);
 without, it is the board oscillator (12 MHz iCEBreaker, 25 MHz ULX3S).
 
-    python -m hw.board --target ice40-up5k|ecp5-85f --artifact build/artifacts/l1p.json
+    stforge bitstream --target ice40-up5k|ecp5-85f --artifact build/artifacts/l1p.json
         [--clock-mhz 24] [--baud 115200] [--no-pll] [--out build/<target>]
         [--report build/reports/synth-<target>.json]
 
@@ -62,11 +62,6 @@ bitstream. Every report names its model under ``"model"``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,19 +72,25 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from firmware.images import write_memory_map
 from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode
 from hw.accelerator import Accelerator
+from hw.generate import memory_tables
 from hw.link import FrameEventKind, FrameReceiver, FrameSender
 from hw.paths import DEFAULT_MODEL, bitstream_dir, synth_report_path
+from hw.targets import TARGETS, get_target
 from hw.uart import UARTRx, UARTTx, uart_divisor
+from model.errors import StforgeError
+from model.ir.files import write_json
 
 __all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
-           "ice40_pll", "main"]
+           "ice40_pll", "configure", "run"]
 
 #: Verilog module name of the board top in simulation.
 BOARD_TOP_NAME = "stforge_board"
 #: The clock ``make bitstream`` asks for, per target (MHz).
-DEFAULT_CLOCK_MHZ = {"ice40-up5k": 24.0, "ecp5-85f": 50.0}
+#: The board top's PLL clock per target unless asked otherwise (hw.targets).
+DEFAULT_CLOCK_MHZ = {name: t.default_clock_mhz for name, t in TARGETS.items()}
 DEFAULT_BAUD = 115200
 #: Inter-byte timeout of a frame (seconds): USB-serial adapters pause between USB packets.
 DEFAULT_FRAME_TIMEOUT = 0.02
@@ -195,8 +196,8 @@ class BoardTop(wiring.Component):
 
     Parameters
     ----------
-    artifact : Artifact
-        A loaded integer model (:func:`model.artifact.load_artifact`).
+    artifact : model.ir.Graph
+        A loaded integer model (:func:`model.ir.load_artifact`).
     clk_hz : float
         Frequency of the ``sync`` domain (the PLL output with ``pll``): sets the UART divisor
         (``round(clk_hz / baud)``, at least 4 and within 2 % of ``baud``) and the frame timeout.
@@ -240,7 +241,7 @@ class BoardTop(wiring.Component):
         self.tables = [((t.width + 7) // 8, len(t.words)) for t in acc.memory_map()] \
             if self.loadable else []
         self.n_pixels = acc.in_c * acc.in_h * acc.in_w * (acc.T if acc.time_varying else 1)
-        self.input_max = int(artifact.manifest["model"]["input_max"])
+        self.input_max = int(artifact.model.input_max)
         self.classes = acc.classes
         if acc.logit_bits > 32:
             raise ValueError(f"Logits of {acc.logit_bits} bits do not fit the 32-bit result")
@@ -255,17 +256,16 @@ class BoardTop(wiring.Component):
     @classmethod
     def for_platform(cls, artifact, target, clock_mhz=None, baud=DEFAULT_BAUD, *, pll=True,
                      frame_timeout=DEFAULT_FRAME_TIMEOUT):
-        """The board top for a :data:`hw.synth.TARGETS` name, clocked by a PLL at ``clock_mhz``
+        """The board top for a :data:`hw.targets.TARGETS` name, clocked by a PLL at ``clock_mhz``
         (default :data:`DEFAULT_CLOCK_MHZ`) or, with ``pll=False``, by the oscillator. On iCE40
         it is ``loadable``: the block RAM is too small for the tables, SPRAM holds them."""
-        from hw.synth import get_target
         spec = get_target(target)
         platform_cls = spec.platform_class()
         osc = platform_cls().default_clk_frequency
         loadable = spec.loadable
         if not pll:
             return cls(artifact, osc, baud, frame_timeout=frame_timeout, loadable=loadable)
-        mhz = DEFAULT_CLOCK_MHZ.get(spec.name, osc / 1e6) if clock_mhz is None else clock_mhz
+        mhz = spec.default_clock_mhz if clock_mhz is None else clock_mhz
         config = (ice40_pll if spec.family == "ice40" else ecp5_pll)(osc, mhz * 1e6)
         return cls(artifact, config.f_out, baud, pll=config, frame_timeout=frame_timeout,
                    loadable=loadable)
@@ -646,27 +646,14 @@ class BoardTop(wiring.Component):
 # make bitstream
 # --------------------------------------------------------------------------------------------
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes it private; a report is not
-    os.replace(tmp, path)
-
-
 def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True, out_dir=None,
           report_path=None) -> dict:
     """Build the board bitstream of an artifact for ``target``; returns the report record.
 
     By default the bitstream goes to ``hw.paths.bitstream_dir`` and the report to
     ``hw.paths.synth_report_path`` of the artifact's model (its file name without ``.json``)."""
-    from hw.synth import TimingError, build_bitstream, get_target
-    from model.artifact import load_artifact
-    from model.errors import StforgeError
+    from hw.synth import TimingError, build_bitstream
+    from model.ir import load_artifact
     spec = get_target(target)
     artifact = load_artifact(artifact_path)
     try:
@@ -697,19 +684,19 @@ def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True,
         "uart_divisor": top.divisor,
         "baud_actual": round(top.clk_hz / top.divisor, 1),
     })
-    _write_json(Path(report_path or synth_report_path(spec.name, model)), record)
+    acc = top.accelerator
+    record["memory_map"] = str(write_memory_map(out_dir / "memory_map.json", memory_tables(acc),
+                                                loadable=acc.loadable))
+    write_json(Path(report_path or synth_report_path(spec.name, model)), record)
     return record
 
 
-def main(argv=None) -> int:
-    from hw.synth import TARGETS
-    from model.errors import StforgeError, report_error, report_interrupt
-    parser = argparse.ArgumentParser(prog="python -m hw.board",
-                                     description="Bitstream of the board top for an artifact.")
-    parser.add_argument("--target", required=True, help=f"one of {', '.join(sorted(TARGETS))}")
+def configure(parser) -> None:
+    """`stforge bitstream`'s arguments."""
+    parser.add_argument("--target", required=True, choices=sorted(TARGETS))
     parser.add_argument("--artifact", required=True, help="artifact manifest (.json)")
-    parser.add_argument("--clock-mhz", type=float, help="PLL clock (default: 24 on ice40-up5k, "
-                                                        "50 on ecp5-85f)")
+    parser.add_argument("--clock-mhz", type=float, help="PLL clock (default: " + ", ".join(
+        f"{t.default_clock_mhz:g} on {name}" for name, t in TARGETS.items()) + ")")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
     parser.add_argument("--no-pll", action="store_true", help="run from the board oscillator")
     parser.add_argument("--out", help=f"output folder (default build/<target> for the "
@@ -717,21 +704,15 @@ def main(argv=None) -> int:
     parser.add_argument("--report", help=f"report (default build/reports/synth-<target>.json "
                                          f"for the {DEFAULT_MODEL} model, else "
                                          f"synth-<target>-<model>.json)")
-    args = parser.parse_args(argv)
-    try:
-        if args.no_pll and args.clock_mhz is not None:
-            raise StforgeError("--clock-mhz needs the PLL; drop --no-pll")
-        record = build(args.target, args.artifact, clock_mhz=args.clock_mhz, baud=args.baud,
-                       pll=not args.no_pll, out_dir=args.out, report_path=args.report)
-    except StforgeError as exc:
-        return report_error(exc)
-    except KeyboardInterrupt:
-        return report_interrupt()
+
+
+def run(args) -> int:
+    """`stforge bitstream`: build, write the report and the memory map."""
+    if args.no_pll and args.clock_mhz is not None:
+        raise StforgeError("--clock-mhz needs the PLL; drop --no-pll")
+    record = build(args.target, args.artifact, clock_mhz=args.clock_mhz, baud=args.baud,
+                   pll=not args.no_pll, out_dir=args.out, report_path=args.report)
     print(f"{record['target']}: {record['lut']} LUT, {record['ff']} FF, {record['bram']} BRAM, "
           f"{record['spram']} SPRAM, {record['dsp']} DSP; fmax {record['fmax_mhz']} MHz "
           f"(clock {record['clock_mhz']} MHz) -> {record['bitstream']}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -79,7 +79,7 @@ ceil(rank / P1) with P1 = min(P, rank) stage-1 lanes, the head ceil(in_features 
 class; an engine column costs the most entries any lane holds (rows r = p mod P,
 `_column_sizes`). The issue FSM is the same.
 
-Ideal cycles (REPORTS.md)
+Ideal cycles (docs/REPORTS.md)
 =========================
 
 Work that no design can skip, divided by the units this design has for it (P lanes each, the
@@ -89,7 +89,7 @@ Work that no design can skip, divided by the units this design has for it (P lan
   that input's column): sum over steps, tokens (conv: positions and taps, inside the image) of
   the active inputs' column sizes. The dense format stores every weight, so a dense matrix
   counts every weight of an active column; so does a dense conv, and a sparse (pruned) conv its
-  non-zeros (`model.artifact.conv_columns`).
+  non-zeros (`model.ir.Conv.columns`).
 * pixel-fed first conv: one MAC per (non-zero pixel x weight); for a static image counted ONCE
   (the accumulators of step 0 serve every step), for event data per step.
 * rank-factored matmul: the B ops as above (z = B x is spike-fed) plus rank x out MACs per
@@ -109,21 +109,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "default_chunk", "lane_column_sizes", "NEURON_OPS", "value_counts", "expected_cycles", "ideal_cycles",
+__all__ = ["CHUNK", "default_chunk", "lane_column_sizes", "value_counts", "expected_cycles", "ideal_cycles",
            "ideal_breakdown",
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
-from model.artifact import NEURON_OPS, conv_columns, value_sources
+from hw.plan import CHUNK, Plan, StagePlan, default_chunk, lane_column_sizes
+from model.ir import Conv, Graph, LowRankMatMul, NeuronNode
 _NEVER = -(1 << 60)
-#: Channels per chunk: the issue FSM's mask loads and the collector's writes
-#: (hw.accelerator.Accelerator's default ``chunk``, rounded up to whole groups of lanes)
-CHUNK = 32
-
-
-def default_chunk(lanes: int = 1) -> int:
-    """The accelerator's default chunk on `lanes` lanes: CHUNK rounded up to a multiple of
-    lanes (the collector gathers whole groups)."""
-    return -(-CHUNK // lanes) * lanes
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -135,22 +127,10 @@ def image_spikes(golden, index: int) -> tuple[dict, np.ndarray]:
             np.asarray(golden.images[index]))
 
 
-def value_counts(artifact, node_spikes: dict, image=None) -> dict[str, np.ndarray]:
+def value_counts(graph: Graph, node_spikes: dict, image=None) -> dict[str, np.ndarray]:
     """Every value as integer counts (T, tokens, C): "input" (pixels; positions y*W+x) and each
-    neuron, add and to_tokens node."""
-    man = artifact.manifest["model"]
-    T = man["timesteps"]
-    out = {}
-    if image is None:
-        image = node_spikes.get("input")
-    if image is not None:
-        img = np.asarray(image, dtype=np.int64)
-        if not man["time_varying_input"]:
-            img = np.broadcast_to(img, (T,) + img.shape)
-        out["input"] = img.reshape(T, img.shape[1], -1).transpose(0, 2, 1)
-    for name, srcs in value_sources(artifact).items():
-        out[name] = sum(np.asarray(node_spikes[s], dtype=np.int64) for s in srcs)
-    return out
+    neuron, add and to_tokens node (`Graph.value_counts`)."""
+    return graph.value_counts(node_spikes, image)
 
 
 # ---- neuron array + collector -----------------------------------------------------------------
@@ -190,44 +170,22 @@ class _Collector:
 
 # ---- stages -----------------------------------------------------------------------------------
 
-def lane_column_sizes(col_ptr, row_idx, lanes: int) -> np.ndarray:
-    """Stored entries per lane and column of a CSC matrix, (lanes, columns): the engines deal
-    row r to lane r mod lanes (hw/components/sparse.py), so a column walks in as many cycles as
-    its fullest lane holds."""
-    ptr = np.asarray(col_ptr, dtype=np.int64)
-    lane = np.asarray(row_idx, dtype=np.int64) % lanes
-    sizes = []
-    for p in range(lanes):
-        in_lane = np.concatenate([[0], np.cumsum(lane == p)])
-        sizes.append(in_lane[ptr[1:]] - in_lane[ptr[:-1]])
-    return np.stack(sizes) if sizes else np.zeros((0, len(ptr) - 1), dtype=np.int64)
-
-
-def _column_sizes(artifact, node, lanes: int = 1) -> np.ndarray:
+def _column_sizes(node: NeuronNode, lanes: int = 1) -> np.ndarray:
     """Stored entries per engine column; with `lanes` P, the walker's cycles per column: the
     most entries any lane holds (`lane_column_sizes`; a rank-factored B has min(P, rank)
     lanes)."""
-    if node["op"] == "conv":
-        ptr, idx, _ = conv_columns(node, artifact.arrays[node["weight"]])
-    else:
-        lowrank = node["format"] == "lowrank"
-        ptr = artifact.arrays[node["b_col_ptr" if lowrank else "col_ptr"]]
-        idx = artifact.arrays[node["b_row_idx" if lowrank else "row_idx"]]
-        if lowrank:
-            lanes = min(lanes, node["rank"])
+    ptr, idx, _ = node.columns()
+    if isinstance(node, LowRankMatMul):
+        lanes = min(lanes, node.rank)
     return lane_column_sizes(ptr, idx, lanes).max(axis=0)
 
 
-def _out_channels(node) -> int:
-    return {"conv": "out_channels", "matmul": "out_features", "attention": "dim"}[node["op"]]
-
-
-def _tap_masks(node, counts: np.ndarray, t: int, pos: int):
+def _tap_masks(node: NeuronNode, counts: np.ndarray, t: int, pos: int):
     """Active input channels (ascending) per tap of vector (t, pos): conv 9 taps, matmul 1;
     None for a conv tap outside the image."""
-    if node["op"] != "conv":
+    if not isinstance(node, Conv):
         return [np.flatnonzero(counts[t, pos])]
-    h, w = node["height"], node["width"]
+    h, w = node.height, node.width
     y, x = divmod(pos, w)
     taps = []
     for k in range(9):
@@ -239,33 +197,22 @@ def _tap_masks(node, counts: np.ndarray, t: int, pos: int):
     return taps
 
 
-def _conv_input(node, counts: np.ndarray) -> np.ndarray:
-    """A conv's input counts as (T, h*w, C) at the conv's resolution."""
-    return counts.reshape(counts.shape[0], node["height"] * node["width"], -1)
-
-
-def _engine_stage(artifact, node, values, chunk: int = CHUNK, lanes: int = 1) -> int:
-    man = artifact.manifest["model"]
-    T = man["timesteps"]
-    groups = -(-node[_out_channels(node)] // lanes)     # transfers per vector
+def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
+    T, lanes, chunk, node = plan.graph.model.timesteps, plan.lanes, plan.chunk, stage.node
+    groups = stage.groups                   # transfers per vector
     if groups <= 3:
-        raise ValueError(f"node {node['name']}: the cycle model assumes more than 3 output "
+        raise ValueError(f"node {node.name}: the cycle model assumes more than 3 output "
                          f"channels, or groups of lanes (neuron hazards, collector freezes)")
-    is_conv = node["op"] == "conv"
-    src = node["inputs"][0]
-    counts = values[src]
-    if is_conv:
-        counts = _conv_input(node, counts)
-        positions = node["height"] * node["width"]
-        wd = node["width"]
-        pool = bool(node["pool"])
-    else:
-        positions, wd, pool = man["tokens"], 1, False
-    replay = is_conv and src == "input" and not man["time_varying_input"] and T > 1
-    lowrank = node["op"] == "matmul" and node["format"] == "lowrank"
-    rank = node.get("rank", 0)
+    is_conv = stage.kind == "conv"
+    positions, pool = stage.positions, stage.pool
+    wd = stage.width if is_conv else 1
+    counts = values[stage.source]
+    counts = counts.reshape(counts.shape[0], positions, -1)   # at the stage's resolution
+    replay = stage.static_replay
+    lowrank = stage.kind == "lowrank"
+    rank = node.rank if lowrank else 0
     z_groups = -(-rank // min(lanes, rank)) if lowrank else 0    # stage 1's drain
-    sizes = _column_sizes(artifact, node, lanes)
+    sizes = _column_sizes(node, lanes)
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
     chunks = -(-counts.shape[-1] // chunk)      # the issuer's mask loads per word
 
@@ -330,13 +277,13 @@ def _engine_stage(artifact, node, values, chunk: int = CHUNK, lanes: int = 1) ->
     return done                  # the CYCLES state
 
 
-def _attention_stage(artifact, node, values, lanes: int = 1) -> int:
-    man = artifact.manifest["model"]
-    T, N, groups = man["timesteps"], man["tokens"], node["dim"] // lanes
+def _attention_stage(plan: Plan, stage: StagePlan, values) -> int:
+    node = stage.node
+    T, N, groups = plan.graph.model.timesteps, stage.positions, stage.groups
     if groups <= 3:
-        raise ValueError(f"node {node['name']}: the cycle model assumes more than 3 channels, "
+        raise ValueError(f"node {node.name}: the cycle model assumes more than 3 channels, "
                          f"or groups of lanes")
-    v = values[node["inputs"][2]]
+    v = values[node.inputs[2]]
     pops = (v != 0).sum(axis=2)                          # (T, N) active V bits per token
     offer = 2                                            # FETCH 1, SEND 2
     last_count = _NEVER                                  # Y: last count transfer of a step
@@ -356,129 +303,98 @@ def _attention_stage(artifact, node, values, lanes: int = 1) -> int:
     return done
 
 
-def expected_cycles(artifact, node_spikes: dict, image=None, *,
+def plan_of(design, lanes: int = 1, chunk: int | None = None) -> Plan:
+    """`design` itself if it is a Plan, else the plan of the graph `design` on `lanes` lanes."""
+    return design if isinstance(design, Plan) else Plan.build(design, lanes, chunk)
+
+
+def expected_cycles(design, node_spikes: dict, image=None, *,
                     chunk: int | None = None, lanes: int = 1) -> dict[str, int]:
     """{node: the cycles its TRACE_CYCLES record reports} for one input, for every conv, matmul
-    and attention node, in accelerator order. `node_spikes`: {name: (T, tokens, C)} golden
-    spikes of this image; `image`: its pixels (or node_spikes["input"]); `chunk` and `lanes`:
-    the accelerator's (``Accelerator(chunk=..., lanes=...)``; the collector's chunk writes cost
-    no cycles as long as a chunk takes more transfers than a vector's writer needs cycles, at
-    most 4; default `default_chunk(lanes)`)."""
-    values = value_counts(artifact, node_spikes, image)
-    chunk = default_chunk(lanes) if chunk is None else chunk
+    and attention node, in accelerator order. `design`: the accelerator's hw.plan.Plan (or a
+    graph, planned with `lanes` and `chunk` as ``Accelerator(chunk=..., lanes=...)`` would;
+    the collector's chunk writes cost no cycles as long as a chunk takes more transfers than a
+    vector's writer needs cycles, at most 4). `node_spikes`: {name: (T, tokens, C)} golden
+    spikes of this image; `image`: its pixels (or node_spikes["input"])."""
+    plan = plan_of(design, lanes, chunk)
+    values = plan.graph.value_counts(node_spikes, image)
     out = {}
-    for node in artifact.nodes:
-        if node["op"] == "attention":
-            out[node["name"]] = _attention_stage(artifact, node, values, lanes)
-        elif node["op"] in NEURON_OPS:
-            out[node["name"]] = _engine_stage(artifact, node, values, chunk, lanes)
+    for stage in plan.stages:
+        if stage.kind == "attention":
+            out[stage.name] = _attention_stage(plan, stage, values)
+        else:
+            out[stage.name] = _engine_stage(plan, stage, values)
     return out
 
 
-def head_cycles(artifact, lanes: int = 1) -> int:
+def head_cycles(graph: Graph, lanes: int = 1) -> int:
     """From the head's start through its end (the last logit taken):
     T N + classes ceil(dim / lanes) + 4."""
-    man = artifact.manifest["model"]
-    head = next(n for n in artifact.nodes if n["op"] == "head")
-    return (man["timesteps"] * man["tokens"] + head["classes"] * -(-head["in_features"] // lanes)
-            + 4)
+    m, head = graph.model, graph.head
+    return m.timesteps * m.tokens + head.classes * -(-head.in_features // lanes) + 4
 
 
-def load_cycles(artifact) -> int:
+def load_cycles(graph: Graph) -> int:
     """Pixel transfers: C H W, times T for event data (one pixel per cycle)."""
-    man = artifact.manifest["model"]
-    c, h, w = man["input_shape"]
-    return c * h * w * (man["timesteps"] if man["time_varying_input"] else 1)
+    m = graph.model
+    c, h, w = m.input_shape
+    return c * h * w * (m.timesteps if m.time_varying_input else 1)
 
 
 # ---- ideal ------------------------------------------------------------------------------------
 
-def ideal_breakdown(artifact, node_spikes: dict, image=None,
+def ideal_breakdown(graph: Graph, node_spikes: dict, image=None,
                     lanes: int = 1) -> dict[str, dict[str, int]]:
-    """{node: {term: operations}} with the terms "synaptic" (spike-fed accumulate ops, or the
-    first conv's pixel MACs), "mac" (multi-bit MACs: rank-factored A stage, head), "attention"
-    (active V bits + counts) and "neuron" (updates); plus "ideal", the layer's bound in cycles
-    on `lanes` lanes: max(synaptic + mac + attention, neuron) / lanes, rounded up. Includes
-    "head"."""
-    man = artifact.manifest["model"]
-    T, N = man["timesteps"], man["tokens"]
-    values = value_counts(artifact, node_spikes, image)
-    out = {}
-    for node in artifact.nodes:
-        op, name = node["op"], node["name"]
-        terms = {"synaptic": 0, "mac": 0, "attention": 0, "neuron": 0}
-        if op in ("conv", "matmul"):
-            c_out = node[_out_channels(node)]
-            counts = values[node["inputs"][0]]
-            sizes = _column_sizes(artifact, node)
-            if op == "conv":
-                counts = _conv_input(node, counts)
-                positions = node["height"] * node["width"]
-                static = node["inputs"][0] == "input" and not man["time_varying_input"]
-                steps = 1 if static else T
-                syn = 0
-                for t in range(steps):
-                    for pos in range(positions):
-                        for k, ch in enumerate(_tap_masks(node, counts, t, pos)):
-                            if ch is not None:
-                                syn += int(sizes[ch * 9 + k].sum())
-                terms["synaptic"] = syn
-                terms["neuron"] = T * positions * c_out
-            else:
-                active = counts != 0                                   # (T, N, in)
-                terms["synaptic"] = int((active * sizes[None, None, :]).sum())
-                if node["format"] == "lowrank":
-                    terms["mac"] = T * N * node["rank"] * c_out
-                terms["neuron"] = T * N * c_out
-        elif op == "attention":
-            v = values[node["inputs"][2]]
-            terms["attention"] = int((v != 0).sum()) + T * N * node["dim"]
-            terms["neuron"] = T * N * node["dim"]
-        elif op == "head":
-            terms["mac"] = node["classes"] * node["in_features"]
-        else:
-            continue
+    """{node: {term: operations}} with the terms of `Node.work` (model.ir.nodes): "synaptic"
+    (spike-fed accumulate ops, or the first conv's pixel MACs), "mac" (multi-bit MACs:
+    rank-factored A stage, head), "attention" (active V bits + counts) and "neuron" (updates);
+    plus "ideal", the layer's bound in cycles on `lanes` lanes:
+    max(synaptic + mac + attention, neuron) / lanes, rounded up. Includes "head"."""
+    out = graph.work(node_spikes, image)
+    for terms in out.values():
         terms["ideal"] = -(-max(terms["synaptic"] + terms["mac"] + terms["attention"],
                                 terms["neuron"]) // lanes)
-        out[name] = terms
     return out
 
 
-def ideal_cycles(artifact, node_spikes: dict, image=None, lanes: int = 1) -> dict[str, int]:
+def ideal_cycles(graph: Graph, node_spikes: dict, image=None, lanes: int = 1) -> dict[str, int]:
     """{node: ideal cycles} for every conv, matmul and attention node and "head"."""
     return {name: t["ideal"]
-            for name, t in ideal_breakdown(artifact, node_spikes, image, lanes).items()}
+            for name, t in ideal_breakdown(graph, node_spikes, image, lanes).items()}
 
 
 # ---- totals and reports -----------------------------------------------------------------------
 
-def inference_cycles(artifact, node_spikes: dict, image=None, lanes: int = 1) -> dict:
+def inference_cycles(design, node_spikes: dict, image=None, lanes: int = 1) -> dict:
     """Expected and ideal cycles of one inference on `lanes` lanes:
     {"layers": {node: cycles}, "load": pixels, "head": head, "total": result.cycles,
      "ideal_layers": {node: ideal}, "ideal": sum of the ideals (layers and head)}."""
-    layers = expected_cycles(artifact, node_spikes, image, lanes=lanes)
-    ideal = ideal_cycles(artifact, node_spikes, image, lanes)
-    load, head = load_cycles(artifact), head_cycles(artifact, lanes)
+    plan = plan_of(design, lanes)
+    graph, lanes = plan.graph, plan.lanes
+    layers = expected_cycles(plan, node_spikes, image)
+    ideal = ideal_cycles(graph, node_spikes, image, lanes)
+    load, head = load_cycles(graph), head_cycles(graph, lanes)
     return {"layers": layers, "load": load, "head": head,
             "total": load + sum(layers.values()) + head,
             "ideal_layers": ideal, "ideal": sum(ideal.values())}
 
 
-def summarize(artifact, golden, measured: list[dict] | None = None,
+def summarize(design, golden, measured: list[dict] | None = None,
               indices=None, lanes: int = 1) -> dict:
     """The cycle part of sim.json for images `indices` (default: all) of `golden`
-    (sim.scoreboard.GoldenData).
+    (model.ir.golden.GoldenData).
 
     `measured`: per image {"cycles": result.cycles, "layer_cycles": {node: TRACE_CYCLES}} from
     the simulator, in the order of `indices`; without it the model's expectation stands in.
-    `lanes`: the simulated design's.
+    `design`: the simulated design's Plan, or its graph and `lanes`.
     Returns {"cycles_per_inference": {mean, min, max}, "ideal_cycles_per_inference",
     "expected_cycles_per_inference", "layers": [{name, cycles, ideal_cycles, expected_cycles,
     ...}], "model_error": worst |measured / expected - 1| over layers and totals}."""
     indices = list(range(len(golden.images))) if indices is None else list(indices)
     if measured is not None and len(measured) != len(indices):
         raise ValueError(f"{len(measured)} measured records for {len(indices)} images")
-    per = [inference_cycles(artifact, *image_spikes(golden, i), lanes=lanes) for i in indices]
+    plan = plan_of(design, lanes)
+    per = [inference_cycles(plan, *image_spikes(golden, i)) for i in indices]
     names = list(per[0]["layers"]) + ["head"] if per else []
     totals = [m["cycles"] for m in measured] if measured is not None else \
         [p["total"] for p in per]

@@ -1,28 +1,33 @@
 """`make hdl`: deterministic Verilog of the accelerator for an artifact (torch-free).
 
-    python -m hw.generate build/artifacts/l1p.json --out build/hdl/l1p [--no-trace] [--lanes 2]
+    stforge hdl build/artifacts/l1p.json --out build/hdl/l1p [--no-trace] [--lanes 2]
 
 Writes ``stforge_top.v`` (memory contents are inlined as initial values by Amaranth's back end,
-so the file is self-contained) and ``design.json`` (ports, widths, traced nodes) for the
-testbenches. A user mistake prints one line and exits 2.
+so the file is self-contained), ``design.json`` (ports, widths, traced nodes) for the
+testbenches and ``memory_map.json`` (the design's tables, firmware.images) for hosts.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 from amaranth.back import verilog
 
-from hw.accelerator import NEURON_OPS, Accelerator
-from model.artifact import load_artifact
-from model.errors import StforgeError, report_error
+from firmware.images import Table, write_memory_map
+from hw.accelerator import Accelerator
+from model.ir import load_artifact
+from model.ir.files import write_text
+from model.errors import StforgeError, positive_int
 
-__all__ = ["generate_verilog", "main", "TOP_NAME"]
+__all__ = ["generate_verilog", "memory_tables", "configure", "run", "TOP_NAME"]
 
 TOP_NAME = "stforge_top"
+
+
+def memory_tables(accelerator: Accelerator) -> list[Table]:
+    """The accelerator's tables by id, as the host writes them (firmware.images)."""
+    return [Table(t.id, t.name, t.width, tuple(t.words)) for t in accelerator.memory_map()]
 
 
 def generate_verilog(artifact_path, out_dir, trace: bool = True, lanes: int = 1) -> dict:
@@ -42,34 +47,29 @@ def generate_verilog(artifact_path, out_dir, trace: bool = True, lanes: int = 1)
         "timesteps": top.T, "tokens": top.N, "input_shape": [top.in_c, top.in_h, top.in_w],
         "time_varying_input": top.time_varying,
         "trace_layout": {name: int(field.width) for name, field in top.trace_layout},
+        "trace_kinds": top.plan.design()["trace_kinds"], "plan": top.plan.design(),
         "result_layout": {name: int(field.width) for name, field in top.result_layout},
-        "traced": [{"index": i, "name": n["name"]} for i, n in enumerate(artifact.nodes)
-                   if n["op"] in NEURON_OPS],
+        "traced": [{"index": artifact.index(n.name), "name": n.name} for n in artifact.neurons],
     }
-    tmp = out_dir / f"{TOP_NAME}.v.tmp"
-    tmp.write_text(text)
-    tmp.replace(out_dir / f"{TOP_NAME}.v")
-    (out_dir / "design.json").write_text(json.dumps(design, indent=1) + "\n")
+    write_text(out_dir / f"{TOP_NAME}.v", text)
+    write_memory_map(out_dir / "memory_map.json", memory_tables(top), loadable=top.loadable)
+    write_text(out_dir / "design.json", json.dumps(design, indent=1) + "\n")
     return design
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hw.generate", description=__doc__.split("\n")[0])
+def configure(parser) -> None:
+    """`stforge hdl`'s arguments."""
     parser.add_argument("artifact", help="artifact manifest (.json) from `make export`")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--no-trace", action="store_true", help="leave out the trace port")
-    parser.add_argument("--lanes", type=int, default=1,
+    parser.add_argument("--lanes", type=positive_int, default=1,
                         help="parallel lanes per unit (docs/HARDWARE.md; default 1)")
-    args = parser.parse_args(argv)
-    try:
-        design = generate_verilog(args.artifact, args.out, trace=not args.no_trace,
-                                  lanes=args.lanes)
-    except StforgeError as exc:
-        return report_error(exc)
+
+
+def run(args) -> int:
+    """`stforge hdl`: write the design; a user mistake raises StforgeError (one line)."""
+    design = generate_verilog(args.artifact, args.out, trace=not args.no_trace,
+                              lanes=args.lanes)
     print(f"{design['top']}.v ({len(design['traced'])} traced nodes, {design['lanes']} "
           f"lane{'s' if design['lanes'] != 1 else ''}) -> {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,14 +12,14 @@ ends every frame with a verdict event, ``END`` (CRC good) or ``ERROR`` (with an
 run, make written words visible) before it sees ``END``.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.hdl import Cat, Module, Signal
+from amaranth.lib import crc, data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from firmware.protocol import CRC16_INIT, CRC16_POLY, MAX_PAYLOAD, SYNC, ErrorCode
+from firmware.protocol import MAX_PAYLOAD, SYNC, ErrorCode
 
 __all__ = ["FRAME_EVENT", "REPLY_HEADER", "FrameEventKind", "FrameReceiver", "FrameSender",
-           "crc16_update"]
+           "frame_crc"]
 
 
 class FrameEventKind(enum.Enum, shape=2):
@@ -38,16 +38,10 @@ FRAME_EVENT = data.StructLayout({"kind": FrameEventKind, "data": 8})
 REPLY_HEADER = data.StructLayout({"command": 8, "length": 16})
 
 
-def crc16_update(crc, byte):
-    """CRC-16/CCITT-FALSE after one more byte, as a combinational Amaranth expression.
-
-    ``crc`` is a 16-bit value, ``byte`` an 8-bit value; the bits are processed MSB first, exactly
-    as :func:`firmware.protocol.crc16` does.
-    """
-    for index in range(8):
-        feedback = crc[15] ^ byte[7 - index]
-        crc = Cat(Const(0, 1), crc[:15]) ^ Mux(feedback, CRC16_POLY, 0)
-    return crc[:16]
+def frame_crc() -> crc.Processor:
+    """The frames' CRC-16/CCITT-FALSE (``firmware.protocol.crc16``), one byte per cycle:
+    ``start`` re-initialises it, ``valid`` adds ``data``, ``crc`` is the value so far."""
+    return crc.catalog.CRC16_CCITT_FALSE(data_width=8).create()
 
 
 def _check_payload_limit(max_payload):
@@ -102,7 +96,7 @@ class FrameReceiver(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        crc = Signal(16, init=CRC16_INIT)
+        m.submodules.crc = check = frame_crc()
         length = Signal(16)
         remaining = Signal(16)
         received_crc_lo = Signal(8)
@@ -111,7 +105,7 @@ class FrameReceiver(wiring.Component):
 
         byte = self.i.payload
         accepted = self.i.valid & self.i.ready
-        crc_next = crc16_update(crc, byte)
+        m.d.comb += check.data.eq(byte)
 
         # Inter-byte timeout: counts cycles with no byte offered while a frame is open. A byte
         # held back by back-pressure on `o` does not count as silence.
@@ -137,7 +131,7 @@ class FrameReceiver(wiring.Component):
             with m.State("HUNT"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid & (byte == SYNC)):
-                    m.d.sync += crc.eq(CRC16_INIT)
+                    m.d.comb += check.start.eq(1)
                     m.next = "COMMAND"
 
             with m.State("COMMAND"):
@@ -149,17 +143,15 @@ class FrameReceiver(wiring.Component):
                     self.i.ready.eq(self.o.ready),
                 ]
                 with m.If(accepted):
-                    m.d.sync += crc.eq(crc_next)
+                    m.d.comb += check.valid.eq(1)
                     m.next = "LENGTH_LO"
 
             with m.State("LENGTH_LO"):
                 leave_on_timeout()
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(accepted):
-                    m.d.sync += [
-                        crc.eq(crc_next),
-                        length[:8].eq(byte),
-                    ]
+                    m.d.comb += check.valid.eq(1)
+                    m.d.sync += length[:8].eq(byte)
                     m.next = "LENGTH_HI"
 
             with m.State("LENGTH_HI"):
@@ -167,8 +159,8 @@ class FrameReceiver(wiring.Component):
                 m.d.comb += self.i.ready.eq(1)
                 full_length = Cat(length[:8], byte)
                 with m.If(accepted):
+                    m.d.comb += check.valid.eq(1)
                     m.d.sync += [
-                        crc.eq(crc_next),
                         length.eq(full_length),
                         remaining.eq(full_length),
                     ]
@@ -192,10 +184,8 @@ class FrameReceiver(wiring.Component):
                     self.i.ready.eq(self.o.ready),
                 ]
                 with m.If(accepted):
-                    m.d.sync += [
-                        crc.eq(crc_next),
-                        remaining.eq(remaining - 1),
-                    ]
+                    m.d.comb += check.valid.eq(1)
+                    m.d.sync += remaining.eq(remaining - 1)
                     with m.If(remaining == 1):
                         m.next = "CRC_LO"
 
@@ -210,7 +200,7 @@ class FrameReceiver(wiring.Component):
                 leave_on_timeout()
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(accepted):
-                    with m.If(Cat(received_crc_lo, byte) == crc):
+                    with m.If(Cat(received_crc_lo, byte) == check.crc):
                         m.d.sync += [
                             verdict.kind.eq(FrameEventKind.END),
                             verdict.data.eq(0),
@@ -259,13 +249,13 @@ class FrameSender(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        crc = Signal(16, init=CRC16_INIT)
+        m.submodules.crc = check = frame_crc()
         command = Signal(8)
         length = Signal(16)
         remaining = Signal(16)
 
         sent = self.o.valid & self.o.ready
-        crc_next = crc16_update(crc, self.o.payload)
+        m.d.comb += check.data.eq(self.o.payload)
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -275,8 +265,8 @@ class FrameSender(wiring.Component):
                         command.eq(self.header.p.command),
                         length.eq(self.header.p.length),
                         remaining.eq(self.header.p.length),
-                        crc.eq(CRC16_INIT),
                     ]
+                    m.d.comb += check.start.eq(1)
                     m.next = "SYNC"
 
             with m.State("SYNC"):
@@ -287,19 +277,19 @@ class FrameSender(wiring.Component):
             with m.State("COMMAND"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(command)]
                 with m.If(sent):
-                    m.d.sync += crc.eq(crc_next)
+                    m.d.comb += check.valid.eq(1)
                     m.next = "LENGTH_LO"
 
             with m.State("LENGTH_LO"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(length[:8])]
                 with m.If(sent):
-                    m.d.sync += crc.eq(crc_next)
+                    m.d.comb += check.valid.eq(1)
                     m.next = "LENGTH_HI"
 
             with m.State("LENGTH_HI"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(length[8:])]
                 with m.If(sent):
-                    m.d.sync += crc.eq(crc_next)
+                    m.d.comb += check.valid.eq(1)
                     with m.If(length == 0):
                         m.next = "CRC_LO"
                     with m.Else():
@@ -312,20 +302,18 @@ class FrameSender(wiring.Component):
                     self.payload.ready.eq(self.o.ready),
                 ]
                 with m.If(sent):
-                    m.d.sync += [
-                        crc.eq(crc_next),
-                        remaining.eq(remaining - 1),
-                    ]
+                    m.d.comb += check.valid.eq(1)
+                    m.d.sync += remaining.eq(remaining - 1)
                     with m.If(remaining == 1):
                         m.next = "CRC_LO"
 
             with m.State("CRC_LO"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(crc[:8])]
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(check.crc[:8])]
                 with m.If(sent):
                     m.next = "CRC_HI"
 
             with m.State("CRC_HI"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(crc[8:])]
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(check.crc[8:])]
                 with m.If(sent):
                     m.next = "IDLE"
 

@@ -1,5 +1,5 @@
 """Where ``make bitstream`` puts its outputs, per target and model: the one rule that
-``hw/board.py`` (the writer) and ``model/bench.py`` (a reader) share. It imports nothing from the
+``hw/board.py`` (the writer) and ``model/flows/bench.py`` (a reader) share. It imports nothing from the
 project, so a reader gets the rule without Amaranth or the generator (and `make sweep-hw`'s
 stage code versions, which follow imports, do not grow by the whole of hw/).
 

@@ -1,4 +1,4 @@
-"""Export a quantized model to the integer artifact (docs/INTEGER.md, model/artifact.py).
+"""Export a quantized model to the integer artifact (docs/INTEGER.md, docs/ARTIFACT.md).
 
 Every unit "weights -> BatchNorm -> neuron" becomes integer weights w, plus per channel an
 integer bias, threshold and leak. With x_c = a_c I_c + b_c (weight scale and folded BN), dividing
@@ -20,14 +20,16 @@ import math
 import numpy as np
 import torch
 
-from model.artifact import FORMAT, VERSION, Artifact, csc_from_dense, derive_widths, \
-    save_artifact
+from model.ir.artifact import FORMAT, VERSION, build_graph, load_artifact, save_artifact
+from model.ir.csc import csc_from_dense
+from model.ir.golden import run_golden
+from model.ir.graph import Graph
 from model.config import Config, config_to_dict
 from model.data import DataSplit
 from model.errors import StforgeError
 from model.transformer import SpikingTransformer
 
-__all__ = ["export_model"]
+__all__ = ["export_model", "compare_with_model"]
 
 
 DEAD_ROW_BITS = 14     # bias/threshold magnitude of a neuron without input (see _Builder.neuron)
@@ -109,7 +111,7 @@ class _Builder:
 
 
 def export_model(model: SpikingTransformer, config: Config, split: DataSplit, path,
-                 meta: dict | None = None) -> Artifact:
+                 meta: dict | None = None) -> Graph:
     """Write the artifact for a quantized model; returns it (validated by a reload).
 
     F (membrane fraction bits) comes from quant.frac_bits; K (leak bits) is the grid the model's
@@ -226,11 +228,34 @@ def export_model(model: SpikingTransformer, config: Config, split: DataSplit, pa
         "nodes": bld.nodes,
         "source": {"config": config_to_dict(config), **(meta or {})},
     }
-    artifact = Artifact(manifest, bld.arrays)
-    derived = derive_widths(artifact)
-    for node in artifact.nodes:
-        if node["name"] in derived:
-            node["widths"] = derived[node["name"]]
-    save_artifact(artifact, path)
-    from model.artifact import load_artifact
+    graph = build_graph(manifest, bld.arrays, derive=True)     # widths derived here
+    save_artifact(graph, path)
     return load_artifact(path)
+
+
+@torch.no_grad()
+def compare_with_model(model, graph: Graph, images, labels, input_scale: float,
+                       batch_size: int = 120) -> dict:
+    """Golden (integer) against the quantized PyTorch model on the same images: class agreement,
+    both accuracies and, per layer, the fraction of equal spikes (golden.json)."""
+    model.eval()
+    labels = np.asarray(labels)
+    preds_q, preds_i, equal, total = [], [], {}, {}
+    for i in range(0, len(images), batch_size):
+        x_int = np.asarray(images[i:i + batch_size])
+        trace: dict = {}
+        logits = model(torch.from_numpy(x_int.astype(np.float32) * np.float32(input_scale)),
+                       trace=trace)
+        res = run_golden(graph, x_int)
+        preds_q.append(logits.argmax(1).numpy())
+        preds_i.append(res.prediction)
+        for name, spikes in trace.items():
+            same = res.values[name] == spikes.to(torch.int64).numpy()
+            equal[name] = equal.get(name, 0) + int(same.sum())
+            total[name] = total.get(name, 0) + same.size
+    pq, pi = np.concatenate(preds_q), np.concatenate(preds_i)
+    return {"images": len(labels),
+            "accuracy_quant": float((pq == labels).mean()),
+            "accuracy_int": float((pi == labels).mean()),
+            "agreement": float((pq == pi).mean()),
+            "layer_spike_agreement": {k: equal[k] / total[k] for k in equal}}

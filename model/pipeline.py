@@ -4,7 +4,7 @@
     -> fine-tune weights + u_th + tau with masks/ranks fixed -> Brevitas QAT (8 and 4 bits)
 
 `run_pipeline` is `make train`: it writes checkpoints under build/checkpoints/ and
-build/reports/model.json (../shared/REPORTS.md). `run_sweep` is `make sweep`: sparsity x neuron and
+build/reports/model.json (docs/REPORTS.md). `run_sweep` is `make sweep`: sparsity x neuron and
 DSP rank x neuron over several seeds, mean ± std, plots.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from model.config import Config, TrainConfig
 from model.data import DataSplit, load_dataset
-from model.reports import write_json
+from model.ir.files import write_json
 from model.pruning import gradual_sparsities, l1p_prune, sparsity, to_low_rank
 from model.train import Tensors, evaluate, rebuild, save_checkpoint, seed_everything, to_tensors, \
     train

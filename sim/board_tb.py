@@ -19,17 +19,16 @@ driver only):
   and class must equal the golden model's; RUN (and WRITE_MEM) while running is BUSY; a second
   READ_RESULT repeats the result.
 
-The runner half (:func:`run_board_sim`, ``python -m sim.board_tb``) writes the Verilog of
+The runner half (:func:`run_board_sim`, ``stforge sim-board``) writes the Verilog of
 ``BoardTop``, builds it with Verilator under its own directory and runs the tests; results come
 back as JSON (``results.json`` in the build directory).
 
-    python -m sim.board_tb --artifact build/artifacts/l1p.json --golden g.npz --images 3 \
+    stforge sim-board --artifact build/artifacts/l1p.json --golden g.npz --images 3 \
         [--build-dir build/sim_board/l1p]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -39,7 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SimSerialPort", "run_board_sim", "main", "CLOCK_NS", "DEFAULT_DIVISOR"]
+from model.errors import positive_int
+
+__all__ = ["SimSerialPort", "run_board_sim", "configure", "run", "CLOCK_NS", "DEFAULT_DIVISOR"]
 
 CLOCK_NS = 10              # 100 MHz nominal simulation clock
 DEFAULT_DIVISOR = 8        # clock cycles per UART bit
@@ -390,7 +391,7 @@ def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFA
     from cocotb_tools.runner import get_runner
 
     from hw.board import BoardTop
-    from model.artifact import load_artifact
+    from model.ir import load_artifact
     from model.errors import StforgeError
     from sim.toolchain import prepare_simulator
 
@@ -431,9 +432,9 @@ def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFA
               "timeout_cycles": top.timeout_cycles,
               "port_timeout_ns": 2_000_000 * CLOCK_NS, "tables": None}
     if loadable:
-        from firmware.images import memory_images
         config["tables"] = [{"id": t.id, "name": t.name, "width": t.width,
-                             "words": list(t.words)} for t in memory_images(artifact)]
+                             "words": [int(w) for w in t.words]}
+                            for t in top.accelerator.memory_map()]
     (build_dir / "config.json").write_text(json.dumps(config, indent=1))
     results = build_dir / "results.json"
     results.unlink(missing_ok=True)
@@ -477,25 +478,23 @@ def _failed_tests(xml_path) -> list:
     return failed
 
 
-def main(argv=None) -> int:
-    from model.errors import StforgeError, report_error
-    parser = argparse.ArgumentParser(prog="python -m sim.board_tb",
-                                     description="Simulate the board top with the host driver.")
+def configure(parser) -> None:
+    """`stforge sim-board`'s arguments."""
     parser.add_argument("--artifact", required=True)
     parser.add_argument("--golden", required=True, help=".npz from `stforge golden-data`")
-    parser.add_argument("--images", type=int, default=3, help="first N golden images")
+    parser.add_argument("--images", type=positive_int, default=3, help="first N golden images")
     parser.add_argument("--build-dir", help="default build/sim_board/<artifact name>")
     parser.add_argument("--divisor", type=int, default=DEFAULT_DIVISOR)
     parser.add_argument("--waves", action="store_true")
     parser.add_argument("--loadable", action="store_true",
                         help="the iCE40 build's board: tables written with WRITE_MEM first")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
+    """`stforge sim-board`: the board top and the host driver over a simulated UART."""
     build_dir = args.build_dir or Path("build/sim_board") / Path(args.artifact).stem
-    try:
-        raw = run_board_sim(args.artifact, args.golden, range(args.images), build_dir,
-                            divisor=args.divisor, waves=args.waves, loadable=args.loadable)
-    except StforgeError as exc:
-        return report_error(exc)
+    raw = run_board_sim(args.artifact, args.golden, range(args.images), build_dir,
+                        divisor=args.divisor, waves=args.waves, loadable=args.loadable)
     for line in raw.get("link", {}).get("checks", []):
         print(f"link: {line}")
     images = raw.get("images", {}).get("results", [])
@@ -507,7 +506,3 @@ def main(argv=None) -> int:
     print(f"build {raw['build_seconds']:.1f} s, simulation {raw['run_seconds']:.1f} s"
           + (f"; FAILED: {', '.join(raw['failed'])}" if raw["failed"] else ""))
     return 1 if raw["failed"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

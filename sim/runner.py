@@ -1,7 +1,7 @@
 """Build the generated Verilog with Verilator (or Icarus) and run the cocotb testbench over golden
-images; write build/reports/sim.json (../shared/REPORTS.md) and print a summary table.
+images; write build/reports/sim.json (docs/REPORTS.md) and print a summary table.
 
-    python -m sim.runner --hdl build/hdl/l1p --golden build/sim/l1p-golden.npz \
+    stforge sim --hdl build/hdl/l1p --golden build/sim/l1p-golden.npz \
         [--images 100] [--sim verilator|icarus] [--waves --image 3] [--report ...]
 
 `make sim` prepares the inputs (export, golden data, HDL) and calls this. Torch-free: golden
@@ -16,7 +16,6 @@ is of the sources at simulation time: `make sim` regenerates the Verilog just be
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -27,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from model.errors import StforgeError, report_error
-from model.reports import write_json
+from hw.cycles import summarize as cycle_summary
+from hw.plan import Plan
+from model.errors import StforgeError, positive_int
+from model.ir import load_artifact
+from model.ir.files import write_json
 from model.sources import hw_source_sha256
 from sim.toolchain import SIMULATORS, prepare_simulator
 
-__all__ = ["run_simulation", "main", "SIMULATORS"]
+__all__ = ["run_simulation", "configure", "run", "SIMULATORS"]
 
 TOP = "stforge_top"
 BUILD_RECIPE = 2          # bump when the build steps change: cached builds are redone
@@ -78,7 +80,7 @@ def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: 
                    build_root="build/sim", extra_env: dict | None = None) -> dict:
     """Simulate `images` (indices into the golden file); returns the raw per-image results."""
     from cocotb_tools.runner import get_runner
-    from sim.scoreboard import GoldenData
+    from model.ir.golden import GoldenData
     hdl_dir, golden_path = Path(hdl_dir), Path(golden_path)
     for p in (hdl_dir / f"{TOP}.v", hdl_dir / "design.json", golden_path):
         if not p.exists():
@@ -118,7 +120,7 @@ def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: 
 
 def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
     """sim.json from the per-image results (and the analytic cycle model, where available)."""
-    from sim.scoreboard import GoldenData
+    from model.ir.golden import GoldenData
     imgs = raw["images"]
     cycles = np.array([r["cycles"] for r in imgs], dtype=float)
     bitexact = sum(r["bitexact"] for r in imgs)
@@ -136,12 +138,11 @@ def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
               "run_seconds": raw["run_seconds"], "build_seconds": raw["build_seconds"]}
     if imgs:
         # measured cycles beside the analytic cycle model and the ideal (work-bound) cycles
-        from hw.cycles import summarize as cycle_summary
-        from model.artifact import load_artifact
         design = json.loads((Path(raw["hdl_dir"]) / "design.json").read_text())
-        cyc = cycle_summary(load_artifact(design["artifact"]), GoldenData(golden_path),
-                            measured=imgs, indices=[r["image"] for r in imgs],
-                            lanes=design.get("lanes", 1))
+        plan = Plan.build(load_artifact(design["artifact"]), design.get("lanes", 1),
+                          design.get("chunk"))
+        cyc = cycle_summary(plan, GoldenData(golden_path), measured=imgs,
+                            indices=[r["image"] for r in imgs])
         report.update(cyc, lanes=design.get("lanes", 1))
     first = next((m for r in imgs for m in r["mismatches"]), None)
     if first:
@@ -170,24 +171,24 @@ def print_table(report: dict) -> None:
         print(f"FIRST MISMATCH: {report['first_mismatch']}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.runner", description=__doc__.split("\n")[0])
-    parser.add_argument("--hdl", required=True, help="folder from `python -m hw.generate`")
+def configure(parser) -> None:
+    """`stforge sim`'s arguments."""
+    parser.add_argument("--hdl", required=True, help="folder from `stforge hdl`")
     parser.add_argument("--golden", required=True, help=".npz from `stforge golden-data`")
-    parser.add_argument("--images", type=int, default=100, help="first N golden images")
+    parser.add_argument("--images", type=positive_int, default=100, help="first N golden images")
     parser.add_argument("--sim", default=os.environ.get("SIM", "verilator"))
     parser.add_argument("--waves", action="store_true", help="dump a waveform of one image")
     parser.add_argument("--image", type=int, default=0, help="the image --waves records")
     parser.add_argument("--report", default="build/reports/sim.json")
     parser.add_argument("--model", default=None, help="name for the report (default: hdl folder)")
-    args = parser.parse_args(argv)
-    try:
-        images = [args.image] if args.waves else list(range(args.images))
-        hw_sources = hw_source_sha256()          # what this run verifies (see the docstring)
-        raw = run_simulation(args.hdl, args.golden, images, args.sim, args.waves)
-        report = summarize(raw, args.sim, args.model or Path(args.hdl).name, args.golden)
-    except StforgeError as exc:
-        return report_error(exc)
+
+
+def run(args) -> int:
+    """`stforge sim`: simulate, compare, write sim.json; exit 1 on any mismatch."""
+    images = [args.image] if args.waves else list(range(args.images))
+    hw_sources = hw_source_sha256()          # what this run verifies (see the docstring)
+    raw = run_simulation(args.hdl, args.golden, images, args.sim, args.waves)
+    report = summarize(raw, args.sim, args.model or Path(args.hdl).name, args.golden)
     if hw_source_sha256() != hw_sources:
         hw_sources = None
         print("stforge: warning: the hw sources changed during the simulation; sim.json records "
@@ -200,7 +201,3 @@ def main(argv=None) -> int:
     if args.waves:
         print(f"waveform of image {args.image}: {raw['build_dir']}/dump.vcd")
     return 0 if report["mismatches"] == 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """Scoreboard: the accelerator's trace, logits and class against the golden model, bit for bit.
 
-Golden data arrives as an .npz written by `stforge golden-data` (model/golden.py,
-`write_golden_data`); this module reads it with NumPy only, so the simulator process never imports
-torch. For every image the scoreboard expects, per traced node, one spike vector per (time step,
+Golden data arrives as an .npz written by `stforge golden-data` (model.ir.golden's
+`write_golden_data`, read by its `GoldenData`) with NumPy only, so the simulator process never
+imports torch. For every image the scoreboard expects, per traced node, one spike vector per (time step,
 token) and the integer logits; it compares each value exactly and remembers the first mismatch
 with its full location (image, node, time step, token, channel, expected, actual).
 """
@@ -14,30 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GoldenData", "Mismatch", "Scoreboard", "TRACE_SPIKES", "TRACE_CYCLES"]
+from hw.plan import TRACE_KINDS
+from model.ir.golden import GoldenData
 
-TRACE_SPIKES = 0
-TRACE_CYCLES = 1
-
-
-class GoldenData:
-    """The golden .npz: images, labels, logits, predictions and traced spikes."""
-
-    def __init__(self, path: str | Path):
-        with np.load(path, allow_pickle=False) as npz:
-            self.images = npz["images"]
-            self.labels = npz["labels"]
-            self.logits = npz["logits"]
-            self.prediction = npz["prediction"]
-            self.traced_index = [int(i) for i in npz["traced_index"]]
-            self.traced_names = [str(n) for n in npz["traced_names"]]
-            self.spikes = {name: npz[f"spikes/{name}"] for name in self.traced_names}
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def node_name(self, index: int) -> str:
-        return self.traced_names[self.traced_index.index(index)]
+__all__ = ["GoldenData", "Mismatch", "Scoreboard"]
 
 
 @dataclass
@@ -76,8 +56,11 @@ class ImageResult:
 class Scoreboard:
     """In-order checker for one image at a time: feed records, then `finish_image`."""
 
-    def __init__(self, golden: GoldenData):
+    def __init__(self, golden: GoldenData, trace_kinds: dict | None = None):
+        """`trace_kinds`: {"spikes": k, "cycles": k} of the design (its design.json's; by
+        default hw.plan.TRACE_KINDS, the one definition)."""
         self.golden = golden
+        self.cycles_kind = (trace_kinds or TRACE_KINDS)["cycles"]
         self.results: list[ImageResult] = []
         self._current: ImageResult | None = None
         self._seen: set = set()
@@ -96,7 +79,7 @@ class Scoreboard:
             self._fail(what="extra", node=f"#{node}", step=step, token=token)
             return
         name = self.golden.node_name(node)
-        if kind == TRACE_CYCLES:
+        if kind == self.cycles_kind:
             r.layer_cycles[name] = data
             return
         expected = self.golden.spikes[name][:, r.image]          # (T, tokens, C)

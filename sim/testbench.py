@@ -3,7 +3,7 @@
 Runs inside the simulator process, so it imports NumPy and cocotb only. The runner
 (`sim/runner.py`) passes, through the environment:
 
-    STFORGE_DESIGN   design.json written by `python -m hw.generate` (port widths, layouts)
+    STFORGE_DESIGN   design.json written by `stforge hdl` (port widths, layouts)
     STFORGE_GOLDEN   golden .npz written by `stforge golden-data`
     STFORGE_IMAGES   comma-separated image indices of the golden file to run
     STFORGE_RESULTS  where to write the per-image results (JSON) for the runner
@@ -125,7 +125,7 @@ async def run_images(dut) -> None:
     images = [int(i) for i in os.environ["STFORGE_IMAGES"].split(",")]
     out_path = os.environ["STFORGE_RESULTS"]
     tb = AcceleratorTB(dut, design)
-    scoreboard = Scoreboard(golden)
+    scoreboard = Scoreboard(golden, design.get("trace_kinds"))
     await tb.start()
     started = time.time()
     report = []

@@ -19,7 +19,7 @@ Neuron parameters are randomised (u_th in 0.2..1.0, w_tau in -1.5..1.5; the atte
 neuron u_th 0.02..0.1, w_tau 1..3 so that its small counts fire it) and every BatchNorm is
 calibrated on a batch of inputs (running statistics = that batch's, random gamma signs), so
 neurons fire at moderate rates and some rows get negative scales (the export's orientation
-path). `golden_data(artifact, images, path)` writes the golden .npz that sim/scoreboard.py reads.
+path). `golden_data(artifact, images, path)` writes the golden .npz the scoreboard reads.
 
 `run_accelerator(dut, images, scoreboard)` drives an ``Accelerator(artifact, trace=True)`` in
 amaranth.sim (pixels in; trace, logits and result collected, optionally checked as they come);
@@ -100,7 +100,7 @@ def _calibrate(model, x_float, rng):
         bn.momentum = 0.1
 
 
-def build_artifact(kind: str, out_dir) -> "Artifact":  # noqa: F821
+def build_artifact(kind: str, out_dir):
     """Build, export and reload the tiny artifact `kind` (see KINDS) under `out_dir`."""
     import torch
     from model.data import load_digits
@@ -139,42 +139,33 @@ def build_artifact(kind: str, out_dir) -> "Artifact":  # noqa: F821
 
 def sample_images(artifact, count: int = 2, seed: int = 0) -> np.ndarray:
     """`count` inputs of the artifact's data set, then an all-max and an all-zero input."""
-    man = artifact.manifest["model"]
-    shape = tuple(man["input_shape"])
-    if man["time_varying_input"]:
-        split = event_split(0, man["timesteps"])
-        shape = (man["timesteps"],) + shape
+    man = artifact.model
+    shape = tuple(man.input_shape)
+    if man.time_varying_input:
+        split = event_split(0, man.timesteps)
+        shape = (man.timesteps,) + shape
     else:
         from model.data import load_digits
         split = load_digits()
     rng = np.random.default_rng(seed)
     pick = split.x_test[rng.choice(len(split.x_test), count, replace=False)].astype(np.int64)
-    full = np.full((1,) + shape, int(man["input_max"]), dtype=np.int64)
+    full = np.full((1,) + shape, int(man.input_max), dtype=np.int64)
     zero = np.zeros((1,) + shape, dtype=np.int64)
     return np.concatenate([pick, full, zero])
 
 
 def golden_data(artifact, images, path):
-    """Write the golden .npz (model.golden.write_golden_data) and return sim's GoldenData."""
-    from model.golden import GoldenModel, write_golden_data
-    from sim.scoreboard import GoldenData
+    """Write the golden .npz (model.ir.golden.write_golden_data) and return its GoldenData."""
+    from model.ir.golden import GoldenData, write_golden_data
     images = np.asarray(images)
-    write_golden_data(GoldenModel(artifact), images, np.zeros(len(images), np.int64), path)
+    write_golden_data(artifact, images, np.zeros(len(images), np.int64), path)
     return GoldenData(path)
 
 
-def _copy(artifact):
-    import copy
-
-    from model.artifact import Artifact
-    return Artifact(copy.deepcopy(artifact.manifest),
-                    {k: v.copy() for k, v in artifact.arrays.items()})
-
-
 def _node_spikes_differ(a, b, node_name: str, images) -> bool:
-    from model.golden import GoldenModel
-    sa = GoldenModel(a).run(images).values[node_name]
-    sb = GoldenModel(b).run(images).values[node_name]
+    from model.ir.golden import run_golden
+    sa = run_golden(a, images).values[node_name]
+    sb = run_golden(b, images).values[node_name]
     return bool((sa != sb).any())
 
 
@@ -182,21 +173,21 @@ def perturb_weight(artifact, node_name: str, images):
     """A copy of `artifact` with ONE stored weight of `node_name` set to 0 (it stays stored, so
     the widths stay valid): the largest-magnitude one that changes the golden spikes of
     `node_name` on `images`. Returns (copy, {"array", "index", "old", "new"})."""
+    from model.ir import Conv, LowRankMatMul
     node = artifact.node(node_name)
-    if node["op"] == "conv":
-        key = node["weight"]
-    elif node.get("format") == "lowrank":
-        key = node["b_values"]
-    else:
-        key = node["values"]
-    flat = artifact.arrays[key].reshape(-1)
+    key = "weight" if isinstance(node, Conv) else \
+        "b_values" if isinstance(node, LowRankMatMul) else "values"
+    array = getattr(node, key)
+    flat = array.reshape(-1)
     for i in np.argsort(-np.abs(flat), kind="stable")[:64]:
         if flat[i] == 0:
             break
-        art = _copy(artifact)
-        art.arrays[key].reshape(-1)[i] = 0
+        edited = array.copy()
+        edited.reshape(-1)[i] = 0
+        art = artifact.replace(node_name, **{key: edited})
         if _node_spikes_differ(artifact, art, node_name, images):
-            return art, {"array": key, "index": int(i), "old": int(flat[i]), "new": 0}
+            return art, {"array": f"{node_name}.{key}", "index": int(i), "old": int(flat[i]),
+                         "new": 0}
     raise AssertionError(f"no single weight of {node_name} changes its spikes on these inputs")
 
 
@@ -204,14 +195,19 @@ def perturb_threshold(artifact, node_name: str, images):
     """A copy of `artifact` with the threshold of ONE channel of `node_name` halved (or, if no
     halving changes anything, doubled): the first channel whose change alters the golden spikes
     of `node_name` on `images`. Returns (copy, {"channel", "old", "new"})."""
-    th = artifact.arrays[artifact.node(node_name)["threshold"]]
+    from model.errors import ArtifactError
+    th = artifact.node(node_name).threshold
     for scale in (0.5, 2.0):
         for c in range(len(th)):
             new = max(1, int(th[c] * scale))
             if new == th[c]:
                 continue
-            art = _copy(artifact)
-            art.arrays[art.node(node_name)["threshold"]][c] = new
+            edited = th.copy()
+            edited[c] = new
+            try:
+                art = artifact.replace(node_name, threshold=edited)
+            except ArtifactError:       # beyond the declared threshold width
+                continue
             if _node_spikes_differ(artifact, art, node_name, images):
                 return art, {"channel": c, "old": int(th[c]), "new": new}
     raise AssertionError(f"no single threshold of {node_name} changes its spikes")
@@ -237,7 +233,7 @@ def run_accelerator(dut, images, scoreboard=None, deadline_cycles: int = 2_000_0
     if any, is then left unfinished). A `loadable` dut gets its tables through ``load`` first
     (unless `load` is false)."""
     from hw.components.streams import CycleClock, simulate, stream_put
-    names = {i: n["name"] for i, n in enumerate(dut.artifact.nodes)}
+    names = {i: n.name for i, n in enumerate(dut.artifact.nodes)}
     records = [{"trace": [], "logits": [], "layer_cycles": {}} for _ in images]
     clock = CycleClock()
     started = []

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from model import bench
+from model.flows import bench
 from accelerator_fixtures import tiny_artifact
+from model.ir import LowRankMatMul
 
 REPORTS_FPGA_KEYS = {"variant", "target", "cycles", "ideal_cycles", "fmax_mhz", "latency_us",
                      "inferences_per_s", "energy_uj_ops", "energy_uj_device"}
@@ -71,14 +72,13 @@ def test_fpga_row_numbers():
 
 def _silent(artifact):
     """Zero spikes of every traced node (right shapes) and an all-zero image."""
-    from model.golden import GoldenModel
-    image = np.zeros((1,) + tuple(artifact.manifest["model"]["input_shape"]), np.int64)
-    spikes, img = bench.golden_node_spikes(GoldenModel(artifact), image)[0]
+    image = np.zeros((1,) + tuple(artifact.model.input_shape), np.int64)
+    spikes, img = bench.golden_node_spikes(artifact, image)[0]
     return {k: np.zeros_like(v) for k, v in spikes.items()}, np.zeros_like(img)
 
 
 def _node(artifact, name):
-    return next(n for n in artifact.nodes if n["name"] == name)
+    return artifact.node(name)
 
 
 def test_count_ops_hand_made_l1p(root):
@@ -87,26 +87,26 @@ def test_count_ops_hand_made_l1p(root):
     stem0 = _node(art, "stem0")
     image[0, 3, 3] = 5                  # one interior pixel: seen by 9 outputs x c_out weights
     o = _node(art, "block0.o")
-    col_nnz = np.diff(np.asarray(art.arrays[o["col_ptr"]]))
+    col_nnz = np.diff(np.asarray(o.col_ptr))
     j = int(np.argmax(col_nnz))
     spikes["block0.attn"][0, 0, j] = 1  # one spike into the output projection
     q, k, v = (spikes[f"block0.{x}"] for x in "qkv")
     q[0, 0, 0] = 1                      # head 0: q 1 bit; k 2 bits and v 1 bit on token 0
     k[0, 0, 0] = k[0, 0, 1] = 1
     v[0, 0, 0] = 1
-    heads = _node(art, "block0.attn")["heads"]
-    d = _node(art, "block0.attn")["dim"] // heads
+    heads = _node(art, "block0.attn").heads
+    d = _node(art, "block0.attn").dim // heads
     head = _node(art, "head")
     ops = bench.count_ops(art, spikes, image)
     L = ops["layers"]
-    assert L["stem0"] == {"mac": 9 * stem0["out_channels"], "ac": 0}       # pixel-fed: MACs
+    assert L["stem0"] == {"mac": 9 * stem0.out_channels, "ac": 0}       # pixel-fed: MACs
     assert L["stem1"] == {"mac": 0, "ac": 0}
     assert L["block0.o"] == {"mac": 0, "ac": int(col_nnz[j])}
     assert L["block0.attn"] == {"mac": 0, "ac": 2 * 1 + 1 * d}              # K^T V + Q (K^T V)
-    assert L["head"] == {"mac": head["classes"] * head["in_features"], "ac": 0}
+    assert L["head"] == {"mac": head.classes * head.in_features, "ac": 0}
     for name in ("block0.q", "block0.k", "block0.v", "block0.mlp1", "block0.mlp2"):
         assert L[name] == {"mac": 0, "ac": 0}
-    assert ops["mac"] == 9 * stem0["out_channels"] + head["classes"] * head["in_features"]
+    assert ops["mac"] == 9 * stem0.out_channels + head.classes * head.in_features
     assert ops["ac"] == int(col_nnz[j]) + 2 + d
     assert ops["energy_uj"] == pytest.approx((4.6 * ops["mac"] + 0.9 * ops["ac"]) * 1e-6)
 
@@ -114,12 +114,13 @@ def test_count_ops_hand_made_l1p(root):
 def test_count_ops_lowrank_a_stage_is_macs(root):
     art = tiny_artifact("dsp", root)
     spikes, image = _silent(art)
-    man = art.manifest["model"]
+    man = art.model
     ops = bench.count_ops(art, spikes, image)
-    for n in art.nodes:
-        if n["op"] == "matmul" and n["format"] == "lowrank":
-            assert ops["layers"][n["name"]] == {
-                "mac": man["timesteps"] * man["tokens"] * n["rank"] * n["out_features"], "ac": 0}
+    lowrank = [n for n in art.nodes if isinstance(n, LowRankMatMul)]
+    assert lowrank
+    for n in lowrank:
+        assert ops["layers"][n.name] == {
+            "mac": man.timesteps * man.tokens * n.rank * n.out_features, "ac": 0}
 
 
 def test_attention_acs():
@@ -297,7 +298,7 @@ def test_make_bitstream_of_another_model_keeps_the_default_report(root, tmp_path
     import warnings
     from amaranth.hdl import UnusedElaboratable
     from hw import board, synth
-    from model.artifact import save_artifact
+    from model.ir import save_artifact
     art = tiny_artifact("l1p", root)
     for name in ("l1p", "dsp"):                       # the name is the model, not the weights
         save_artifact(art, tmp_path / "artifacts" / name)
@@ -332,11 +333,10 @@ def test_make_bitstream_of_another_model_keeps_the_default_report(root, tmp_path
 # ---- bench.json keys ------------------------------------------------------------------------------
 
 def test_rows_carry_reports_md_keys(root):
-    from model.golden import GoldenModel
     art = tiny_artifact("l1p", root)
-    images = np.zeros((2,) + tuple(art.manifest["model"]["input_shape"]), np.int64)
+    images = np.zeros((2,) + tuple(art.model.input_shape), np.int64)
     model, xs = _tiny_xs()
-    golden = GoldenModel(art)
+    golden = art
 
     class Wrap(nn.Module):                   # the CPU rows feed images; a tiny float stand-in
         def forward(self, x):
@@ -357,8 +357,9 @@ def test_nothing_to_bench_is_one_line_and_writes_nothing(tmp_path):
     import subprocess
     import sys
     for args, want in ((["--variants", "foo"], "nothing to bench"),
-                       (["--targets", "ice40-hx8k"], "unknown target 'ice40-hx8k'")):
-        r = subprocess.run([sys.executable, "-m", "model.bench", "--reports", str(tmp_path / "r"),
+                       (["--targets", "ice40-hx8k"], "invalid choice: 'ice40-hx8k'")):
+        r = subprocess.run([sys.executable, "-m", "model.flows.cli", "bench", "--reports",
+                            str(tmp_path / "r"),
                             "--artifacts", str(tmp_path), *args], capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and want in r.stderr, r.stderr

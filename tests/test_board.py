@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hw import board as board_mod
+from model.flows import cli
 from hw.board import DEFAULT_CLOCK_MHZ, BoardTop, ecp5_pll, ice40_pll
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ PY = sys.executable
 
 @pytest.fixture(scope="module")
 def l1p(shipped_l1p_path):
-    from model.artifact import load_artifact
+    from model.ir import load_artifact
     return load_artifact(shipped_l1p_path)
 
 
@@ -109,11 +109,11 @@ def test_board_top_elaborates_for_the_board(l1p, target, pll_cell, pins):
 
 
 # --------------------------------------------------------------------------------------------
-# python -m hw.board: user mistakes, fit failures
+# stforge bitstream: user mistakes, fit failures
 # --------------------------------------------------------------------------------------------
 
 def run_board_cli(*args):
-    return subprocess.run([PY, "-m", "hw.board", *map(str, args)], cwd=ROOT,
+    return subprocess.run([PY, "-m", "model.flows.cli", "bitstream", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -123,7 +123,8 @@ def test_cli_unknown_target_and_missing_artifact(shipped_l1p_path, tmp_path):
                       "--report", tmp_path / "r.json")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "stforge: error: Unknown target 'ice40-hx8k'; known targets: ecp5-85f, ice40-up5k"]
+        "stforge: error: bitstream: argument --target: invalid choice: 'ice40-hx8k' (choose "
+        "from 'ecp5-85f', 'ice40-up5k')"]
     r = run_board_cli("--target", "ecp5-85f", "--artifact", tmp_path / "none.json",
                       "--out", tmp_path / "o", "--report", tmp_path / "r.json")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
@@ -147,7 +148,7 @@ def test_cli_fit_failure_is_one_line_and_writes_nothing(l1p, shipped_l1p_path, t
                              "has 5280 (nextpnr-ice40 failed)")
 
     monkeypatch.setattr(synth, "build_bitstream", no_fit)
-    code = board_mod.main(["--target", "ice40-up5k", "--artifact", str(L1P),
+    code = cli.main(["bitstream", "--target", "ice40-up5k", "--artifact", str(L1P),
                            "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert code == 2
@@ -169,7 +170,7 @@ def test_cli_timing_failure_names_the_pll_clock(l1p, shipped_l1p_path, tmp_path,
                                 "35.18 MHz, 50.00 MHz required [log: x]")
 
     monkeypatch.setattr(synth, "build_bitstream", slow)
-    code = board_mod.main(["--target", "ecp5-85f", "--artifact", str(L1P),
+    code = cli.main(["bitstream", "--target", "ecp5-85f", "--artifact", str(L1P),
                            "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r.json")])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
@@ -191,7 +192,7 @@ def test_cli_success_writes_the_report(l1p, shipped_l1p_path, tmp_path, monkeypa
 
     monkeypatch.setattr(synth, "build_bitstream", fake_build)
     report = tmp_path / "reports" / "synth-ecp5-85f.json"
-    code = board_mod.main(["--target", "ecp5-85f", "--artifact", str(L1P), "--out",
+    code = cli.main(["bitstream", "--target", "ecp5-85f", "--artifact", str(L1P), "--out",
                            str(tmp_path / "o"), "--report", str(report)])
     assert code == 0
     data = json.loads(report.read_text())
@@ -223,7 +224,7 @@ def test_board_simulation_matches_golden(l1p, shipped_l1p_path, loadable):
     golden = build_dir / "golden.npz"
     started = time.time()
     # golden logits come from the torch-side CLI, in its own process
-    subprocess.run([PY, "-m", "model.cli", "golden-data", str(L1P), "--images", str(IMAGES),
+    subprocess.run([PY, "-m", "model.flows.cli", "golden-data", str(L1P), "--images", str(IMAGES),
                     "--out", str(golden), "--quiet"], cwd=ROOT, check=True, timeout=300,
                    capture_output=True)
     golden_seconds = time.time() - started

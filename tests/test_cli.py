@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def stforge(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "model.cli", *map(str, args)], cwd=cwd or ROOT,
+    return subprocess.run([sys.executable, "-m", "model.flows.cli", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -19,6 +19,7 @@ from accelerator_fixtures import KINDS, simulated, tiny_artifact
 from hw.components import RankFactoredEngine, SparseMatmulEngine
 from hw.cycles import (expected_cycles, head_cycles, ideal_breakdown, ideal_cycles,
                        image_spikes, inference_cycles, load_cycles, summarize, value_counts)
+from model.ir import Attention, LowRankMatMul, MatMul
 
 TOLERANCE = 0.05
 
@@ -69,7 +70,7 @@ def test_chunks_exact_and_bitexact(root):
     from hw.accelerator import Accelerator
     from sim.scoreboard import Scoreboard
     art, golden, records = simulated("l1p", root)
-    assert max(n.get("out_features", 0) for n in art.nodes) == 16
+    assert max(getattr(n, "out_features", 0) for n in art.nodes) == 16
     got = run_accelerator(Accelerator(art, trace=True, chunk=8), golden.images[:2],
                           Scoreboard(golden))
     for i, rec in enumerate(got):
@@ -82,14 +83,17 @@ def test_chunks_exact_and_bitexact(root):
     with pytest.raises(ValueError, match="chunk = 6 splits the 8 channels of stem1 into a chunk of fewer than 5"):
         Accelerator(art, chunk=6)
     # the neuron array runs without its hazard stall: every layer needs 3 channels or more
-    import copy
-    from model.artifact import Artifact
-    narrow = Artifact(copy.deepcopy(art.manifest), art.arrays)
-    node = next(n for n in narrow.nodes if n["op"] == "matmul")
-    node["out_features"] = 2
-    with pytest.raises(ValueError, match=f"{node['name']} has 2 channels; the accelerator needs "
+    import dataclasses
+    from model.ir import MatMul
+    node = next(n for n in art.nodes if isinstance(n, MatMul))
+    narrow = dataclasses.replace(node, out_features=2, bias=node.bias[:2],
+                                 threshold=node.threshold[:2], leak=node.leak[:2],
+                                 row_idx=node.row_idx % 2)
+    graph = dataclasses.replace(art, nodes=tuple(narrow if n is node else n for n in art.nodes))
+    assert graph.node(node.name).channels == 2        # unchecked: only the plan's rule
+    with pytest.raises(ValueError, match=f"{node.name} has 2 channels; the accelerator needs "
                                          f"at least 3 per layer"):
-        Accelerator(narrow)
+        Accelerator(graph)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -113,8 +117,7 @@ def test_summary_for_sim_json(root):
                                            "min": min(cycles), "max": max(cycles)}
     assert 0 < out["ideal_cycles_per_inference"] < out["cycles_per_inference"]["min"]
     names = [layer["name"] for layer in out["layers"]]
-    assert names == [n["name"] for n in art.nodes
-                     if n["op"] in ("conv", "matmul", "attention")] + ["head"]
+    assert names == [n.name for n in art.neurons] + ["head"]
     for layer in out["layers"]:
         assert {"name", "cycles", "ideal_cycles"} <= set(layer)
         assert layer["ideal_cycles"] <= layer["cycles"]
@@ -135,33 +138,25 @@ def _engine(art, node, in_max):
 
 
 def _build_engine(art, node, in_max):
-    if node["format"] == "lowrank":
-        return RankFactoredEngine(node["in_features"], node["out_features"], node["rank"],
-                                  art.arrays[node["b_col_ptr"]], art.arrays[node["b_row_idx"]],
-                                  art.arrays[node["b_values"]], art.arrays[node["a"]], in_max,
-                                  64, 64)
-    return SparseMatmulEngine(node["in_features"], node["out_features"],
-                              art.arrays[node["col_ptr"]], art.arrays[node["row_idx"]],
-                              art.arrays[node["values"]], in_max, 64)
+    if isinstance(node, LowRankMatMul):
+        return RankFactoredEngine(node.in_features, node.out_features, node.rank,
+                                  node.b_col_ptr, node.b_row_idx, node.b_values, node.a,
+                                  in_max, 64, 64)
+    return SparseMatmulEngine(node.in_features, node.out_features, node.col_ptr,
+                              node.row_idx, node.values, in_max, 64)
 
 
 def _random_spikes(art, seed, density):
     rng = np.random.default_rng(seed)
-    man = art.manifest["model"]
+    man = art.model
     spikes = {}
-    for node in art.nodes:
-        if node["op"] in ("conv", "matmul", "attention"):
-            c = {"conv": "out_channels", "matmul": "out_features", "attention": "dim"}[node["op"]]
-            tokens = man["tokens"]
-            if node["op"] == "conv":
-                div = 2 if node["pool"] else 1
-                tokens = (node["height"] // div) * (node["width"] // div)
-            spikes[node["name"]] = (rng.random((man["timesteps"], tokens, node[c]))
-                                    < density).astype(np.uint8)
-    shape = tuple(man["input_shape"])
-    if man["time_varying_input"]:
-        shape = (man["timesteps"],) + shape
-    image = rng.integers(0, man["input_max"] + 1, shape) * (rng.random(shape) < density)
+    for node in art.neurons:
+        spikes[node.name] = (rng.random((man.timesteps, art.tokens_of(node.name),
+                                         node.channels)) < density).astype(np.uint8)
+    shape = tuple(man.input_shape)
+    if man.time_varying_input:
+        shape = (man.timesteps,) + shape
+    image = rng.integers(0, man.input_max + 1, shape) * (rng.random(shape) < density)
     return spikes, image
 
 
@@ -179,28 +174,28 @@ def test_matmul_stages_follow_the_engine_formula(kind, root):
         values = value_counts(art, spikes, image)
         expected = expected_cycles(art, spikes, image)
         for node in art.nodes:
-            if node["op"] != "matmul":
+            if not isinstance(node, (MatMul, LowRankMatMul)):
                 continue
-            counts = values[node["inputs"][0]]
+            counts = values[node.inputs[0]]
             engine = _engine(art, node, int(max(counts.max(), 1)))
             vectors = counts.shape[0] * counts.shape[1]
             active = [np.flatnonzero(counts[t, n])
                       for t in range(counts.shape[0]) for n in range(counts.shape[1])]
             engine_sum = sum(engine.cycles_for(j) for j in active)
-            extra = expected[node["name"]] - engine_sum
-            if node["format"] == "lowrank":
+            extra = expected[node.name] - engine_sum
+            if isinstance(node, LowRankMatMul):
                 if density == 0.0:
-                    assert extra == 10, (node["name"], extra)
+                    assert extra == 10, (node.name, extra)
                 else:
-                    assert 9 <= extra <= 10 + vectors, (node["name"], density, extra)
+                    assert 9 <= extra <= 10 + vectors, (node.name, density, extra)
                 continue
-            sizes = np.diff(art.arrays[node["col_ptr"]])
+            sizes = np.diff(node.col_ptr)
             walks = sum(max(int(sizes[j]), 1) for js in active for j in js)
-            floor = max(walks, vectors * (node["out_features"] + 3))
-            assert floor <= expected[node["name"]] <= engine_sum + 11 + vectors, \
-                (node["name"], density, floor, expected[node["name"]], engine_sum)
+            floor = max(walks, vectors * (node.out_features + 3))
+            assert floor <= expected[node.name] <= engine_sum + 11 + vectors, \
+                (node.name, density, floor, expected[node.name], engine_sum)
             if density > 0.0:
-                assert expected[node["name"]] < engine_sum, "the overlap hid no drain"
+                assert expected[node.name] < engine_sum, "the overlap hid no drain"
 
 
 def test_attention_formula(root):
@@ -213,18 +208,18 @@ def test_attention_formula(root):
         cycles = sum over steps (sum_n<N-1 max(p_n, 2) + max(p_N-1, 1) + N dim + 3) + 8
     """
     art = tiny_artifact("l1p16", root)
-    T = art.manifest["model"]["timesteps"]
-    N = art.manifest["model"]["tokens"]
-    node = next(n for n in art.nodes if n["op"] == "attention")
-    dim = node["dim"]
+    T, N = art.model.timesteps, art.model.tokens
+    node = next(n for n in art.nodes if isinstance(n, Attention))
+    dim = node.dim
     assert dim > 4
     for seed, density in ((0, 0.0), (1, 0.1), (2, 0.5), (3, 1.0)):
         spikes, image = _random_spikes(art, seed, density)
-        v = value_counts(art, spikes, image)[node["inputs"][2]]
+        v = value_counts(art, spikes, image)[node.inputs[2]]
         pops = (v != 0).sum(axis=2)
         per_step = [int(np.maximum(p[:-1], 2).sum()) + max(int(p[-1]), 1) + N * dim + 3
                     for p in pops]
-        assert expected_cycles(art, spikes, image)[node["name"]] == sum(per_step) + 8
+        assert len(pops) == T
+        assert expected_cycles(art, spikes, image)[node.name] == sum(per_step) + 8
 
 
 SETTINGS = settings(max_examples=25, deadline=None,
@@ -290,14 +285,12 @@ def test_lanes_model_terms():
     """The lanes terms of the model on their own: the walker's cycles per column are the most
     entries any lane holds (rows r = p mod P), the head takes ceil(dim / P) MACs per class, the
     default chunk is whole groups, and the ideal divides the work by the lanes."""
-    from hw.cycles import _column_sizes, default_chunk
-    node = {"op": "matmul", "format": "csc", "col_ptr": "p", "row_idx": "r"}
-
-    class Art:
-        arrays = {"p": np.array([0, 4, 4, 7]), "r": np.array([0, 2, 4, 6, 1, 2, 3])}
-    assert _column_sizes(Art, node).tolist() == [4, 0, 3]
-    assert _column_sizes(Art, node, 2).tolist() == [4, 0, 2]     # rows 0,2,4,6 all in lane 0
-    assert _column_sizes(Art, node, 3).tolist() == [2, 0, 1]
+    from hw.plan import default_chunk, lane_column_sizes
+    ptr, rows = np.array([0, 4, 4, 7]), np.array([0, 2, 4, 6, 1, 2, 3])
+    walk = lambda lanes: lane_column_sizes(ptr, rows, lanes).max(axis=0).tolist()
+    assert walk(1) == [4, 0, 3]
+    assert walk(2) == [4, 0, 2]     # rows 0,2,4,6 all in lane 0
+    assert walk(3) == [2, 0, 1]
     assert [default_chunk(p) for p in (1, 2, 3, 5)] == [32, 32, 33, 35]
 
 

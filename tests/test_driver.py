@@ -220,7 +220,7 @@ def write_manifest(tmp_path):
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([PY, "-m", "firmware.driver", *map(str, args)], cwd=ROOT,
+    return subprocess.run([PY, "-m", "model.flows.cli", "run", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -364,15 +364,47 @@ def test_load_writes_whole_words_in_frames_the_board_can_take():
 
 
 def test_memory_images_come_from_the_accelerators_memory_map(shipped_l1p_path):
-    """firmware.images.memory_images: the loadable accelerator's two tables, every stored
-    weight once (the engine's entries) and every neuron's constants once."""
-    from firmware.images import memory_images
-    from model.artifact import load_artifact
+    """The loadable accelerator's two tables (the memory map `stforge bitstream` writes):
+    every stored weight once (the engine's entries) and every neuron's constants once."""
+    from hw.accelerator import Accelerator
+    from hw.generate import memory_tables
+    from model.ir import load_artifact
     art = load_artifact(shipped_l1p_path)
-    tables = memory_images(art)
+    acc = Accelerator(art, loadable=True)
+    acc._MustUse__silence = True            # built for its memory map, never elaborated
+    tables = memory_tables(acc)
     assert [(t.id, t.name) for t in tables] == [(0, "engine.entries"), (1, "neurons.parameters")]
     entries, params = tables
     assert all(0 <= w < (1 << entries.width) for w in entries.words)
-    channels = sum(n.get("out_channels", n.get("out_features", n.get("dim", 0)))
-                   for n in art.nodes if n["op"] in ("conv", "matmul", "attention"))
-    assert len(params.words) == channels
+    assert len(params.words) == sum(n.channels for n in art.neurons)
+
+
+def test_cli_loadable_board_needs_the_memory_map(tmp_path):
+    """A board that takes its tables from the host (answers WRITE_MEM) and no --memory-map:
+    one line naming the option, exit 2."""
+    art = write_manifest(tmp_path)
+
+    def serve(fd):
+        decoder = FrameDecoder()
+        while True:
+            try:
+                data = os.read(fd, 256)
+            except OSError:
+                return
+            if not data:
+                return
+            for frame in decoder.feed(data):
+                if isinstance(frame, Frame) and frame.command == Command.PING:
+                    os.write(fd, encode_frame(Command.OK, bytes([PROTOCOL_VERSION])))
+                elif isinstance(frame, Frame):     # WRITE_MEM of no words: a loadable board
+                    os.write(fd, encode_frame(Command.ERROR, pack_error(ErrorCode.BAD_ARGUMENT)))
+    path, fds = pty_board(serve)
+    try:
+        r = run_cli("--port", path, "--artifact", art, "--timeout", 2)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "stforge: error: this board takes its tables from the host: pass --memory-map "
+        "<bitstream folder>/memory_map.json (written by `make bitstream`)"]

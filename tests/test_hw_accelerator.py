@@ -20,6 +20,7 @@ from accelerator_fixtures import (KINDS, SIM_INPUTS, golden_data, perturb_thresh
                                   tiny_artifact)
 from hw.accelerator import TRACE_CYCLES, TRACE_SPIKES, Accelerator
 from sim.scoreboard import Scoreboard
+from model.ir import INPUT, Attention, Conv
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_bitexact(kind, root):
     model's; the trace holds each (node, step, token) once and one cycles record per node."""
     art, golden, records = simulated(kind, root)
     assert len(records) == SIM_INPUTS[kind]
-    traced = [i for i, n in enumerate(art.nodes) if n["op"] in ("conv", "matmul", "attention")]
+    traced = [art.index(n.name) for n in art.neurons]
     for k, rec in enumerate(records):
         result = rec["result"]
         assert result.bitexact, f"{kind} input {k}: {_describe(result)}"
@@ -47,8 +48,8 @@ def test_bitexact(kind, root):
         spikes = [r for r in rec["trace"] if r[0] == TRACE_SPIKES]
         keys = [(node, step, token) for _, node, step, token, _ in spikes]
         assert len(keys) == len(set(keys))
-        expected = sum(golden.spikes[art.nodes[i]["name"]].shape[0] *
-                       golden.spikes[art.nodes[i]["name"]].shape[2] for i in traced)
+        expected = sum(golden.spikes[art.nodes[i].name].shape[0] *
+                       golden.spikes[art.nodes[i].name].shape[2] for i in traced)
         assert len(spikes) == expected
         # nodes are traced in accelerator order, each closed by its cycles record
         cycles_nodes = [r[1] for r in rec["trace"] if r[0] == TRACE_CYCLES]
@@ -61,9 +62,9 @@ def test_extreme_inputs_fire_and_silence(root):
     """The all-max and all-zero inputs really are extremes: the first conv fires on more
     positions with every pixel at max than on silence, and both runs stay bit-exact."""
     art, golden, records = simulated("l1p", root)
-    first = art.nodes[0]["name"]
+    first = art.nodes[0].name
     full, zero = golden.images[1], golden.images[2]
-    assert (full == art.manifest["model"]["input_max"]).all() and (zero == 0).all()
+    assert (full == art.model.input_max).all() and (zero == 0).all()
     stem = golden.spikes[first]
     assert stem[:, 1].sum() > stem[:, 2].sum()
     assert records[1]["result"].bitexact and records[2]["result"].bitexact
@@ -109,7 +110,7 @@ def test_checker_sees_one_changed_threshold(root):
     channel, and none against the perturbed artifact's golden data."""
     art = tiny_artifact("l1p", root)
     image = sample_images(art, 1)[0]
-    node = art.nodes[0]["name"]
+    node = art.nodes[0].name
     perturbed, detail = perturb_threshold(art, node, image[None])
     against_original, against_changed = _run_perturbed(art, perturbed, node, image, root,
                                                        "threshold")
@@ -139,25 +140,25 @@ def test_trace_off_has_no_trace_port(root):
     art = tiny_artifact("l1p", root)
     dut = Accelerator(art, trace=False)
     assert not hasattr(dut, "trace")
-    assert dut.classes == art.node("head")["classes"]
+    assert dut.classes == art.head.classes
 
 
 def _value_plan(art):
     """The value store's placement after elaboration: (place, stage bases, width, gran, store)."""
     from amaranth.hdl import Fragment
 
-    from hw import accelerator
+    from hw.accelerator.store import ValueStore
     seen = {}
-    original = accelerator._ValueStore.build
+    original = ValueStore.build
 
     def spy(store, m, active):
         seen["store"] = store
         return original(store, m, active)
-    accelerator._ValueStore.build = spy
+    ValueStore.build = spy
     try:
-        Fragment.get(Accelerator(art), None)
+        Fragment.get(Accelerator(art), None)        # the reads it registers match the plan's
     finally:
-        accelerator._ValueStore.build = original
+        ValueStore.build = original
     store = seen["store"]
     return (*store.plan(), store)
 
@@ -169,8 +170,7 @@ def test_value_bank_placement(kind, root):
     every stage's bank reads use one base."""
     art = tiny_artifact(kind, root)
     place, stage_base, width, gran, store = _value_plan(art)
-    widths = {n["name"]: (n.get("out_channels") or n.get("out_features") or n.get("dim"))
-              for n in art.nodes if n["op"] in ("conv", "matmul", "attention")}
+    widths = {n.name: n.channels for n in art.neurons}
     words = {}
     for v, (base, lane) in place.items():
         assert lane % gran == 0 and widths[v] % gran == 0 and lane + widths[v] <= width
@@ -181,13 +181,13 @@ def test_value_bank_placement(kind, root):
     for sid, per in store.reads.items():
         bases = {place[src][0] for src in per if src in place}
         assert len(bases) <= 1
-    pooled_readback = {n["name"] for n in art.nodes if n["op"] == "conv" and n["pool"]
-                       and n["inputs"][0] != "input"}
+    pooled_readback = {n.name for n in art.nodes if isinstance(n, Conv) and n.pool
+                       and n.inputs[0] != INPUT}
     assert pooled_readback == ({"stem1"} if kind == "l1p" else set())
     assert pooled_readback.isdisjoint(place)
     assert set(place) | pooled_readback == set(widths)
-    attn = next(n for n in art.nodes if n["op"] == "attention")
-    assert len({place[v][0] for v in attn["inputs"]}) == 1          # Q, K, V: one read
+    attn = next(n for n in art.nodes if isinstance(n, Attention))
+    assert len({place[v][0] for v in attn.inputs}) == 1          # Q, K, V: one read
 
 
 def test_loadable_accelerator_runs_like_the_rom_one_once_loaded(root):

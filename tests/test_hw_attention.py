@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 # (constructors that raise leave unused, half-built components behind)
-"""Tests for hw/components/attention.py: SpikingAttention against model.intops.attention_counts,
+"""Tests for hw/components/attention.py: SpikingAttention against model.ir.intops.attention_counts,
 bit for bit and cycle for cycle.
 
 Widths follow the artifact: widths.kv = signed_bits(0, tokens) and the accumulator
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from hw.components.attention import SpikingAttention
 from hw.components.streams import CycleClock, simulate, stream_get_all, stream_put_all
-from model.intops import attention_counts, signed_bits
+from model.ir.intops import attention_counts, signed_bits
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

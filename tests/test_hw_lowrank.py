@@ -3,8 +3,8 @@
 """Tests for hw/components/lowrank.py: RankFactoredEngine against A @ (B @ x), bit for bit and
 cycle for cycle.
 
-B is rebuilt from its CSC form with model.artifact.dense_from_csc; z and accumulator widths are
-derived from the worst case with model.intops.signed_bits, as the artifact derives widths.z and
+B is rebuilt from its CSC form with model.ir.csc.dense_from_csc; z and accumulator widths are
+derived from the worst case with model.ir.intops.signed_bits, as the artifact derives widths.z and
 widths.acc for a low-rank node.
 """
 
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from hw.components.lowrank import RankFactoredEngine
 from hw.components.streams import CycleClock, simulate, stream_get_all, stream_put_all
-from model.artifact import csc_from_dense, dense_from_csc
-from model.intops import signed_bits
+from model.ir.csc import csc_from_dense, dense_from_csc
+from model.ir.intops import signed_bits
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

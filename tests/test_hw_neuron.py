@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 # (constructors that raise leave unused, half-built components behind)
-"""Tests for hw/components/neuron.py: SlifNeuronArray against model.intops.neuron_step.
+"""Tests for hw/components/neuron.py: SlifNeuronArray against model.ir.intops.neuron_step.
 
 Spikes are compared per time step and the membrane RAM against the golden V, so a membrane that
 failed to carry over between steps, or a "first" step that failed to ignore stale RAM contents,
@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 
 from hw.components.neuron import SlifNeuronArray
 from hw.components.streams import CycleClock, simulate, stream_get_all, stream_put_all
-from model.intops import neuron_step, range_of_signed_bits, signed_bits
+from model.ir.intops import neuron_step, range_of_signed_bits, signed_bits
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def neuron_widths(acc_lo, acc_hi, bias, threshold, frac_bits, leak_bits):
-    """(acc, membrane, product) widths from the worst case, as model.artifact derives them."""
+    """(acc, membrane, product) widths from the worst case, as model.ir derives them."""
     x_lo = acc_lo * (1 << frac_bits) + int(bias.min())
     x_hi = acc_hi * (1 << frac_bits) + int(bias.max())
     v_lo, v_hi = min(0, x_lo), max(0, x_hi, int(threshold.max()))

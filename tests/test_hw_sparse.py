@@ -3,8 +3,8 @@
 """Tests for hw/components/sparse.py: SparseMatmulEngine against W @ x, bit for bit and cycle for
 cycle, with one lane and with several (rows dealt to lanes round-robin, P rows per result).
 
-W is rebuilt from its CSC form with model.artifact.dense_from_csc (the artifact's own rule), and
-the accumulator width is derived from the worst case with model.intops.signed_bits, as the
+W is rebuilt from its CSC form with model.ir.csc.dense_from_csc (the artifact's own rule), and
+the accumulator width is derived from the worst case with model.ir.intops.signed_bits, as the
 artifact derives widths.acc.
 """
 
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from hw.components.sparse import SparseMatmulEngine
 from hw.components.streams import CycleClock, simulate, stream_get_all, stream_put_all
-from model.artifact import csc_from_dense, dense_from_csc
-from model.intops import signed_bits
+from model.ir.csc import csc_from_dense, dense_from_csc
+from model.ir.intops import signed_bits
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

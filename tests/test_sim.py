@@ -16,14 +16,14 @@ pytestmark = pytest.mark.sim
 def prepare(artifact, images, root, name, lanes=1):
     """Artifact + images -> (hdl folder, golden .npz), like `make sim` does."""
     from hw.generate import generate_verilog
-    from model.artifact import save_artifact
-    from model.golden import GoldenModel, write_golden_data
+    from model.ir import save_artifact
+    from model.ir.golden import write_golden_data
     root.mkdir(parents=True, exist_ok=True)
     save_artifact(artifact, root / f"{name}-artifact")
     hdl = root / name
     generate_verilog(root / f"{name}-artifact.json", hdl, lanes=lanes)
     golden = root / f"{name}-golden.npz"
-    write_golden_data(GoldenModel(artifact), images, np.zeros(len(images), np.int64), golden)
+    write_golden_data(artifact, images, np.zeros(len(images), np.int64), golden)
     return hdl, golden
 
 
@@ -78,17 +78,18 @@ def test_lanes_on_verilator_bitexact_and_cycle_model_exact(tmp_path):
 def test_generate_refuses_lanes_the_model_cannot_take(tmp_path, capsys):
     """Too many lanes for a layer: one line naming the layer and the numbers, exit 2, nothing
     written."""
-    from hw.generate import main
-    from model.artifact import save_artifact
+    from model.flows.cli import main
+    from model.ir import save_artifact
     from tests.accelerator_fixtures import build_artifact
     save_artifact(build_artifact("l1p-wide", tmp_path), tmp_path / "wide")
     out = tmp_path / "hdl"
-    assert main([str(tmp_path / "wide.json"), "--out", str(out), "--lanes", "5"]) == 2
+    assert main(["hdl", str(tmp_path / "wide.json"), "--out", str(out), "--lanes", "5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("stforge: error: stem0 has 10 channels, 2 groups of 5 lanes")
     assert "Traceback" not in err and not out.exists()
-    assert main([str(tmp_path / "wide.json"), "--out", str(out), "--lanes", "0"]) == 2
-    assert "lanes must be a positive integer, not 0" in capsys.readouterr().err
+    assert main(["hdl", str(tmp_path / "wide.json"), "--out", str(out), "--lanes", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--lanes: must be at least 1, not 0" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 

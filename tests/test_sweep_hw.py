@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from model import sources, sweep_hw
+from model import sources
+from model.flows import cli, sweep_hw
 from model.config import load_config
 
 TINY = """
@@ -55,10 +56,15 @@ def tiny_config(tmp_path_factory):
     return path
 
 
+def sweep_main(argv):
+    """`stforge sweep-hw ARGV` in this process."""
+    return cli.main(["sweep-hw", *argv])
+
+
 def _sweep(config, out, *args):
     argv = ["--config", str(config), "--out-dir", str(out), "--no-synth", "--images", "2",
             "--workers", "2", "--quiet", "--rank", *args]
-    assert sweep_hw.main(argv) == 0
+    assert sweep_main(argv) == 0
     return json.loads((out / "reports" / "sweep_hw.json").read_text())
 
 
@@ -136,10 +142,10 @@ def test_code_version_covers_what_a_stage_imports():
     dense, model, hw = names("dense"), names("model"), names("hw")
     assert {"model/pipeline.py", "model/train.py", "model/transformer.py"} <= dense
     assert "hw/cycles.py" not in dense and "hw/synth.py" not in model
-    assert {"model/export.py", "model/golden.py", "model/intops.py"} <= model
+    assert {"model/export.py", "model/ir/golden.py", "model/ir/intops.py"} <= model
     assert "hw/cycles.py" not in model      # the hw stage runs the cycle model, on its lanes
-    assert {"hw/accelerator.py", "hw/components/sparse.py", "hw/synth.py", "hw/board.py",
-            "hw/cycles.py", "model/golden.py"} <= hw
+    assert {"hw/accelerator/top.py", "hw/components/sparse.py", "hw/synth.py", "hw/board.py",
+            "hw/cycles.py", "hw/plan.py", "model/ir/golden.py"} <= hw
     assert len(sweep_hw.code_version("hw")) == 64
 
 
@@ -157,8 +163,8 @@ def test_hw_source_hash_follows_content_not_dates(tmp_path):
     base = sources.hw_source_sha256(clone)
     assert base == sources.hw_source_sha256() and len(base) == 64   # a clone: same hash
     names = {p.relative_to(clone).as_posix() for p in sources.hw_sources(clone)}
-    assert {"hw/accelerator.py", "hw/cycles.py", "hw/components/sparse.py", "hw/synth.py",
-            "model/artifact.py", "model/intops.py"} <= names       # and what hw/ imports
+    assert {"hw/accelerator/top.py", "hw/cycles.py", "hw/components/sparse.py", "hw/synth.py",
+            "model/ir/artifact.py", "model/ir/intops.py"} <= names       # and what hw/ imports
     assert not any("__pycache__" in n or n.startswith("sim/") for n in names)
 
     future = time.time() + 86400
@@ -167,7 +173,7 @@ def test_hw_source_hash_follows_content_not_dates(tmp_path):
     (clone / "hw" / "__pycache__" / "cycles.py").write_text("# bytecode folder: ignored\n")
     (clone / "model" / "train.py").write_text("# not imported by hw/\n")
     assert sources.hw_source_sha256(clone) == base
-    for changed in ("hw/cycles.py", "hw/components/neuron.py", "model/artifact.py"):
+    for changed in ("hw/cycles.py", "hw/components/neuron.py", "model/ir/artifact.py"):
         path = clone / changed
         original = path.read_bytes()
         path.write_bytes(original + b"\n# edited\n")
@@ -178,7 +184,7 @@ def test_hw_source_hash_follows_content_not_dates(tmp_path):
 
 
 def _simulated(tmp_path, monkeypatch, model="l1p", model_error=0.0):
-    """`python -m sim.runner` with the simulation replaced by fixed results -> reports folder."""
+    """`stforge sim` with the simulation replaced by fixed results -> reports folder."""
     from sim import runner
     monkeypatch.setattr(runner, "run_simulation", lambda *args, **kwargs: {})
     monkeypatch.setattr(runner, "summarize", lambda raw, sim, name, golden: {
@@ -187,7 +193,7 @@ def _simulated(tmp_path, monkeypatch, model="l1p", model_error=0.0):
         "layers": [], "simulated_cycles_per_second": 1.0, "model_error": model_error})
     monkeypatch.setattr(runner, "print_table", lambda report: None)
     reports = tmp_path / "reports"
-    assert runner.main(["--hdl", str(tmp_path / "hdl"), "--golden", str(tmp_path / "g.npz"),
+    assert cli.main(["sim", "--hdl", str(tmp_path / "hdl"), "--golden", str(tmp_path / "g.npz"),
                         "--model", model, "--report", str(reports / "sim.json")]) == 0
     return reports
 
@@ -278,7 +284,7 @@ def test_pareto_front():
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_config, tmp_path, capsys, args):
     out = tmp_path / "out"
-    assert sweep_hw.main(["--config", str(tiny_config), "--out-dir", str(out), "--no-synth",
+    assert sweep_main(["--config", str(tiny_config), "--out-dir", str(out), "--no-synth",
                           "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stforge: error: "), err
@@ -286,7 +292,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_config, tmp_path, 
 
 
 def test_missing_config_is_an_error(tmp_path, capsys):
-    assert sweep_hw.main(["--config", str(tmp_path / "none.toml"),
+    assert sweep_main(["--config", str(tmp_path / "none.toml"),
                           "--out-dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("stforge: error: config file")
     assert not (tmp_path / "out").exists()
@@ -298,7 +304,7 @@ def test_sweep_with_synthesis_on_ecp5(tiny_config, tmp_path):
     argv = ["--config", str(tiny_config), "--out-dir", str(tmp_path), "--images", "2",
             "--workers", "1", "--quiet", "--rank", "--sparsity", "0.9", "--lanes", "1",
             "--target", "ecp5-85f"]
-    assert sweep_hw.main(argv) == 0
+    assert sweep_main(argv) == 0
     report = json.loads((tmp_path / "reports" / "sweep_hw.json").read_text())
     (row,) = report["rows"]
     assert row["status"] == "ok" and row["fits_resources"] is True

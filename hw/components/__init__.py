@@ -3,12 +3,12 @@
 Every component is an Amaranth ``wiring.Component`` whose ports are ``stream.Signature`` streams
 (payload/valid/ready) with ``data.StructLayout`` payloads, and whose arrays live in
 ``amaranth.lib.memory.Memory`` instances so that Yosys can map the larger ones to block RAM.
-The integer arithmetic is model/intops.py's, bit for bit.
+The integer arithmetic is model/ir/intops.py's, bit for bit.
 
     SparseMatmulEngine   y = W x, event-driven over the active inputs, W stored as CSC
     RankFactoredEngine   y = A (B x), B as CSC (event-driven), A dense (one MAC per cycle)
     SpikingAttention     Q_h (K_h^T V_h) per head over binary Q, K, V
-    SlifNeuronArray      the integer sLIF update of model.intops.neuron_step, one per cycle
+    SlifNeuronArray      the integer sLIF update of model.ir.intops.neuron_step, one per cycle
 
 The matmul engines and the attention block emit one accumulator per transfer in row (channel)
 order, the order in which SlifNeuronArray consumes them. Every component takes ``lanes`` = P:

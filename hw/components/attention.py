@@ -1,6 +1,6 @@
 """Spiking self-attention counts Q_h (K_h^T V_h) per head over binary Q, K, V.
 
-The golden rule is model.intops.attention_counts: for head h of width d = dim / heads,
+The golden rule is model.ir.intops.attention_counts: for head h of width d = dim / heads,
 
     out[n, h*d + j] = sum_i Q[n, h*d+i] * KV_h[i, j],    KV_h[i, j] = sum_m K[m, h*d+i] V[m, h*d+j]
 
@@ -19,7 +19,7 @@ from amaranth.utils import bits_for
 
 from hw.components import block_ram_attrs, check_int, lane_of, tree_sum
 from hw.components.sparse import CYCLE_COUNTER_WIDTH, add_cycle_counter
-from model.intops import signed_bits
+from model.ir.intops import signed_bits
 
 __all__ = ["SpikingAttention"]
 

@@ -17,8 +17,8 @@ from amaranth.utils import bits_for
 from hw.components import block_ram_attrs, check_int, check_int_array, lane_of, lane_shape
 from hw.components.sparse import (CYCLE_COUNTER_WIDTH, SparseMatmulEngine, add_cycle_counter,
                                   check_csc)
-from model.artifact import dense_from_csc
-from model.intops import acc_range, signed_bits
+from model.ir.csc import dense_from_csc
+from model.ir.intops import acc_range, signed_bits
 
 __all__ = ["RankFactoredEngine"]
 

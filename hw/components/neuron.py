@@ -1,4 +1,4 @@
-"""The integer sLIF neuron of model.intops.neuron_step as a pipelined array over (token, channel).
+"""The integer sLIF neuron of model.ir.intops.neuron_step as a pipelined array over (token, channel).
 
 Per channel c, with membrane V (signed) and this time step's accumulator I (signed):
 
@@ -20,7 +20,7 @@ from amaranth.utils import bits_for
 
 from hw.components import add_table, block_ram_attrs, check_int, check_int_array, lane_of, \
     lane_shape, load_signature
-from model.intops import signed_bits
+from model.ir.intops import signed_bits
 
 __all__ = ["SlifNeuronArray"]
 

@@ -22,9 +22,9 @@ from amaranth.utils import bits_for
 
 from hw.components import add_table, block_ram_attrs, check_int, check_int_array, \
     load_signature
-from hw.cycles import lane_column_sizes
-from model.artifact import dense_from_csc
-from model.intops import acc_range, signed_bits
+from hw.plan import lane_column_sizes
+from model.ir.csc import dense_from_csc
+from model.ir.intops import acc_range, signed_bits
 
 __all__ = ["SparseMatmulEngine", "check_csc", "add_cycle_counter",
            "CYCLE_COUNTER_WIDTH"]
@@ -103,7 +103,7 @@ class SparseMatmulEngine(wiring.Component):
     in_features, out_features : int
         Shape of W (out_features x in_features).
     col_ptr, row_idx, values : sequences of int
-        W in CSC form per input column, as the artifact stores it (`model.artifact.csc_from_dense`).
+        W in CSC form per input column, as the artifact stores it (`model.ir.csc.csc_from_dense`).
     in_max : int
         Largest spike count an input can carry (>= 1).
     acc_width : int

@@ -1,6 +1,6 @@
 """`make sweep-hw`: hardware design-space exploration on a Dask distributed cluster.
 
-    python -m model.sweep_hw [--config configs/default.toml] [--sparsity 0.5 0.9 0.95]
+    stforge sweep-hw [--config configs/default.toml] [--sparsity 0.5 0.9 0.95]
         [--rank 4 8] [--lanes 1 2] [--target ice40-up5k ecp5-85f] [--seeds 0] [--images 20]
         [--no-synth] [--fmax] [--workers 2] [--threads 1] [--scheduler tcp://host:port]
         [--out-dir build] [--quiet]
@@ -34,7 +34,6 @@ Outputs: <out-dir>/reports/sweep_hw.json (rows), a printed table and
 
 from __future__ import annotations
 
-import argparse
 import ast
 import functools
 import hashlib
@@ -49,13 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.config import Config, config_from_dict, config_to_dict, load_config
-from model.errors import ConfigError, StforgeError, report_error, report_interrupt
-from model.reports import write_json
+from model.errors import ConfigError, StforgeError
+from model.ir.files import write_bytes, write_json
 from model.sources import ROOT, hw_source_sha256, source_closure, update_digest
 
 __all__ = ["SweepPlan", "Job", "ResultCache", "build_plan", "run_sweep_hw", "dense_key",
            "model_key", "row_key", "code_version", "source_closure", "pareto_front",
-           "cycles_source", "dense_stage", "model_stage", "hw_stage", "main"]
+           "cycles_source", "dense_stage", "model_stage", "hw_stage", "configure", "run"]
 
 MAX_CYCLE_MODEL_ERROR = 0.05                      # the model may stand in within 5 % of sim
 
@@ -64,9 +63,9 @@ MAX_CYCLE_MODEL_ERROR = 0.05                      # the model may stand in withi
 # the installed distributions that compute it.
 STAGE_MODULES = {
     "dense": ("model.pipeline",),
-    "model": ("model.pipeline", "model.export", "model.golden"),
-    "hw": ("hw.accelerator", "hw.synth", "hw.board", "model.bench", "hw.cycles",
-           "model.golden", "model.pipeline"),
+    "model": ("model.pipeline", "model.export", "model.ir.golden"),
+    "hw": ("hw.accelerator", "hw.synth", "hw.board", "model.flows.bench", "hw.cycles",
+           "model.ir.golden", "model.pipeline"),
 }
 STAGE_DISTRIBUTIONS = {
     "dense": ("torch", "brevitas", "numpy", "scikit-learn"),
@@ -120,7 +119,7 @@ def build_plan(config: Config, *, config_path=None, sparsities=(0.5, 0.9, 0.95),
                lanes=(1, 2), targets=("ice40-up5k",), seeds=(0,), images=20, synth=True,
                fmax=False, threads=1, out_dir=None) -> SweepPlan:
     """Check every axis value (ConfigError / TargetError naming it) and expand the jobs."""
-    from hw.synth import get_target
+    from hw.targets import get_target
     for s in sparsities:
         if not 0.0 < s < 1.0:
             raise ConfigError(f"sparsity must be in (0, 1), not {s:g}")
@@ -210,18 +209,6 @@ def row_key(config: Config, job: Job, images: int, synth: bool, fmax: bool) -> s
 
 # ---- the cache ---------------------------------------------------------------------------------
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Atomic: a unique temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes it private; a cache entry is not
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -250,7 +237,7 @@ class ResultCache:
         return {**record, "checkpoint": ckpt.read_bytes(), "cached": True}
 
     def put_dense(self, key: str, result: dict) -> None:
-        _write_bytes(self.root / f"{key}.pt", result["checkpoint"])
+        write_bytes(self.root / f"{key}.pt", result["checkpoint"])
         self.put_row(key, {k: v for k, v in result.items() if k != "checkpoint"})
 
     def model(self, key: str) -> dict | None:
@@ -263,7 +250,7 @@ class ResultCache:
 
     def put_model(self, key: str, result: dict) -> None:
         for ext in ("json", "npz"):
-            _write_bytes(self.root / f"{key}-artifact.{ext}", result["artifact"][ext])
+            write_bytes(self.root / f"{key}-artifact.{ext}", result["artifact"][ext])
         self.put_row(key, {k: v for k, v in result.items() if k != "artifact"})
 
     def artifact_path(self, key: str) -> Path:
@@ -325,7 +312,7 @@ def _dense(job: dict) -> dict:
 def _model(job: dict, dense: dict) -> dict:
     import numpy as np
     from model.export import export_model
-    from model.golden import GoldenModel
+    from model.ir.golden import run_golden
     from model.pipeline import compensate, describe, load_data, quantize
     from model.train import load_checkpoint, to_tensors
     config = config_from_dict(job["config"])
@@ -345,9 +332,8 @@ def _model(job: dict, dense: dict) -> dict:
                                 meta={"sweep_hw": {k: job[k] for k in ("method", "sparsity",
                                                                        "rank", "seed")}})
         blobs = {ext: (tmp / f"artifact.{ext}").read_bytes() for ext in ("json", "npz")}
-    golden = GoldenModel(artifact)
-    golden.run(split.x_test[:1], saturate=True)       # every width holds at full activity
-    predicted = golden.run(split.x_test, record=False).prediction.numpy()
+    run_golden(artifact, split.x_test[:1], saturate=True)   # every width holds at full activity
+    predicted = run_golden(artifact, split.x_test, record=False).prediction
     return {"artifact": blobs,
             "accuracy": float(np.mean(predicted == np.asarray(split.y_test))),
             "accuracy_quant": entry["accuracy"], "test_images": int(len(split.y_test)),
@@ -364,9 +350,8 @@ def _hw(job: dict, model: dict) -> dict:
     from hw.accelerator import Accelerator
     from hw.cycles import inference_cycles
     from hw.synth import FitError, SynthError, check_fits, get_target, synth_stats
-    from model.artifact import load_artifact
-    from model.bench import fpga_latency, golden_node_spikes
-    from model.golden import GoldenModel
+    from model.flows.bench import fpga_latency, golden_node_spikes
+    from model.ir import load_artifact
     from model.pipeline import load_data
     warnings.filterwarnings("ignore", category=UnusedElaboratable)
     target, lanes = job["target"], job["lanes"]
@@ -384,7 +369,7 @@ def _hw(job: dict, model: dict) -> dict:
         split = load_data(config_from_dict(job["config"]))
         n = min(job["images"], len(split.x_test))
         per = [inference_cycles(artifact, spikes, image, lanes=lanes)
-               for spikes, image in golden_node_spikes(GoldenModel(artifact), split.x_test[:n])]
+               for spikes, image in golden_node_spikes(artifact, split.x_test[:n])]
         totals = [p["total"] for p in per]
         out.update(cycles=float(np.mean(totals)), cycles_min=int(min(totals)),
                    cycles_max=int(max(totals)), cycles_images=n,
@@ -786,14 +771,8 @@ def run_sweep_hw(plan: SweepPlan, engine: _Engine, progress: bool = True, log=pr
 
 # ---- command line ------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):       # one line, exit 2, like every stforge CLI mistake
-        print(f"stforge: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m model.sweep_hw", description=__doc__.split("\n")[0])
+def configure(p) -> None:
+    """`stforge sweep-hw`'s arguments."""
     p.add_argument("--config", default=None, help="TOML config (defaults built in)")
     p.add_argument("--sparsity", type=float, nargs="*", default=[0.5, 0.9, 0.95],
                    help="L1P sparsities in (0, 1) (none: no L1P points)")
@@ -816,37 +795,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds")
     p.add_argument("--out-dir", help="output folder (default: the config's pipeline.out_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
-def main(argv=None) -> int:
+def run(args) -> int:
+    """`stforge sweep-hw`: plan, run on Dask (cached), write sweep_hw.json."""
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, not {args.workers}")
+    config = load_config(args.config)
+    plan = build_plan(config, config_path=args.config, sparsities=args.sparsity,
+                      ranks=args.rank, lanes=args.lanes, targets=args.target,
+                      seeds=args.seeds, images=args.images, synth=not args.no_synth,
+                      fmax=args.fmax, threads=args.threads, out_dir=args.out_dir)
+    engine = _Engine(args.scheduler, args.workers, args.connect_timeout)
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:           # --help (0) or a malformed argument (2, one line)
-        return exc.code
-    engine = None
-    try:
-        if args.workers < 1:
-            raise ConfigError(f"--workers must be a positive integer, not {args.workers}")
-        config = load_config(args.config)
-        plan = build_plan(config, config_path=args.config, sparsities=args.sparsity,
-                          ranks=args.rank, lanes=args.lanes, targets=args.target,
-                          seeds=args.seeds, images=args.images, synth=not args.no_synth,
-                          fmax=args.fmax, threads=args.threads, out_dir=args.out_dir)
-        engine = _Engine(args.scheduler, args.workers, args.connect_timeout)
         run_sweep_hw(plan, engine, progress=not args.quiet)
-    except StforgeError as exc:
-        return report_error(exc)
     except KeyboardInterrupt:
-        return report_interrupt("interrupted (finished stages stay cached)")
+        raise KeyboardInterrupt("interrupted (finished stages stay cached)") from None
     finally:
-        if engine is not None:
-            engine.close()
+        engine.close()
     return 0
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, so that the stage functions Dask ships to the workers are
-    # model.sweep_hw's (pickled by reference), not this __main__'s copies.
-    from model.sweep_hw import main as _main
-    sys.exit(_main())

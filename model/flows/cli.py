@@ -1,4 +1,4 @@
-"""`stforge` command line: one entry point, subcommands driven by a validated TOML config.
+"""`stforge <stage>`: the one command line of every stage of the pipeline.
 
     stforge pipeline  [--config C]                     dense -> prune -> compensate -> QAT (make train)
     stforge sweep     [--config C]                     Fig. 5 sweep over seeds (make sweep)
@@ -6,21 +6,33 @@
     stforge prune     --in dense.pt --method l1p|dsp --out pruned.pt
     stforge finetune  --in pruned.pt --neuron slif|lif --out ft.pt
     stforge quantize  --in ft.pt --bits 8 --out q.pt
+    stforge evaluate  --in q.pt
     stforge export    l1p=q.pt [dsp=...]                artifacts + golden.json (make export)
     stforge golden-data ART.json --out g.npz           golden spikes for the simulator
-    stforge evaluate  --in q.pt
+    stforge hdl       ART.json --out DIR [--lanes N]   Verilog + design.json (make hdl)
+    stforge sim       --hdl DIR --golden g.npz         Verilator/Icarus + cocotb (make sim)
+    stforge sim-board --artifact ART.json --golden g.npz   the board top and the host driver
+    stforge bitstream --target T --artifact ART.json   Yosys/nextpnr (make bitstream)
+    stforge run       --port P --artifact ART.json     test images on a board
+    stforge bench                                      FPGA vs CPU vs GPU (make bench)
+    stforge sweep-hw  [--config C]                     hardware design space (make sweep-hw)
 
-A user mistake prints one line `stforge: error: ...` and exits with status 2; nothing is written.
+The stages after the export live in their own packages and plug in here with two hooks,
+``configure(parser)`` and ``run(args) -> exit status`` (:data:`STAGES`); their modules are
+imported only when their stage runs. One error path for all: a user mistake (a malformed
+argument, or any StforgeError) prints one line ``stforge: error: ...`` and exits 2 with nothing
+written; Ctrl-C prints one line and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from dataclasses import replace
 
-from model.errors import StforgeError, report_error, report_interrupt
+from model.errors import ArgumentParser, StforgeError, report_error, report_interrupt
 
 __all__ = ["main"]
 
@@ -116,9 +128,10 @@ def cmd_export(args):
     """Export quantized checkpoints to artifacts and write golden.json (golden vs PyTorch)."""
     from pathlib import Path
     from model.export import export_model
-    from model.golden import GoldenModel, compare_with_model
+    from model.export import compare_with_model
+    from model.ir.golden import run_golden
     from model.pipeline import load_data
-    from model.reports import write_json
+    from model.ir.files import write_json
     from model.train import load_checkpoint
     loaded = []
     for item in args.models:     # read every checkpoint first: a bad one leaves nothing written
@@ -130,9 +143,8 @@ def cmd_export(args):
         limit = len(split.x_test) if args.images is None else args.images
         out = Path(args.out_dir) / name
         artifact = export_model(model, config, split, out, meta={"checkpoint": str(ckpt)})
-        golden = GoldenModel(artifact)
-        golden.run(split.x_test[:1], saturate=True)    # every width holds at full activity
-        r = compare_with_model(model, golden, split.x_test[:limit], split.y_test[:limit],
+        run_golden(artifact, split.x_test[:1], saturate=True)   # widths hold at full activity
+        r = compare_with_model(model, artifact, split.x_test[:limit], split.y_test[:limit],
                                split.input_scale)
         r["artifact"] = str(out.with_suffix(".json"))
         results[name] = r
@@ -149,14 +161,14 @@ def cmd_export(args):
 
 def cmd_golden_data(args):
     """Golden spikes and logits of an artifact on test images, as .npz for the simulator."""
-    from model.artifact import load_artifact
     from model.config import config_from_dict
-    from model.golden import GoldenModel, write_golden_data
+    from model.ir import load_artifact
+    from model.ir.golden import write_golden_data
     from model.pipeline import load_data
     artifact = load_artifact(args.artifact)
-    split = load_data(config_from_dict(artifact.manifest["source"]["config"]))
+    split = load_data(config_from_dict(artifact.source["config"]))
     n = min(args.images, len(split.x_test))
-    info = write_golden_data(GoldenModel(artifact), split.x_test[:n], split.y_test[:n], args.out)
+    info = write_golden_data(artifact, split.x_test[:n], split.y_test[:n], args.out)
     print(f"golden data for {info['images']} images, {len(info['traced'])} traced nodes "
           f"-> {args.out}")
 
@@ -169,19 +181,33 @@ def cmd_evaluate(args):
     print(json.dumps(entry, indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stforge", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+#: Stages after the export: {name: (module with configure/run, one-line help)}.
+STAGES = {
+    "hdl": ("hw.generate", "Verilog of the accelerator for an artifact (make hdl)"),
+    "sim": ("sim.runner", "simulate the Verilog against the golden data (make sim)"),
+    "sim-board": ("sim.board_tb", "simulate the board top with the host driver"),
+    "bitstream": ("hw.board", "board bitstream with Yosys/nextpnr (make bitstream)"),
+    "run": ("firmware.driver", "run test images on a board over its serial port"),
+    "bench": ("model.flows.bench", "FPGA vs CPU vs GPU benchmark (make bench)"),
+    "sweep-hw": ("model.flows.sweep_hw", "hardware design-space sweep (make sweep-hw)"),
+}
+
+
+def build_parser(argv=()) -> argparse.ArgumentParser:
+    """The parser; the stage named in `argv` (if any) is configured by its own module."""
+    parser = ArgumentParser(prog="stforge", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE",
+                                parser_class=ArgumentParser)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
 
     def add(name, func, help_, config=True):
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, description=help_)
         if config:
             p.add_argument("--config", help="TOML config file (defaults built in)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: all cores)")
         p.set_defaults(func=func)
         return p
-
     p = add("pipeline", cmd_pipeline, "dense -> prune -> compensate -> QAT; writes model.json")
     p.add_argument("--out-dir", help="output folder (default: pipeline.out_dir, 'build')")
     p = add("sweep", cmd_sweep, "sparsity x neuron and rank x neuron over seeds; plots")
@@ -221,21 +247,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p = add("evaluate", cmd_evaluate, "test accuracy and parameter counts", config=False)
     p.add_argument("--in", dest="inp", required=True)
+    for name, (module, help_) in STAGES.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:
+            stage = importlib.import_module(module)
+            stage.configure(p)
+            p.set_defaults(run=stage.run)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.threads:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except SystemExit as exc:           # --help (0) or a malformed command line (2, one line)
+        return exc.code
+    if getattr(args, "threads", None) and "func" in vars(args):
         import torch
         torch.set_num_threads(args.threads)
     try:
+        if "run" in vars(args):
+            return args.run(args)
         args.func(args)
     except StforgeError as exc:
         return report_error(exc)
-    except KeyboardInterrupt:
-        return report_interrupt()
+    except KeyboardInterrupt as exc:
+        return report_interrupt(str(exc) or "interrupted")
     return 0
 
 

@@ -1,9 +1,9 @@
 """`make bench`: FPGA accelerator vs CPU vs GPU — latency, throughput and energy per inference.
 
-    python -m model.bench [--variants l1p dsp dense] [--targets ice40-up5k ecp5-85f]
+    stforge bench [--variants l1p dsp dense] [--targets ice40-up5k ecp5-85f]
                           [--images 100] [--reports build/reports] [--run-missing] [--quick]
 
-Writes build/reports/bench.json (keys per ../shared/REPORTS.md, plus extra keys), prints a table
+Writes build/reports/bench.json (keys per docs/REPORTS.md, plus extra keys), prints a table
 and saves bench_latency.png, bench_energy.png and bench_cycles.png under build/reports/.
 
 Where every number comes from
@@ -47,7 +47,6 @@ a named GPU (GPU_SPEC), `measured: false`, label "modelled":
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -60,14 +59,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hw.targets import TARGETS as HW_TARGETS
+from model.errors import positive_int
+from model.ir import INPUT, Attention, Conv
+from model.ir.golden import run_golden
+
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "DEVICE_POWER", "GPU_SPEC", "fpga_latency", "ops_energy_uj",
            "device_energy_uj", "count_ops", "attention_acs", "load_sim_report",
            "load_synth_report", "fpga_row", "gpu_rows", "model_gpu_latency", "compute_ratios",
-           "REQUIRED_FPGA_KEYS", "REQUIRED_BASELINE_KEYS", "main"]
+           "REQUIRED_FPGA_KEYS", "REQUIRED_BASELINE_KEYS", "configure", "run"]
 
 VARIANTS = ("l1p", "dsp", "dense")
-TARGETS = ("ice40-up5k", "ecp5-85f")
-ROOT = Path(__file__).resolve().parents[1]
+TARGETS = tuple(HW_TARGETS)
+ROOT = Path(__file__).resolve().parents[2]
 
 # ---- energy constants --------------------------------------------------------------------------
 # DESIGN.md §2 energy convention; Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm):
@@ -75,15 +79,9 @@ ROOT = Path(__file__).resolve().parents[1]
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 
-# Device power (W) used for energy_uj_device = power x latency. ESTIMATES, not measurements.
-DEVICE_POWER = {
-    "ice40-up5k": (0.010, "assumed 10 mW: iCE40 UltraPlus is marketed as a few-mW device "
-                          "(static ~75 uA core); order-of-magnitude assumption for a nearly "
-                          "full UP5K at ~25-30 MHz, not measured"),
-    "ecp5-85f": (0.25, "assumed 0.25 W: order of magnitude of Lattice Power Calculator figures "
-                       "for a ~13k-LUT LFE5U-85F design at ~30 MHz (static ~0.1 W + dynamic); "
-                       "not measured on the ULX3S"),
-}
+# Device power (W) used for energy_uj_device = power x latency: ESTIMATES, not measurements,
+# from the one table of targets (hw.targets).
+DEVICE_POWER = {name: (t.power_w, t.power_note) for name, t in HW_TARGETS.items()}
 # CPU: energy = busy threads x power per core. AMD EPYC server parts are ~200-280 W TDP over
 # 32-96 cores, i.e. ~3-7 W per core; we assume 5 W per busy core (estimate, no RAPL reading).
 CPU_WATTS_PER_THREAD = 5.0
@@ -153,59 +151,42 @@ def count_ops(artifact, node_spikes: dict, image=None) -> dict:
     """MACs and ACs of one inference, per layer and in total (see the module docstring).
 
     `node_spikes`: {node: (T, tokens, C)} golden spikes of one image; `image`: its pixels."""
-    from hw.cycles import ideal_breakdown
-    man = artifact.manifest["model"]
-    terms = ideal_breakdown(artifact, node_spikes, image)
+    terms = artifact.work(node_spikes, image)
     layers = {}
     for node in artifact.nodes:
-        name, op = node["name"], node["op"]
+        name = node.name
         if name not in terms:
             continue
         t = terms[name]
         mac = ac = 0
-        if op == "conv":
-            pixel_fed = node["inputs"][0] == "input"
-            if pixel_fed:       # encoding layer on analog pixels: multiplies
-                mac += t["synaptic"]
-            else:
-                ac += t["synaptic"]
-        elif op == "matmul":
+        if isinstance(node, Attention):
+            q, k, v = (node_spikes[s] for s in node.inputs)
+            ac += attention_acs(q, k, v, node.heads)
+        elif isinstance(node, Conv) and node.inputs[0] == INPUT:
+            mac += t["synaptic"]         # encoding layer on analog pixels: multiplies
+        else:
             ac += t["synaptic"]          # spike-fed (B stage of a low-rank matmul too)
-            mac += t["mac"]              # rank-factored A stage
-        elif op == "attention":
-            q, k, v = (node_spikes[s] for s in node["inputs"])
-            ac += attention_acs(q, k, v, node["heads"])
-        elif op == "head":
-            mac += t["mac"]
+            mac += t["mac"]              # rank-factored A stage, the head
         layers[name] = {"mac": int(mac), "ac": int(ac)}
     macs = sum(x["mac"] for x in layers.values())
     acs = sum(x["ac"] for x in layers.values())
     return {"mac": macs, "ac": acs, "energy_uj": ops_energy_uj(macs, acs), "layers": layers,
-            "timesteps": man["timesteps"]}
+            "timesteps": artifact.model.timesteps}
 
 
-def golden_node_spikes(golden, images) -> list[tuple[dict, np.ndarray]]:
+def golden_node_spikes(graph, images) -> list[tuple[dict, np.ndarray]]:
     """Run the integer golden model; per image (node_spikes {node: (T, tokens, C)}, pixels), in
-    the token order of model.golden.write_golden_data / hw.cycles."""
-    from model.golden import TRACED_OPS
-    res = golden.run(np.asarray(images))
-    per_node = {}
-    for node in golden.artifact.nodes:
-        if node["op"] not in TRACED_OPS:
-            continue
-        v = res.values[node["name"]]
-        if v.dim() == 5:
-            v = v.flatten(3).transpose(2, 3)
-        per_node[node["name"]] = v.numpy()
+    the token order of the golden data and hw.cycles."""
+    from model.ir.golden import node_spikes, run_golden
+    res = run_golden(graph, np.asarray(images))
+    per_node = {node.name: node_spikes(graph, res, node) for node in graph.neurons}
     return [({n: s[:, i] for n, s in per_node.items()}, np.asarray(images[i]))
             for i in range(len(images))]
 
 
 def variant_ops(artifact, images) -> dict:
     """Mean MACs / ACs / ops energy over `images` (golden spikes)."""
-    from model.golden import GoldenModel
-    counts = [count_ops(artifact, s, img)
-              for s, img in golden_node_spikes(GoldenModel(artifact), images)]
+    counts = [count_ops(artifact, s, img) for s, img in golden_node_spikes(artifact, images)]
     layers = {name: {"mac": float(np.mean([c["layers"][name]["mac"] for c in counts])),
                      "ac": float(np.mean([c["layers"][name]["ac"] for c in counts]))}
               for name in counts[0]["layers"]}
@@ -334,7 +315,7 @@ def cpu_rows(variant: str, model, golden, images_int, input_scale: float, batche
                 model(x_float)
 
         def run_int():
-            golden.run(x_int, record=False)
+            run_golden(golden, x_int, record=False)
 
         for kind, fn in (("float", run_float), ("int-golden", run_int)):
             t = time_median(fn, warmup=1 if quick else 3, reps=5 if quick else 20,
@@ -699,9 +680,8 @@ def run_bench(variants=VARIANTS, targets=TARGETS, reports=Path("build/reports"),
               artifacts=Path("build/artifacts"), checkpoints=Path("model/shipped"),
               images: int = 100, run_missing: bool = False, quick: bool = False,
               large_batch: int = 64, log=print) -> dict:
-    from model.artifact import load_artifact
     from model.config import config_from_dict
-    from model.golden import GoldenModel
+    from model.ir import load_artifact
     from model.pipeline import load_data
     from model.train import load_checkpoint, rebuild
 
@@ -725,7 +705,7 @@ def run_bench(variants=VARIANTS, targets=TARGETS, reports=Path("build/reports"),
             missing.append(msg)
             continue
         artifact = load_artifact(art_path)
-        split = load_data(config_from_dict(artifact.manifest["source"]["config"]))
+        split = load_data(config_from_dict(artifact.source["config"]))
         n = min(images, len(split.x_test))
         x_test = np.asarray(split.x_test[:n])
         sim, msg = load_sim_report(reports, variant)
@@ -758,8 +738,8 @@ def run_bench(variants=VARIANTS, targets=TARGETS, reports=Path("build/reports"),
         # the float baseline is the same network as plain PyTorch: Brevitas' fake-quantization
         # proxies would triple the eager latency and measure the tool, not the network
         model = rebuild(quantized, weight_bits=None, leak_bits=None).eval()
-        golden = GoldenModel(artifact)
-        scale = float(artifact.manifest["model"]["input_scale"])
+        golden = artifact
+        scale = float(artifact.model.input_scale)
         rows = cpu_rows(variant, model, golden, x_test, scale, (1, large_batch), quick)
         prof1 = profile_float_model(
             model, torch.from_numpy(x_test[:1].astype(np.float32) * np.float32(scale)))
@@ -798,37 +778,32 @@ def run_bench(variants=VARIANTS, targets=TARGETS, reports=Path("build/reports"),
                           "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None},
               "images": images}
     report["plots"] = plot_all(fpga, baselines, reports)
-    from model.reports import write_json
+    from model.ir.files import write_json
     write_json(reports / "bench.json", report)
     log(f"-> {reports / 'bench.json'}; plots: {', '.join(report['plots'])}")
     return report
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.bench", description=__doc__.split("\n")[0])
+def configure(p) -> None:
+    """`stforge bench`'s arguments."""
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    p.add_argument("--targets", nargs="+", default=list(TARGETS))
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--reports", default="build/reports")
     p.add_argument("--artifacts", default="build/artifacts")
     p.add_argument("--checkpoints", default="model/shipped")
-    p.add_argument("--images", type=int, default=100,
+    p.add_argument("--images", type=positive_int, default=100,
                    help="test images for the op counts (the sim reports use the first 100)")
-    p.add_argument("--batch", type=int, default=64, help="the large batch size")
+    p.add_argument("--batch", type=positive_int, default=64, help="the large batch size")
     p.add_argument("--run-missing", action="store_true",
                    help="run `make sim MODEL=<v>` for every missing sim report (slow)")
     p.add_argument("--quick", action="store_true", help="fewer timing repetitions")
-    p.add_argument("--threads", type=int, help="PyTorch CPU threads")
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=positive_int, help="PyTorch CPU threads")
+
+
+def run(args) -> int:
+    """`stforge bench`: bench.json and its plots."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    from model.errors import StforgeError, report_error
-    try:
-        run_bench(args.variants, args.targets, Path(args.reports), Path(args.artifacts),
-                  Path(args.checkpoints), args.images, args.run_missing, args.quick, args.batch)
-    except StforgeError as exc:
-        return report_error(exc)
+    run_bench(args.variants, args.targets, Path(args.reports), Path(args.artifacts),
+              Path(args.checkpoints), args.images, args.run_missing, args.quick, args.batch)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

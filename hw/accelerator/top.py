@@ -1,0 +1,270 @@
+# amaranth: UnusedElaboratable=no
+# (built in __init__, elaborated with the accelerator)
+"""The accelerator's top: ports, the image memory, the stage sequencer (see `Accelerator`)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
+
+from hw.accelerator.collector import collector
+from hw.accelerator.issue import IssueFSM
+from hw.accelerator.shared import SharedUnits
+from hw.accelerator.stages import attention_stage, engine_stage, head_stage
+from hw.accelerator.store import ValueStore
+from hw.accelerator.util import or_all, verilog_name
+from hw.components import block_ram_attrs, packed_words
+from hw.plan import CYCLE_BITS, TRACE_KINDS, Plan
+from model.ir import Attention, Graph
+
+__all__ = ["Accelerator", "TRACE_SPIKES", "TRACE_CYCLES"]
+
+TRACE_SPIKES = TRACE_KINDS["spikes"]
+TRACE_CYCLES = TRACE_KINDS["cycles"]
+
+
+class Accelerator(wiring.Component):
+    """Pixels in, logits and class out; optional trace of every spike vector (docs/HARDWARE.md).
+
+    Parameters
+    ----------
+    artifact : model.ir.Graph
+        A loaded (validated) integer model.
+    trace : bool
+        Add the ``trace`` port.
+    lanes : int
+        Parallel lanes P (default 1): every unit handles P output channels side by side (the
+        engine walks P stored weights per cycle, one per lane of rows r = p mod P; the neuron
+        array updates, the collector gathers, attention counts and the head multiplies P at a
+        time). Every layer needs at least 3 groups of P channels, attention heads a multiple
+        of P channels; ``loadable`` takes one lane only.
+    chunk : int
+        Channels per chunk (by default hw.cycles.CHUNK, 32, rounded up to a multiple of lanes:
+        `hw.cycles.default_chunk`; a multiple of lanes): the issue FSM loads a source word's
+        mask and the collector gathers and writes a spike vector this many channels at a time,
+        so neither is as wide as the widest value (an MLP's hidden layer). A wider source word
+        costs a cycle or two per extra chunk in the issue FSM, mostly hidden behind the engine;
+        the collector's chunk writes cost no cycle, as every chunk takes at least MIN_CHUNK
+        transfers (channels, or groups of lanes; checked).
+    loadable : bool
+        The shared engine's entry table and the neuron constants are not ROMs but written
+        through the ``load`` port before the first image (`memory_map` says what to write):
+        they then have no initial contents, so the iCE40 flow puts them in SPRAM. Everything
+        else, timing included, is the same.
+    """
+
+    def __init__(self, artifact: Graph, trace: bool = False, lanes: int = 1,
+                 loadable: bool = False, chunk: int | None = None):
+        self.plan = plan = Plan.build(artifact, lanes, chunk, loadable)
+        chunk, lanes = plan.chunk, plan.lanes
+        self.artifact, self.trace_enabled, self.lanes = artifact, trace, lanes
+        self.chunk = chunk
+        man = artifact.model
+        self.T, self.N = man.timesteps, man.tokens
+        self.time_varying = bool(man.time_varying_input)
+        self.in_c, self.in_h, self.in_w = man.input_shape
+        self.pixel_bits = artifact.pixel_bits
+        self.sources = artifact.value_sources
+        self.stages = artifact.neurons
+        self.node_index = {n.name: i for i, n in enumerate(artifact.nodes)}
+        self.head = artifact.head
+        self.classes = self.head.classes
+        self.logit_bits = self.head.widths["logit"]
+        self.channels = {n.name: n.channels for n in self.stages}
+        self.bounds = artifact.bounds
+        self.positions = {n.name: artifact.tokens_of(n.name) for n in self.stages}
+        self.trace_bits = max(self.channels.values())
+        self.trace_layout = data.StructLayout(plan.trace_layout)
+        self.result_layout = data.StructLayout({"cls": 8, "cycles": CYCLE_BITS})
+        members = {
+            "pixels": In(stream.Signature(unsigned(self.pixel_bits))),
+            "logits": Out(stream.Signature(signed(self.logit_bits))),
+            "result": Out(stream.Signature(self.result_layout)),
+        }
+        if trace:
+            members["trace"] = Out(stream.Signature(self.trace_layout))
+        self.loadable = bool(loadable)
+        self._shared = SharedUnits(self, self.loadable)
+        if self.loadable:
+            tables = self.memory_map()
+            members["load"] = In(stream.Signature(data.StructLayout({
+                "memory": unsigned(bits_for(len(tables) - 1)),
+                "addr": unsigned(max(bits_for(len(t.words) - 1) for t in tables)),
+                "data": unsigned(max(t.width for t in tables)),
+            })))
+        super().__init__(members)
+
+    def memory_map(self) -> list[SimpleNamespace]:
+        """The tables a loader writes into a ``loadable`` accelerator, by memory id (the
+        ``load`` port's ``memory``; the WRITE_MEM command's id): ``name``, ``width`` (bits per
+        word), ``words`` (unsigned ints, address 0 first) and ``unit`` (the component holding
+        it), from the same components that build them, so host images and hardware cannot
+        disagree."""
+        tables = []
+        engine, neurons = self._shared.engine, self._shared.neurons
+        if engine is not None:
+            tables.append(SimpleNamespace(name="engine.entries", unit=engine,
+                                          width=engine.entry_layout.size,
+                                          words=packed_words(engine.entry_layout,
+                                                             engine.entries_init())))
+        tables.append(SimpleNamespace(name="neurons.parameters", unit=neurons,
+                                      width=neurons.parameter_layout.size,
+                                      words=packed_words(neurons.parameter_layout,
+                                                         neurons.parameters_init())))
+        for i, table in enumerate(tables):
+            table.id = i
+        return tables
+
+    # ---- shapes -------------------------------------------------------------------------------
+
+    def _count_bits(self, value: str) -> int:
+        return bits_for(len(self.sources[value]))
+
+    # ---- elaboration ---------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        T = self.T
+        stage_count = len(self.stages)
+        active = Signal(range(stage_count + 3))      # 0 = load, 1..n stages, n+1 head, n+2 out
+        cycles = Signal(CYCLE_BITS)
+        running = Signal()
+        with m.If(running):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # ---- input image memory: one word per (step,) position, Cin pixels per word
+        in_depth = self.in_h * self.in_w * (T if self.time_varying else 1)
+        image_shape = unsigned(self.pixel_bits * self.in_c)
+        m.submodules.image = image = Memory(shape=image_shape, depth=in_depth, init=[],
+                                            attrs=block_ram_attrs(image_shape, in_depth))
+        image_w = image.write_port(granularity=self.pixel_bits)
+        image_r = image.read_port()
+        load_count = Signal(range(in_depth * self.in_c + 1))
+        # order (t,) c, y, x: split the running count
+        plane = self.in_h * self.in_w
+        load_c = Signal(range(self.in_c))
+        load_pos = Signal(range(plane))
+        load_t = Signal(range(T))
+        m.d.comb += [
+            image_w.addr.eq(load_t * plane + load_pos if self.time_varying else load_pos),
+            image_w.data.eq(self.pixels.payload << (load_c * self.pixel_bits)),
+        ]
+
+        # ---- value storage: proxies now, memories placed once every read is known
+        store = ValueStore(self)
+        mem_r, mem_w, read = store.r, store.w, store.read
+
+        def counts(value: str):
+            """Per-channel counts of `value` from the read data of its source memories."""
+            srcs = self.sources[value]
+            width = self.channels[srcs[0]]
+            bits = self._count_bits(value)
+            out = []
+            for c in range(width):
+                total = sum((mem_r[s].data[c].as_unsigned() for s in srcs), Const(0, bits))
+                out.append(total[:bits] if len(srcs) > 1 else mem_r[srcs[0]].data[c])
+            return out, bits
+
+        # ---- trace arbitration: one collector at a time is active, so a mux suffices
+        trace_valid = Signal()
+        trace_payload = Signal(self.trace_layout)
+        trace_ready = Signal()
+        if self.trace_enabled:
+            m.d.comb += [self.trace.valid.eq(trace_valid), self.trace.payload.eq(trace_payload),
+                         trace_ready.eq(self.trace.ready)]
+        else:
+            m.d.comb += trace_ready.eq(1)
+
+        shared = self._shared
+        if shared.engine is not None:
+            m.submodules.engine = shared.engine
+        m.submodules.neurons = shared.neurons
+
+        stage_start = [Signal(name=f"start_{verilog_name(n.name)}") for n in self.stages]
+        stage_done = [Signal(name=f"done_{verilog_name(n.name)}") for n in self.stages]
+        # the stages share one cycle counter (each restarts it) and one spike collector
+        run_cycles = Signal(CYCLE_BITS, name="stage_cycles")
+        stage_busy = [Signal(name=f"busy_{verilog_name(n.name)}") for n in self.stages]
+        with m.If(or_all(stage_busy)):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+        users = {}
+        issuer = IssueFSM(self, [n for n in self.stages if not isinstance(n, Attention)])
+        for sid, node in enumerate(self.stages, start=1):
+            args = (m, sid, node, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1])
+            if isinstance(node, Attention):
+                users[sid] = attention_stage(self, *args, run_cycles, mem_r, read, shared)
+            else:
+                users[sid] = engine_stage(self, *args, read, counts, image_r, shared, issuer)
+        issuer.build(m, active, run_cycles)
+        shared.connect(m, active)
+        valid, payload = collector(self, m, active, users, mem_r, mem_w, read, run_cycles,
+                                         trace_ready, or_all(stage_start), store)
+        m.d.comb += [trace_valid.eq(valid), trace_payload.eq(payload)]
+
+        # ---- head: feature sums, then serial MAC per class
+        head_start, head_done = Signal(), Signal()
+        best_cls = head_stage(self, m, stage_count + 1, head_start, head_done, read, counts)
+
+        # every stage has registered its reads: place the values, mux addresses by stage
+        store.build(m, active)
+
+        if self.loadable:
+            for table in self.memory_map():
+                unit = table.unit
+                m.d.comb += [
+                    unit.load.valid.eq(self.load.valid & self.load.ready &
+                                       (self.load.payload.memory == table.id)),
+                    unit.load.payload.addr.eq(self.load.payload.addr),
+                    unit.load.payload.data.eq(self.load.payload.data[:table.width]),
+                ]
+
+        # ---- top sequencer
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += [self.pixels.ready.eq(1), image_w.en.eq(
+                    Mux(self.pixels.valid, 1 << load_c, 0))]
+                if self.loadable:       # tables are written only between images
+                    m.d.comb += self.load.ready.eq(load_count == 0)
+                with m.If(self.pixels.valid):
+                    m.d.sync += running.eq(1)
+                    with m.If(load_count == 0):
+                        m.d.sync += cycles.eq(1)
+                    m.d.sync += load_count.eq(load_count + 1)
+                    # advance x/y fastest, then c, then t
+                    with m.If(load_pos == plane - 1):
+                        m.d.sync += load_pos.eq(0)
+                        with m.If(load_c == self.in_c - 1):
+                            m.d.sync += load_c.eq(0)
+                            m.d.sync += load_t.eq(Mux(load_t == T - 1, 0, load_t + 1))
+                        with m.Else():
+                            m.d.sync += load_c.eq(load_c + 1)
+                    with m.Else():
+                        m.d.sync += load_pos.eq(load_pos + 1)
+                    with m.If(load_count == in_depth * self.in_c - 1):
+                        m.d.sync += [load_count.eq(0), active.eq(1)]
+                        m.d.comb += stage_start[0].eq(1)
+                        m.next = "RUN"
+            with m.State("RUN"):
+                for sid in range(1, stage_count + 1):
+                    with m.If((active == sid) & stage_done[sid - 1]):
+                        m.d.sync += active.eq(sid + 1)
+                        if sid < stage_count:
+                            m.d.comb += stage_start[sid].eq(1)
+                        else:
+                            m.d.comb += head_start.eq(1)
+                # the head has streamed the logits out as it computed them
+                with m.If((active == stage_count + 1) & head_done):
+                    m.d.sync += [active.eq(stage_count + 2), running.eq(0)]
+                    m.next = "RESULT"
+            with m.State("RESULT"):
+                m.d.comb += [self.result.valid.eq(1), self.result.payload.cls.eq(best_cls),
+                             self.result.payload.cycles.eq(cycles)]
+                with m.If(self.result.ready):
+                    m.d.sync += active.eq(0)
+                    m.next = "LOAD"
+        return m

@@ -1,0 +1,56 @@
+"""Atomic file writes: a reader never sees a half-written artifact, report or golden file.
+
+Every file stforge writes for another stage (artifacts, golden data, Verilog, reports, cache
+entries) goes through here: the data lands in a temporary file beside the target (same folder,
+so the final rename is atomic) and replaces the target only once complete; on any failure the
+temporary file is removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_bytes", "write_text", "write_json", "write_npz"]
+
+
+def write_bytes(path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (parent folders are created); returns the path.
+
+    The temporary file is unique (``.<name>.<random>``), so concurrent writers of one path
+    (parallel sweep workers) never mix their bytes: the last rename wins whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes it private; a report is not
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path, data) -> Path:
+    """A report or manifest: indented JSON and a final newline, written atomically."""
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_npz(path, arrays: dict, compressed: bool = False) -> Path:
+    """NumPy arrays as one .npz, written atomically."""
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return write_bytes(path, buf.getvalue())
