@@ -333,9 +333,15 @@ class BoardTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        acc = self.accelerator
-        n_pixels, classes = self.n_pixels, self.classes
+        rx_line, tx_line = self._serial_lines(m, platform)
+        link = self._link(m, platform, rx_line, tx_line)
+        feed = self._pixel_feeder(m)
+        result = self._result_capture(m, feed)
+        self._command_handler(m, link, feed, result)
+        return m
 
+    def _serial_lines(self, m, platform):
+        """The board's clock and UART pads (or, without a platform, the rx/tx ports)."""
         if platform is not None:
             if self.pll is not None:
                 self._board_clock(m, platform)
@@ -352,6 +358,11 @@ class BoardTop(wiring.Component):
         else:
             rx_line, tx_line = self.rx, self.tx
 
+        return rx_line, tx_line
+
+    def _link(self, m, platform, rx_line, tx_line):
+        """UART and framing: bytes in and out, frames checked and built (hw.link)."""
+        n_pixels, acc = self.n_pixels, self.accelerator
         m.submodules.uart_rx = uart_rx = UARTRx(self.divisor)
         m.submodules.uart_tx = uart_tx = UARTTx(self.divisor)
         m.submodules.receiver = receiver = FrameReceiver(timeout_cycles=self.timeout_cycles,
@@ -364,7 +375,11 @@ class BoardTop(wiring.Component):
         wiring.connect(m, uart_rx.o, receiver.i)
         wiring.connect(m, sender.o, uart_tx.i)
 
-        # ---- RUN payload buffer and the feeder that streams it into the accelerator
+        return SimpleNamespace(receiver=receiver, sender=sender)
+
+    def _pixel_feeder(self, m):
+        """The RUN payload buffer and the feeder that streams it into the accelerator."""
+        n_pixels, acc = self.n_pixels, self.accelerator
         m.submodules.pixel_buffer = pixel_buffer = Memory(shape=8, depth=n_pixels, init=[])
         buf_w = pixel_buffer.write_port()
         buf_r = pixel_buffer.read_port()
@@ -393,7 +408,13 @@ class BoardTop(wiring.Component):
                         m.d.sync += feed_index.eq(feed_index + 1)
                         m.next = "FETCH"
 
-        # ---- result capture: logits (sign-extended on the way out), class and cycles
+        return SimpleNamespace(buf_w=buf_w, buf_r=buf_r, start=start, running=running,
+                               has_result=has_result, feeding=feeding)
+
+    def _result_capture(self, m, feed):
+        """Logits (sign-extended on the way out), class and cycles of the last run."""
+        classes, acc = self.classes, self.accelerator
+        start, running, has_result = feed.start, feed.running, feed.has_result
         m.submodules.logit_store = logit_store = Memory(
             shape=acc.logits.payload.shape(), depth=classes, init=[])
         logit_w = logit_store.write_port()
@@ -413,7 +434,17 @@ class BoardTop(wiring.Component):
         with m.If(start):
             m.d.sync += [running.eq(1), has_result.eq(0), logit_index.eq(0)]
 
-        # ---- command handler
+        return SimpleNamespace(logit_r=logit_r, result_cls=result_cls,
+                               result_cycles=result_cycles)
+
+    def _command_handler(self, m, link, feed, result):
+        """PING, WRITE_MEM, RUN, READ_RESULT: parse, check, act, reply (docs/BOARD.md)."""
+        n_pixels, classes, acc = self.n_pixels, self.classes, self.accelerator
+        receiver, sender = link.receiver, link.sender
+        buf_w, buf_r, start, running = feed.buf_w, feed.buf_r, feed.start, feed.running
+        has_result, feeding = feed.has_result, feed.feeding
+        logit_r, result_cls = result.logit_r, result.result_cls
+        result_cycles = result.result_cycles
         event = receiver.o.payload
         buf_r_index = Signal(range(n_pixels + 1))
         wm = None
@@ -586,8 +617,6 @@ class BoardTop(wiring.Component):
                 m.d.comb += result_byte.eq(logit32.word_select((index - 6)[:2], 8))
         m.d.comb += sender.payload.payload.eq(
             Mux(reply_kind == _Reply.RESULT, result_byte, reply_byte))
-        return m
-
 
     # ---- WRITE_MEM (loadable only) -------------------------------------------------------------
 

@@ -23,11 +23,12 @@ path). `golden_data(artifact, images, path)` writes the golden .npz the scoreboa
 
 `run_accelerator(dut, images, scoreboard)` drives an ``Accelerator(artifact, trace=True)`` in
 amaranth.sim (pixels in; trace, logits and result collected, optionally checked as they come);
-`simulated(kind, root)` builds and simulates each kind once per pytest process, so
-test_hw_accelerator.py and test_cycles.py share the runs.
+`simulated(kind, root)` simulates each kind once per pytest process, so the accelerator and
+cycle-model tests share the runs.
 
-This module imports torch (it builds models); it lives in tests/ and runs in the pytest process.
-The hardware under test (hw/) never imports torch.
+`build_artifact` imports torch (it builds models); it only makes the committed artifacts
+(tests/artifacts/regenerate.py) and checks them (test_committed_artifacts.py). The hardware
+tests read the committed files through `tiny_artifact`, without torch.
 """
 
 from __future__ import annotations
@@ -301,10 +302,19 @@ _artifacts: dict = {}
 _simulations: dict = {}
 
 
-def tiny_artifact(kind: str, root):
-    """The artifact `kind`, built once per process under `root`."""
+#: The committed tiny artifacts (tests/artifacts/, made by its regenerate.py with
+#: build_artifact): the hardware tests read these, without torch.
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+def tiny_artifact(kind: str, root=None):
+    """The committed artifact `kind` (see KINDS, LANES_KINDS), loaded once per process."""
     if kind not in _artifacts:
-        _artifacts[kind] = build_artifact(kind, Path(root))
+        from model.ir import load_artifact
+        if kind not in KINDS + LANES_KINDS:
+            raise ValueError(f"unknown tiny artifact kind {kind!r}; known: "
+                             f"{', '.join(KINDS + LANES_KINDS)}")
+        _artifacts[kind] = load_artifact(ARTIFACTS / f"{kind}.json")
     return _artifacts[kind]
 
 

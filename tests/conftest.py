@@ -60,8 +60,12 @@ def export_shipped(variant, out_dir):
 
 @pytest.fixture(scope="session")
 def shipped_l1p_path(tmp_path_factory):
-    """The deployed L1P model's artifact (.json path), exported from the shipped checkpoint so
-    that a fresh clone needs no `make export` first."""
+    """The deployed L1P model's artifact (.json path): the committed export of the shipped
+    checkpoint (tests/artifacts/shipped-l1p, checked against a fresh export by
+    test_committed_artifacts.py), copied so that a test may write beside it. A fresh clone
+    needs no `make export` and no torch for it."""
+    import shutil
     root = tmp_path_factory.mktemp("shipped")
-    export_shipped("l1p", root)
+    for ext in ("json", "npz"):
+        shutil.copy(ROOT / "tests" / "artifacts" / f"shipped-l1p.{ext}", root / f"l1p.{ext}")
     return root / "l1p.json"

@@ -21,6 +21,8 @@ from hw.components.attention import SpikingAttention
 from hw.components.streams import CycleClock, simulate, stream_get_all, stream_put_all
 from model.ir.intops import attention_counts, signed_bits
 
+pytestmark = pytest.mark.amaranth      # amaranth.sim: seconds per test
+
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -20,6 +20,8 @@ from hw.components.streams import CycleClock, simulate, stream_get_all, stream_p
 from model.ir.csc import csc_from_dense, dense_from_csc
 from model.ir.intops import signed_bits
 
+pytestmark = pytest.mark.amaranth      # amaranth.sim: seconds per test
+
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

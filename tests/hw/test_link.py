@@ -34,7 +34,7 @@ from hw.link import FrameEventKind, FrameReceiver, FrameSender, frame_crc
 from hw.uart import UARTRx, UARTTx
 
 pytestmark = [
-    pytest.mark.sim,
+    pytest.mark.amaranth,
     # Constructors that reject their parameters leave an unused Elaboratable behind.
     pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable"),
 ]

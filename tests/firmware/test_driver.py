@@ -16,7 +16,7 @@ from firmware.driver import Accelerator, BoardError, BoardTimeout, DriverError, 
 from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode, Frame, FrameDecoder, Result, \
     encode_frame, pack_error, pack_result
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 LOGITS = (5, -3, 120000, -70000, 0, 1, 2, 3, 4, 119999)
@@ -258,10 +258,9 @@ def test_cli_unanswering_port_is_one_line_exit_2(tmp_path):
         f"stforge: error: no answer from the board on {path} after 0.3 s"]
 
 
-def serve_fake(fd, logits_for):
-    """Answer frames on the pty master like a board; logits_for(pixels) -> logits."""
+def serve_frames(fd, answer):
+    """Read frames from the pty master like a board and write `answer(frame)` for each."""
     decoder = FrameDecoder()
-    result = None
     while True:
         try:
             data = os.read(fd, 256)
@@ -270,19 +269,26 @@ def serve_fake(fd, logits_for):
         if not data:
             return
         for frame in decoder.feed(data):
-            if not isinstance(frame, Frame):
-                continue
-            if frame.command == Command.PING:
-                reply = encode_frame(Command.OK, bytes([PROTOCOL_VERSION]))
-            elif frame.command == Command.WRITE_MEM:  # weights in the bitstream (ECP5 build)
-                reply = encode_frame(Command.ERROR, pack_error(ErrorCode.UNSUPPORTED))
-            elif frame.command == Command.RUN:
-                logits = logits_for(frame.payload)
-                result = Result(tuple(logits), int(np.argmax(logits)), 1000 + frame.payload[0])
-                reply = encode_frame(Command.OK)
-            else:
-                reply = encode_frame(Command.OK, pack_result(result))
-            os.write(fd, reply)
+            if isinstance(frame, Frame):
+                os.write(fd, answer(frame))
+
+
+def serve_fake(fd, logits_for):
+    """Answer frames on the pty master like a board; logits_for(pixels) -> logits."""
+    result = None
+
+    def answer(frame):
+        nonlocal result
+        if frame.command == Command.PING:
+            return encode_frame(Command.OK, bytes([PROTOCOL_VERSION]))
+        if frame.command == Command.WRITE_MEM:   # weights in the bitstream (ECP5 build)
+            return encode_frame(Command.ERROR, pack_error(ErrorCode.UNSUPPORTED))
+        if frame.command == Command.RUN:
+            logits = logits_for(frame.payload)
+            result = Result(tuple(logits), int(np.argmax(logits)), 1000 + frame.payload[0])
+            return encode_frame(Command.OK)
+        return encode_frame(Command.OK, pack_result(result))
+    serve_frames(fd, answer)
 
 
 def test_cli_runs_digits_images_and_compares_with_golden(tmp_path):
@@ -384,20 +390,13 @@ def test_cli_loadable_board_needs_the_memory_map(tmp_path):
     one line naming the option, exit 2."""
     art = write_manifest(tmp_path)
 
+    def answer(frame):
+        if frame.command == Command.PING:
+            return encode_frame(Command.OK, bytes([PROTOCOL_VERSION]))
+        return encode_frame(Command.ERROR, pack_error(ErrorCode.BAD_ARGUMENT))  # loadable
+
     def serve(fd):
-        decoder = FrameDecoder()
-        while True:
-            try:
-                data = os.read(fd, 256)
-            except OSError:
-                return
-            if not data:
-                return
-            for frame in decoder.feed(data):
-                if isinstance(frame, Frame) and frame.command == Command.PING:
-                    os.write(fd, encode_frame(Command.OK, bytes([PROTOCOL_VERSION])))
-                elif isinstance(frame, Frame):     # WRITE_MEM of no words: a loadable board
-                    os.write(fd, encode_frame(Command.ERROR, pack_error(ErrorCode.BAD_ARGUMENT)))
+        serve_frames(fd, answer)
     path, fds = pty_board(serve)
     try:
         r = run_cli("--port", path, "--artifact", art, "--timeout", 2)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import export_shipped
 
-pytestmark = pytest.mark.sim
+pytestmark = pytest.mark.rtlsim
 
 
 def prepare(artifact, images, root, name, lanes=1):
@@ -49,8 +49,8 @@ def test_shipped_variant_is_bitexact_on_verilator(variant, tmp_path):
 @pytest.mark.parametrize("kind", ["dsp", "dense", "events"])
 def test_tiny_variant_is_bitexact_on_verilator(kind, tmp_path):
     from sim.runner import run_simulation
-    from tests.accelerator_fixtures import build_artifact, sample_images
-    artifact = build_artifact(kind, tmp_path)
+    from tests.accelerator_fixtures import sample_images, tiny_artifact
+    artifact = tiny_artifact(kind)
     images = sample_images(artifact, 2)                  # two inputs, all-max, all-zero
     hdl, golden = prepare(artifact, images, tmp_path / "sim", kind)
     check_bitexact(run_simulation(hdl, golden, list(range(len(images))), "verilator",
@@ -61,8 +61,8 @@ def test_lanes_on_verilator_bitexact_and_cycle_model_exact(tmp_path):
     """`make sim LANES=2` in small: the generated Verilog of a 2-lane accelerator is bit-exact
     on Verilator, and sim.json (its "lanes" from design.json) finds the cycle model exact."""
     from sim.runner import run_simulation, summarize
-    from tests.accelerator_fixtures import build_artifact, sample_images
-    artifact = build_artifact("l1p-wide", tmp_path)
+    from tests.accelerator_fixtures import sample_images, tiny_artifact
+    artifact = tiny_artifact("l1p-wide")
     images = sample_images(artifact, 1)                  # a digit, all-max, all-zero
     hdl, golden = prepare(artifact, images, tmp_path / "sim", "wide", lanes=2)
     assert json.loads((hdl / "design.json").read_text())["lanes"] == 2
@@ -80,8 +80,8 @@ def test_generate_refuses_lanes_the_model_cannot_take(tmp_path, capsys):
     written."""
     from model.flows.cli import main
     from model.ir import save_artifact
-    from tests.accelerator_fixtures import build_artifact
-    save_artifact(build_artifact("l1p-wide", tmp_path), tmp_path / "wide")
+    from tests.accelerator_fixtures import tiny_artifact
+    save_artifact(tiny_artifact("l1p-wide"), tmp_path / "wide")
     out = tmp_path / "hdl"
     assert main(["hdl", str(tmp_path / "wide.json"), "--out", str(out), "--lanes", "5"]) == 2
     err = capsys.readouterr().err
@@ -95,9 +95,9 @@ def test_generate_refuses_lanes_the_model_cannot_take(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tests.accelerator_fixtures import build_artifact, sample_images
+    from tests.accelerator_fixtures import sample_images, tiny_artifact
     root = tmp_path_factory.mktemp("tiny")
-    artifact = build_artifact("l1p", root)
+    artifact = tiny_artifact("l1p")
     return artifact, sample_images(artifact, 2), root
 
 

@@ -21,6 +21,8 @@ from hw.cycles import (expected_cycles, head_cycles, ideal_breakdown, ideal_cycl
                        image_spikes, inference_cycles, load_cycles, summarize, value_counts)
 from model.ir import Attention, LowRankMatMul, MatMul
 
+pytestmark = pytest.mark.amaranth      # amaranth.sim: seconds per test
+
 TOLERANCE = 0.05
 
 

@@ -14,7 +14,7 @@ import pytest
 from hw.uart import MIN_DIVISOR, UARTRx, UARTTx, uart_divisor
 
 pytestmark = [
-    pytest.mark.sim,
+    pytest.mark.amaranth,
     # Constructors that reject their parameters leave an unused Elaboratable behind.
     pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable"),
 ]

@@ -18,6 +18,8 @@ from hw.components.neuron import SlifNeuronArray
 from hw.components.streams import CycleClock, simulate, stream_get_all, stream_put_all
 from model.ir.intops import neuron_step, range_of_signed_bits, signed_bits
 
+pytestmark = pytest.mark.amaranth      # amaranth.sim: seconds per test
+
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -22,6 +22,8 @@ from hw.accelerator import TRACE_CYCLES, TRACE_SPIKES, Accelerator
 from sim.scoreboard import Scoreboard
 from model.ir import INPUT, Attention, Conv
 
+pytestmark = pytest.mark.amaranth      # amaranth.sim: seconds per test
+
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):

@@ -36,7 +36,7 @@ from hw import synth
 from hw.uart import UARTRx, UARTTx
 from model.errors import StforgeError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Builds rejected before elaboration leave their Elaboratable unused.
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

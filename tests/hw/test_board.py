@@ -13,7 +13,7 @@ import pytest
 from model.flows import cli
 from hw.board import DEFAULT_CLOCK_MHZ, BoardTop, ecp5_pll, ice40_pll
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 
@@ -212,7 +212,7 @@ def test_cli_success_writes_the_report(l1p, shipped_l1p_path, tmp_path, monkeypa
 IMAGES = 3
 
 
-@pytest.mark.sim
+@pytest.mark.rtlsim
 @pytest.mark.parametrize("loadable", [False, True], ids=["rom", "loadable"])
 def test_board_simulation_matches_golden(l1p, shipped_l1p_path, loadable):
     """The driver over a simulated UART: link errors, then golden images. `loadable` is the
