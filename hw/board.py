@@ -55,7 +55,7 @@ missed timing print one line and exit 2, leaving no new bitstream and no report.
 ``synth-<target>.json`` and ``build/<target>/`` belong to the default model
 (:data:`DEFAULT_MODEL`, ``make bitstream``'s ``MODEL`` default); any other artifact ``<model>``
 (its file name without ``.json``) gets ``synth-<target>-<model>.json`` and
-``build/<target>-<model>/`` (``hw/paths.py``), so building it
+``build/<target>-<model>/`` (`bitstream_dir`, `synth_report_path`), so building it
 neither overwrites the default model's report nor leaves that report describing another model's
 bitstream. Every report names its model under ``"model"``.
 """
@@ -77,14 +77,14 @@ from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode
 from hw.accelerator import Accelerator
 from hw.generate import memory_tables
 from hw.link import FrameEventKind, FrameReceiver, FrameSender
-from hw.paths import DEFAULT_MODEL, bitstream_dir, synth_report_path
 from hw.targets import TARGETS, get_target
 from hw.uart import UARTRx, UARTTx, uart_divisor
 from model.errors import StforgeError
 from model.ir.files import write_json
 
 __all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
-           "ice40_pll", "configure", "run"]
+           "ice40_pll", "configure", "run", "DEFAULT_MODEL", "bitstream_dir",
+           "synth_report_path"]
 
 #: Verilog module name of the board top in simulation.
 BOARD_TOP_NAME = "stforge_board"
@@ -675,12 +675,35 @@ class BoardTop(wiring.Component):
 # make bitstream
 # --------------------------------------------------------------------------------------------
 
+# Where `make bitstream` puts its outputs, per target and model: ``synth-<target>.json`` and
+# ``build/<target>/`` belong to DEFAULT_MODEL; any other model (an artifact's file name without
+# ``.json``) gets ``synth-<target>-<model>.json`` and ``build/<target>-<model>/``. The bench
+# reads the same rule.
+
+#: The model whose build owns ``synth-<target>.json`` (the Makefile's ``MODEL ?= l1p``).
+DEFAULT_MODEL = "l1p"
+
+
+def synth_report_path(target: str, model: str, reports="build/reports") -> Path:
+    """``<reports>/synth-<target>.json`` for :data:`DEFAULT_MODEL`, else
+    ``<reports>/synth-<target>-<model>.json``: where ``make bitstream`` writes its report."""
+    name = f"synth-{target}" if model == DEFAULT_MODEL else f"synth-{target}-{model}"
+    return Path(reports) / f"{name}.json"
+
+
+def bitstream_dir(target: str, model: str, build_root="build") -> Path:
+    """``<build_root>/<target>`` for :data:`DEFAULT_MODEL`, else
+    ``<build_root>/<target>-<model>``: where ``make bitstream`` puts the bitstream (the one the
+    report's ``"bitstream"`` names) and the build logs."""
+    return Path(build_root) / (target if model == DEFAULT_MODEL else f"{target}-{model}")
+
+
 def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True, out_dir=None,
           report_path=None) -> dict:
     """Build the board bitstream of an artifact for ``target``; returns the report record.
 
-    By default the bitstream goes to ``hw.paths.bitstream_dir`` and the report to
-    ``hw.paths.synth_report_path`` of the artifact's model (its file name without ``.json``)."""
+    By default the bitstream goes to `bitstream_dir` and the report to
+    `synth_report_path` of the artifact's model (its file name without ``.json``)."""
     from hw.synth import TimingError, build_bitstream
     from model.ir import load_artifact
     spec = get_target(target)

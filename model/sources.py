@@ -1,12 +1,15 @@
-"""Content hashes of stforge's own source files: one place that says which files a result depends
-on and how they are hashed. Torch-free (standard library only), so sim/ and hw/ tools can use it.
+"""Content hashes of stforge's own source files: which files a result depends on, declared,
+and how they are hashed. Standard library only, so sim/ and hw/ tools can use it.
 
-* :func:`source_closure` — the project files some modules import, transitively (a static walk of
-  ``import`` statements, function-level ones too, into model/, hw/, sim/, firmware/).
-* :func:`hw_sources` / :func:`hw_source_sha256` — the hardware sources: every ``hw/**/*.py``
-  (``__pycache__`` excluded) plus the project files outside hw/ that they import (the artifact
-  reader and integer helpers the generator and the cycle model use). ``make sim`` records this
-  hash in sim.json as ``hw_source_sha256``; ``make sweep-hw`` compares it with the checkout's.
+A result's sources are declared as entries relative to the project root (`declared_sources`):
+a folder (every ``*.py`` below it, ``__pycache__`` excluded), ``folder/*.py`` (the modules
+directly in it) or one file. Declared, not derived from imports: a cache key is then a fact
+anyone can read, and module boundaries need not bend to keep it small.
+
+* :data:`HW_SOURCES` / :func:`hw_source_sha256` — the hardware sources: hw/, the IR it reads
+  (model/ir/, model/errors.py) and firmware/ (the link protocol and memory maps it shares).
+  ``make sim`` records the hash in sim.json as ``hw_source_sha256``; ``make sweep-hw`` compares
+  it with the checkout's.
 * :func:`update_digest` / :func:`sources_sha256` — the hashing itself: for each file its path
   relative to the project root, a NUL, its bytes, a NUL. Only content counts: modification dates
   (which a fresh clone resets) and absolute paths (another checkout) do not.
@@ -14,53 +17,34 @@ on and how they are hashed. Torch-free (standard library only), so sim/ and hw/ 
 
 from __future__ import annotations
 
-import ast
 import hashlib
 from pathlib import Path
 
-__all__ = ["ROOT", "PACKAGES", "source_closure", "update_digest", "sources_sha256", "hw_sources",
-           "hw_source_sha256"]
+__all__ = ["ROOT", "HW_SOURCES", "declared_sources", "update_digest", "sources_sha256",
+           "hw_sources", "hw_source_sha256"]
 
 #: The project root (the folder holding model/, hw/, sim/, firmware/).
 ROOT = Path(__file__).resolve().parents[1]
-#: The project's own import roots.
-PACKAGES = ("model", "hw", "sim", "firmware")
+#: What the generated hardware and its cycle model are made from.
+HW_SOURCES = ("hw", "model/ir", "model/errors.py", "firmware")
 
 
 def _root(root) -> Path:
     return ROOT if root is None else Path(root)
 
 
-def _module_file(name: str, root: Path) -> Path | None:
-    base = root / Path(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def source_closure(modules, root=None) -> list[Path]:
-    """The project source files `modules` import, transitively: a static walk over every
-    `import` / `from ... import` (function-level ones too) into model/, hw/, sim/, firmware/."""
+def declared_sources(entries, root=None) -> list[Path]:
+    """The files of `entries` (see the module docstring), sorted, each once."""
     root = _root(root)
-    seen: dict[str, Path] = {}
-    todo = list(modules)
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        if parts[0] not in PACKAGES:
-            continue
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]   # parent packages
-        path = _module_file(name, root)
-        if path is None or name in seen:
-            continue
-        seen[name] = path
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                todo += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-    return sorted(set(seen.values()))
+    files = set()
+    for entry in entries:
+        if entry.endswith("/*.py"):
+            files.update((root / entry[:-5]).glob("*.py"))
+        elif (root / entry).is_dir():
+            files.update(p for p in (root / entry).rglob("*.py") if "__pycache__" not in p.parts)
+        else:
+            files.add(root / entry)
+    return sorted(files)
 
 
 def update_digest(digest, paths, root=None) -> None:
@@ -81,12 +65,8 @@ def sources_sha256(paths, root=None) -> str:
 
 
 def hw_sources(root=None) -> list[Path]:
-    """Every hw/**/*.py (no __pycache__) and the project files outside hw/ they import."""
-    root = _root(root)
-    files = [path for path in (root / "hw").rglob("*.py") if "__pycache__" not in path.parts]
-    modules = [".".join(path.relative_to(root).with_suffix("").parts) for path in files]
-    modules = [name.removesuffix(".__init__") for name in modules]
-    return sorted(set(files) | set(source_closure(modules, root)))
+    """The files of :data:`HW_SOURCES`."""
+    return declared_sources(HW_SOURCES, root)
 
 
 def hw_source_sha256(root=None) -> str:

@@ -10,7 +10,6 @@ with its full location (image, node, time step, token, channel, expected, actual
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 

@@ -41,7 +41,7 @@ def quantized_variants():
 
 @pytest.fixture(scope="session")
 def exported(quantized_variants, digits, tmp_path_factory):
-    """{"dense", "l1p", "dsp"} -> Artifact written to a temp folder."""
+    """{"dense", "l1p", "dsp"} -> the exported model.ir.Graph (written to a temp folder)."""
     from model.export import export_model
     root = tmp_path_factory.mktemp("artifacts")
     return {name: export_model(m, cfg, digits, root / name)

@@ -30,7 +30,6 @@ import argparse
 import importlib
 import json
 import sys
-from dataclasses import replace
 
 from model.errors import ArgumentParser, StforgeError, report_error, report_interrupt
 

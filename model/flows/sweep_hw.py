@@ -34,13 +34,11 @@ Outputs: <out-dir>/reports/sweep_hw.json (rows), a printed table and
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import importlib.metadata
 import json
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -50,22 +48,21 @@ from pathlib import Path
 from model.config import Config, config_from_dict, config_to_dict, load_config
 from model.errors import ConfigError, StforgeError
 from model.ir.files import write_bytes, write_json
-from model.sources import ROOT, hw_source_sha256, source_closure, update_digest
+from model.sources import HW_SOURCES, ROOT, declared_sources, hw_source_sha256, update_digest
 
 __all__ = ["SweepPlan", "Job", "ResultCache", "build_plan", "run_sweep_hw", "dense_key",
-           "model_key", "row_key", "code_version", "source_closure", "pareto_front",
+           "model_key", "row_key", "code_version", "pareto_front",
            "cycles_source", "dense_stage", "model_stage", "hw_stage", "configure", "run"]
 
 MAX_CYCLE_MODEL_ERROR = 0.05                      # the model may stand in within 5 % of sim
 
-# What each stage's result depends on besides its inputs: the project modules it runs
-# (hashed with everything they import, statically, see `source_closure`) and the versions of
-# the installed distributions that compute it.
-STAGE_MODULES = {
-    "dense": ("model.pipeline",),
-    "model": ("model.pipeline", "model.export", "model.ir.golden"),
-    "hw": ("hw.accelerator", "hw.synth", "hw.board", "model.flows.bench", "hw.cycles",
-           "model.ir.golden", "model.pipeline"),
+# What each stage's result depends on besides its inputs, declared: the project sources it runs
+# (model.sources.declared_sources entries) and the versions of the installed distributions that
+# compute it.
+STAGE_SOURCES = {
+    "dense": ("model/*.py", "model/ir"),            # training, data, config (reports: model.ir)
+    "model": ("model/*.py", "model/ir"),            # + export and golden model
+    "hw": HW_SOURCES + ("model/*.py", "model/flows/__init__.py", "model/flows/bench.py"),
 }
 STAGE_DISTRIBUTIONS = {
     "dense": ("torch", "brevitas", "numpy", "scikit-learn"),
@@ -155,12 +152,12 @@ def build_plan(config: Config, *, config_path=None, sparsities=(0.5, 0.9, 0.95),
 
 @functools.lru_cache(maxsize=None)
 def code_version(stage: str) -> str:
-    """sha256 of the stage's project sources (`source_closure` of STAGE_MODULES), the source of
+    """sha256 of the stage's declared project sources (STAGE_SOURCES), the source of
     its function in this file (so the table, plot and orchestration can change freely) and the
     versions of STAGE_DISTRIBUTIONS."""
     import inspect
     digest = hashlib.sha256()
-    update_digest(digest, source_closure(STAGE_MODULES[stage]))
+    update_digest(digest, declared_sources(STAGE_SOURCES[stage]))
     for function in (_run_stage, _STAGE_FUNCTIONS[stage]):
         digest.update(inspect.getsource(function).encode() + b"\0")
     for dist in STAGE_DISTRIBUTIONS[stage]:
@@ -503,7 +500,7 @@ def cycles_source(reports: Path, lanes: int = 1) -> tuple[str, bool, list[str]]:
             used.append(f"{path.name} ({rep.get('images')} images, {rep.get('simulator')}, "
                         f"{stamp}, {sources})")
     if not errors:
-        return (f"cycle model (unchecked: no simulation report with model_error" +
+        return ("cycle model (unchecked: no simulation report with model_error" +
                 (f" for {lanes} lanes" if lanes != 1 else "") + ")"), False, used
     worst = max(errors)
     text = f"cycle model (checked against simulation: max error {100 * worst:.2f}%)"

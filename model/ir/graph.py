@@ -18,7 +18,7 @@ import numpy as np
 from model.errors import ArtifactError
 from model.ir.fields import Fields, declare
 from model.ir.nodes import (MAX_WIDTH, Attention, Conv, FixedPoint, Head, Logits,
-                            NeuronNode, Node, Spatial, Tokens, node_type)
+                            NeuronNode, Node, Spatial, Tokens)
 
 __all__ = ["ModelInfo", "Graph", "INPUT"]
 

@@ -336,13 +336,12 @@ def test_rows_carry_reports_md_keys(root):
     art = tiny_artifact("l1p", root)
     images = np.zeros((2,) + tuple(art.model.input_shape), np.int64)
     model, xs = _tiny_xs()
-    golden = art
 
     class Wrap(nn.Module):                   # the CPU rows feed images; a tiny float stand-in
         def forward(self, x):
             return model(x.flatten(1)[:, :8])
 
-    rows = bench.cpu_rows("l1p", Wrap(), golden, images, 1.0, (1, 2), quick=True)
+    rows = bench.cpu_rows("l1p", Wrap(), art, images, 1.0, (1, 2), quick=True)
     assert {(r["model"], r["batch"]) for r in rows} == {("float", 1), ("float", 2),
                                                        ("int-golden", 1), ("int-golden", 2)}
     for r in rows:

@@ -6,6 +6,7 @@ default tests skip synthesis (--no-synth). The synthesis test is `synth` and `sl
 """
 
 import json
+from pathlib import Path
 import os
 import shutil
 import time
@@ -138,7 +139,7 @@ def test_cache_key_follows_the_config(tiny_config):
 
 def test_code_version_covers_what_a_stage_imports():
     names = lambda stage: {p.relative_to(sweep_hw.ROOT).as_posix()
-                           for p in sweep_hw.source_closure(sweep_hw.STAGE_MODULES[stage])}
+                           for p in sources.declared_sources(sweep_hw.STAGE_SOURCES[stage])}
     dense, model, hw = names("dense"), names("model"), names("hw")
     assert {"model/pipeline.py", "model/train.py", "model/transformer.py"} <= dense
     assert "hw/cycles.py" not in dense and "hw/synth.py" not in model
@@ -147,11 +148,44 @@ def test_code_version_covers_what_a_stage_imports():
     assert {"hw/accelerator/top.py", "hw/components/sparse.py", "hw/synth.py", "hw/board.py",
             "hw/cycles.py", "hw/plan.py", "model/ir/golden.py"} <= hw
     assert len(sweep_hw.code_version("hw")) == 64
+    # declared, and complete: every project module a stage's code imports (statically, function
+    # level too) is among its sources, so no edit it runs can leave its cache key unchanged
+    entry = {"dense": ["model.pipeline"],
+             "model": ["model.pipeline", "model.export", "model.ir.golden"],
+             "hw": ["hw.accelerator", "hw.synth", "hw.board", "hw.cycles", "model.ir.golden",
+                    "model.pipeline", "model.flows.bench"]}
+    for stage, modules in entry.items():
+        missing = _import_closure(modules) - names(stage)
+        assert not missing, (stage, sorted(missing))
+
+
+def _import_closure(modules) -> set[str]:
+    """The project files `modules` import, transitively (an ast walk, function level too)."""
+    import ast
+    root, seen, todo = sweep_hw.ROOT, set(), list(modules)
+    while todo:
+        name = todo.pop()
+        if name.split(".")[0] not in ("model", "hw", "sim", "firmware"):
+            continue
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        base = root / Path(*parts)
+        path = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()),
+                    None)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return {p.relative_to(root).as_posix() for p in seen}
 
 
 def _copy_tree(root):
     """The project's Python sources in a new folder with new modification dates: a fresh clone."""
-    for package in sources.PACKAGES:
+    for package in ("model", "hw", "sim", "firmware"):
         shutil.copytree(sources.ROOT / package, root / package, copy_function=shutil.copy,
                         ignore=lambda folder, names: [n for n in names if n == "__pycache__"
                                                       or n.endswith((".pt", ".npz"))])
@@ -165,7 +199,8 @@ def test_hw_source_hash_follows_content_not_dates(tmp_path):
     names = {p.relative_to(clone).as_posix() for p in sources.hw_sources(clone)}
     assert {"hw/accelerator/top.py", "hw/cycles.py", "hw/components/sparse.py", "hw/synth.py",
             "model/ir/artifact.py", "model/ir/intops.py"} <= names       # and what hw/ imports
-    assert not any("__pycache__" in n or n.startswith("sim/") for n in names)
+    assert not any("__pycache__" in n or n.startswith(("sim/", "model/flows")) for n in names)
+    assert "model/train.py" not in names and "firmware/protocol.py" in names
 
     future = time.time() + 86400
     os.utime(clone / "hw" / "cycles.py", (future, future))          # a date alone: same hash
