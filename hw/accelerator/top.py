@@ -129,15 +129,21 @@ class Accelerator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        T = self.T
         stage_count = len(self.stages)
         active = Signal(range(stage_count + 3))      # 0 = load, 1..n stages, n+1 head, n+2 out
         cycles = Signal(CYCLE_BITS)
         running = Signal()
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
+        loader = self._image_memory(m)
+        run = self._stages(m, active, loader.image_r)
+        self._sequencer(m, active, cycles, running, loader, run)
+        return m
 
-        # ---- input image memory: one word per (step,) position, Cin pixels per word
+    def _image_memory(self, m) -> SimpleNamespace:
+        """The input image memory: one word per (step,) position, Cin pixels per word, and the
+        loader's counters (order (t,) c, y, x)."""
+        T = self.T
         in_depth = self.in_h * self.in_w * (T if self.time_varying else 1)
         image_shape = unsigned(self.pixel_bits * self.in_c)
         m.submodules.image = image = Memory(shape=image_shape, depth=in_depth, init=[],
@@ -155,6 +161,13 @@ class Accelerator(wiring.Component):
             image_w.data.eq(self.pixels.payload << (load_c * self.pixel_bits)),
         ]
 
+        return SimpleNamespace(image_w=image_w, image_r=image_r, load_count=load_count,
+                               load_c=load_c, load_pos=load_pos, load_t=load_t,
+                               in_depth=in_depth, plane=plane)
+
+    def _stages(self, m, active, image_r) -> SimpleNamespace:
+        """Every stage and the head on the shared units, the collector, the value store."""
+        stage_count = len(self.stages)
         # ---- value storage: proxies now, memories placed once every read is known
         store = ValueStore(self)
         mem_r, mem_w, read = store.r, store.w, store.read
@@ -223,7 +236,18 @@ class Accelerator(wiring.Component):
                     unit.load.payload.data.eq(self.load.payload.data[:table.width]),
                 ]
 
-        # ---- top sequencer
+        return SimpleNamespace(stage_start=stage_start, stage_done=stage_done,
+                               head_start=head_start, head_done=head_done, best_cls=best_cls)
+
+    def _sequencer(self, m, active, cycles, running, loader, run) -> None:
+        """The top FSM: load the pixels, run the stages in order, then the head, then hand out
+        the result."""
+        T, stage_count = self.T, len(self.stages)
+        image_w, load_count, load_c = loader.image_w, loader.load_count, loader.load_c
+        load_pos, load_t = loader.load_pos, loader.load_t
+        in_depth, plane = loader.in_depth, loader.plane
+        stage_start, stage_done = run.stage_start, run.stage_done
+        head_start, head_done, best_cls = run.head_start, run.head_done, run.best_cls
         with m.FSM():
             with m.State("LOAD"):
                 m.d.comb += [self.pixels.ready.eq(1), image_w.en.eq(
@@ -267,4 +291,3 @@ class Accelerator(wiring.Component):
                 with m.If(self.result.ready):
                     m.d.sync += active.eq(0)
                     m.next = "LOAD"
-        return m
