@@ -495,6 +495,71 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+def _check_build_arguments(clock_mhz, name) -> None:
+    if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or \
+            not clock_mhz > 0:
+        raise ValueError(f"Clock frequency must be a positive number of MHz, not {clock_mhz!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ValueError(f"Design name must be alphanumeric, not {name!r}")
+    overridden = [f"AMARANTH_{key}" for key in _OVERRIDES if f"AMARANTH_{key}" in os.environ]
+    if overridden:
+        raise SynthError(f"{', '.join(overridden)} set in the environment would change the "
+                         f"build behind stforge's back; unset it")
+
+
+def _run_build(plan, products, env, spec, name, out_dir, log_path) -> None:
+    """Run the extracted build script; a failure names the step and, if one ran out, the
+    resource. The tools' logs and report are kept in `out_dir` either way."""
+    report_name = f"{name}.report.json"
+    try:
+        with open(log_path, "a") as log:
+            returncode = _run_process(["sh", f"{plan.script}.sh"], cwd=products, env=env,
+                                      stdout=log)
+        if returncode != 0:
+            step = _failed_step(log_path)
+            packed = _pnr_overuse(products / f"{name}.tim")
+            try:  # when Yosys got through, say which resource ran out, if one did
+                check_fits(_stat_counts(products / f"{name}.stat.json", spec.family), spec)
+            except FitError as error:
+                raise FitError(f"{error} ({step} failed{packed}) [log: {log_path}]") from None
+            except (OSError, ValueError):
+                pass
+            if packed:      # Yosys' counts fit, nextpnr's packing does not
+                raise FitError(f"Design does not fit {spec.name}: {packed[2:]} ({step} "
+                               f"failed) [log: {log_path}]")
+            raise SynthError(f"{step} failed for {spec.name}: {_quote(log_path)}")
+    finally:
+        for product, kept in ((f"{name}.rpt", f"{name}.yosys.log"),
+                              (f"{name}.tim", f"{name}.nextpnr.log"),
+                              (report_name, f"{name}.nextpnr.json")):
+            if (products / product).exists():
+                shutil.copyfile(products / product, out_dir / kept)
+
+
+def _read_reports(products, spec, name, log_path) -> tuple[dict, dict, dict, list]:
+    """(resources, clocks {name: {achieved, constraint}} (rounded), nextpnr utilization in
+    use, the clocks that miss their constraint) of a finished build, from Yosys' stat and
+    nextpnr's report."""
+    try:
+        pnr = json.loads((products / f"{name}.report.json").read_text())
+        synth_counts = _stat_counts(products / f"{name}.stat.json", spec.family)
+    except (OSError, ValueError) as error:
+        raise SynthError(f"The build left no readable report ({error}): "
+                         f"{_quote(log_path)}") from None
+    used = {cell: entry for cell, entry in pnr.get("utilization", {}).items()
+            if entry.get("used")}
+    clocks = {clock: {"achieved": round(float(entry["achieved"]), 2),
+                      "constraint": round(float(entry["constraint"]), 2)}
+              for clock, entry in pnr.get("fmax", {}).items()}
+    resources = {key: synth_counts[key] for key in ("lut", "ff", "bram", "spram", "dsp")}
+    for key, cell in _PNR_CELLS[spec.family].items():
+        resources[key] = pnr.get("utilization", {}).get(cell, {}).get("used", resources[key])
+    failing = [f"{clock} reaches {entry['achieved']:.2f} MHz, {entry['constraint']:.2f} MHz "
+               f"required" for clock, entry in pnr.get("fmax", {}).items()
+               if entry["achieved"] < entry["constraint"]]  # nextpnr's own verdict
+    return resources, clocks, used, failing
+
+
 def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
     """Synthesize, place, route and pack ``elaboratable`` for ``target``'s board.
 
@@ -520,15 +585,7 @@ def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
         (nextpnr used/available per cell type in use) and ``seconds``.
     """
     spec = get_target(target)
-    if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or \
-            not clock_mhz > 0:
-        raise ValueError(f"Clock frequency must be a positive number of MHz, not {clock_mhz!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-        raise ValueError(f"Design name must be alphanumeric, not {name!r}")
-    overridden = [f"AMARANTH_{key}" for key in _OVERRIDES if f"AMARANTH_{key}" in os.environ]
-    if overridden:
-        raise SynthError(f"{', '.join(overridden)} set in the environment would change the "
-                         f"build behind stforge's back; unset it")
+    _check_build_arguments(clock_mhz, name)
     tools = {tool: find_tool(tool) for tool in spec.tools}
 
     platform = spec.platform_class()()
@@ -557,51 +614,10 @@ def build_bitstream(elaboratable, target, out_dir, clock_mhz, *, name="top"):
         # not plan.execute_local: its subprocess.check_call, interrupted, kills only the `sh`
         # and leaves the tool it started running; _run_process stops the whole group
         products = plan.extract(str(build_dir / "build"))
-        try:
-            with open(log_path, "a") as log:
-                returncode = _run_process(["sh", f"{plan.script}.sh"], cwd=products, env=env,
-                                          stdout=log)
-            if returncode != 0:
-                step = _failed_step(log_path)
-                packed = _pnr_overuse(products / f"{name}.tim")
-                try:  # when Yosys got through, say which resource ran out, if one did
-                    check_fits(_stat_counts(products / f"{name}.stat.json", spec.family), spec)
-                except FitError as error:
-                    raise FitError(f"{error} ({step} failed{packed}) [log: {log_path}]") from None
-                except (OSError, ValueError):
-                    pass
-                if packed:      # Yosys' counts fit, nextpnr's packing does not
-                    raise FitError(f"Design does not fit {spec.name}: {packed[2:]} ({step} "
-                                   f"failed) [log: {log_path}]")
-                raise SynthError(f"{step} failed for {spec.name}: {_quote(log_path)}")
-        finally:
-            for product, kept in ((f"{name}.rpt", f"{name}.yosys.log"),
-                                  (f"{name}.tim", f"{name}.nextpnr.log"),
-                                  (report_name, f"{name}.nextpnr.json")):
-                if (products / product).exists():
-                    shutil.copyfile(products / product, out_dir / kept)
-
-        try:
-            pnr = json.loads((products / report_name).read_text())
-            synth_counts = _stat_counts(products / f"{name}.stat.json", spec.family)
-        except (OSError, ValueError) as error:
-            raise SynthError(f"The build left no readable report ({error}): "
-                             f"{_quote(log_path)}") from None
+        _run_build(plan, products, env, spec, name, out_dir, log_path)
+        resources, clocks, used, failing = _read_reports(products, spec, name, log_path)
         if not (products / bitstream_name).is_file():
             raise SynthError(f"The build produced no {bitstream_name}: {_quote(log_path)}")
-
-        used = {cell: entry for cell, entry in pnr.get("utilization", {}).items()
-                if entry.get("used")}
-        clocks = {clock: {"achieved": round(float(entry["achieved"]), 2),
-                          "constraint": round(float(entry["constraint"]), 2)}
-                  for clock, entry in pnr.get("fmax", {}).items()}
-        resources = {key: synth_counts[key] for key in ("lut", "ff", "bram", "spram", "dsp")}
-        for key, cell in _PNR_CELLS[spec.family].items():
-            resources[key] = pnr.get("utilization", {}).get(cell, {}).get("used", resources[key])
-
-        failing = [f"{clock} reaches {entry['achieved']:.2f} MHz, {entry['constraint']:.2f} MHz "
-                   f"required" for clock, entry in pnr.get("fmax", {}).items()
-                   if entry["achieved"] < entry["constraint"]]  # nextpnr's own verdict
         if failing:
             raise TimingError(f"Timing not met on {spec.name} at {clock_hz / 1e6:g} MHz: "
                               f"{'; '.join(failing)} [log: {out_dir / (name + '.nextpnr.log')}]")
