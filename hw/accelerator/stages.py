@@ -68,12 +68,7 @@ def engine_stage(top, m, sid, node, start, done, busy, read, counts, image_r, sh
 
     # replay buffer for the static first conv: accumulators of t = 0, reused for t > 0
     if static_replay:
-        replay_shape = lane_shape(signed(widths["acc"]), P)
-        m.submodules[f"replay_{ident}"] = replay = Memory(
-            shape=replay_shape, depth=groups, init=[],
-            attrs=block_ram_attrs(replay_shape, groups))
-        replay_w = replay.write_port()
-        replay_r = replay.read_port()
+        replay_w, replay_r = _replay_memory(top, m, ident, widths, groups)
 
     neuron_in = neuron.i
     # the step of the vector leaving the engine (the issue FSM may already be ahead)
@@ -84,46 +79,8 @@ def engine_stage(top, m, sid, node, start, done, busy, read, counts, image_r, sh
     with m.If(start):
         m.d.sync += out_step.eq(0)
     if static_replay:
-        # The feeder: step 0 of a position comes from the engine (its accumulators are also
-        # kept in the replay memory), steps 1..T-1 from the replay memory, one per cycle,
-        # while the issue FSM already walks the next position through the engine.
-        replay_valid = Signal(name=f"{ident}_replay_valid")
-        replay_k = Signal(range(groups), name=f"{ident}_replay_k")    # group on data
-        replay_next = Signal(range(groups), name=f"{ident}_replay_next")
-        replay_step = Signal(range(T), name=f"{ident}_replay_step")
-        m.d.comb += [
-            replay_w.addr.eq(payload_index(engine.o.payload)),
-            *copy_accs(replay_w.data, engine.o.payload.acc, P),
-            replay_w.en.eq(engine.o.valid & engine.o.ready),
-        ]
-        with m.FSM(name=f"{ident}_feed"):
-            with m.State("ENGINE"):
-                m.d.comb += [neuron_in.valid.eq(engine.o.valid),
-                             engine.o.ready.eq(neuron_in.ready),
-                             payload_index(neuron_in.payload).eq(payload_index(engine.o.payload)),
-                             *copy_accs(neuron_in.payload.acc, engine.o.payload.acc, P),
-                             neuron_in.payload.first.eq(1)]
-                with m.If(engine_done):
-                    m.d.sync += [replay_next.eq(0), replay_valid.eq(0), replay_step.eq(1)]
-                    m.next = "REPLAY"
-            with m.State("REPLAY"):
-                m.d.comb += [neuron_in.valid.eq(replay_valid),
-                             payload_index(neuron_in.payload).eq(replay_k),
-                             *copy_accs(neuron_in.payload.acc, replay_r.data, P),
-                             neuron_in.payload.first.eq(0)]
-                advance = ~replay_valid | neuron_in.ready
-                with m.If(advance):
-                    m.d.comb += replay_r.addr.eq(replay_next)
-                    m.d.sync += [replay_valid.eq(1), replay_k.eq(replay_next),
-                                 replay_next.eq(Mux(replay_next == groups - 1, 0,
-                                                    replay_next + 1))]
-                    with m.If(replay_valid & (replay_k == groups - 1)):
-                        m.d.sync += replay_step.eq(replay_step + 1)
-                        with m.If(replay_step == T - 1):
-                            m.d.sync += replay_valid.eq(0)
-                            m.next = "ENGINE"
-                with m.Else():
-                    m.d.comb += replay_r.addr.eq(replay_k)     # hold the data
+        _replay_feeder(top, m, ident, groups, engine, neuron_in, engine_done, replay_w,
+                       replay_r)
     else:
         m.d.comb += [neuron_in.valid.eq(engine.o.valid), engine.o.ready.eq(neuron_in.ready),
                      payload_index(neuron_in.payload).eq(payload_index(engine.o.payload)),
@@ -136,6 +93,64 @@ def engine_stage(top, m, sid, node, start, done, busy, read, counts, image_r, sh
         h=h, wd=wd, positions=positions, word_counts=word_counts, count_bits=count_bits))
     return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, tokens_outer=True,
                            h=h, wd=wd)
+
+
+def _replay_memory(top, m, ident, widths, groups):
+    """The static first conv's replay memory: one group of accumulators per address."""
+    P = top.lanes
+    replay_shape = lane_shape(signed(widths["acc"]), P)
+    m.submodules[f"replay_{ident}"] = replay = Memory(
+        shape=replay_shape, depth=groups, init=[],
+        attrs=block_ram_attrs(replay_shape, groups))
+    replay_w = replay.write_port()
+    replay_r = replay.read_port()
+    return replay_w, replay_r
+
+
+def _replay_feeder(top, m, ident, groups, engine, neuron_in, engine_done, replay_w, replay_r):
+    """The static-conv feeder: engine results to the neuron array for step 0 (kept in the
+    replay memory), then the stored accumulators for steps 1..T-1."""
+    T, P = top.T, top.lanes
+    # The feeder: step 0 of a position comes from the engine (its accumulators are also
+    # kept in the replay memory), steps 1..T-1 from the replay memory, one per cycle,
+    # while the issue FSM already walks the next position through the engine.
+    replay_valid = Signal(name=f"{ident}_replay_valid")
+    replay_k = Signal(range(groups), name=f"{ident}_replay_k")    # group on data
+    replay_next = Signal(range(groups), name=f"{ident}_replay_next")
+    replay_step = Signal(range(T), name=f"{ident}_replay_step")
+    m.d.comb += [
+        replay_w.addr.eq(payload_index(engine.o.payload)),
+        *copy_accs(replay_w.data, engine.o.payload.acc, P),
+        replay_w.en.eq(engine.o.valid & engine.o.ready),
+    ]
+    with m.FSM(name=f"{ident}_feed"):
+        with m.State("ENGINE"):
+            m.d.comb += [neuron_in.valid.eq(engine.o.valid),
+                         engine.o.ready.eq(neuron_in.ready),
+                         payload_index(neuron_in.payload).eq(payload_index(engine.o.payload)),
+                         *copy_accs(neuron_in.payload.acc, engine.o.payload.acc, P),
+                         neuron_in.payload.first.eq(1)]
+            with m.If(engine_done):
+                m.d.sync += [replay_next.eq(0), replay_valid.eq(0), replay_step.eq(1)]
+                m.next = "REPLAY"
+        with m.State("REPLAY"):
+            m.d.comb += [neuron_in.valid.eq(replay_valid),
+                         payload_index(neuron_in.payload).eq(replay_k),
+                         *copy_accs(neuron_in.payload.acc, replay_r.data, P),
+                         neuron_in.payload.first.eq(0)]
+            advance = ~replay_valid | neuron_in.ready
+            with m.If(advance):
+                m.d.comb += replay_r.addr.eq(replay_next)
+                m.d.sync += [replay_valid.eq(1), replay_k.eq(replay_next),
+                             replay_next.eq(Mux(replay_next == groups - 1, 0,
+                                                replay_next + 1))]
+                with m.If(replay_valid & (replay_k == groups - 1)):
+                    m.d.sync += replay_step.eq(replay_step + 1)
+                    with m.If(replay_step == T - 1):
+                        m.d.sync += replay_valid.eq(0)
+                        m.next = "ENGINE"
+            with m.Else():
+                m.d.comb += replay_r.addr.eq(replay_k)     # hold the data
 
 
 def attention_stage(top, m, sid, node, start, done, busy, run_cycles, mem_r, read,
@@ -208,24 +223,10 @@ def head_stage(top, m, sid, start, done, read, counts):
     dim = node.in_features
     fbits = node.widths["feature"]
     lbits = top.logit_bits
-    w = node.weight
     bias = node.bias
-    wbits = signed_bits(int(w.min()), int(w.max()))
-    # P lanes: P features of a class per cycle (one word of P weights, P multipliers)
     P = top.lanes
     D = -(-dim // P)                    # MAC cycles per class
-    if P == 1:
-        w_shape, w_init = signed(wbits), [int(v) for v in w.reshape(-1)]
-    else:
-        wp = np.zeros((top.classes, D * P), dtype=np.int64)
-        wp[:, :dim] = w
-        w_shape = data.ArrayLayout(signed(wbits), P)
-        w_init = [[int(v) for v in wp[k, g * P:(g + 1) * P]]
-                  for k in range(top.classes) for g in range(D)]
-    m.submodules.head_weights = weights = Memory(
-        shape=w_shape, depth=top.classes * D, init=w_init,
-        attrs=block_ram_attrs(w_shape, top.classes * D))
-    w_r = weights.read_port()
+    w_r = _head_weights(top, m, node, D)
     features = [Signal(signed(fbits), name=f"feature_{c}") for c in range(dim)]
     best, best_cls = Signal(signed(lbits)), Signal(8)
     step = Signal(range(T))
@@ -287,6 +288,41 @@ def head_stage(top, m, sid, start, done, read, counts):
     with m.If(stored & ((stored_k == 0) | (acc > best))):
         m.d.sync += [best.eq(acc), best_cls.eq(stored_k)]
     m.d.sync += [summing.eq(0), mac_valid.eq(0)]
+    _head_fsm(top, m, start, done, SimpleNamespace(
+        step=step, token=token, features=features, summing=summing, i=i, k=k, c=c, D=D,
+        mac_valid=mac_valid, mac_k=mac_k, mac_c=mac_c, logit_valid=logit_valid))
+    return best_cls
+
+
+def _head_weights(top, m, node, D):
+    """The head's weight memory (P lanes: one word of P weights per (class, group)); returns
+    its read port."""
+    w = node.weight
+    dim = node.in_features
+    wbits = signed_bits(int(w.min()), int(w.max()))
+    # P lanes: P features of a class per cycle (one word of P weights, P multipliers)
+    P = top.lanes
+    if P == 1:
+        w_shape, w_init = signed(wbits), [int(v) for v in w.reshape(-1)]
+    else:
+        wp = np.zeros((top.classes, D * P), dtype=np.int64)
+        wp[:, :dim] = w
+        w_shape = data.ArrayLayout(signed(wbits), P)
+        w_init = [[int(v) for v in wp[k, g * P:(g + 1) * P]]
+                  for k in range(top.classes) for g in range(D)]
+    m.submodules.head_weights = weights = Memory(
+        shape=w_shape, depth=top.classes * D, init=w_init,
+        attrs=block_ram_attrs(w_shape, top.classes * D))
+    w_r = weights.read_port()           # (its signals are named after this variable)
+    return w_r
+
+
+def _head_fsm(top, m, start, done, h):
+    """SUM over (step, token), MAC over (class, group), LAST, LAST_ADD, LAST_CMP, DONE."""
+    T, N, D = top.T, top.N, h.D
+    step, token, features, summing = h.step, h.token, h.features, h.summing
+    i, k, c, logit_valid = h.i, h.k, h.c, h.logit_valid
+    mac_valid, mac_k, mac_c = h.mac_valid, h.mac_k, h.mac_c
     with m.FSM(name="head"):
         with m.State("IDLE"):
             with m.If(start):
@@ -323,4 +359,3 @@ def head_stage(top, m, sid, start, done, read, counts):
             with m.If(~logit_valid):  # the last logit has been taken
                 m.d.comb += done.eq(1)
                 m.next = "IDLE"
-    return best_cls
