@@ -73,6 +73,7 @@ class StagePlan:
     source: str                 # the value it reads ("input": the image)
     static_replay: bool         # a static first conv: step 0 computed, steps 1.. replayed
     in_max: int                 # largest count of its source
+    value_depth: int            # words of its value: T x out_tokens
     #: the values it reads, in order, each with the address it reads them at ("input": the
     #: stage's source position, "readback": its own output, a pooled conv's partial OR)
     reads: tuple[tuple[str, str], ...]
@@ -96,11 +97,6 @@ class StagePlan:
     def pool(self) -> bool:
         return isinstance(self.node, Conv) and self.node.pool
 
-    @property
-    def value_depth(self) -> int:
-        return self.node_timesteps * self.out_tokens
-
-    node_timesteps: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,6 +142,8 @@ class Plan:
     head_id: int
     shared: SharedLayout
     values: ValueBank
+    #: {stage id (the head's too): {value: address role}}: every value bank read, declared
+    reads: dict = field(default_factory=dict)
     trace_layout: dict = field(default_factory=dict)   # field -> bits, in order
 
     @classmethod
@@ -158,11 +156,13 @@ class Plan:
                        for sid, node in enumerate(graph.neurons, start=1))
         head_id = len(stages) + 1
         shared = _shared_layout(graph, stages, lanes)
-        values = _value_bank(stages, head_id, graph, chunk)
+        reads = {s.id: dict(s.reads) for s in stages if s.reads}
+        reads[head_id] = dict.fromkeys(graph.value_sources[graph.head.inputs[0]], "input")
+        values = _value_bank(stages, reads, chunk)
         trace_bits = max(s.channels for s in stages)
         trace_layout = {"kind": 2, "node": 8, "step": 8, "token": 16,
                         "data": max(trace_bits, CYCLE_BITS)}
-        return cls(graph, lanes, chunk, bool(loadable), stages, head_id, shared, values,
+        return cls(graph, lanes, chunk, bool(loadable), stages, head_id, shared, values, reads,
                    trace_layout)
 
     def stage(self, name: str) -> StagePlan:
@@ -241,7 +241,7 @@ def _stage(graph: Graph, sid: int, node: NeuronNode, lanes: int) -> StagePlan:
         groups=-(-node.channels // lanes), height=height, width=width,
         out_tokens=graph.tokens_of(node.name), source=source,
         static_replay=is_conv and from_image and not graph.model.time_varying_input and T > 1,
-        in_max=int(graph.bounds[source]), reads=reads, node_timesteps=T)
+        in_max=int(graph.bounds[source]), reads=reads, value_depth=T * graph.tokens_of(node.name))
 
 
 def _shared_layout(graph: Graph, stages, P: int) -> SharedLayout:
@@ -293,15 +293,13 @@ def _shared_layout(graph: Graph, stages, P: int) -> SharedLayout:
                         acc_width, membrane_width, product_width)
 
 
-def _value_bank(stages, head_id: int, graph: Graph, chunk: int) -> ValueBank:
+def _value_bank(stages, reads: dict, chunk: int) -> ValueBank:
     """Place the values from the declared reads (see hw/accelerator/store.py): values some
     stage reads together share one base address, side by side; a value read back at a second
     address by its own stage keeps a memory of its own."""
     widths = {s.name: s.channels for s in stages}
     depth = {s.name: s.value_depth for s in stages}
-    reads = {s.id: list(s.reads) for s in stages if s.reads}
-    head_source = graph.head.inputs[0]
-    reads[head_id] = list(dict.fromkeys(graph.value_sources[head_source], "input").items())
+    reads = {sid: list(per.items()) for sid, per in reads.items()}
     names = {s.id: s.name for s in stages}
     own = set()
     for sid, per in reads.items():

@@ -58,9 +58,7 @@ class ValueStore:
         """({value: (base, lane offset)} of the bank, {stage: base}, bank width, granularity)
         from the plan (hw.plan.ValueBank); values not in the first dict get memories of
         their own. The reads the stages registered must be the ones the plan declared."""
-        declared = {s.id: dict(s.reads) for s in self.acc.plan.stages if s.reads}
-        head = self.acc.plan.head_id
-        declared[head] = dict.fromkeys(self.acc.sources[self.acc.head.inputs[0]], "input")
+        declared = self.acc.plan.reads
         for sid in set(declared) | set(self.reads):
             got, want = self.reads.get(sid, {}), declared.get(sid, {})
             groups = lambda per, key: sorted(sorted(v for v in per if key(v) == k)

@@ -148,8 +148,3 @@ class GoldenData:
 
     def node_name(self, index: int) -> str:
         return self.traced_names[self.traced_index.index(index)]
-
-    def image_spikes(self, index: int) -> tuple[dict, np.ndarray]:
-        """(node_spikes {name: (T, tokens, C)}, pixels) of image `index`."""
-        return ({name: np.asarray(s[:, index]) for name, s in self.spikes.items()},
-                np.asarray(self.images[index]))

@@ -18,7 +18,7 @@ import numpy as np
 from model.errors import ArtifactError
 from model.ir.fields import Fields, declare
 from model.ir.nodes import (MAX_WIDTH, Attention, Conv, FixedPoint, Head, Logits,
-                            NeuronNode, Node, Spatial, Tokens)
+                            WORK_TERMS, NeuronNode, Node, Spatial, Tokens)
 
 __all__ = ["ModelInfo", "Graph", "INPUT"]
 
@@ -254,6 +254,5 @@ class Graph:
         for node in self.nodes:
             terms = node.work([counts[s] for s in node.inputs], self)
             if terms:
-                out[node.name] = {t: int(terms.get(t, 0)) for t in
-                                  ("synaptic", "mac", "attention", "neuron")}
+                out[node.name] = {t: int(terms.get(t, 0)) for t in WORK_TERMS}
         return out
