@@ -7,7 +7,10 @@ one argument-validation path of every `stforge` stage.
 """
 
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
 
 
 class StforgeError(Exception):
@@ -56,3 +59,67 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (one-line error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (``nan``, ``inf`` and 0 are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:          # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
+def check_output_path(path, what: str = "output") -> Path:
+    """Refuse, before any work, an output file that cannot be written: a directory, a path
+    under a regular file, or a folder without write permission. Returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise StforgeError(f"{what} {path} is a directory, not a file")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StforgeError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StforgeError(f"{what} {path}: {parent} is not writable")
+    return path
+
+
+def check_output_dir(path, what: str = "output folder") -> Path:
+    """As :func:`check_output_path`, for a folder the stage will create or write into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StforgeError(f"{what} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StforgeError(f"{what} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StforgeError(f"{what} {path}: {existing} is not writable")
+    return path
