@@ -10,7 +10,7 @@ CONFIG      ?= configs/default.toml
 CHECKPOINTS ?= model/shipped
 # make sim / make hdl: a shipped variant (l1p, dsp, dense) or the path of any exported artifact
 MODEL       ?= l1p
-IMAGES      ?= 100
+IMAGES      ?= 360
 SIM         ?= verilator
 WAVES       ?=
 IMAGE       ?= 0
@@ -34,6 +34,10 @@ $(STAMP): pyproject.toml
 	@command -v iverilog >/dev/null || apt-get install -y -qq iverilog >/dev/null 2>&1 || \
 		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq iverilog >/dev/null 2>&1; } || \
 		echo "warning: could not install iverilog (apt-get); SIM=icarus and its test need it"
+	@# ccache keeps Verilator's runtime compiled across simulation builds (optional: faster).
+	@command -v ccache >/dev/null || apt-get install -y -qq ccache >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq ccache >/dev/null 2>&1; } || \
+		echo "warning: could not install ccache (apt-get); Verilator builds take longer"
 	@touch $@
 
 ## model: dense -> L1P/DSP + sLIF/LIF -> int8/int4 QAT; build/checkpoints, build/reports/model.json
@@ -56,14 +60,24 @@ check-model:
 	@test -f "$(ARTIFACT)" || test -f "$(CHECKPOINTS)/$(MODEL)-int8.pt" || \
 		{ echo "stforge: error: unknown model '$(MODEL)': use l1p, dsp, dense or an artifact .json path" >&2; exit 2; }
 
-## Verilog of the accelerator for MODEL (LANES lanes) under build/hdl/<name>[-x<lanes>]/
-hdl: $(STAMP) check-model $(ARTIFACT)
-	$(STFORGE) hdl $(ARTIFACT) --out build/hdl/$(DESIGN) --lanes $(LANES)
+## Verilog of the accelerator for MODEL (LANES lanes) under build/hdl/<name>[-x<lanes>]/;
+## regenerated only when the artifact or the generator's sources changed
+HDL_DIR     := build/hdl/$(DESIGN)
+HW_SOURCES  := $(shell find hw model/ir firmware -name '*.py' -not -path '*/__pycache__/*') \
+               model/errors.py
+hdl: $(STAMP) check-model $(HDL_DIR)/stforge_top.v
+
+$(HDL_DIR)/stforge_top.v: $(ARTIFACT) $(HW_SOURCES) | $(STAMP)
+	$(STFORGE) hdl $(ARTIFACT) --out $(HDL_DIR) --lanes $(LANES)
+
+## golden spikes and logits of the first IMAGES test images (once per artifact and count)
+GOLDEN      := build/sim/$(NAME)-golden-$(IMAGES).npz
+$(GOLDEN): $(ARTIFACT) model/ir/golden.py | $(STAMP)
+	$(STFORGE) golden-data $(ARTIFACT) --images $(IMAGES) --out $@
 
 ## the main job: export, golden data, HDL, Verilator + cocotb over IMAGES test images, sim.json
-sim: hdl
-	$(STFORGE) golden-data $(ARTIFACT) --images $(IMAGES) --out build/sim/$(NAME)-golden.npz
-	$(STFORGE) sim --hdl build/hdl/$(DESIGN) --golden build/sim/$(NAME)-golden.npz \
+sim: hdl $(GOLDEN)
+	$(STFORGE) sim --hdl $(HDL_DIR) --golden $(GOLDEN) \
 		--images $(IMAGES) --sim $(SIM) --image $(IMAGE) $(if $(WAVES),--waves) --model $(DESIGN)
 
 ## the default suite (no `slow` tests)

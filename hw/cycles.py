@@ -380,13 +380,15 @@ def inference_cycles(design, node_spikes: dict, image=None, lanes: int = 1) -> d
 
 
 def summarize(design, golden, measured: list[dict] | None = None,
-              indices=None, lanes: int = 1) -> dict:
+              indices=None, lanes: int = 1, expected: list[dict] | None = None) -> dict:
     """The cycle part of sim.json for images `indices` (default: all) of `golden`
     (model.ir.golden.GoldenData).
 
     `measured`: per image {"cycles": result.cycles, "layer_cycles": {node: TRACE_CYCLES}} from
-    the simulator, in the order of `indices`; without it the model's expectation stands in.
-    `design`: the simulated design's Plan, or its graph and `lanes`.
+    the simulator, in the order of `indices` (a design without the trace port reports no
+    layer cycles: its layers are then compared on the model alone, its totals measured);
+    without it the model's expectation stands in. `design`: the simulated design's Plan, or its
+    graph and `lanes`. `expected`: `inference_cycles` of those images, if already computed.
     Returns {"cycles_per_inference": {mean, min, max}, "ideal_cycles_per_inference",
     "expected_cycles_per_inference", "layers": [{name, cycles, ideal_cycles, expected_cycles,
     ...}], "model_error": worst |measured / expected - 1| over layers and totals}."""
@@ -394,7 +396,8 @@ def summarize(design, golden, measured: list[dict] | None = None,
     if measured is not None and len(measured) != len(indices):
         raise ValueError(f"{len(measured)} measured records for {len(indices)} images")
     plan = plan_of(design, lanes)
-    per = [inference_cycles(plan, *image_spikes(golden, i)) for i in indices]
+    per = expected if expected is not None else \
+        [inference_cycles(plan, *image_spikes(golden, i)) for i in indices]
     names = list(per[0]["layers"]) + ["head"] if per else []
     totals = [m["cycles"] for m in measured] if measured is not None else \
         [p["total"] for p in per]
@@ -403,15 +406,15 @@ def summarize(design, golden, measured: list[dict] | None = None,
     for name in names:
         exp = [p["layers"][name] if name != "head" else p["head"] for p in per]
         ide = [p["ideal_layers"][name] for p in per]
-        if measured is not None and name != "head":
-            got = [m["layer_cycles"][name] for m in measured]
-        else:
-            got = exp
+        layer_measured = measured is not None and name != "head" and \
+            all(name in m["layer_cycles"] for m in measured)
+        got = [m["layer_cycles"][name] for m in measured] if layer_measured else exp
         worst = max([worst] + [abs(g / e - 1) for g, e in zip(got, exp) if e])
         layers.append({"name": name, "cycles": float(np.mean(got)),
                        "ideal_cycles": float(np.mean(ide)),
                        "expected_cycles": float(np.mean(exp)),
-                       "ratio_to_ideal": float(np.mean(got) / max(np.mean(ide), 1))})
+                       "ratio_to_ideal": float(np.mean(got) / max(np.mean(ide), 1)),
+                       "measured": bool(layer_measured)})
     exp_totals = [p["total"] for p in per]
     worst = max([worst] + [abs(g / e - 1) for g, e in zip(totals, exp_totals) if e])
     return {"cycles_per_inference": {"mean": float(np.mean(totals)), "min": int(min(totals)),

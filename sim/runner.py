@@ -26,123 +26,193 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.cycles import summarize as cycle_summary
+from hw.cycles import image_spikes, inference_cycles, summarize as cycle_summary
 from hw.plan import Plan
 from model.errors import StforgeError, positive_int
 from model.ir import load_artifact
 from model.ir.files import write_json
 from model.sources import hw_source_sha256
-from sim.toolchain import SIMULATORS, prepare_simulator
+from sim.harness import HARNESS_TOP, harness_source
+from sim.toolchain import SIMULATORS, build_verilator, prepare_simulator
 
 __all__ = ["run_simulation", "configure", "run", "SIMULATORS"]
 
 TOP = "stforge_top"
-BUILD_RECIPE = 2          # bump when the build steps change: cached builds are redone
+BUILD_RECIPE = 4          # bump when the build steps change: cached builds are redone
 
 
 _KICK = re.compile(r"^(\s*reg (\\\$auto\$verilog_backend\S+) += 0;)$", re.M)
+#: A register declared without an initial value (not a memory array)
+_UNINITIALISED = re.compile(r"^(\s*reg (?:signed )?(?:\[[^\]]+\] )?\S+ ?);$", re.M)
 
 
 def _icarus_source(verilog: Path, build_dir: Path) -> Path:
-    """Yosys guards every `always @*` block with a register initialised to 0 so that it runs at
-    time 0; Icarus executes declaration initialisers without an event, so those blocks (and the
-    outputs they drive) stay X until an input changes. An `initial` that sets the register to 1
-    gives them that event. The design is otherwise untouched."""
+    """Two patches make Icarus simulate the design as Verilator and the FPGAs do, the design
+    otherwise untouched:
+
+    * Yosys guards every `always @*` block with a register initialised to 0 so that it runs at
+      time 0; Icarus executes declaration initialisers without an event, so those blocks (and
+      the outputs they drive) stay X until an input changes. An `initial` that sets the
+      register to 1 gives them that event.
+    * Registers without an initial value (memory read-data registers) start at 0, as in
+      Verilator and in the FPGAs' configuration. Icarus's X would otherwise spread
+      pessimistically (an X row index selects X even where every choice is equal). That the
+      results do not depend on these power-up values is checked on Verilator with random
+      initial values (tests/sim/test_sim.py).
+    """
     text = _KICK.sub(lambda mt: f"{mt.group(1)}\n  initial #0 {mt.group(2)} = 1;",
                      verilog.read_text())
+    text = _UNINITIALISED.sub(lambda mt: f"{mt.group(1)} = 0;", text)
     patched = build_dir / verilog.name
     patched.write_text(text)
     return patched
 
 
-def _build(sim: str, verilog: Path, build_dir: Path, waves: bool) -> float:
-    """Build once per (Verilog, simulator, waves); returns seconds spent (0 when cached)."""
-    from cocotb_tools.runner import get_runner
-    digest = hashlib.sha256(verilog.read_bytes() + f"{sim}{waves}{BUILD_RECIPE}".encode()).hexdigest()
+def _build(sim: str, hdl_dir: Path, build_dir: Path, waves: bool,
+           random_init: bool = False) -> float:
+    """Build the harness around the design once per (Verilog, simulator, waves); returns the
+    seconds spent (0 when the build is up to date)."""
+    verilog = hdl_dir / f"{TOP}.v"
+    harness = harness_source(json.loads((hdl_dir / "design.json").read_text()))
+    digest = hashlib.sha256(verilog.read_bytes() + harness.encode() +
+                            f"{sim}{waves}{random_init}{BUILD_RECIPE}".encode()).hexdigest()
     stamp = build_dir / "stforge.stamp"
     if stamp.exists() and stamp.read_text() == digest:
         return 0.0
     started = time.time()
+    stamp.unlink(missing_ok=True)
     build_dir.mkdir(parents=True, exist_ok=True)
+    top = build_dir / f"{HARNESS_TOP}.v"
+    top.write_text(harness)
     if sim == "icarus":
-        verilog = _icarus_source(verilog, build_dir)
-    args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if sim == "verilator" else []
-    if sim == "verilator" and waves:
-        args += ["--trace-structs"]          # cocotb adds --trace: a VCD (FST needs lz4 headers)
-    get_runner(sim).build(sources=[verilog], hdl_toplevel=TOP, build_dir=build_dir,
-                          timescale=("1ns", "1ps"), waves=waves, build_args=args, always=True,
-                          log_file=build_dir / "build.log")
+        from cocotb_tools.runner import get_runner
+        get_runner(sim).build(sources=[top, _icarus_source(verilog, build_dir)],
+                              hdl_toplevel=HARNESS_TOP, build_dir=build_dir,
+                              timescale=("1ns", "1ps"), waves=waves, always=True,
+                              log_file=build_dir / "build.log")
+    else:
+        build_verilator([top, verilog], HARNESS_TOP, build_dir, waves, build_dir / "build.log",
+                        random_init)
     stamp.write_text(digest)
     return time.time() - started
 
 
+def _deadlines(expected: list[dict]) -> list[int]:
+    """Cycles after which an image counts as hung: twice the cycle model's total and more
+    (the harness feeds the next image at once, so the pixels and a margin are added)."""
+    return [2 * e["total"] + 10 * e["load"] + 1000 for e in expected]
+
+
+def write_pixels(path: Path, golden, images, corrupt_pixel: int | None = None) -> int:
+    """The harness's pixel file: every image's pixels in stream order, one hex value a line;
+    returns the pixels per image. `corrupt_pixel` (tests only) flips pixel k of the first image
+    in what the design receives, not in the golden data: the scoreboard must notice."""
+    lines = []
+    for n, image in enumerate(images):
+        pixels = np.asarray(golden.images[image]).reshape(-1).astype(np.int64)
+        if n == 0 and corrupt_pixel is not None:
+            pixels[corrupt_pixel] = 0 if pixels[corrupt_pixel] else 1
+        lines.append("\n".join(f"{int(p):x}" for p in pixels))
+    path.write_text("\n".join(lines) + "\n")
+    return len(np.asarray(golden.images[images[0]]).reshape(-1))
+
+
 def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: bool = False,
-                   build_root="build/sim", extra_env: dict | None = None) -> dict:
-    """Simulate `images` (indices into the golden file); returns the raw per-image results."""
+                   build_root="build/sim", corrupt_pixel: int | None = None,
+                   random_init_seed: int | None = None) -> dict:
+    """Simulate `images` (indices into the golden file); returns the raw per-image results
+    with the cycle model's expectation of each image (``expected``). `random_init_seed`
+    (Verilator): every register without an initial value starts, and every X assignment
+    takes, a random value from this seed, instead of 0."""
     from cocotb_tools.runner import get_runner
     from model.ir.golden import GoldenData
     hdl_dir, golden_path = Path(hdl_dir), Path(golden_path)
     for p in (hdl_dir / f"{TOP}.v", hdl_dir / "design.json", golden_path):
         if not p.exists():
             raise StforgeError(f"{p} does not exist (run `make hdl` / `make sim`)")
+    if not images:
+        raise StforgeError("no images to simulate")
     prepare_simulator(sim)
     golden = GoldenData(golden_path)
     bad = [i for i in images if not 0 <= i < len(golden)]
     if bad:
         raise StforgeError(f"image {bad[0]} is not in {golden_path} (it holds {len(golden)})")
-    build_dir = Path(build_root) / f"{hdl_dir.name}-{sim}{'-waves' if waves else ''}"
-    build_seconds = _build(sim, hdl_dir / f"{TOP}.v", build_dir, waves)
-    results = build_dir / "results.json"
+    design = json.loads((hdl_dir / "design.json").read_text())
+    plan = Plan.build(load_artifact(design["artifact"]), design.get("lanes", 1),
+                      design.get("chunk"))
+    expected = [inference_cycles(plan, *image_spikes(golden, i)) for i in images]
+    random_init = random_init_seed is not None
+    if random_init and sim != "verilator":
+        raise StforgeError("random initial values need Verilator")
+    build_dir = Path(build_root) / (f"{hdl_dir.name}-{sim}{'-waves' if waves else ''}"
+                                    f"{'-random-init' if random_init else ''}")
+    build_seconds = _build(sim, hdl_dir, build_dir, waves, random_init)
+    run_dir = build_dir / "run"
+    run_dir.mkdir(exist_ok=True)
+    results, records = run_dir / "results.json", run_dir / "records.txt"
     results.unlink(missing_ok=True)
-    started = time.time()
+    pixels_per_image = write_pixels(run_dir / "pixels.hex", golden, images, corrupt_pixel)
     env = {"STFORGE_DESIGN": str((hdl_dir / "design.json").resolve()),
            "STFORGE_GOLDEN": str(golden_path.resolve()),
            "STFORGE_IMAGES": ",".join(map(str, images)),
-           "STFORGE_RESULTS": str(results.resolve()), **(extra_env or {})}
+           "STFORGE_DEADLINES": ",".join(map(str, _deadlines(expected))),
+           "STFORGE_RECORDS": str(records.resolve()),
+           "STFORGE_RESULTS": str(results.resolve())}
+    plusargs = [f"+pixels={(run_dir / 'pixels.hex').resolve()}", f"+records={records.resolve()}",
+                f"+images={len(images)}", f"+pixels_per_image={pixels_per_image}"]
+    if random_init:
+        plusargs += ["+verilator+rand+reset+2", f"+verilator+seed+{random_init_seed}"]
+    started = time.time()
     try:
-        get_runner(sim).test(test_module="sim.testbench", hdl_toplevel=TOP,
+        get_runner(sim).test(test_module="sim.testbench", hdl_toplevel=HARNESS_TOP,
                              hdl_toplevel_lang="verilog", build_dir=build_dir,
-                             test_dir=build_dir, extra_env=env, waves=waves,
-                             timescale=("1ns", "1ps"),
-                             results_xml=str((build_dir / "results.xml").resolve()))
+                             test_dir=run_dir, extra_env=env, waves=waves,
+                             plusargs=plusargs, timescale=("1ns", "1ps"),
+                             results_xml=str((run_dir / "results.xml").resolve()))
     except SystemExit:
         # Under pytest the cocotb runner exits when the cocotb test fails, i.e. on a mismatch;
         # the scoreboard's per-image results (read below) say what failed.
         pass
     seconds = time.time() - started
     if not results.exists():
-        raise StforgeError(f"the simulation wrote no results (see {build_dir}/)")
+        raise StforgeError(f"the simulation wrote no results (see {run_dir}/)")
     raw = json.loads(results.read_text())
     raw.update(build_seconds=build_seconds, run_seconds=seconds, build_dir=str(build_dir),
-               hdl_dir=str(hdl_dir))
+               hdl_dir=str(hdl_dir), requested=len(images),
+               expected=expected[:len(raw["images"])])
     return raw
 
 
 def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
-    """sim.json from the per-image results (and the analytic cycle model, where available)."""
+    """sim.json from the per-image results and the analytic cycle model."""
     from model.ir.golden import GoldenData
     imgs = raw["images"]
     cycles = np.array([r["cycles"] for r in imgs], dtype=float)
     bitexact = sum(r["bitexact"] for r in imgs)
     correct = sum(r["predicted"] == r["label"] for r in imgs)
-    layer_names = list(imgs[0]["layer_cycles"]) if imgs else []
-    layers = [{"name": n, "cycles": float(np.mean([r["layer_cycles"].get(n, 0) for r in imgs]))}
-              for n in layer_names]
     report = {"simulator": sim, "model": model, "images": len(imgs), "bitexact": bitexact,
-              "mismatches": len(imgs) - bitexact,
+              "mismatches": raw.get("requested", len(imgs)) - bitexact,
+              "compared": raw.get("compared"),
               "accuracy": correct / len(imgs) if imgs else 0.0,
               "cycles_per_inference": {"mean": float(cycles.mean()), "min": float(cycles.min()),
                                        "max": float(cycles.max())} if len(imgs) else {},
-              "layers": layers,
-              "simulated_cycles_per_second": float(cycles.sum() / max(raw["run_seconds"], 1e-9)),
+              "layers": [],
+              "simulated_cycles": int(cycles.sum()),
+              # the simulation itself: from the first image's start to the last result (the
+              # simulator's start-up and the build are reported apart)
+              "simulated_cycles_per_second": float(cycles.sum() / max(raw["seconds"], 1e-9)),
+              "simulation_seconds": raw["seconds"],
               "run_seconds": raw["run_seconds"], "build_seconds": raw["build_seconds"]}
+    if raw.get("hung") is not None:
+        report["hung"] = {"image": raw["hung"], "cycles": raw.get("hung_after_cycles")}
     if imgs:
         # measured cycles beside the analytic cycle model and the ideal (work-bound) cycles
         design = json.loads((Path(raw["hdl_dir"]) / "design.json").read_text())
         plan = Plan.build(load_artifact(design["artifact"]), design.get("lanes", 1),
                           design.get("chunk"))
         cyc = cycle_summary(plan, GoldenData(golden_path), measured=imgs,
-                            indices=[r["image"] for r in imgs])
+                            indices=[r["image"] for r in imgs],
+                            expected=raw.get("expected"))
         report.update(cyc, lanes=design.get("lanes", 1))
     first = next((m for r in imgs for m in r["mismatches"]), None)
     if first:
@@ -167,6 +237,13 @@ def print_table(report: dict) -> None:
           + (f", cycle model off by at most {100 * report['model_error']:.2f}%"
              if "model_error" in report else "")
           + f"; {report['simulated_cycles_per_second']:.0f} simulated cycles/s")
+    print(f"compared per image: {report['compared']}"
+          + ("" if all(layer.get("measured", True) for layer in report["layers"]
+                           if layer["name"] != "head") else
+             "; layer cycles are the cycle model's (no trace port), totals measured"))
+    if "hung" in report:
+        print(f"HUNG: image {report['hung']['image']} gave no result within "
+              f"{report['hung']['cycles']} cycles")
     if "first_mismatch" in report:
         print(f"FIRST MISMATCH: {report['first_mismatch']}")
 
@@ -199,5 +276,5 @@ def run(args) -> int:
     write_json(Path(args.report).with_name(f"sim-{report['model']}.json"), report)
     print_table(report)
     if args.waves:
-        print(f"waveform of image {args.image}: {raw['build_dir']}/dump.vcd")
+        print(f"waveform of image {args.image}: {raw['build_dir']}/run/dump.vcd")
     return 0 if report["mismatches"] == 0 else 1

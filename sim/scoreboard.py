@@ -2,9 +2,16 @@
 
 Golden data arrives as an .npz written by `stforge golden-data` (model.ir.golden's
 `write_golden_data`, read by its `GoldenData`) with NumPy only, so the simulator process never
-imports torch. For every image the scoreboard expects, per traced node, one spike vector per (time step,
-token) and the integer logits; it compares each value exactly and remembers the first mismatch
-with its full location (image, node, time step, token, channel, expected, actual).
+imports torch. For every image the scoreboard expects, per traced node, one spike vector per
+(time step, token) and the integer logits; it compares each value exactly and remembers the
+first mismatch with its full location (image, node, time step, token, channel, expected,
+actual).
+
+Records are collected as they arrive (`trace`) and checked when the image ends
+(`finish_image`): each spike vector is compared as one packed integer against the golden
+vector packed the same way (bit c = channel c, the trace record's layout), and only a vector
+that differs is taken apart channel by channel. A design without the trace port is checked on
+its logits and class alone (``traced=False``); the result says what was compared.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import numpy as np
 from hw.plan import TRACE_KINDS
 from model.ir.golden import GoldenData
 
-__all__ = ["GoldenData", "Mismatch", "Scoreboard"]
+__all__ = ["GoldenData", "Mismatch", "ImageResult", "Scoreboard", "pack_vectors"]
 
 
 @dataclass
@@ -41,7 +48,7 @@ class Mismatch:
 @dataclass
 class ImageResult:
     image: int
-    compared: int = 0
+    compared: int = 0               # values compared: spikes, logits and the class
     mismatches: list[Mismatch] = field(default_factory=list)
     layer_cycles: dict[str, int] = field(default_factory=dict)
     cycles: int | None = None
@@ -52,59 +59,90 @@ class ImageResult:
         return not self.mismatches
 
 
-class Scoreboard:
-    """In-order checker for one image at a time: feed records, then `finish_image`."""
+def pack_vectors(bits: np.ndarray) -> list[int]:
+    """0/1 vectors (..., C) as Python ints, bit c = channel c (the trace record's ``data``),
+    flattened in C order of the leading axes."""
+    bits = np.asarray(bits, dtype=np.uint8).reshape(-1, np.shape(bits)[-1])
+    packed = np.packbits(bits, axis=-1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in packed]
 
-    def __init__(self, golden: GoldenData, trace_kinds: dict | None = None):
+
+class Scoreboard:
+    """In-order checker for one image at a time: `start_image`, `trace` each record, then
+    `finish_image`."""
+
+    def __init__(self, golden: GoldenData, trace_kinds: dict | None = None,
+                 traced: bool = True):
         """`trace_kinds`: {"spikes": k, "cycles": k} of the design (its design.json's; by
-        default hw.plan.TRACE_KINDS, the one definition)."""
+        default hw.plan.TRACE_KINDS, the one definition). `traced`: the design has the trace
+        port (without it only the logits and the class are compared)."""
         self.golden = golden
         self.cycles_kind = (trace_kinds or TRACE_KINDS)["cycles"]
+        self.traced = traced
         self.results: list[ImageResult] = []
         self._current: ImageResult | None = None
-        self._seen: set = set()
+        self._records: list[tuple[int, int, int, int, int]] = []
+
+    @property
+    def compares(self) -> str:
+        """What each image is checked on, for reports."""
+        return ("every spike vector of every traced layer, the logits and the class"
+                if self.traced else "the logits and the class (the design has no trace port)")
 
     def start_image(self, image: int) -> None:
         self._current = ImageResult(image)
-        self._seen = set()
+        self._records = []
 
     def _fail(self, **kw) -> None:
         self._current.mismatches.append(Mismatch(self._current.image, **kw))
 
     def trace(self, kind: int, node: int, step: int, token: int, data: int) -> None:
-        """One trace record from the DUT (docs/HARDWARE.md)."""
-        r = self._current
-        if node not in self.golden.traced_index:
-            self._fail(what="extra", node=f"#{node}", step=step, token=token)
-            return
-        name = self.golden.node_name(node)
-        if kind == self.cycles_kind:
-            r.layer_cycles[name] = data
-            return
-        expected = self.golden.spikes[name][:, r.image]          # (T, tokens, C)
-        if not (0 <= step < expected.shape[0] and 0 <= token < expected.shape[1]):
-            self._fail(what="extra", node=name, step=step, token=token)
-            return
-        self._seen.add((name, step, token))
-        want = expected[step, token]
-        got = np.array([(data >> c) & 1 for c in range(len(want))], dtype=want.dtype)
-        r.compared += len(want)
-        if data >> len(want):
-            self._fail(what="spikes", node=name, step=step, token=token, channel=len(want),
-                       expected=0, actual=data >> len(want))
-        for c in np.flatnonzero(got != want):
-            self._fail(what="spikes", node=name, step=step, token=token, channel=int(c),
-                       expected=int(want[c]), actual=int(got[c]))
+        """One trace record from the DUT (docs/HARDWARE.md), checked at `finish_image`."""
+        self._records.append((kind, node, step, token, data))
 
-    def finish_image(self, logits: list[int], predicted: int, cycles: int) -> ImageResult:
-        r = self._current
-        g = self.golden
+    def _expected(self, name: str) -> list[int]:
+        spikes = self.golden.spikes[name][:, self._current.image]        # (T, tokens, C)
+        return pack_vectors(spikes)
+
+    def _check_trace(self) -> None:
+        r, g = self._current, self.golden
+        expected, seen = {}, set()
+        for kind, node, step, token, data in self._records:
+            if node not in g.traced_index:
+                self._fail(what="extra", node=f"#{node}", step=step, token=token)
+                continue
+            name = g.node_name(node)
+            if kind == self.cycles_kind:
+                r.layer_cycles[name] = data
+                continue
+            if name not in expected:
+                expected[name] = self._expected(name)
+            steps, tokens, channels = g.spikes[name].shape[0], g.spikes[name].shape[2], \
+                g.spikes[name].shape[3]
+            if not (0 <= step < steps and 0 <= token < tokens) or (name, step, token) in seen:
+                self._fail(what="extra", node=name, step=step, token=token)
+                continue
+            seen.add((name, step, token))
+            r.compared += channels
+            want = expected[name][step * tokens + token]
+            diff = want ^ data
+            while diff:
+                c = (diff & -diff).bit_length() - 1
+                self._fail(what="spikes", node=name, step=step, token=token, channel=c,
+                           expected=(want >> c) & 1, actual=(data >> c) & 1)
+                diff &= diff - 1
         for name in g.traced_names:                      # every (node, step, token) must come
             steps, tokens = g.spikes[name].shape[0], g.spikes[name].shape[2]
             for t in range(steps):
                 for n in range(tokens):
-                    if (name, t, n) not in self._seen:
+                    if (name, t, n) not in seen:
                         self._fail(what="missing", node=name, step=t, token=n)
+
+    def finish_image(self, logits: list[int], predicted: int, cycles: int) -> ImageResult:
+        r = self._current
+        g = self.golden
+        if self.traced:
+            self._check_trace()
         want = [int(v) for v in g.logits[r.image]]
         r.compared += len(want) + 1
         if len(logits) != len(want):
