@@ -1,11 +1,10 @@
 """The board top (hw/board.py): PLL settings, elaboration for both boards, the bitstream CLI's
-errors, and (marked `sim`) the host driver against the Verilog of the board top in cocotb +
+errors, and (marked `rtlsim`) the host driver against the Verilog of the board top in cocotb +
 Verilator, compared with the golden model."""
 
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -212,28 +211,46 @@ def test_cli_success_writes_the_report(l1p, shipped_l1p_path, tmp_path, monkeypa
 IMAGES = 3
 
 
-@pytest.mark.rtlsim
-@pytest.mark.parametrize("loadable", [False, True], ids=["rom", "loadable"])
-def test_board_simulation_matches_golden(l1p, shipped_l1p_path, loadable):
-    """The driver over a simulated UART: link errors, then golden images. `loadable` is the
-    iCE40 build's board (tables in SPRAM): the driver writes them with WRITE_MEM first."""
-    L1P = shipped_l1p_path
-    from sim.board_tb import run_board_sim
+def board_build_dir(loadable):
+    """The board top's Verilator build, one per board kind, shared by every test here (tests in
+    one file run in one worker, `make test` uses --dist loadfile)."""
     build_dir = ROOT / "build" / "sim_board" / ("l1p-loadable" if loadable else "l1p")
     build_dir.mkdir(parents=True, exist_ok=True)
-    golden = build_dir / "golden.npz"
-    started = time.time()
-    # golden logits come from the torch-side CLI, in its own process
-    subprocess.run([PY, "-m", "model.flows.cli", "golden-data", str(L1P), "--images", str(IMAGES),
-                    "--out", str(golden), "--quiet"], cwd=ROOT, check=True, timeout=300,
-                   capture_output=True)
-    golden_seconds = time.time() - started
-    raw = run_board_sim(L1P, golden, range(IMAGES), build_dir, loadable=loadable)
+    return build_dir
+
+
+@pytest.fixture(scope="module")
+def board_golden(shipped_l1p_path, tmp_path_factory):
+    """Golden data of the first IMAGES test images, from the torch-side CLI in its own process."""
+    golden = tmp_path_factory.mktemp("board") / "golden.npz"
+    subprocess.run([PY, "-m", "model.flows.cli", "golden-data", str(shipped_l1p_path),
+                    "--images", str(IMAGES), "--out", str(golden), "--quiet"], cwd=ROOT,
+                   check=True, timeout=300, capture_output=True)
+    return golden
+
+
+@pytest.mark.rtlsim
+@pytest.mark.parametrize("loadable", [False, True], ids=["rom", "loadable"])
+def test_board_simulation_matches_golden(shipped_l1p_path, board_golden, loadable):
+    """The driver over a simulated UART: link errors, then golden images. `loadable` is the
+    iCE40 build's board (tables in SPRAM): the driver writes them with WRITE_MEM first."""
+    from sim.board_tb import run_board_sim
+    raw = run_board_sim(shipped_l1p_path, board_golden, range(IMAGES), board_build_dir(loadable),
+                        loadable=loadable)
     assert raw["failed"] == []
     checks = raw["link"]["checks"]
     expected = ["bad CRC: BAD_CRC", "truncated RUN: TIMEOUT", "over-long length: BAD_LENGTH",
                 "unknown command: UNKNOWN_COMMAND", "RUN with too few pixels: BAD_ARGUMENT",
-                "READ_RESULT before any RUN: BUSY"]
+                "READ_RESULT before any RUN: BUSY",
+                "garbage with a SYNC byte: ERROR TIMEOUT",
+                "garbage with a SYNC byte before a PING: ERROR BAD_CRC",
+                "SYNC bytes as a RUN's pixels: ERROR BAD_ARGUMENT",
+                "frame cut after SYNC: ERROR TIMEOUT", "frame cut after the command: ERROR TIMEOUT",
+                "frame cut inside the length: ERROR TIMEOUT",
+                "frame cut inside the CRC: ERROR TIMEOUT",
+                "length of exactly the maximum: ERROR UNKNOWN_COMMAND",
+                "length of the maximum + 1: ERROR BAD_LENGTH",
+                "two bad frames back to back: ERROR BAD_CRC, ERROR "]
     if loadable:
         expected += ["WRITE_MEM to an unknown memory: BAD_ARGUMENT",
                      "WRITE_MEM of a partial word: BAD_ARGUMENT",
@@ -251,6 +268,5 @@ def test_board_simulation_matches_golden(l1p, shipped_l1p_path, loadable):
         assert r["logits"] == r["golden_logits"]
         assert r["predicted"] == r["golden_prediction"]
         assert r["cycles"] > 0
-    print(f"\nboard sim: golden data {golden_seconds:.1f} s, Verilator build "
-          f"{raw['build_seconds']:.1f} s, simulation {raw['run_seconds']:.1f} s; cycles "
-          f"{[r['cycles'] for r in results]}")
+    print(f"\nboard sim: Verilator build {raw['build_seconds']:.1f} s, simulation "
+          f"{raw['run_seconds']:.1f} s; cycles {[r['cycles'] for r in results]}")
