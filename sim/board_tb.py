@@ -16,6 +16,7 @@ driver only):
   and the next PING works. Then the receiver's corner cases (``_framing_checks``): garbage
   holding SYNC bytes, SYNC as payload and CRC bytes, frames cut inside the header or the CRC,
   a length of exactly the maximum and of the maximum + 1, frames back to back with no gap.
+  ``tests/hw/board_link_tb.py`` holds a case that hangs the board, on the same build.
 * ``test_images`` — on a loadable board first ``driver.load`` of the memory images; then every
   image of the golden .npz listed in ``STFORGE_BOARD_IMAGES`` through ``driver.infer``; logits
   and class must equal the golden model's; RUN of another image (and WRITE_MEM) while running
@@ -511,11 +512,15 @@ if _test is not None:
 # --------------------------------------------------------------------------------------------
 
 def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFAULT_DIVISOR,
-                  waves=False, testcase=None, loadable=False) -> dict:
+                  waves=False, testcase=None, loadable=False, test_module="sim.board_tb",
+                  extra_env=None) -> dict:
     """Generate, build (cached by Verilog hash) and simulate the board top; returns results.
 
     With `loadable` the board is the iCE40 build's (``BoardTop(loadable=True)``): the driver
     first writes the memory images (``firmware.images``) with WRITE_MEM.
+
+    `test_module` holds the cocotb tests (default this one; `testcase` picks some of them);
+    `extra_env` reaches them as environment variables. Every module runs on the same build.
 
     ``images`` are indices into the golden .npz. Raises ``SystemExit``/``AssertionError``
     through the cocotb runner when a test fails (under pytest), and :class:`StforgeError` for
@@ -576,12 +581,13 @@ def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFA
            "STFORGE_BOARD_GOLDEN": str(golden_path),
            "STFORGE_BOARD_IMAGES": ",".join(str(int(i)) for i in images),
            "STFORGE_BOARD_RESULTS": str(results),
+           **(extra_env or {}),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1])]
                                          + [p for p in os.environ.get("PYTHONPATH", "")
                                             .split(os.pathsep) if p])}
     started = time.time()
     try:
-        runner.test(test_module="sim.board_tb", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+        runner.test(test_module=test_module, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
                     build_dir=build_dir, test_dir=build_dir, extra_env=env, waves=waves,
                     timescale=("1ns", "1ps"), results_xml=str(build_dir / "results.xml"),
                     testcase=testcase, log_file=build_dir / "test.log")
