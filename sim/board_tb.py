@@ -16,7 +16,8 @@ driver only):
   and the next PING works. Then the receiver's corner cases (``_framing_checks``): garbage
   holding SYNC bytes, SYNC as payload and CRC bytes, frames cut inside the header or the CRC,
   a length of exactly the maximum and of the maximum + 1, frames back to back with no gap.
-  ``tests/hw/board_link_tb.py`` holds a case that hangs the board, on the same build.
+  ``tests/hw/board_link_tb.py`` adds a seeded random-frame fuzz and a case that hangs the
+  board, on the same build.
 * ``test_images`` — on a loadable board first ``driver.load`` of the memory images; then every
   image of the golden .npz listed in ``STFORGE_BOARD_IMAGES`` through ``driver.infer``; logits
   and class must equal the golden model's; RUN of another image (and WRITE_MEM) while running
