@@ -13,11 +13,16 @@ driver only):
 * ``test_link_errors`` — PING; bad CRC, truncated, over-long and garbage-prefixed frames; unknown
   command, WRITE_MEM (UNSUPPORTED; on a loadable board: bad id, partial word, no words, past the
   end, BAD_ARGUMENT), malformed RUN / PING, READ_RESULT with no result: each gets its ERROR reply
-  and the next PING works.
+  and the next PING works. Then the receiver's corner cases (``_framing_checks``): garbage
+  holding SYNC bytes, SYNC as payload and CRC bytes, frames cut inside the header or the CRC,
+  a length of exactly the maximum and of the maximum + 1, frames back to back with no gap.
+  ``tests/hw/board_link_tb.py`` adds a seeded random-frame fuzz and a case that hangs the
+  board, on the same build.
 * ``test_images`` — on a loadable board first ``driver.load`` of the memory images; then every
   image of the golden .npz listed in ``STFORGE_BOARD_IMAGES`` through ``driver.infer``; logits
-  and class must equal the golden model's; RUN (and WRITE_MEM) while running is BUSY; a second
-  READ_RESULT repeats the result.
+  and class must equal the golden model's; RUN of another image (and WRITE_MEM) while running
+  is BUSY and leaves the run alone, PING is answered during a run; a second READ_RESULT repeats
+  the result.
 
 The runner half (:func:`run_board_sim`, ``stforge sim-board``) writes the Verilog of
 ``BoardTop``, builds it with Verilator under its own directory and runs the tests; results come
@@ -201,6 +206,53 @@ async def _setup(dut, config):
     return port, driver
 
 
+def _replies(port, driver, raw, quiet_ns):
+    """Runs in the bridge thread: send ``raw``, then collect every reply frame until the board has
+    been silent for ``quiet_ns``. Each reply must decode (a board reply the host's decoder rejects
+    fails here) and none may be left half-sent. Bytes already received are not discarded: a stray
+    reply to something earlier shows up here."""
+    from firmware.driver import MAX_REPLY_PAYLOAD
+    from firmware.protocol import FrameDecoder, FrameError
+    port.write(raw)
+    port.flush()
+    decoder = FrameDecoder(max_payload=MAX_REPLY_PAYLOAD)
+    replies = []
+    saved, port.timeout_ns = port.timeout_ns, quiet_ns
+    try:
+        while byte := port.read(1):
+            replies += decoder.feed(byte)
+    finally:
+        port.timeout_ns = saved
+    bad = [event for event in replies if isinstance(event, FrameError)]
+    assert not bad, f"the board sent a reply the protocol decoder rejects: {bad[0]}"
+    assert not decoder.in_frame, "the board stopped in the middle of a reply"
+    return replies
+
+
+def _quiet_ns(config):
+    """How long the board may stay silent before a reply that is still due begins: a frame it
+    holds open times out (``timeout_cycles``) and the reply's first bytes follow."""
+    return (config["timeout_cycles"] + 40 * config["divisor"]) * CLOCK_NS
+
+
+def _describe(frame):
+    """A reply for a log line: ``ERROR TIMEOUT``, ``OK(01)``."""
+    from firmware.protocol import Command, unpack_error
+    if frame.command == Command.ERROR and len(frame.payload) == 1:
+        code = unpack_error(frame.payload)
+        return f"ERROR {getattr(code, 'name', code)}"
+    return str(frame)
+
+
+def _receiver_verdicts(raw, max_payload):
+    """What the protocol's decoder (the rules ``FrameReceiver`` follows) makes of ``raw`` followed
+    by silence: an ErrorCode per dropped frame, the command per good one."""
+    from firmware.protocol import FrameDecoder, FrameError
+    decoder = FrameDecoder(max_payload=max_payload)
+    return [event.code if isinstance(event, FrameError) else event.command
+            for event in decoder.feed(raw) + decoder.expire()]
+
+
 def _link_checks(port, driver, config):
     """Runs in the bridge thread: malformed traffic -> the right ERROR, then PING works."""
     from firmware.driver import BoardError
@@ -262,6 +314,7 @@ def _link_checks(port, driver, config):
     got = reply_to(bytes([0x00, 0xFF, 0x13, 0x5A]) + good)
     assert got == Frame(Command.OK, bytes([1])), f"garbage + PING: got {got}"
     log.append("garbage before PING: skipped, PING ok")
+    log += _framing_checks(port, driver, config)
     # the driver's own error path
     try:
         driver.read_result()
@@ -271,6 +324,85 @@ def _link_checks(port, driver, config):
     else:
         raise AssertionError("READ_RESULT before RUN did not fail")
     assert port.framing_errors == 0
+    return log
+
+
+def _framing_checks(port, driver, config):
+    """Runs in the bridge thread: the receiver's corner cases. Each case states the board's
+    answer (every reply it sends until it falls silent) and checks that the protocol's decoder,
+    whose rules the receiver follows, predicts the same verdicts; then a PING must work."""
+    from firmware.protocol import SYNC, Command, ErrorCode, Frame, encode_frame, pack_error
+    n = config["n_pixels"]
+    quiet_ns = _quiet_ns(config)
+    ok_version = Frame(Command.OK, bytes([1]))
+    log = []
+
+    def error(code):
+        return Frame(Command.ERROR, pack_error(code))
+
+    def expect(what, raw, want, *, verdicts=None):
+        if verdicts is not None:       # the test's premise, from the protocol's own decoder
+            assert _receiver_verdicts(raw, n) == verdicts, \
+                f"{what}: the decoder sees {_receiver_verdicts(raw, n)}, not {verdicts}"
+        got = _replies(port, driver, raw, quiet_ns)
+        assert got == want, f"{what}: expected {[_describe(f) for f in want]}, got " \
+                            f"{[_describe(f) for f in got]}"
+        assert driver.ping() == 1, f"PING after {what} failed"
+        log.append(f"{what}: {', '.join(map(_describe, want))}, then PING ok")
+
+    ping = encode_frame(Command.PING)
+    # garbage holding a SYNC byte opens a frame: alone it times out; before a PING it swallows
+    # the PING's first bytes as its command and length, so the PING is lost to a BAD_CRC
+    expect("garbage with a SYNC byte", bytes([0x00, SYNC, 0x42]), [error(ErrorCode.TIMEOUT)],
+           verdicts=[ErrorCode.TIMEOUT])
+    expect("garbage with a SYNC byte before a PING", bytes([0x13, SYNC]) + ping,
+           [error(ErrorCode.BAD_CRC)], verdicts=[ErrorCode.BAD_CRC])
+    expect("garbage with a SYNC byte and a long length before a PING",
+           bytes([SYNC, 0x42, 0xFF]) + ping, [error(ErrorCode.BAD_LENGTH)],
+           verdicts=[ErrorCode.BAD_LENGTH])
+    # SYNC inside a frame is data, in the payload as in the CRC
+    expect("SYNC bytes as a RUN's pixels", encode_frame(Command.RUN, bytes([SYNC]) * n),
+           [error(ErrorCode.BAD_ARGUMENT)], verdicts=[Command.RUN])
+    sync_in_crc = next(f for f in (encode_frame(0x42, bytes([b])) for b in range(256))
+                       if SYNC in f[-2:])
+    expect("a frame whose CRC holds SYNC", sync_in_crc, [error(ErrorCode.UNKNOWN_COMMAND)],
+           verdicts=[0x42])
+    # a frame cut inside its header (after SYNC, the command, the first length byte) or its CRC
+    frame = encode_frame(Command.PING)
+    for cut, where in ((1, "after SYNC"), (2, "after the command"),
+                       (3, "inside the length"), (len(frame) - 1, "inside the CRC")):
+        expect(f"frame cut {where}", frame[:cut], [error(ErrorCode.TIMEOUT)],
+               verdicts=[ErrorCode.TIMEOUT])
+    # the length limit is the RUN payload: exactly that is a frame, one more is refused at once
+    # (and the refused frame's payload and CRC, hunted through, hold no SYNC)
+    expect("length of exactly the maximum", encode_frame(0x42, bytes(n)),
+           [error(ErrorCode.UNKNOWN_COMMAND)], verdicts=[0x42])
+    expect("length of the maximum + 1", encode_frame(Command.RUN, bytes(n + 1)),
+           [error(ErrorCode.BAD_LENGTH)], verdicts=[ErrorCode.BAD_LENGTH])
+    expect("length of the maximum + 1, header only",
+           bytes([SYNC, Command.RUN]) + (n + 1).to_bytes(2, "little"),
+           [error(ErrorCode.BAD_LENGTH)], verdicts=[ErrorCode.BAD_LENGTH])
+    # frames back to back, no idle gap: the first is answered; the second arrives while that
+    # answer goes out, when the board takes no receive events (hw/board.py: a host that talks
+    # over a reply loses bytes), so it gets its own answer or, having lost bytes, a receiver
+    # error. Either way one reply per frame, never an OK for a bad frame, then the link works.
+    receiver_errors = [error(code) for code in (ErrorCode.BAD_CRC, ErrorCode.BAD_LENGTH,
+                                                ErrorCode.TIMEOUT)]
+    bad_crc = ping[:-1] + bytes([ping[-1] ^ 0x01])
+    too_long = bytes([SYNC, Command.RUN, 0xFF, 0xFF])
+    for what, first, second in (
+            ("two bad frames back to back", (bad_crc, ErrorCode.BAD_CRC),
+             (bad_crc, ErrorCode.BAD_CRC)),
+            ("an over-long header, then a bad frame", (too_long, ErrorCode.BAD_LENGTH),
+             (bad_crc, ErrorCode.BAD_CRC)),
+            ("two PINGs back to back", (ping, ok_version), (ping, ok_version))):
+        want = [a if isinstance(a, Frame) else error(a) for _, a in (first, second)]
+        got = _replies(port, driver, first[0] + second[0], quiet_ns)
+        assert len(got) == 2 and got[0] == want[0] and got[1] in [want[1]] + receiver_errors, \
+            f"{what}: expected {_describe(want[0])}, then {_describe(want[1])} or a receiver " \
+            f"error; got {[_describe(f) for f in got]}"
+        assert driver.ping() == 1, f"PING after {what} failed"
+        log.append(f"{what}: {_describe(got[0])}, {_describe(got[1])}, then PING ok")
     return log
 
 
@@ -334,12 +466,16 @@ if _test is not None:
                             assert error.code == ErrorCode.BUSY, error
                         else:
                             raise AssertionError("WRITE_MEM while running was not BUSY")
-                    try:                       # a second RUN while the first one runs
-                        driver.run(image)
+                    # a second RUN, of another image, while the first one runs: BUSY, and its
+                    # pixels must not reach the run (the result below is image i's)
+                    other = golden["images"][(i + 1) % len(golden["images"])]
+                    try:
+                        driver.run(other)
                     except BoardError as error:
                         assert error.code == ErrorCode.BUSY, error
                     else:
                         raise AssertionError("RUN while running was not BUSY")
+                    assert driver.ping() == 1, "PING during a run failed"
                     result = driver.read_result()
                     again = driver.read_result()
                     assert again == result, f"second READ_RESULT {again} != first {result}"
@@ -377,11 +513,15 @@ if _test is not None:
 # --------------------------------------------------------------------------------------------
 
 def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFAULT_DIVISOR,
-                  waves=False, testcase=None, loadable=False) -> dict:
+                  waves=False, testcase=None, loadable=False, test_module="sim.board_tb",
+                  extra_env=None) -> dict:
     """Generate, build (cached by Verilog hash) and simulate the board top; returns results.
 
     With `loadable` the board is the iCE40 build's (``BoardTop(loadable=True)``): the driver
     first writes the memory images (``firmware.images``) with WRITE_MEM.
+
+    `test_module` holds the cocotb tests (default this one; `testcase` picks some of them);
+    `extra_env` reaches them as environment variables. Every module runs on the same build.
 
     ``images`` are indices into the golden .npz. Raises ``SystemExit``/``AssertionError``
     through the cocotb runner when a test fails (under pytest), and :class:`StforgeError` for
@@ -442,12 +582,13 @@ def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFA
            "STFORGE_BOARD_GOLDEN": str(golden_path),
            "STFORGE_BOARD_IMAGES": ",".join(str(int(i)) for i in images),
            "STFORGE_BOARD_RESULTS": str(results),
+           **(extra_env or {}),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1])]
                                          + [p for p in os.environ.get("PYTHONPATH", "")
                                             .split(os.pathsep) if p])}
     started = time.time()
     try:
-        runner.test(test_module="sim.board_tb", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+        runner.test(test_module=test_module, hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
                     build_dir=build_dir, test_dir=build_dir, extra_env=env, waves=waves,
                     timescale=("1ns", "1ps"), results_xml=str(build_dir / "results.xml"),
                     testcase=testcase, log_file=build_dir / "test.log")
