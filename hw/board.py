@@ -483,6 +483,8 @@ class BoardTop(wiring.Component):
                 with m.If(receiver.o.valid):
                     with m.If(event.kind == FrameEventKind.COMMAND):
                         m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
+                        if self.loadable:       # an empty WRITE_MEM must not inherit these
+                            self._write_mem_open(m, wm)
                         m.next = "FRAME"
                     with m.Elif(event.kind == FrameEventKind.ERROR):
                         reply(event.data)
@@ -509,6 +511,8 @@ class BoardTop(wiring.Component):
                             reply(event.data)
                         with m.Case(FrameEventKind.COMMAND):   # not sent by the receiver
                             m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
+                            if self.loadable:
+                                self._write_mem_open(m, wm)
 
             with m.State("DISPATCH"):
                 with m.Switch(command):
@@ -649,6 +653,12 @@ class BoardTop(wiring.Component):
         m.d.comb += wm.end.eq(wm.addr + wm.words)
         m.d.sync += wm.fits.eq((wm.id < len(self.tables)) & ~wm.high & (wm.k == 0) &
                                (wm.words != 0) & (wm.end <= wm.depth))
+
+    def _write_mem_open(self, m, wm):
+        """A frame opens: no id, address or words yet. Without this, a WRITE_MEM without payload
+        passed on the previous frame's `fits` and its write loop never ended (found by the
+        board-link fuzz, tests/hw/test_board.py)."""
+        m.d.sync += [wm.id.eq(0xFF), wm.addr.eq(0), wm.high.eq(0), wm.k.eq(0), wm.words.eq(0)]
 
     def _write_mem_byte(self, m, wm, count, byte):
         """One payload byte of a WRITE_MEM frame: id, 4 address bytes, then word bytes."""

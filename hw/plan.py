@@ -26,7 +26,7 @@ from model.ir.csc import dense_from_csc
 from model.ir.intops import acc_range, signed_bits
 
 __all__ = ["Plan", "StagePlan", "SharedLayout", "ValueBank", "CHUNK", "MIN_CHUNK",
-           "CYCLE_BITS", "TRACE_KINDS", "default_chunk", "lane_column_sizes"]
+           "CYCLE_BITS", "TRACE_KINDS", "default_chunk", "choose_chunk", "lane_column_sizes"]
 
 #: Channels per chunk: the issue FSM's mask loads and the collector's writes (rounded up to
 #: whole groups of lanes: `default_chunk`)
@@ -181,10 +181,27 @@ class Plan:
 
 # ---- construction --------------------------------------------------------------------------
 
+def _chunk_fits(width: int, chunk: int, lanes: int) -> bool:
+    """Every collector chunk of a `width`-channel vector takes at least MIN_CHUNK transfers
+    (or the vector is one chunk)."""
+    return width <= chunk or -(-min(chunk, width % chunk or chunk) // lanes) >= MIN_CHUNK
+
+
+def choose_chunk(graph, lanes: int) -> int:
+    """The chunk a plan takes by default: `default_chunk` when every layer fits it, else the
+    smallest wider multiple of lanes (up to twice as wide) that leaves no layer a remainder
+    chunk of fewer than MIN_CHUNK transfers (36 channels: one chunk of 36, not 32 + 4)."""
+    first = default_chunk(lanes)
+    for chunk in range(first, 2 * first + 1, lanes):
+        if all(_chunk_fits(n.channels, chunk, lanes) for n in graph.neurons):
+            return chunk
+    return first            # refused with the numbers by _check_configuration
+
+
 def _check_configuration(graph, lanes, chunk, loadable):
     if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
         raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
-    chunk = default_chunk(lanes) if chunk is None else chunk
+    chunk = choose_chunk(graph, lanes) if chunk is None else chunk
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
     if chunk % lanes:
@@ -201,7 +218,7 @@ def _check_configuration(graph, lanes, chunk, loadable):
             raise ValueError(f"{name} has {width} channels" + (
                 f", {-(-width // lanes)} groups of {lanes} lanes" if lanes > 1 else "") +
                 f"; the accelerator needs at least 3{' groups' if lanes > 1 else ''} per layer")
-        if width > chunk and -(-min(chunk, width % chunk or chunk) // lanes) < MIN_CHUNK:
+        if not _chunk_fits(width, chunk, lanes):
             # every collector chunk outlasts the writer of the previous one (4 cycles)
             raise ValueError(
                 f"chunk = {chunk} splits the {width} channels of {name} into a chunk of "

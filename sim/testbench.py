@@ -112,6 +112,7 @@ async def run_images(dut) -> None:
         with open(out_path, "w") as f:       # rewritten each time: partial runs stay readable
             json.dump({"images": report, "seconds": time.time() - started,
                        "compared": scoreboard.compares, "hung": hung}, f)
+    reader.file.close()
     if hung is not None:
         with open(out_path, "w") as f:
             json.dump({"images": report, "seconds": time.time() - started,

@@ -245,8 +245,7 @@ class FrameFuzzer:
 
     def write_mem_payload(self):
         """Half accepted (a table's own words, so results stay golden), half one of the refused
-        shapes. On a loadable board never an empty payload: ``test_write_mem_without_payload``
-        has that case (it hangs the board)."""
+        shapes, an empty payload among them."""
         rng = self.rng
         if self.tables is None:
             return self.random_bytes(0, self.n)
