@@ -240,13 +240,13 @@ LIMITS = {
     "pipeline.*.spike_penalty": Limit(0),
 }
 
-STAGES = ("dense", "finetune", "qat")
+TRAIN_STAGES = ("dense", "finetune", "qat")
 
 
 def _values(config: "Config", key: str):
     """(the key as the user wrote it, its value) for every setting `key` names; None (an unset
     optional setting) is left out."""
-    keys = [key.replace("*", stage) for stage in STAGES] if "*" in key else [key]
+    keys = [key.replace("*", stage) for stage in TRAIN_STAGES] if "*" in key else [key]
     for k in keys:
         listed = k.endswith("[]")
         obj = config
