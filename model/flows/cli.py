@@ -185,12 +185,13 @@ def cmd_export(args):
                                    split.input_scale)
             r["artifact"] = str(out_dir / f"{name}.json")
             results[name] = r
-            print(f"{name}: agreement {r['agreement']:.4f}, accuracy quant "
-                  f"{r['accuracy_quant']:.4f} int {r['accuracy_int']:.4f}, lowest layer spike "
-                  f"agreement {min(r['layer_spike_agreement'].values()):.5f} -> {r['artifact']}")
         for name in results:            # all exported and compared: now into --out-dir
             for ext in ("npz", "json"):     # the manifest last: it names the arrays' checksum
                 write_bytes(out_dir / f"{name}.{ext}", (Path(tmp) / f"{name}.{ext}").read_bytes())
+    for name, r in results.items():
+        print(f"{name}: agreement {r['agreement']:.4f}, accuracy quant {r['accuracy_quant']:.4f}"
+              f" int {r['accuracy_int']:.4f}, lowest layer spike agreement "
+              f"{min(r['layer_spike_agreement'].values()):.5f} -> {r['artifact']}")
     first = next(iter(results))
     deployed = results.get("l1p", results[first])
     report = {k: deployed[k] for k in ("images", "accuracy_quant", "accuracy_int", "agreement")}
