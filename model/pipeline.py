@@ -20,14 +20,15 @@ import numpy as np
 
 from model.config import Config, TrainConfig
 from model.data import DataSplit, load_dataset
-from model.ir.files import write_json
+from model.errors import StforgeError, check_output_path
+from model.ir.files import write_bytes, write_json
 from model.pruning import gradual_sparsities, l1p_prune, sparsity, to_low_rank
 from model.train import Tensors, evaluate, rebuild, save_checkpoint, seed_everything, to_tensors, \
     train
 from model.transformer import SpikingTransformer
 
 __all__ = ["load_data", "train_dense", "compensate", "quantize", "run_pipeline", "run_sweep",
-           "write_json"]
+           "pipeline_outputs", "sweep_outputs", "quantized_names", "write_json"]
 
 
 def load_data(config: Config) -> DataSplit:
@@ -132,8 +133,42 @@ def describe(model: SpikingTransformer, method: str, data: Tensors, seed: int,
     return entry
 
 
+def _bits(config: Config) -> list[int]:
+    """The weight widths the pipeline trains, quant.weight_bits first, each once."""
+    return list(dict.fromkeys([config.quant.weight_bits, *config.quant.extra_bits]))
+
+
+def quantized_names(config: Config) -> list[str]:
+    """The quantized checkpoints `make train` writes (``<method>-int<bits>``); the deployed one
+    is ``<pipeline.deploy_method>-int<quant.weight_bits>``."""
+    return [f"{method}-int{bits}" for method in ("dense", "l1p", "dsp")
+            for bits in (_bits(config) if method != "dense" else [config.quant.weight_bits])]
+
+
+def pipeline_outputs(config: Config) -> list[Path]:
+    """Every file `run_pipeline` writes (checked before any work)."""
+    out = Path(config.pipeline.out_dir)
+    names = ["dense", *(f"{m}-{n}" for m in ("l1p", "dsp") for n in ("slif", "lif")),
+             *quantized_names(config)]
+    return [out / "checkpoints" / f"{name}.pt" for name in names] + \
+        [out / "reports" / "model.json", out / "reports" / "finetune_curves.png"]
+
+
+def sweep_outputs(config: Config) -> list[Path]:
+    """Every file `run_sweep` writes (checked before any work)."""
+    reports = Path(config.pipeline.out_dir) / "reports"
+    return [reports / "model.json", reports / "accuracy_vs_sparsity.png",
+            reports / "accuracy_vs_params.png"]
+
+
+def _check_outputs(paths) -> None:
+    for path in paths:
+        check_output_path(path, "output")
+
+
 def run_pipeline(config: Config, progress: bool = True) -> dict:
     """`make train`: dense -> L1P + sLIF/LIF, DSP + sLIF/LIF -> QAT; checkpoints and model.json."""
+    _check_outputs(pipeline_outputs(config))
     out = Path(config.pipeline.out_dir)
     ckpt_dir, reports = out / "checkpoints", out / "reports"
     seed = config.pipeline.dense.seed
@@ -156,7 +191,7 @@ def run_pipeline(config: Config, progress: bool = True) -> dict:
             staged[f"{method}-{neuron}"] = (model, meta(method=method))
     deployables = {"dense": dense, "l1p": compensated[("l1p", "slif")],
                    "dsp": compensated[("dsp", "slif")]}
-    bits_list = [config.quant.weight_bits, *config.quant.extra_bits]
+    bits_list = _bits(config)
     for method, parent in deployables.items():
         for bits in bits_list if method != "dense" else [config.quant.weight_bits]:
             q, curve = quantize(parent, config, data, bits, seed, progress)
@@ -198,8 +233,19 @@ def plot_curves(report: dict, path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    """A figure as PNG, written atomically (model.ir.files), and closed."""
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    write_bytes(path, buf.getvalue())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -212,6 +258,17 @@ def run_sweep(config: Config, progress: bool = True) -> dict:
     from tqdm import tqdm
     pl = config.pipeline
     reports = Path(pl.out_dir) / "reports"
+    _check_outputs(sweep_outputs(config))
+    path = reports / "model.json"
+    previous = None
+    if path.exists():       # the sweep adds to make train's report: read it before the work
+        try:
+            previous = json.loads(path.read_text())
+            if not isinstance(previous.get("variants"), list):
+                raise ValueError("it has no list of variants")
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise StforgeError(f"{path} is not a model report ({exc}); move it away or run "
+                               f"`make train` again") from None
     split = load_data(config)
     data = to_tensors(split)
     jobs = [("l1p", s, None) for s in pl.sweep_sparsities] + \
@@ -232,9 +289,8 @@ def run_sweep(config: Config, progress: bool = True) -> dict:
                                             **extra))
                     bar.update()
     summary = summarize(entries)
-    path = reports / "model.json"
-    report = json.loads(path.read_text()) if path.exists() else {
-        "dataset": split.name, "timesteps": config.model.timesteps, "variants": []}
+    report = previous or {"dataset": split.name, "timesteps": config.model.timesteps,
+                          "variants": []}
     report["variants"] = [v for v in report["variants"] if not v.get("sweep")] + entries
     report["sweep"] = summary
     write_json(path, report)
@@ -307,8 +363,7 @@ def plot_sweep(summary: dict, reports: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(reports / "accuracy_vs_sparsity.png", dpi=120)
-    plt.close(fig)
+    _save_figure(fig, reports / "accuracy_vs_sparsity.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in ("l1p", "dsp"):
@@ -326,5 +381,4 @@ def plot_sweep(summary: dict, reports: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(reports / "accuracy_vs_params.png", dpi=120)
-    plt.close(fig)
+    _save_figure(fig, reports / "accuracy_vs_params.png")

@@ -9,6 +9,7 @@ mean firing rate to the loss, trading a little accuracy for fewer spikes (fewer 
 
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model.config import Config, ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from model.config import (WEIGHT_BITS, Config, ModelConfig, TrainConfig, config_from_dict,
+                          config_to_dict)
 from model.data import DataSplit
 from model.errors import StforgeError
+from model.ir.files import write_bytes
 from model.neurons import SLIF
 from model.transformer import SpikingTransformer
 
@@ -146,16 +149,16 @@ def rebuild(model: SpikingTransformer, neuron: str | None = None, ranks: dict | 
 
 def save_checkpoint(path: str | Path, model: SpikingTransformer, config: Config,
                     meta: dict) -> None:
-    """Config, structure (neuron, ranks, weight bits), weights and masks, plus free metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    """Config, structure (neuron, ranks, weight bits), weights and masks, plus free metadata,
+    written atomically (model.ir.files: a failed write leaves neither a temporary file nor a
+    half-written checkpoint)."""
+    buf = io.BytesIO()
     torch.save({"format": "stforge-checkpoint-1", "config": config_to_dict(config),
                 "neuron": model.neuron_kind, "ranks": model.ranks,
                 "weight_bits": model.weight_bits, "leak_bits": model.leak_bits,
                 "state_dict": model.state_dict(),
-                "meta": meta}, tmp)
-    tmp.replace(path)
+                "meta": meta}, buf)
+    write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> tuple[SpikingTransformer, Config, dict]:
@@ -165,6 +168,11 @@ def load_checkpoint(path: str | Path) -> tuple[SpikingTransformer, Config, dict]
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         config = config_from_dict(ckpt["config"])
+        bits = ckpt["weight_bits"]
+        if bits is not None and not WEIGHT_BITS[0] <= bits <= WEIGHT_BITS[1]:
+            raise StforgeError(f"checkpoint {path} has {bits}-bit weights; the export and the "
+                               f"hardware take {WEIGHT_BITS[0]}..{WEIGHT_BITS[1]}: run "
+                               f"`stforge quantize` on its parent again")
         ranks = ckpt["ranks"]
         if ranks is not None:
             ranks = {int(k): v for k, v in ranks.items()}

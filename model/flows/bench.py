@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from hw.targets import TARGETS as HW_TARGETS
-from model.errors import positive_int
+from model.errors import check_output_dir, check_output_path, positive_int
 from model.ir import INPUT, Attention, Conv
 from model.ir.golden import run_golden
 
@@ -800,7 +800,9 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    """`stforge bench`: bench.json and its plots."""
+    """`stforge bench`: bench.json and its plots (the reports folder checked first)."""
+    check_output_dir(args.reports, "--reports")
+    check_output_path(Path(args.reports) / "bench.json", "report")
     if args.threads:
         torch.set_num_threads(args.threads)
     run_bench(args.variants, args.targets, Path(args.reports), Path(args.artifacts),

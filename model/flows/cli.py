@@ -31,7 +31,10 @@ import importlib
 import json
 import sys
 
-from model.errors import ArgumentParser, StforgeError, report_error, report_interrupt
+from model.config import WEIGHT_BITS
+from model.errors import (ArgumentParser, StforgeError, check_name, check_output_dir,
+                          check_output_path, int_in, number_in, positive_int, report_error,
+                          report_interrupt, seed)
 
 __all__ = ["main"]
 
@@ -76,26 +79,34 @@ def _summary(report):
               f"  nonzero params {v['nonzero_params']}")
 
 
+def _accuracy(curve) -> str:
+    """The last epoch's accuracy, as the stages print it (a stage of 0 epochs has none)."""
+    return f"accuracy {curve[-1]:.4f}" if curve else "(0 epochs: not trained)"
+
+
 def cmd_train(args):
     from model.pipeline import train_dense
     from model.train import save_checkpoint
+    check_output_path(args.out, "--out")
     config = _config(args)
     model, curve = train_dense(config, _data(config), args.seed, progress=not args.quiet)
     save_checkpoint(args.out, model, config, {"seed": args.seed, "method": "dense"})
-    print(f"dense accuracy {curve[-1]:.4f} -> {args.out}")
+    print(f"dense {_accuracy(curve)} -> {args.out}")
 
 
 def cmd_prune(args):
     from model.pruning import l1p_prune, to_low_rank
     from model.train import load_checkpoint, save_checkpoint, evaluate
+    check_output_path(args.out, "--out")
     model, config, meta = load_checkpoint(args.inp)
     if args.method == "l1p":
         target = config.prune.sparsity if args.sparsity is None else args.sparsity
         stem = config.prune.stem if args.stem is None else args.stem
         l1p_prune(model, target, args.scope or config.prune.scope, stem)
     else:
-        rank, energy = (args.rank, args.energy) if (args.rank or args.energy) else \
-            (config.prune.rank, config.prune.energy)
+        given = args.rank is not None or args.energy is not None
+        rank, energy = (args.rank, args.energy) if given else (config.prune.rank,
+                                                               config.prune.energy)
         model = to_low_rank(model, rank=rank, energy=energy)
     data = _data(config)
     save_checkpoint(args.out, model, config, {**meta, "method": args.method})
@@ -105,48 +116,79 @@ def cmd_prune(args):
 
 def cmd_finetune(args):
     from model.train import load_checkpoint, rebuild, save_checkpoint, train
+    check_output_path(args.out, "--out")
     model, config, meta = load_checkpoint(args.inp)
     model = rebuild(model, neuron=args.neuron)
     curve = train(model, _data(config), config.pipeline.finetune, f"finetune {args.neuron}",
                   progress=not args.quiet)
     save_checkpoint(args.out, model, config, meta)
-    print(f"fine-tuned ({args.neuron}) accuracy {curve[-1]:.4f} -> {args.out}")
+    print(f"fine-tuned ({args.neuron}) {_accuracy(curve)} -> {args.out}")
 
 
 def cmd_quantize(args):
     from model.pipeline import quantize
     from model.train import load_checkpoint, save_checkpoint
+    check_output_path(args.out, "--out")
     model, config, meta = load_checkpoint(args.inp)
     q, curve = quantize(model, config, _data(config), args.bits, config.pipeline.qat.seed,
                         progress=not args.quiet)
     save_checkpoint(args.out, q, config, meta)
-    print(f"int{args.bits} QAT accuracy {curve[-1] if curve else float('nan'):.4f} -> {args.out}")
+    print(f"int{args.bits} QAT {_accuracy(curve)} -> {args.out}")
+
+
+def _export_names(items) -> list[tuple[str, str]]:
+    """(name, checkpoint) of every ``[NAME=]CHECKPOINT``; a name (the checkpoint's file name
+    without ``.pt`` when none is given) is a plain identifier and given once."""
+    from pathlib import Path
+    named = []
+    for item in items:
+        name, ckpt = item.split("=", 1) if "=" in item else (Path(item).stem, item)
+        check_name(name, "model name")
+        if name in dict(named):
+            raise StforgeError(f"model name {name!r} is given twice")
+        named.append((name, ckpt))
+    return named
 
 
 def cmd_export(args):
-    """Export quantized checkpoints to artifacts and write golden.json (golden vs PyTorch)."""
+    """Export quantized checkpoints to artifacts and write golden.json (golden vs PyTorch).
+
+    Every name and output path is checked before a checkpoint is read; the artifacts are
+    built in a temporary folder and copied into --out-dir only once every model has been
+    exported and compared, so a failure leaves --out-dir and --report as they were."""
+    import tempfile
     from pathlib import Path
     from model.export import export_model
     from model.export import compare_with_model
     from model.ir.golden import run_golden
     from model.pipeline import load_data
-    from model.ir.files import write_json
+    from model.ir.files import write_bytes, write_json
     from model.train import load_checkpoint
+    named = _export_names(args.models)
+    out_dir = check_output_dir(args.out_dir, "--out-dir")
+    for name, _ in named:
+        for ext in ("json", "npz"):
+            check_output_path(out_dir / f"{name}.{ext}", "artifact")
+    report_path = check_output_path(args.report, "--report")
     loaded = []
-    for item in args.models:     # read every checkpoint first: a bad one leaves nothing written
-        name, ckpt = item.split("=", 1) if "=" in item else (Path(item).stem, item)
+    for name, ckpt in named:   # read every checkpoint first: a bad one leaves nothing written
         model, config, meta = load_checkpoint(ckpt)
         loaded.append((name, ckpt, model, config, load_data(config)))
     results = {}
-    for name, ckpt, model, config, split in loaded:
-        limit = len(split.x_test) if args.images is None else args.images
-        out = Path(args.out_dir) / name
-        artifact = export_model(model, config, split, out, meta={"checkpoint": str(ckpt)})
-        run_golden(artifact, split.x_test[:1], saturate=True)   # widths hold at full activity
-        r = compare_with_model(model, artifact, split.x_test[:limit], split.y_test[:limit],
-                               split.input_scale)
-        r["artifact"] = str(out.with_suffix(".json"))
-        results[name] = r
+    with tempfile.TemporaryDirectory(prefix="stforge-export-") as tmp:
+        for name, ckpt, model, config, split in loaded:
+            limit = len(split.x_test) if args.images is None else args.images
+            artifact = export_model(model, config, split, Path(tmp) / name,
+                                    meta={"checkpoint": str(ckpt)})
+            run_golden(artifact, split.x_test[:1], saturate=True)  # widths hold at full activity
+            r = compare_with_model(model, artifact, split.x_test[:limit], split.y_test[:limit],
+                                   split.input_scale)
+            r["artifact"] = str(out_dir / f"{name}.json")
+            results[name] = r
+        for name in results:            # all exported and compared: now into --out-dir
+            for ext in ("npz", "json"):     # the manifest last: it names the arrays' checksum
+                write_bytes(out_dir / f"{name}.{ext}", (Path(tmp) / f"{name}.{ext}").read_bytes())
+    for name, r in results.items():
         print(f"{name}: agreement {r['agreement']:.4f}, accuracy quant {r['accuracy_quant']:.4f}"
               f" int {r['accuracy_int']:.4f}, lowest layer spike agreement "
               f"{min(r['layer_spike_agreement'].values()):.5f} -> {r['artifact']}")
@@ -155,7 +197,7 @@ def cmd_export(args):
     report = {k: deployed[k] for k in ("images", "accuracy_quant", "accuracy_int", "agreement")}
     report["layer_spike_agreement"] = deployed["layer_spike_agreement"]
     report["variants"] = results
-    write_json(Path(args.report), report)
+    write_json(report_path, report)
 
 
 def cmd_golden_data(args):
@@ -164,6 +206,7 @@ def cmd_golden_data(args):
     from model.ir import load_artifact
     from model.ir.golden import write_golden_data
     from model.pipeline import load_data
+    check_output_path(args.out, "--out")
     artifact = load_artifact(args.artifact)
     split = load_data(config_from_dict(artifact.source["config"]))
     n = min(args.images, len(split.x_test))
@@ -204,7 +247,9 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
         if config:
             p.add_argument("--config", help="TOML config file (defaults built in)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: all cores)")
+        p.add_argument("--threads", type=positive_int,
+                       help="PyTorch CPU threads (default: all cores; 1 is often faster on a "
+                            "busy machine, docs/YOUR_MODEL.md)")
         p.set_defaults(func=func)
         return p
     p = add("pipeline", cmd_pipeline, "dense -> prune -> compensate -> QAT; writes model.json")
@@ -213,17 +258,21 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="output folder (default: pipeline.out_dir, 'build')")
     p = add("train", cmd_train, "train the dense LIF model")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p = add("prune", cmd_prune, "L1P masks or DSP factors, one shot", config=False)
     p.add_argument("--in", dest="inp", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--method", choices=("l1p", "dsp"), required=True)
-    p.add_argument("--sparsity", type=float)
+    p.add_argument("--sparsity", type=number_in(0, 1, high_open=True),
+                   help="L1P target sparsity (default: prune.sparsity)")
     p.add_argument("--scope", choices=("layer", "global"))
     p.add_argument("--stem", action=argparse.BooleanOptionalAction, default=None,
                    help="also prune the spike-fed stem convs (default: prune.stem)")
-    p.add_argument("--rank", type=int)
-    p.add_argument("--energy", type=float)
+    low_rank = p.add_mutually_exclusive_group()
+    low_rank.add_argument("--rank", type=positive_int,
+                          help="DSP rank of every block matrix (default: prune.rank)")
+    low_rank.add_argument("--energy", type=number_in(0, 1, low_open=True),
+                          help="DSP: the smallest rank keeping this singular-value energy")
     p = add("finetune", cmd_finetune, "fine-tune with masks/ranks fixed", config=False)
     p.add_argument("--in", dest="inp", required=True)
     p.add_argument("--out", required=True)
@@ -231,18 +280,21 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     p = add("quantize", cmd_quantize, "Brevitas QAT to integer weights", config=False)
     p.add_argument("--in", dest="inp", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--bits", type=int, default=8)
+    p.add_argument("--bits", type=int_in(*WEIGHT_BITS), default=8,
+                   help=f"weight bits, {WEIGHT_BITS[0]}..{WEIGHT_BITS[1]} (default 8)")
     p = add("export", cmd_export, "integer artifacts + golden model check (golden.json)",
             config=False)
     p.add_argument("models", nargs="+", metavar="[NAME=]CHECKPOINT",
-                   help="quantized checkpoints, e.g. l1p=build/checkpoints/l1p-int8.pt")
+                   help="quantized checkpoints, e.g. l1p=build/checkpoints/l1p-int8.pt; "
+                        "NAME (default: the file name without .pt) names the artifact, "
+                        "NAME.json in --out-dir")
     p.add_argument("--out-dir", default="build/artifacts")
     p.add_argument("--report", default="build/reports/golden.json")
-    p.add_argument("--images", type=int, help="test images to compare (default: all)")
+    p.add_argument("--images", type=positive_int, help="test images to compare (default: all)")
     p = add("golden-data", cmd_golden_data, "golden spikes/logits as .npz for simulation",
             config=False)
     p.add_argument("artifact")
-    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--images", type=positive_int, default=100)
     p.add_argument("--out", required=True)
     p = add("evaluate", cmd_evaluate, "test accuracy and parameter counts", config=False)
     p.add_argument("--in", dest="inp", required=True)

@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.config import Config, config_from_dict, config_to_dict, load_config
-from model.errors import ConfigError, StforgeError
+from model.errors import (ConfigError, StforgeError, check_output_dir, check_output_path,
+                          positive_float, positive_int, seed)
 from model.ir.files import write_bytes, write_json
 from model.sources import HW_SOURCES, ROOT, declared_sources, hw_source_sha256, update_digest
 
@@ -773,36 +774,68 @@ def configure(p) -> None:
     p.add_argument("--config", default=None, help="TOML config (defaults built in)")
     p.add_argument("--sparsity", type=float, nargs="*", default=[0.5, 0.9, 0.95],
                    help="L1P sparsities in (0, 1) (none: no L1P points)")
-    p.add_argument("--rank", type=int, nargs="*", default=[4, 8],
+    p.add_argument("--rank", type=positive_int, nargs="*", default=[4, 8],
                    help="DSP ranks in 1..model.dim (none: no DSP points)")
-    p.add_argument("--lanes", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--lanes", type=positive_int, nargs="+", default=[1, 2],
+                   help="lanes of the accelerator (each checked against the config's layers "
+                        "before any job starts)")
     p.add_argument("--target", nargs="+", default=["ice40-up5k"],
                    help="ice40-up5k and/or ecp5-85f")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--images", type=int, default=20,
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0])
+    p.add_argument("--images", type=positive_int, default=20,
                    help="test images the cycle model averages over (accuracy uses all)")
     p.add_argument("--no-synth", action="store_true", help="skip Yosys (no resource counts)")
     p.add_argument("--fmax", action="store_true",
                    help="also place and route the board top with nextpnr (fmax; minutes per job)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                    help="LocalCluster worker processes (ignored with --scheduler)")
-    p.add_argument("--threads", type=int, default=1, help="PyTorch threads per job")
+    p.add_argument("--threads", type=positive_int, default=1, help="PyTorch threads per job")
     p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786 "
                                        "(its workers must run this checkout)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds")
+    p.add_argument("--connect-timeout", type=positive_float, default=10.0, help="seconds")
     p.add_argument("--out-dir", help="output folder (default: the config's pipeline.out_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def check_lanes(config: Config, lanes) -> None:
+    """Refuse, before any job starts, lanes the accelerator cannot take with this config's
+    layers: the generator's own verdict (hw.plan) on an untrained model of the config. Pruning
+    and DSP ranks change no layer's width, so it holds for every point of the sweep."""
+    from hw.plan import Plan
+    from model.export import export_model
+    from model.pipeline import load_data
+    from model.train import rebuild
+    from model.transformer import SpikingTransformer
+    q = config.quant
+    model = rebuild(SpikingTransformer(config.model, "slif"), weight_bits=q.weight_bits,
+                    leak_bits=q.leak_bits)
+    with tempfile.TemporaryDirectory(prefix="stforge-sweep-") as tmp:
+        graph = export_model(model, config, load_data(config), Path(tmp) / "layers")
+    for n in dict.fromkeys(lanes):
+        try:
+            Plan.build(graph, lanes=n)
+        except ValueError as exc:
+            raise ConfigError(f"--lanes {n}: {exc}") from None
+
+
+def _check_outputs(plan: SweepPlan) -> None:
+    """The report, the plot and the cache folder must be writable (before any work)."""
+    reports = plan.out_dir / "reports"
+    for path in (reports / "sweep_hw.json", reports / "sweep_hw_pareto.png"):
+        check_output_path(path, "output")
+    check_output_dir(plan.out_dir / "sweep_hw" / "cache", "cache folder")
+
+
 def run(args) -> int:
-    """`stforge sweep-hw`: plan, run on Dask (cached), write sweep_hw.json."""
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be a positive integer, not {args.workers}")
+    """`stforge sweep-hw`: plan, run on Dask (cached), write sweep_hw.json. Every argument and
+    output path is checked before a job starts."""
     config = load_config(args.config)
     plan = build_plan(config, config_path=args.config, sparsities=args.sparsity,
                       ranks=args.rank, lanes=args.lanes, targets=args.target,
                       seeds=args.seeds, images=args.images, synth=not args.no_synth,
                       fmax=args.fmax, threads=args.threads, out_dir=args.out_dir)
+    _check_outputs(plan)
+    check_lanes(config, plan.lanes)
     engine = _Engine(args.scheduler, args.workers, args.connect_timeout)
     try:
         run_sweep_hw(plan, engine, progress=not args.quiet)

@@ -3,7 +3,7 @@
 Every file stforge writes for another stage (artifacts, golden data, Verilog, reports, cache
 entries) goes through here: the data lands in a temporary file beside the target (same folder,
 so the final rename is atomic) and replaces the target only once complete; on any failure the
-temporary file is removed and the target is untouched.
+temporary file is removed, so are the folders the write created, and the target is untouched.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ def write_bytes(path, data: bytes) -> Path:
     The temporary file is unique (``.<name>.<random>``), so concurrent writers of one path
     (parallel sweep workers) never mix their bytes: the last rename wins whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    created = _make_parents(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         umask = os.umask(0)
@@ -35,9 +36,41 @@ def write_bytes(path, data: bytes) -> Path:
         os.chmod(tmp, 0o666 & ~umask)          # mkstemp makes it private; a report is not
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        for folder in reversed(created):       # the folders this write made, innermost first
+            try:
+                folder.rmdir()
+            except OSError:                    # another writer put something there meanwhile
+                break
         raise
     return path
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns those created, outermost first (a
+    failed write removes them again, so that it leaves no trace)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    created = []
+    try:
+        for f in reversed(missing):
+            try:
+                f.mkdir()
+            except FileExistsError:            # a concurrent writer made it
+                if not f.is_dir():
+                    raise
+                continue
+            created.append(f)
+    except BaseException:
+        for f in reversed(created):
+            f.rmdir()
+        raise
+    return created
 
 
 def write_text(path, text: str) -> Path:

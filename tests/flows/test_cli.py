@@ -39,7 +39,7 @@ epochs = 1
 
 @pytest.mark.parametrize("extra, message", [
     ("[model]\nheads = 5", "not divisible by model.heads"),
-    ("[prune]\nsparsity = 1.5", "prune.sparsity must be in [0, 1)"),
+    ("[prune]\nsparsity = 1.5", "prune.sparsity must be a number in [0, 1)"),
     ("[prune]\nrank = 99", "rank 99 is impossible"),
     ("[bogus]\nx = 1", "unknown config key bogus"),
     ("[data]\nname = 'cifar10'\npath = '/nonexistent/cifar'", "/nonexistent/cifar"),

@@ -71,9 +71,17 @@ def _sweep(config, out, *args):
 
 def test_two_configuration_sweep_on_a_local_cluster(tiny_config, tmp_path, capsys):
     # lanes 1, 2 and 4 at one sparsity: 4 lanes leave the 8-channel layers 2 groups, fewer than
-    # the generator takes, so that job must fail and be reported with its configuration while
-    # the others succeed; 2 lanes need fewer cycles than 1 on the same model.
-    report = _sweep(tiny_config, tmp_path, "--sparsity", "0.5", "--lanes", "1", "2", "4")
+    # the generator takes. `stforge sweep-hw` refuses them before any job starts (below); given
+    # them anyway, run_sweep_hw must report that job failed, with its configuration, while the
+    # others succeed; 2 lanes need fewer cycles than 1 on the same model.
+    plan = sweep_hw.build_plan(load_config(tiny_config), config_path=str(tiny_config),
+                               sparsities=[0.5], ranks=[], lanes=[1, 2, 4], images=2,
+                               synth=False, out_dir=tmp_path)
+    engine = sweep_hw._Engine(None, 2, 10.0)
+    try:
+        report = sweep_hw.run_sweep_hw(plan, engine, progress=False)
+    finally:
+        engine.close()
     ok, two, failed = report["rows"]
     assert (report["jobs"], report["cached"], report["computed"], report["failed"]) == (3, 0, 3, 1)
     assert report["stages_computed"] == {"dense": 1, "model": 1, "hw": 2}
@@ -314,6 +322,13 @@ def test_pareto_front():
     ["--rank", "9"],                 # above the tiny model's dim 8
     ["--lanes", "0"],
     ["--lanes", "two"],
+    ["--lanes", "1", "4"],           # the tiny model's 8-channel layers: 2 groups of 4 lanes
+    ["--lanes", "3"],                # does not divide the heads' 4 channels
+    ["--seeds", "-1"],
+    ["--images", "0"],
+    ["--workers", "0"],
+    ["--threads", "-1"],
+    ["--connect-timeout", "nan"],
     ["--sparsity", "--rank"],        # nothing to sweep
     ["--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "1", "--lanes", "1"],
 ])
