@@ -118,6 +118,16 @@ sim: hdl $(GOLDEN)
 	$(STFORGE) sim --hdl $(HDL_DIR) --golden $(GOLDEN) \
 		--images $(IMAGES) --sim $(SIM) --image $(IMAGE) $(if $(WAVES),--waves) --model $(DESIGN)
 
+## random models through HDL generation and simulation, bit for bit and cycle for cycle:
+##   make fuzz-hw [N=20] [SEED=0] [SIM=verilator|icarus] [FUZZ_ARGS="--inputs 10 --jobs 2"]
+## -> build/reports/fuzz-hw.json; failing models kept under build/fuzz/failures
+N         ?= 20
+SEED      ?= 0
+FUZZ_ARGS ?=
+.PHONY: fuzz-hw
+fuzz-hw: $(STAMP)
+	$(STFORGE) fuzz-hw --models $(N) --seed $(SEED) --sim $(SIM) $(FUZZ_ARGS)
+
 ## the default suite (no `slow` tests)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q -n 2 --dist loadfile

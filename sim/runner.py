@@ -119,7 +119,7 @@ def write_pixels(path: Path, golden, images, corrupt_pixel: int | None = None) -
 
 def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: bool = False,
                    build_root="build/sim", corrupt_pixel: int | None = None,
-                   random_init_seed: int | None = None) -> dict:
+                   random_init_seed: int | None = None, quiet: bool = False) -> dict:
     """Simulate `images` (indices into the golden file); returns the raw per-image results
     with the cycle model's expectation of each image (``expected``). `random_init_seed`
     (Verilator): every register without an initial value starts, and every X assignment
@@ -168,6 +168,7 @@ def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: 
                              hdl_toplevel_lang="verilog", build_dir=build_dir,
                              test_dir=run_dir, extra_env=env, waves=waves,
                              plusargs=plusargs, timescale=("1ns", "1ps"),
+                             log_file=run_dir / "sim.log" if quiet else None,
                              results_xml=str((run_dir / "results.xml").resolve()))
     except SystemExit:
         # Under pytest the cocotb runner exits when the cocotb test fails, i.e. on a mismatch;

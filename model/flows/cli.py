@@ -16,6 +16,7 @@
     stforge run       --port P --artifact ART.json     test images on a board
     stforge bench                                      FPGA vs CPU vs GPU (make bench)
     stforge sweep-hw  [--config C]                     hardware design space (make sweep-hw)
+    stforge fuzz-hw   [--models N --seed S]            random models, bit-exact (make fuzz-hw)
 
 The stages after the export live in their own packages and plug in here with two hooks,
 ``configure(parser)`` and ``run(args) -> exit status`` (:data:`STAGES`); their modules are
@@ -232,6 +233,7 @@ STAGES = {
     "run": ("firmware.driver", "run test images on a board over its serial port"),
     "bench": ("model.flows.bench", "FPGA vs CPU vs GPU benchmark (make bench)"),
     "sweep-hw": ("model.flows.sweep_hw", "hardware design-space sweep (make sweep-hw)"),
+    "fuzz-hw": ("model.flows.fuzz_hw", "random models through HDL and simulation (make fuzz-hw)"),
 }
 
 

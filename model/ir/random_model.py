@@ -82,7 +82,7 @@ def random_architecture(rng: np.random.Generator, lanes: int = 1,
     stages = int(rng.integers(1, 4))
     pools = [bool(rng.random() < 0.6) for _ in range(stages)]
     side = int(rng.integers(1, 5))                 # after the stem: side^2 tokens
-    while side << sum(pools) > 16:                 # at most 16 x 16 pixels
+    while side << sum(pools) > 8:                  # at most 8 x 8 pixels: short simulations
         pools[pools.index(True)] = False
     image = side << sum(pools)
     heads = int(rng.integers(1, 4))
