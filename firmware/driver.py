@@ -53,8 +53,13 @@ CLI (digits test images of the artifact's data split; torch-free)::
         [--images 10] [--baud 115200] [--timeout 2.0] [--golden g.npz] [--clock-mhz 24] \
         [--memory-map build/ice40-up5k/memory_map.json]
 
-prints one line per image and a summary; a port that is missing or does not answer prints one
-line and exits 2; logits that differ from ``--golden`` (an ``stforge golden-data`` file) exit 1.
+prints one line per image and a summary; logits that differ from ``--golden`` (an
+``stforge golden-data`` file) exit 1. Every mistake is one line ``stforge: error: ...`` and exit
+status 2 (Ctrl-C: 130), found before the port is opened where it can be: ``--images``,
+``--baud`` (positive integers), ``--timeout``, ``--clock-mhz`` (finite numbers above 0), an
+artifact, golden file or memory map that is missing, a folder, empty or not what it should be.
+A port that is missing, silent, babbling or unplugged is one line too, within the reply
+deadline above (``--timeout`` plus the longest reply's time on the wire).
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ from firmware.images import read_memory_map, write_mem_chunks
 from firmware.protocol import CRC_BYTES, HEADER_BYTES, MAX_PAYLOAD, PROTOCOL_VERSION, Command, \
     ErrorCode, Frame, FrameDecoder, FrameError, encode_frame, pack_run, pack_write_mem, \
     unpack_error, unpack_result
-from model.errors import StforgeError, positive_int
+from model.errors import StforgeError, positive_float, positive_int
 
 try:
     import termios
@@ -509,31 +514,108 @@ class Accelerator:
 # CLI
 # --------------------------------------------------------------------------------------------
 
+def _section(table, key, where):
+    """``table[key]`` as a dict ({} when absent); a DriverError when it is something else."""
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise DriverError(f"{where}.{key} of the artifact must be a table, not {_value(value)}")
+    return value
+
+
 def _test_images(manifest, count):
     """The first ``count`` test images and labels of the artifact's (digits) split."""
     from model.data import load_digits
-    data = manifest.get("source", {}).get("config", {}).get("data", {})
+    data = _section(_section(_section(manifest, "source", "manifest"), "config", "source"),
+                    "data", "source.config")
     name = data.get("name", manifest["model"].get("dataset"))
+    if name is None:
+        raise DriverError("the artifact does not name its data set (model.dataset); the driver "
+                          "CLI runs digits test images")
     if name != "digits":
         raise DriverError(f"the driver CLI runs digits test images; this artifact was trained on "
-                          f"{name!r}")
-    split = load_digits(seed=int(data.get("seed", 0)))
-    x, y = split.x_test, split.y_test
-    if data.get("limit") is not None:
-        x, y = x[:data["limit"]], y[:data["limit"]]
+                          f"{_value(name)}")
+    seed, limit = data.get("seed", 0), data.get("limit")
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise DriverError(f"the artifact's data seed must be an integer in 0..2**32-1, not "
+                          f"{_value(seed)}")
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise DriverError(f"the artifact's data limit must be a positive integer, not "
+                          f"{_value(limit)}")
+    split = load_digits(seed=seed)
+    x, y = split.x_test[:limit], split.y_test[:limit]
     return x[:count], y[:count]
 
 
 def _load_manifest(path):
-    path = Path(path)
+    """The artifact manifest (a dict whose model facts :meth:`Accelerator.for_artifact` can
+    use); a DriverError line otherwise."""
+    shown = _shown(path)
     try:
-        manifest = json.loads(path.read_text())
-        manifest["model"]["input_shape"]
+        manifest = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise DriverError(f"artifact {path} not found (run `make export`)") from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DriverError(f"artifact {path} is not readable ({error})") from None
+        raise DriverError(f"artifact {shown} not found (run `make export`)") from None
+    except IsADirectoryError:
+        raise DriverError(f"artifact {shown} is a folder, not a .json file") from None
+    except (OSError, ValueError, RecursionError) as error:     # JSON, UTF-8, a NUL in the path
+        raise DriverError(f"artifact {shown} is not readable ({_reason(error)})") from None
+    try:
+        _model_facts(manifest)
+    except ValueError as error:
+        raise DriverError(f"artifact {shown} is not usable: {error}") from None
     return manifest
+
+
+def _load_golden(path, count, classes):
+    """The logits of a golden .npz (``stforge golden-data``): an integer array of at least
+    ``count`` images by ``classes``; a DriverError line otherwise."""
+    import zipfile
+
+    import numpy as np
+    shown = _shown(path)
+    if Path(path).is_dir():
+        raise DriverError(f"golden data {shown} is a folder, not an .npz file")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DriverError(f"golden data {shown} not found (stforge golden-data writes it)") \
+            from None
+    except EOFError:
+        raise DriverError(f"golden data {shown} is empty, not an .npz file") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else \
+            "not an .npz file"
+        raise DriverError(f"golden data {shown} is not readable ({reason})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):       # an .npy holds one bare array
+        raise DriverError(f"golden data {shown} is not an .npz file (stforge golden-data "
+                          f"writes one)")
+    with npz:
+        try:
+            logits = npz["logits"]
+        except KeyError:
+            raise DriverError(f"golden data {shown} holds no logits") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise DriverError(f"golden data {shown} is not readable ({_reason(error)})") \
+                from None
+    if logits.ndim != 2 or logits.dtype.kind not in "iu":
+        raise DriverError(f"golden data {shown}: logits must be integers, one row per image, "
+                          f"not {logits.dtype} of shape {logits.shape}")
+    if logits.shape[1] != classes:
+        raise DriverError(f"golden data {shown} holds {logits.shape[1]} logits per image, the "
+                          f"model has {classes} classes")
+    if len(logits) < count:
+        raise DriverError(f"golden data {shown} holds {len(logits)} images, {count} requested")
+    return logits
+
+
+def _load_tables(path, payload):
+    """The memory map's tables, each checked to fit WRITE_MEM frames of ``payload`` bytes."""
+    tables = read_memory_map(path)          # a StforgeError line when it is not one
+    try:
+        for _ in write_mem_chunks(tables, payload):
+            pass
+    except ValueError as error:
+        raise DriverError(f"memory map {_shown(path)}: {error}") from None
+    return tables
 
 
 def configure(parser) -> None:
@@ -542,10 +624,13 @@ def configure(parser) -> None:
     parser.add_argument("--artifact", required=True, help="the artifact the bitstream was built "
                                                           "from (.json)")
     parser.add_argument("--images", type=positive_int, default=10, help="first N test images")
-    parser.add_argument("--baud", type=int, default=115200)
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    parser.add_argument("--baud", type=positive_int, default=115200, help="bits per second")
+    parser.add_argument("--timeout", type=positive_float, default=2.0,
+                        help="seconds of silence after which a reply is given up; a whole reply "
+                             "may take this plus the longest reply's time on the wire")
     parser.add_argument("--golden", help="golden .npz (stforge golden-data) to compare logits")
-    parser.add_argument("--clock-mhz", type=float, help="board clock, to print latencies")
+    parser.add_argument("--clock-mhz", type=positive_float,
+                        help="board clock, to print latencies")
     parser.add_argument("--memory-map", help="memory_map.json beside the bitstream (make "
                                              "bitstream): the tables a loadable board needs")
 
@@ -553,30 +638,20 @@ def configure(parser) -> None:
 def run(args) -> int:
     """`stforge run`: test images through the board, compared with the golden logits."""
     manifest = _load_manifest(args.artifact)
+    shape, _, classes = _model_facts(manifest)
     images, labels = _test_images(manifest, args.images)
-    golden = None
-    if args.golden:
-        import numpy as np
-        try:
-            with np.load(args.golden) as npz:
-                golden = npz["logits"]
-        except (OSError, ValueError, KeyError) as error:
-            raise DriverError(f"golden data {args.golden} is not readable ({error})") from None
-        if len(golden) < len(images):
-            raise DriverError(f"{args.golden} holds {len(golden)} images, {len(images)} "
-                              f"requested")
+    golden = (_load_golden(args.golden, len(images), classes) if args.golden is not None
+              else None)
+    tables = (_load_tables(args.memory_map, math.prod(shape)) if args.memory_map is not None
+              else None)
     with Accelerator.for_artifact(args.port, manifest, baud=args.baud,
                                   timeout=args.timeout) as board:
         board.ping()
         if board.loadable():        # the iCE40 build: its tables come from the host
-            if not args.memory_map:
+            if tables is None:
                 raise DriverError("this board takes its tables from the host: pass "
                                   "--memory-map <bitstream folder>/memory_map.json "
                                   "(written by `make bitstream`)")
-            try:
-                tables = read_memory_map(args.memory_map)
-            except StforgeError as error:
-                raise DriverError(str(error)) from None
             board.load(tables)
             print(f"loaded {sum(len(t.words) for t in tables)} words "
                   f"({', '.join(t.name for t in tables)}) into the board")
