@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from firmware.protocol import MAX_PAYLOAD
 from model.errors import StforgeError
 from model.ir.files import write_json
 
@@ -52,9 +53,16 @@ def write_memory_map(path, tables, *, loadable: bool) -> Path:
                                          "words": [int(w) for w in t.words]} for t in tables]})
 
 
+def _shown(path) -> str:
+    """A path as it appears in a one-line message (quoted when it holds a line break)."""
+    text = str(path)
+    return text if text and text.isprintable() else repr(text)
+
+
 def read_memory_map(path) -> list[Table]:
     """The tables of a memory_map.json (see `write_memory_map`); a bad file is one
     StforgeError line."""
+    shown = _shown(path)
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -63,29 +71,69 @@ def read_memory_map(path) -> list[Table]:
         tables = [Table(int(t["id"]), str(t["name"]), int(t["width"]),
                         tuple(int(w) for w in t["words"])) for t in data["tables"]]
     except FileNotFoundError:
-        raise StforgeError(f"memory map {path} does not exist (`make bitstream` writes it "
+        raise StforgeError(f"memory map {shown} does not exist (`make bitstream` writes it "
                            f"beside the bitstream)") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-        raise StforgeError(f"memory map {path} is not readable ({error})") from None
+    except IsADirectoryError:
+        raise StforgeError(f"memory map {shown} is a folder, not a .json file") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            OverflowError) as error:        # OverflowError: int() of a JSON 1e400
+        reason = " ".join(str(error).split())
+        raise StforgeError(f"memory map {shown} is not readable ({reason})") from None
     if [t.id for t in tables] != list(range(len(tables))):
-        raise StforgeError(f"memory map {path}: table ids must be 0, 1, ... in order")
+        raise StforgeError(f"memory map {shown}: table ids must be 0, 1, ... in order")
     for t in tables:
         if t.width < 1 or any(w < 0 or w >> t.width for w in t.words):
-            raise StforgeError(f"memory map {path}: table {t.name} holds a word wider than its "
-                               f"{t.width} bits")
+            raise StforgeError(f"memory map {shown}: table {_shown(t.name)} holds a word wider "
+                               f"than its {t.width} bits")
     return tables
 
 
 def write_mem_chunks(tables, max_payload: int):
     """``(mem_id, address, data)`` per WRITE_MEM frame: whole words, at most ``max_payload``
-    payload bytes each (the board's receiver limit: its RUN payload, the pixel count)."""
+    payload bytes each (the board's receiver limit: its RUN payload, the pixel count).
+
+    A ValueError, before the first frame, when a table is not a :class:`Table` that WRITE_MEM
+    can carry (an id in 0..255, a width of at least 1 bit, words that fit it) or a word does not
+    fit ``max_payload`` with the frame's header."""
+    if isinstance(max_payload, bool) or not isinstance(max_payload, int) or \
+            not WRITE_MEM_HEADER < max_payload <= MAX_PAYLOAD:
+        raise ValueError(f"Maximum payload must be an integer in {WRITE_MEM_HEADER + 1}.."
+                         f"{MAX_PAYLOAD}, not {max_payload!r}")
+    tables = _checked_tables(tables)
     for table in tables:
         nbytes = word_bytes(table.width)
         per_frame = (max_payload - WRITE_MEM_HEADER) // nbytes
         if per_frame < 1:
             raise ValueError(f"a {max_payload}-byte payload cannot carry one {nbytes}-byte word "
                              f"of {table.name}")
+    for table in tables:
+        nbytes = word_bytes(table.width)
+        per_frame = (max_payload - WRITE_MEM_HEADER) // nbytes
         for start in range(0, len(table.words), per_frame):
             words = table.words[start:start + per_frame]
             data = b"".join(int(w).to_bytes(nbytes, "little") for w in words)
             yield table.id, start, data
+
+
+def _checked_tables(tables):
+    """``tables`` as a list of :class:`Table`, or a ValueError naming the first that is not
+    one WRITE_MEM can carry."""
+    def is_int(value):          # int or a NumPy integer, not bool
+        return not isinstance(value, bool) and hasattr(value, "__index__")
+
+    if isinstance(tables, (str, bytes)) or not hasattr(tables, "__iter__"):
+        raise ValueError(f"Tables must be a sequence of Table, not {type(tables).__name__}")
+    checked = []
+    for table in tables:
+        if not isinstance(table, Table):
+            raise ValueError(f"Tables must be a sequence of Table, not one of "
+                             f"{type(table).__name__}")
+        if not (is_int(table.id) and 0 <= table.id <= 0xFF and is_int(table.width) and
+                table.width >= 1 and isinstance(table.words, (tuple, list))):
+            raise ValueError(f"Table {_shown(table.name)} needs an id in 0..255, a width of at "
+                             f"least 1 bit and a sequence of words")
+        if not all(is_int(w) and 0 <= w and not int(w) >> table.width for w in table.words):
+            raise ValueError(f"Table {_shown(table.name)} holds a word that is not an integer "
+                             f"of {table.width} bits")
+        checked.append(table)
+    return checked

@@ -37,11 +37,20 @@ Commands (host -> board) and their payloads:
 
 Replies (board -> host): ``OK`` (payload as above) or ``ERROR`` carrying one byte,
 an :class:`ErrorCode` (:func:`pack_error`).
+
+Arguments: byte strings (payloads, data, pixels) are bytes-like objects or iterables of integers
+in 0..255, integers are ``int`` (not ``bool``), times are finite numbers of seconds. Every helper
+and constructor here refuses an argument it cannot take (of the wrong type, out of range, longer
+than a frame can carry, a non-finite time) with one :class:`ValueError` naming it, never with
+another exception; an over-long iterable is refused once it passes the limit, without reading it
+to the end.
 """
 
 import binascii
 import dataclasses
 import enum
+import math
+import operator
 import struct
 
 __all__ = [
@@ -109,23 +118,77 @@ class ErrorCode(enum.IntEnum):
                             #: on a bitstream whose weights boot from block-RAM init)
 
 
-def crc16(data, crc=CRC16_INIT):
-    """CRC-16/CCITT-FALSE of ``data``; pass a previous result as ``crc`` to continue it
-    (the standard library's ``binascii.crc_hqx``: this polynomial, MSB first, no final XOR)."""
-    return binascii.crc_hqx(bytes(data), crc)
+def _show(value):
+    """``repr(value)`` on one line, shortened: error messages stay one line."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_int(name, value, low, high, what=None):
+    """``value`` as an ``int`` in ``low..high`` (``int`` or a NumPy integer, not ``bool``)."""
+    number = None
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            pass
+    if number is None or not low <= number <= high:
+        raise ValueError(f"{name} must be an integer in {what or f'{low}..{high}'}, "
+                         f"not {_show(value)}")
+    return number
 
 
 def _check_byte(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFF:
-        raise ValueError(f"{name} must be an integer in 0..255, not {value!r}")
+    return _check_int(name, value, 0, 0xFF)
+
+
+def _check_time(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, not {_show(value)}")
+
+
+def _to_bytes(name, data, limit=None, *, item=None):
+    """``data`` (a bytes-like object or an iterable of integers 0..255) as ``bytes``; a
+    ValueError for anything else, or for more than ``limit`` bytes (found without reading an
+    over-long iterable to its end)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            data = bytes(data)
+        except (ValueError, TypeError) as error:       # a released memoryview
+            raise ValueError(f"{name} cannot be read as bytes ({error})") from None
+    else:
+        if isinstance(data, (str, int)):        # bytes(5) would be five zero bytes
+            raise ValueError(f"{name} must be bytes or a sequence of integers in 0..255, "
+                             f"not {type(data).__name__}")
+        try:
+            items = iter(data)
+        except TypeError:
+            raise ValueError(f"{name} must be bytes or a sequence of integers in 0..255, "
+                             f"not {type(data).__name__}") from None
+        item = item or f"{name} byte"
+        out = bytearray()
+        for value in items:
+            if limit is not None and len(out) == limit:
+                raise ValueError(f"{name} exceeds the maximum of {limit} bytes")
+            out.append(_check_byte(item, value))
+        data = bytes(out)
+    if limit is not None and len(data) > limit:
+        raise ValueError(f"{name} of {len(data)} bytes exceeds the maximum of {limit}")
+    return data
+
+
+def crc16(data, crc=CRC16_INIT):
+    """CRC-16/CCITT-FALSE of ``data``; pass a previous result as ``crc`` to continue it
+    (the standard library's ``binascii.crc_hqx``: this polynomial, MSB first, no final XOR)."""
+    crc = _check_int("CRC", crc, 0, 0xFFFF)
+    return binascii.crc_hqx(_to_bytes("Data", data), crc)
 
 
 def encode_frame(command, payload=b""):
     """The bytes of one frame: SYNC, command, length, payload, CRC."""
-    _check_byte("Command", command)
-    payload = bytes(payload)
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"Payload of {len(payload)} bytes exceeds the maximum of {MAX_PAYLOAD}")
+    command = _check_byte("Command", command)
+    payload = _to_bytes("Payload", payload, MAX_PAYLOAD)
     body = bytes([command]) + struct.pack("<H", len(payload)) + payload
     return bytes([SYNC]) + body + struct.pack("<H", crc16(body))
 
@@ -136,6 +199,10 @@ class Frame:
 
     command: int
     payload: bytes = b""
+
+    def __post_init__(self):
+        _check_byte("Command", self.command)
+        object.__setattr__(self, "payload", _to_bytes("Payload", self.payload, MAX_PAYLOAD))
 
     def __str__(self):
         try:
@@ -161,20 +228,21 @@ class FrameDecoder:
     max_payload : int
         Longer frames are rejected as ``BAD_LENGTH`` as soon as their length field arrives.
     timeout : float or None
-        Inter-byte timeout in seconds, applied when :meth:`feed` is given ``now``. Without it, the
-        caller reports a timeout itself by calling :meth:`expire` (e.g. when a serial read times
-        out).
+        Inter-byte timeout in seconds (finite, above 0), applied when :meth:`feed` is given
+        ``now`` (a finite time in seconds). Without it, the caller reports a timeout itself by
+        calling :meth:`expire` (e.g. when a serial read times out).
     """
 
     _HUNT, _COMMAND, _LENGTH_LO, _LENGTH_HI, _PAYLOAD, _CRC_LO, _CRC_HI = range(7)
 
     def __init__(self, *, max_payload=MAX_PAYLOAD, timeout=None):
-        if isinstance(max_payload, bool) or not isinstance(max_payload, int) or \
-                not 0 <= max_payload <= MAX_PAYLOAD:
-            raise ValueError(f"Maximum payload must be an integer in 0..{MAX_PAYLOAD}, "
-                             f"not {max_payload!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"Timeout must be positive seconds or None, not {timeout!r}")
+        _check_int("Maximum payload", max_payload, 0, MAX_PAYLOAD)
+        if timeout is not None and (isinstance(timeout, bool) or
+                                    not isinstance(timeout, (int, float)) or
+                                    not math.isfinite(timeout) or timeout <= 0):
+            # inf would never expire a frame, and nan compares false with everything
+            raise ValueError(f"Timeout must be a finite number of seconds above 0 or None, "
+                             f"not {_show(timeout)}")
         self._max_payload = max_payload
         self._timeout = timeout
         self._last_time = None
@@ -207,14 +275,18 @@ class FrameDecoder:
         return [FrameError(ErrorCode.TIMEOUT, f"frame truncated after {got} payload bytes")]
 
     def feed(self, data, *, now=None):
-        """Consume ``data``; return the frames and errors it completes, in order."""
+        """Consume ``data``; return the frames and errors it completes, in order. ``now`` is the
+        time the bytes arrived (finite seconds), for the decoder's own timeout."""
+        data = _to_bytes("Data", data)
+        if now is not None:
+            _check_time("Now", now)     # a NaN would make every later gap look short
         events = []
         if now is not None and self._timeout is not None:
             if self._last_time is not None and now - self._last_time > self._timeout:
                 events += self.expire()
         if now is not None and data:
             self._last_time = now
-        for byte in bytes(data):
+        for byte in data:
             event = self._feed_byte(byte)
             if event is not None:
                 events.append(event)
@@ -270,18 +342,15 @@ class FrameDecoder:
 
 def pack_write_mem(mem_id, address, data):
     """``WRITE_MEM`` payload: memory id (u8), word address (u32), the data bytes."""
-    _check_byte("Memory id", mem_id)
-    if isinstance(address, bool) or not isinstance(address, int) or \
-            not 0 <= address <= 0xFFFF_FFFF:
-        raise ValueError(f"Address must be an integer in 0..2**32-1, not {address!r}")
-    payload = struct.pack("<BI", mem_id, address) + bytes(data)
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"{len(data)} data bytes do not fit one frame; split the write")
-    return payload
+    mem_id = _check_byte("Memory id", mem_id)
+    address = _check_int("Address", address, 0, 0xFFFF_FFFF, "0..2**32-1")
+    data = _to_bytes("Data", data, MAX_PAYLOAD - 5)     # more: split the write
+    return struct.pack("<BI", mem_id, address) + data
 
 
 def unpack_write_mem(payload):
     """``(mem_id, address, data)`` from a ``WRITE_MEM`` payload."""
+    payload = _to_bytes("Payload", payload, MAX_PAYLOAD)
     if len(payload) < 5:
         raise ValueError(f"WRITE_MEM payload needs at least 5 bytes, got {len(payload)}")
     mem_id, address = struct.unpack_from("<BI", payload)
@@ -290,17 +359,12 @@ def unpack_write_mem(payload):
 
 def pack_run(pixels):
     """``RUN`` payload: one unsigned byte per input pixel."""
-    pixels = list(pixels)
-    for pixel in pixels:
-        _check_byte("Pixel", pixel)
-    if len(pixels) > MAX_PAYLOAD:
-        raise ValueError(f"{len(pixels)} pixels exceed the maximum payload of {MAX_PAYLOAD}")
-    return bytes(pixels)
+    return _to_bytes("Pixels", pixels, MAX_PAYLOAD, item="Pixel")
 
 
 def unpack_run(payload):
     """The pixel list of a ``RUN`` payload."""
-    return list(payload)
+    return list(_to_bytes("Payload", payload, MAX_PAYLOAD))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,21 +378,28 @@ class Result:
 
 def pack_result(result):
     """``OK`` payload answering ``READ_RESULT``: class u8, cycles u32, count u8, logits i32."""
-    logits = tuple(result.logits)
-    _check_byte("Predicted class", result.predicted)
-    if not 0 <= result.cycles <= 0xFFFF_FFFF:
-        raise ValueError(f"Cycle count must fit 32 bits, not {result.cycles!r}")
-    if len(logits) > 0xFF:
-        raise ValueError(f"At most 255 logits fit a result, not {len(logits)}")
+    try:
+        logits, predicted, cycles = result.logits, result.predicted, result.cycles
+    except AttributeError:
+        raise ValueError(f"Result must have logits, predicted and cycles, not "
+                         f"{type(result).__name__}") from None
+    predicted = _check_byte("Predicted class", predicted)
+    cycles = _check_int("Cycle count", cycles, 0, 0xFFFF_FFFF, "0..2**32-1")
+    if isinstance(logits, (str, bytes)) or not hasattr(logits, "__iter__"):
+        raise ValueError(f"Logits must be a sequence of integers, not {type(logits).__name__}")
+    checked = []
     for logit in logits:
-        if not -2**31 <= logit < 2**31:
-            raise ValueError(f"Logit {logit!r} does not fit a signed 32-bit integer")
-    return (struct.pack("<BIB", result.predicted, result.cycles, len(logits)) +
+        if len(checked) == 0xFF:
+            raise ValueError("At most 255 logits fit a result")
+        checked.append(_check_int("Logit", logit, -2**31, 2**31 - 1, "-2**31..2**31-1"))
+    logits = tuple(checked)
+    return (struct.pack("<BIB", predicted, cycles, len(logits)) +
             struct.pack(f"<{len(logits)}i", *logits))
 
 
 def unpack_result(payload):
     """The :class:`Result` in a ``READ_RESULT`` reply payload."""
+    payload = _to_bytes("Payload", payload, MAX_PAYLOAD)
     if len(payload) < 6:
         raise ValueError(f"Result payload needs at least 6 bytes, got {len(payload)}")
     predicted, cycles, count = struct.unpack_from("<BIB", payload)
@@ -340,11 +411,18 @@ def unpack_result(payload):
 
 def pack_error(code):
     """``ERROR`` payload: the one-byte :class:`ErrorCode`."""
-    return bytes([ErrorCode(code)])
+    codes = ", ".join(str(int(c)) for c in ErrorCode)
+    code = _check_int("Error code", code, 0, 0xFF, f"{{{codes}}}")
+    try:
+        return bytes([ErrorCode(code)])
+    except ValueError:
+        raise ValueError(f"Error code must be an integer in {{{codes}}}, "
+                         f"not {_show(code)}") from None
 
 
 def unpack_error(payload):
     """The :class:`ErrorCode` of an ``ERROR`` payload (unknown codes stay plain ints)."""
+    payload = _to_bytes("Payload", payload, MAX_PAYLOAD)
     if len(payload) != 1:
         raise ValueError(f"ERROR payload must be 1 byte, got {len(payload)}")
     try:

@@ -407,3 +407,201 @@ def test_cli_loadable_board_needs_the_memory_map(tmp_path):
     assert r.stderr.strip().splitlines() == [
         "stforge: error: this board takes its tables from the host: pass --memory-map "
         "<bitstream folder>/memory_map.json (written by `make bitstream`)"]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 16: every reply has a whole deadline; arguments and port failures are one line
+# --------------------------------------------------------------------------------------------
+
+class Babbler(FakeBoard):
+    """A port whose read(1) always returns a byte that is not SYNC. It gives up after a million
+    reads, so that a driver without a whole-reply deadline fails here instead of hanging."""
+
+    def __init__(self, byte=b"\x00", clock=None, byte_time=0.0):
+        super().__init__()
+        self.byte, self.clock, self.byte_time = byte, clock, byte_time
+
+    def read(self, n=1):
+        self.reads += 1
+        if self.reads > 1_000_000:
+            raise AssertionError("the driver read a million bytes without giving up")
+        if self.clock is not None:
+            self.clock.now += self.byte_time
+        return self.byte
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_port_that_always_sends_a_byte_ends_in_one_line():
+    """Issue 16: read(1) always b"\\x00" made ping() read millions of bytes. A port object has
+    no clock of the driver's, so the bytes a 115200-baud line carries in the deadline end it."""
+    port = Babbler()
+    acc = Accelerator(port, timeout=2.0, retries=0)
+    assert acc.clock is None and acc.deadline == pytest.approx(2.0 + 1032 * 10 / 115200)
+    with pytest.raises(LinkError, match=r"^no reply from the board on /dev/ttyFAKE within 2\.09 "
+                                        r"s: 24072 bytes came, no frame \(line noise"):
+        acc.ping()
+    assert port.reads == acc.max_reply_read == 24072
+
+
+def test_the_deadline_holds_on_an_injected_clock_while_bytes_keep_coming():
+    """A byte every 10 ms (each one restarts the silence timeout of 0.2 s): the deadline of
+    0.5 s on the clock ends the reply after 50 bytes, long before the byte count would."""
+    clock = FakeClock()
+    port = Babbler(clock=clock, byte_time=0.01)
+    acc = Accelerator(port, timeout=0.2, deadline=0.5, clock=clock, retries=0)
+    with pytest.raises(LinkError, match=r"within 0\.5 s: 50 bytes came"):
+        acc.ping()
+    assert clock.now - 100.0 == pytest.approx(0.5)
+    # retries: one more whole deadline each
+    acc = Accelerator(Babbler(clock=clock, byte_time=0.01), timeout=0.2, deadline=0.5,
+                      clock=clock, retries=2)
+    start = clock.now
+    with pytest.raises(LinkError):
+        acc.ping()
+    assert clock.now - start == pytest.approx(1.5)
+
+
+def test_a_slow_reply_within_the_deadline_is_fine():
+    clock = FakeClock()
+    board = FakeBoard()
+    real_read = board.read
+
+    def slow_read(n=1):
+        clock.now += 0.05
+        return real_read(n)
+    board.read = slow_read
+    acc = Accelerator(board, timeout=0.2, deadline=0.5, clock=clock)
+    assert acc.ping() == PROTOCOL_VERSION           # 7 bytes, 0.35 s
+
+
+def test_babble_with_sync_bytes_is_a_link_error():
+    """Frames that never check out (SYNC, a length, garbage): CRC or length errors end it."""
+    class SyncBabbler(Babbler):
+        pattern = bytes([0xA5, 0x80, 0x03, 0x00, 1, 2, 3, 4, 5, 0xA5, 0xA5, 0xA5])
+
+        def read(self, n=1):
+            super().read(n)
+            return bytes([self.pattern[self.reads % len(self.pattern)]])
+    with pytest.raises(LinkError, match="corrupted reply"):
+        Accelerator(SyncBabbler(), retries=3).ping()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"timeout": float("inf")}, "Timeout must be a finite number of seconds above 0, not inf"),
+    ({"timeout": float("nan")}, "Timeout must be a finite number of seconds above 0, not nan"),
+    ({"timeout": 0}, "Timeout must be a finite number of seconds above 0, not 0"),
+    ({"timeout": -1.0}, "not -1.0"),
+    ({"timeout": "2"}, "not '2'"),
+    ({"timeout": True}, "not True"),
+    ({"timeout": None}, "not None"),
+    ({"baud": 0}, "Baud rate must be a positive integer, not 0"),
+    ({"baud": -9600}, "not -9600"),
+    ({"baud": 9600.0}, "not 9600.0"),
+    ({"baud": "9600"}, "not '9600'"),
+    ({"baud": True}, "not True"),
+    ({"retries": -1}, "Retries must be a non-negative integer, not -1"),
+    ({"retries": 1.5}, "not 1.5"),
+    ({"retries": None}, "not None"),
+    ({"retries": False}, "not False"),
+    ({"deadline": 0}, "Deadline must be a finite number of seconds above 0 or None, not 0"),
+    ({"deadline": float("inf")}, "not inf"),
+    ({"deadline": float("nan")}, "not nan"),
+    ({"clock": 5}, "Clock must be a function returning seconds, not 5"),
+    ({"input_shape": 64}, "Input shape must be positive integers"),
+    ({"input_shape": (1, 0, 8)}, "not (1, 0, 8)"),
+    ({"input_shape": (1, 8.0, 8)}, "not (1, 8.0, 8)"),
+    ({"input_shape": (256, 256, 2)}, "at most 65535 pixels"),
+    ({"input_max": 256}, "Input maximum must be an integer in 0..255, not 256"),
+    ({"input_max": -1}, "not -1"),
+    ({"classes": 0}, "Classes must be an integer in 1..255, not 0"),
+    ({"classes": 256}, "not 256"),
+    ({"classes": 10.0}, "not 10.0"),
+    ({"name": 5}, "Name must be a string, not 5"),
+])
+def test_constructor_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        Accelerator(FakeBoard(), **kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_device_arguments_are_checked_before_the_port_is_opened():
+    with pytest.raises(ValueError, match="Baud rate"):
+        Accelerator("/nonexistent/ttyUSB9", baud=0)
+
+
+@pytest.mark.parametrize("method, error, shown", [
+    ("reset_input_buffer", "termios", "Input/output error"),
+    ("flush", "termios", "Input/output error"),
+    ("write", "serial", "write failed: [Errno 5] Input/output error"),
+    ("read", "serial", "device reports readiness to read but returned no data"),
+    ("read", "os", "[Errno 5] Input/output error"),
+])
+def test_a_port_failing_in_use_is_one_port_error(method, error, shown):
+    """Issue 16: a disconnect raised termios.error (not an OSError) from tcflush / tcdrain and
+    escaped as a traceback."""
+    import termios
+
+    import serial
+    exc = {"termios": termios.error(5, "Input/output error"),
+           "serial": serial.SerialException(shown),
+           "os": OSError(5, "Input/output error")}[error]
+    board = FakeBoard()
+
+    def fail(*args):
+        raise exc
+    setattr(board, method, fail)
+    with pytest.raises(PortError) as info:
+        driver(board).ping()
+    assert str(info.value) == f"serial port /dev/ttyFAKE failed during PING: {shown}"
+
+
+def test_a_predicted_class_outside_the_classes_is_a_link_error():
+    """Issue 16: a result whose class is >= the number of classes was accepted."""
+    bad = FakeBoard(lambda f: encode_frame(Command.OK, pack_result(Result(LOGITS, 10, 5))))
+    with pytest.raises(LinkError, match="returned class 10 with 10 logits"):
+        driver(bad, classes=10).read_result()
+    with pytest.raises(LinkError, match="returned class 10 with 10 logits"):
+        driver(bad).read_result()
+    good = FakeBoard(lambda f: encode_frame(Command.OK, pack_result(Result(LOGITS, 9, 5))))
+    assert driver(good, classes=10).read_result().predicted == 9
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ({}, "the manifest has no 'model' table"),
+    ([], "the manifest has no 'model' table"),
+    ({"model": {"input_max": 16, "num_classes": 10}}, "model.input_shape must be"),
+    ({"model": {"input_shape": [1, 8], "input_max": 16, "num_classes": 10}}, "not [1, 8]"),
+    ({"model": {"input_shape": [1, 8, 8], "num_classes": 10}}, "model.input_max must be"),
+    ({"model": {"input_shape": [1, 8, 8], "input_max": 16}}, "model.num_classes must be"),
+    ({"model": {"input_shape": [1, 8, 8], "input_max": 16, "num_classes": 10,
+                "time_varying_input": True}}, "model.timesteps must be a positive integer"),
+    ({"model": {"input_shape": [1, 8, 8], "input_max": 16, "num_classes": 10,
+                "time_varying_input": "yes"}}, "model.time_varying_input must be true or false"),
+])
+def test_for_artifact_names_what_the_manifest_lacks(manifest, message):
+    with pytest.raises(ValueError) as info:
+        Accelerator.for_artifact(FakeBoard(), manifest)
+    assert message in str(info.value)
+
+
+def test_load_checks_its_tables_before_sending():
+    from firmware.images import Table
+    acc = driver(FakeBoard(), input_shape=(1, 8, 8))
+    for tables, message in [
+            (None, "Tables must be a sequence of Table"),
+            ([(0, "x", 8, (1,))], "not one of tuple"),
+            ([Table(0, "x", 8, (256,))], "holds a word that is not an integer of 8 bits"),
+            ([Table(300, "x", 8, (1,))], "needs an id in 0..255"),
+            ([Table(0, "wide", 600, (1,))], "cannot carry one 75-byte word of wide")]:
+        with pytest.raises(ValueError, match=message):
+            acc.load(tables)
+    with pytest.raises(ValueError, match="Progress must be a function or None"):
+        acc.load([Table(0, "x", 8, (1,))], progress=3)
+    assert acc.port.frames == []

@@ -8,10 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from firmware.images import Table, read_memory_map, write_memory_map
+from firmware.images import Table, read_memory_map, write_mem_chunks, write_memory_map
 from model.errors import StforgeError
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_write_mem_chunks_checks_its_tables():
+    """A table WRITE_MEM cannot carry is a ValueError before the first frame."""
+    good = Table(0, "x", 8, (1, 2))
+    for tables, max_payload, message in [
+            ([good], 5, "Maximum payload must be an integer in 6..65535, not 5"),
+            ([good], 70000, "not 70000"),
+            (good, 64, "not one of int"),
+            (5, 64, "Tables must be a sequence of Table, not int"),
+            ([Table(0, "x", 0, ())], 64, "needs an id in 0..255, a width of at least 1 bit"),
+            ([Table(0, "x", 8, 5)], 64, "a sequence of words"),
+            ([Table(0, "x", 8, (1.5,))], 64, "holds a word that is not an integer of 8 bits"),
+            ([Table(0, "x", 8, (-1,))], 64, "holds a word that is not an integer of 8 bits"),
+            ([Table(0, "wide", 600, (1,))], 64, "cannot carry one 75-byte word of wide")]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            list(write_mem_chunks(tables, max_payload))
+    assert list(write_mem_chunks([good], 6)) == [(0, 0, b"\x01"), (0, 1, b"\x02")]
 
 
 def test_round_trip(tmp_path):
@@ -28,6 +46,10 @@ def test_round_trip(tmp_path):
     ('{"format": "stforge-memory-map", "version": 1, "tables": [{"id": 0, "name": "x", '
      '"width": 4, "words": [16]}]}', "wider than its 4 bits"),
     ('{"format": "stforge-memory-map", "version": 1, "tables": [{"id": 0}]}', "not readable"),
+    ('{"format": "stforge-memory-map", "version": 1, "tables": [{"id": 0, "name": "x", '
+     '"width": 1e400, "words": []}]}', "not readable"),          # int(inf): OverflowError
+    ('{"format": "stforge-memory-map", "version": 1, "tables": [{"id": 0, "name": "a\\nb", '
+     '"width": 4, "words": [16]}]}', "table 'a.nb' holds a word wider"),
 ])
 def test_bad_files_are_one_line(tmp_path, text, message):
     (tmp_path / "m.json").write_text(text)
