@@ -79,7 +79,8 @@ from hw.generate import memory_tables
 from hw.link import FrameEventKind, FrameReceiver, FrameSender
 from hw.targets import TARGETS, get_target
 from hw.uart import UARTRx, UARTTx, uart_divisor
-from model.errors import StforgeError, positive_float, positive_int
+from model.errors import (StforgeError, check_output_dir, check_output_path, positive_float,
+                          positive_int)
 from model.ir.files import write_json
 
 __all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
@@ -772,6 +773,10 @@ def run(args) -> int:
     """`stforge bitstream`: build, write the report and the memory map."""
     if args.no_pll and args.clock_mhz is not None:
         raise StforgeError("--clock-mhz needs the PLL; drop --no-pll")
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    if args.report is not None:
+        check_output_path(args.report, "--report")
     record = build(args.target, args.artifact, clock_mhz=args.clock_mhz, baud=args.baud,
                    pll=not args.no_pll, out_dir=args.out, report_path=args.report)
     print(f"{record['target']}: {record['lut']} LUT, {record['ff']} FF, {record['bram']} BRAM, "

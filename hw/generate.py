@@ -18,7 +18,7 @@ from firmware.images import Table, write_memory_map
 from hw.accelerator import Accelerator
 from model.ir import load_artifact
 from model.ir.files import write_text
-from model.errors import StforgeError, positive_int
+from model.errors import StforgeError, check_output_dir, positive_int
 
 __all__ = ["generate_verilog", "memory_tables", "configure", "run", "TOP_NAME"]
 
@@ -68,6 +68,7 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     """`stforge hdl`: write the design; a user mistake raises StforgeError (one line)."""
+    check_output_dir(args.out, "--out")
     design = generate_verilog(args.artifact, args.out, trace=not args.no_trace,
                               lanes=args.lanes)
     print(f"{design['top']}.v ({len(design['traced'])} traced nodes, {design['lanes']} "

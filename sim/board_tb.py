@@ -123,7 +123,16 @@ class SimSerialPort:
             self.rx_bytes.append(byte)
             self.rx_event.set()
 
+    def now(self) -> float:
+        """Simulated seconds (blocking, for the bridge thread): the driver's clock, so that its
+        whole-reply deadline counts simulated time, as the port's timeout does."""
+        return self._resume(self._now)()
+
     # ---- coroutines behind the blocking API
+    async def _now(self):
+        from cocotb.utils import get_sim_time
+        return get_sim_time("ns") * 1e-9
+
     async def _write(self, data):
         self.tx_bytes.extend(data)
         self.idle_event.clear()
@@ -201,6 +210,7 @@ async def _setup(dut, config):
     port.start()
     from firmware.driver import Accelerator
     driver = Accelerator(port, timeout=config["port_timeout_ns"] * 1e-9, retries=0,
+                         clock=port.now,
                          input_shape=config["input_shape"], input_max=config["input_max"],
                          classes=config["classes"], name="sim-uart")
     return port, driver

@@ -28,7 +28,7 @@ import numpy as np
 
 from hw.cycles import image_spikes, inference_cycles, summarize as cycle_summary
 from hw.plan import Plan
-from model.errors import StforgeError, positive_int
+from model.errors import StforgeError, check_output_path, positive_int
 from model.ir import load_artifact
 from model.ir.files import write_json
 from model.sources import hw_source_sha256
@@ -254,7 +254,8 @@ def configure(parser) -> None:
     parser.add_argument("--hdl", required=True, help="folder from `stforge hdl`")
     parser.add_argument("--golden", required=True, help=".npz from `stforge golden-data`")
     parser.add_argument("--images", type=positive_int, default=100, help="first N golden images")
-    parser.add_argument("--sim", default=os.environ.get("SIM", "verilator"))
+    parser.add_argument("--sim", default=os.environ.get("SIM", "verilator"),
+                        choices=sorted(SIMULATORS))
     parser.add_argument("--waves", action="store_true", help="dump a waveform of one image")
     parser.add_argument("--image", type=int, default=0, help="the image --waves records")
     parser.add_argument("--report", default="build/reports/sim.json")
@@ -263,6 +264,7 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     """`stforge sim`: simulate, compare, write sim.json; exit 1 on any mismatch."""
+    check_output_path(args.report, "--report")
     images = [args.image] if args.waves else list(range(args.images))
     hw_sources = hw_source_sha256()          # what this run verifies (see the docstring)
     raw = run_simulation(args.hdl, args.golden, images, args.sim, args.waves)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -31,6 +32,11 @@ from sim.harness import HALF_PERIOD_NS
 from sim.scoreboard import GoldenData, Scoreboard
 
 __all__ = ["RecordReader", "run_images"]
+
+# Ctrl-C reaches every process of the terminal's group: the runner (`stforge sim`) stops this
+# simulator and says so in one line, so the simulator itself ignores it (else its embedded
+# Python prints a KeyboardInterrupt traceback first).
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _fields(layout: dict) -> dict:

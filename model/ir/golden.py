@@ -10,6 +10,7 @@ its results to the simulator.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +140,7 @@ class GoldenData:
                 self.traced_index = [int(i) for i in npz["traced_index"]]
                 self.traced_names = [str(n) for n in npz["traced_names"]]
                 self.spikes = {name: npz[f"spikes/{name}"] for name in self.traced_names}
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(f"golden data {path} cannot be read ({exc}): run "
                             f"`stforge golden-data` again") from None
 

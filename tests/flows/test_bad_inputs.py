@@ -100,6 +100,9 @@ def inputs(tmp_path_factory):
     for name, (key, item) in bad.items():
         (root / f"{name}.toml").write_text(toml(merged(TINY, key, item)))
     (root / "malformed.toml").write_text("[model\ndim = 8\n")
+    from hw.generate import generate_verilog
+    generate_verilog(root / "art.json", root / "hdl")
+    (root / "empty.npz").write_bytes(b"")
     (root / "locked").chmod(0o555)
     yield root
     (root / "locked").chmod(0o755)
@@ -270,6 +273,30 @@ CASES = {
     "evaluate junk checkpoint": (["evaluate", "--in", "{in}/junk.pt"], "cannot be read"),
     "golden-data missing artifact": (["golden-data", "{in}/none.json", "--out", "g.npz"],
                                      "none"),
+    # the simulation (item 4) and the generator
+    "sim images 0": (["sim", "--hdl", "{in}/hdl", "--golden", "{in}/empty.npz", "--images",
+                      "0"], "--images"),
+    "sim images -5": (["sim", "--hdl", "{in}/hdl", "--golden", "{in}/empty.npz",
+                       "--images=-5"], "--images"),
+    "sim unknown simulator": (["sim", "--hdl", "{in}/hdl", "--golden", "{in}/empty.npz",
+                               "--sim", "ghdl"], "invalid choice"),
+    "sim report under a file": (["sim", "--hdl", "{in}/hdl", "--golden", "{in}/empty.npz",
+                                 "--report", "{in}/afile/s.json"], "is a file, not a folder"),
+    "sim golden empty": (["sim", "--hdl", "{in}/hdl", "--golden", "{in}/empty.npz"],
+                         "cannot be read"),
+    "sim golden is a folder": (["sim", "--hdl", "{in}/hdl", "--golden", "{in}/adir"],
+                               "cannot be read"),
+    "sim golden is an artifact's arrays": (["sim", "--hdl", "{in}/hdl", "--golden",
+                                            "{in}/art.npz"], "cannot be read"),
+    "sim hdl missing": (["sim", "--hdl", "{in}/none", "--golden", "{in}/art.npz"],
+                        "does not exist"),
+    "hdl out is a file": (["hdl", "{in}/art.json", "--out", "{in}/afile"],
+                          "is a file, not a folder"),
+    "hdl out under a file": (["hdl", "{in}/art.json", "--out", "{in}/afile/h"],
+                             "is a file, not a folder"),
+    "fuzz-hw models 0": (["fuzz-hw", "--models", "0"], "--models"),
+    "fuzz-hw report under a file": (["fuzz-hw", "--report", "{in}/afile/f.json"],
+                                    "is a file, not a folder"),
     "unknown stage": (["trian"], "invalid choice"),
     "prune unknown method": (["prune", "--in", "x", "--out", "y", "--method", "svd"],
                              "invalid choice"),

@@ -4,6 +4,7 @@ reported at the right place). Marker `sim`; each build in its own folder."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,33 @@ def test_a_hung_design_is_reported_not_waited_for(tiny, monkeypatch):
     report = runner.summarize(raw, "verilator", "tiny", golden)
     assert raw["hung"] == 1 and raw["images"] == []
     assert report["mismatches"] == 2 and report["hung"] == {"image": 1, "cycles": 100}
+
+
+def test_ctrl_c_during_a_simulation_is_one_line(tiny):
+    """Ctrl-C (SIGINT to the terminal's process group) while `stforge sim` runs: one line, exit
+    130, and no simulator left running (the simulator ignores it; the runner stops it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    artifact, images, root = tiny
+    many = np.concatenate([images] * 150)              # long enough to be interrupted
+    hdl, golden = prepare(artifact, many, root / "ctrl-c", "tiny")
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from model.flows.cli import main; sys.exit(main(sys.argv[1:]))")
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, "sim", "--hdl", str(hdl), "--golden", str(golden),
+         "--images", str(len(many)), "--report", str(root / "ctrl-c.json")],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    deadline = time.time() + 300
+    built = root / "build" / "sim" / "tiny-verilator" / "run" / "records.txt"
+    while not (built.exists() and built.stat().st_size) and time.time() < deadline \
+            and child.poll() is None:
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert err.strip().splitlines() == ["stforge: interrupted"], err
+    assert not (root / "ctrl-c.json").exists()
