@@ -7,10 +7,10 @@ imports torch. For every image the scoreboard expects, per traced node, one spik
 first mismatch with its full location (image, node, time step, token, channel, expected,
 actual).
 
-Records are collected as they arrive (`trace`) and checked when the image ends
-(`finish_image`): each spike vector is compared as one packed integer against the golden
-vector packed the same way (bit c = channel c, the trace record's layout), and only a vector
-that differs is taken apart channel by channel. A design without the trace port is checked on
+Each record is checked as it arrives (`trace`), missing ones when the image ends
+(`finish_image`): a spike vector is compared as one packed integer against the golden vector
+packed the same way (bit c = channel c, the trace record's layout), and only a vector that
+differs is taken apart channel by channel. A design without the trace port is checked on
 its logits and class alone (``traced=False``); the result says what was compared.
 """
 
@@ -81,7 +81,8 @@ class Scoreboard:
         self.traced = traced
         self.results: list[ImageResult] = []
         self._current: ImageResult | None = None
-        self._records: list[tuple[int, int, int, int, int]] = []
+        self._expected: dict[str, list[int]] = {}
+        self._seen: set = set()
 
     @property
     def compares(self) -> str:
@@ -91,58 +92,51 @@ class Scoreboard:
 
     def start_image(self, image: int) -> None:
         self._current = ImageResult(image)
-        self._records = []
+        self._expected, self._seen = {}, set()
 
     def _fail(self, **kw) -> None:
         self._current.mismatches.append(Mismatch(self._current.image, **kw))
 
     def trace(self, kind: int, node: int, step: int, token: int, data: int) -> None:
-        """One trace record from the DUT (docs/HARDWARE.md), checked at `finish_image`."""
-        self._records.append((kind, node, step, token, data))
-
-    def _expected(self, name: str) -> list[int]:
-        spikes = self.golden.spikes[name][:, self._current.image]        # (T, tokens, C)
-        return pack_vectors(spikes)
-
-    def _check_trace(self) -> None:
+        """One trace record from the DUT (docs/HARDWARE.md), checked as it arrives."""
         r, g = self._current, self.golden
-        expected, seen = {}, set()
-        for kind, node, step, token, data in self._records:
-            if node not in g.traced_index:
-                self._fail(what="extra", node=f"#{node}", step=step, token=token)
-                continue
-            name = g.node_name(node)
-            if kind == self.cycles_kind:
-                r.layer_cycles[name] = data
-                continue
-            if name not in expected:
-                expected[name] = self._expected(name)
-            steps, tokens, channels = g.spikes[name].shape[0], g.spikes[name].shape[2], \
-                g.spikes[name].shape[3]
-            if not (0 <= step < steps and 0 <= token < tokens) or (name, step, token) in seen:
-                self._fail(what="extra", node=name, step=step, token=token)
-                continue
-            seen.add((name, step, token))
-            r.compared += channels
-            want = expected[name][step * tokens + token]
-            diff = want ^ data
-            while diff:
-                c = (diff & -diff).bit_length() - 1
-                self._fail(what="spikes", node=name, step=step, token=token, channel=c,
-                           expected=(want >> c) & 1, actual=(data >> c) & 1)
-                diff &= diff - 1
+        if node not in g.traced_index:
+            self._fail(what="extra", node=f"#{node}", step=step, token=token)
+            return
+        name = g.node_name(node)
+        if kind == self.cycles_kind:
+            r.layer_cycles[name] = data
+            return
+        steps, _, tokens, channels = g.spikes[name].shape
+        if not (0 <= step < steps and 0 <= token < tokens) or (name, step, token) in self._seen:
+            self._fail(what="extra", node=name, step=step, token=token)
+            return
+        self._seen.add((name, step, token))
+        if name not in self._expected:          # this image's vectors of the node, packed
+            self._expected[name] = pack_vectors(g.spikes[name][:, r.image])
+        r.compared += channels
+        want = self._expected[name][step * tokens + token]
+        diff = want ^ data
+        while diff:                             # only a differing vector is taken apart
+            c = (diff & -diff).bit_length() - 1
+            self._fail(what="spikes", node=name, step=step, token=token, channel=c,
+                       expected=(want >> c) & 1, actual=(data >> c) & 1)
+            diff &= diff - 1
+
+    def _check_missing(self) -> None:
+        g = self.golden
         for name in g.traced_names:                      # every (node, step, token) must come
             steps, tokens = g.spikes[name].shape[0], g.spikes[name].shape[2]
             for t in range(steps):
                 for n in range(tokens):
-                    if (name, t, n) not in seen:
+                    if (name, t, n) not in self._seen:
                         self._fail(what="missing", node=name, step=t, token=n)
 
     def finish_image(self, logits: list[int], predicted: int, cycles: int) -> ImageResult:
         r = self._current
         g = self.golden
         if self.traced:
-            self._check_trace()
+            self._check_missing()
         want = [int(v) for v in g.logits[r.image]]
         r.compared += len(want) + 1
         if len(logits) != len(want):

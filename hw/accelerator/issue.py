@@ -5,7 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data
 from amaranth.utils import bits_for
 
 from hw.accelerator.util import or_all
@@ -66,27 +67,29 @@ class IssueFSM:
                           name="issue_col_base")
         chunk_last = Signal.like(chunk, name="chunk_last")
 
-        def chunked(values, width):
-            """The current chunk of a stage's per-channel values (n_mask of them)."""
-            n = -(-len(values) // n_mask)
-            padded = [v for v in values] + [Const(0, width)] * (n * n_mask - len(values))
-            if n == 1:
-                return padded
-            word = Cat(*padded).word_select(chunk[:bits_for(n - 1)], n_mask * width)
-            return [word[i * width:(i + 1) * width] for i in range(n_mask)]
+        # every stage's source counts as one word (each count widened to count_bits), so that
+        # the active stage's chunk is one selection, shared by the mask and the event count:
+        # per-use copies of per-channel expressions made a large model's netlist grow fast
+        chunk_words = {}
+        for sid, s in specs.items():
+            n = -(-len(s.word_counts) // n_mask)
+            word = Signal(n * n_mask * count_bits, name=f"issue_word_{sid}")
+            pad = count_bits - s.count_bits
+            m.d.comb += word.eq(Cat(*[Cat(c, Const(0, pad)) if pad else c
+                                      for c in s.word_counts]))
+            chunk_words[sid] = word if n == 1 else \
+                word.word_select(chunk[:bits_for(n - 1)], n_mask * count_bits)
 
-        # the active stage's constants and source word
+        # the active stage's constants and source chunk
         is_conv, replay = Signal(name="issue_is_conv"), Signal(name="issue_replay")
         tok_last = Signal.like(token, name="issue_token_last")
         x_last = Signal.like(x, name="issue_x_last")
         h = Signal(len(y) + 1, name="issue_h")
         wd = Signal(len(x) + 1, name="issue_wd")
-        nonzero = Signal(n_mask, name="issue_nonzero")
+        counts = Signal(data.ArrayLayout(unsigned(count_bits), n_mask), name="issue_counts")
         busy, ev_ready = Signal(name="issue_stage_busy"), Signal(name="issue_ev_ready")
         mask = Signal(n_mask, name="issue_mask")
         lowest = Signal(n_mask, name="issue_lowest")
-        low_count = Signal(count_bits, name="issue_low_count")
-        m.d.comb += low_count.eq(1)
         with m.Switch(active):
             for sid, s in specs.items():
                 with m.Case(sid):
@@ -94,13 +97,16 @@ class IssueFSM:
                                  tok_last.eq(s.positions - 1), x_last.eq(s.wd - 1),
                                  h.eq(s.h), wd.eq(s.wd),
                                  chunk_last.eq(-(-len(s.word_counts) // n_mask) - 1),
-                                 col_base.eq(s.col_base),
-                                 nonzero.eq(Cat(*chunked([c != 0 for c in s.word_counts], 1))),
+                                 col_base.eq(s.col_base), counts.eq(chunk_words[sid]),
                                  busy.eq(s.busy), ev_ready.eq(s.ev.ready)]
-                    if s.count_bits > 1:    # a mask bit is set only where the count is 1
-                        m.d.comb += low_count.eq(or_all(
-                            [c & lowest[i].replicate(s.count_bits)
-                             for i, c in enumerate(chunked(s.word_counts, s.count_bits))]))
+        nonzero = Signal(n_mask, name="issue_nonzero")
+        m.d.comb += nonzero.eq(Cat(*[counts[i] != 0 for i in range(n_mask)]))
+        low_count = Signal(count_bits, name="issue_low_count")
+        if count_bits > 1:
+            m.d.comb += low_count.eq(or_all([counts[i] & lowest[i].replicate(count_bits)
+                                             for i in range(n_mask)]))
+        else:               # a mask bit is set only where the count is 1
+            m.d.comb += low_count.eq(1)
 
         dy, dx = Signal(signed(3), name="issue_dy"), Signal(signed(3), name="issue_dx")
         inside = Signal(name="issue_inside")

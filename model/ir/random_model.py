@@ -23,7 +23,7 @@ from model.ir.csc import csc_from_dense
 from model.ir.golden import _Run, run_golden
 from model.ir.graph import INPUT, Graph
 
-__all__ = ["Architecture", "random_architecture", "random_model", "random_inputs"]
+__all__ = ["Architecture", "random_architecture", "random_model", "model_of", "random_inputs"]
 
 #: Fewest channels of a layer: the accelerator needs at least 3 groups of lanes per layer and
 #: its cycle model more than 3 (hw.plan); with `lanes` P a layer has at least 4 P channels
@@ -273,7 +273,11 @@ def _input_values(graph: Graph, inputs) -> np.ndarray:
 def random_model(seed: int, lanes: int = 1, max_dim: int = 24) -> Graph:
     """The random model of `seed` (reproducible), for `lanes` lanes; see the module docstring."""
     rng = np.random.default_rng(seed)
-    arch = random_architecture(rng, lanes, max_dim)
+    return model_of(random_architecture(rng, lanes, max_dim), rng)
+
+
+def model_of(arch: Architecture, rng: np.random.Generator) -> Graph:
+    """A model of the architecture `arch` with random integers (thresholds calibrated)."""
     bld = _draw_nodes(rng, arch)
     graph = build_graph(bld.manifest(), bld.arrays, derive=True)
     return _calibrate(bld, rng, random_inputs(rng, graph, 8))
