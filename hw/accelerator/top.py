@@ -15,7 +15,8 @@ from amaranth.utils import bits_for
 from hw.accelerator.collector import collector
 from hw.accelerator.issue import IssueFSM
 from hw.accelerator.shared import SharedUnits
-from hw.accelerator.stages import attention_stage, engine_stage, head_stage
+from hw.accelerator.head import Head
+from hw.accelerator.stages import attention_stage, engine_stage
 from hw.accelerator.store import ValueStore
 from hw.accelerator.util import or_all, verilog_name
 from hw.components import block_ram_attrs, packed_words
@@ -229,8 +230,15 @@ class Accelerator(wiring.Component):
         m.d.comb += [trace_valid.eq(valid), trace_payload.eq(payload)]
 
         # ---- head: feature sums, then serial MAC per class
-        head_start, head_done = Signal(), Signal()
-        best_cls = head_stage(self, m, stage_count + 1, head_start, head_done, read, counts)
+        head_node = self.head
+        m.submodules.head = head = Head(
+            head_node.weight, head_node.bias, self.T, self.N, self._count_bits(head_node.inputs[0]),
+            head_node.widths["feature"], self.logit_bits, self.lanes)
+        read(stage_count + 1, head_node.inputs[0], head.addr)
+        word_counts, _ = counts(head_node.inputs[0])
+        m.d.comb += [head.counts[c].eq(v) for c, v in enumerate(word_counts)]
+        wiring.connect(m, head.logits, wiring.flipped(self.logits))
+        head_start, head_done, best_cls = head.start, head.done, head.cls
 
         # every stage has registered its reads: place the values, mux addresses by stage
         store.build(m, active)
