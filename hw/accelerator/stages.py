@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Mux, Signal
+from amaranth import Cat, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.utils import bits_for
 
@@ -83,12 +83,8 @@ def engine_stage(top, m, sid, node, start, done, busy, read, counts, image_r, sh
                      *copy_accs(neuron_in.payload.acc, engine.o.payload.acc, P),
                      neuron_in.payload.first.eq(out_step == 0)]
 
-    issuer.add(sid, SimpleNamespace(
-        start=start, busy=busy, ev=engine.i, is_conv=is_conv, static_replay=static_replay,
-        col_base=shared.col_base.get(name, 0),      # 0: a rank-factored engine of its own
-        h=h, wd=wd, positions=positions, word_counts=word_counts, count_bits=count_bits))
-    return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, tokens_outer=True,
-                           h=h, wd=wd)
+    m.d.comb += getattr(issuer, f"word{sid}").eq(Cat(*word_counts))
+    return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, events=engine.i)
 
 
 def attention_stage(top, m, sid, node, start, done, busy, run_cycles, mem_r, read,
@@ -150,5 +146,4 @@ def attention_stage(top, m, sid, node, start, done, busy, run_cycles, mem_r, rea
         with m.State("DRAIN"):
             with m.If(~busy):
                 m.next = "IDLE"
-    return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, tokens_outer=False,
-                           h=1, wd=N)
+    return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done)

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.accelerator.collector import collector
-from hw.accelerator.issue import IssueFSM
+from hw.accelerator.collector import CollectedStage, SpikeCollector
+from hw.accelerator.issue import IssuedStage, IssueFSM
 from hw.accelerator.shared import SharedUnits
 from hw.accelerator.head import Head
 from hw.accelerator.stages import attention_stage, engine_stage
@@ -21,7 +21,7 @@ from hw.accelerator.store import ValueStore
 from hw.accelerator.util import or_all, verilog_name
 from hw.components import block_ram_attrs, packed_words
 from hw.plan import CYCLE_BITS, TRACE_KINDS, Plan
-from model.ir import Attention, Graph
+from model.ir import INPUT, Attention, Graph
 
 __all__ = ["Accelerator", "TRACE_SPIKES", "TRACE_CYCLES"]
 
@@ -171,7 +171,7 @@ class Accelerator(wiring.Component):
         stage_count = len(self.stages)
         # ---- value storage: proxies now, memories placed once every read is known
         store = ValueStore(self)
-        mem_r, mem_w, read = store.r, store.w, store.read
+        mem_r, read = store.r, store.read
 
         summed = {}
 
@@ -216,18 +216,20 @@ class Accelerator(wiring.Component):
         with m.If(or_all(stage_busy)):
             m.d.sync += run_cycles.eq(run_cycles + 1)
         users = {}
-        issuer = IssueFSM(self, [n for n in self.stages if not isinstance(n, Attention)])
+        issuer = self._issuer(m, active)
         for sid, node in enumerate(self.stages, start=1):
             args = (m, sid, node, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1])
             if isinstance(node, Attention):
                 users[sid] = attention_stage(self, *args, run_cycles, mem_r, read, shared)
             else:
                 users[sid] = engine_stage(self, *args, read, counts, image_r, shared, issuer)
-        issuer.build(m, active, run_cycles)
+        if issuer is not None:
+            self._connect_issuer(m, issuer, active, users, stage_start, stage_busy, run_cycles)
         shared.connect(m, active)
-        valid, payload = collector(self, m, active, users, mem_r, mem_w, read, run_cycles,
-                                         trace_ready, or_all(stage_start), store)
-        m.d.comb += [trace_valid.eq(valid), trace_payload.eq(payload)]
+        collector = self._collector(m, active, users, store, run_cycles, or_all(stage_start))
+        m.d.comb += [trace_valid.eq(collector.trace.valid),
+                     trace_payload.eq(collector.trace.payload),
+                     collector.trace.ready.eq(trace_ready)]
 
         # ---- head: feature sums, then serial MAC per class
         head_node = self.head
@@ -255,6 +257,72 @@ class Accelerator(wiring.Component):
 
         return SimpleNamespace(stage_start=stage_start, stage_done=stage_done,
                                head_start=head_start, head_done=head_done, best_cls=best_cls)
+
+    def _issuer(self, m, active) -> IssueFSM | None:
+        """The one issue FSM of the conv and matmul stages (None: there are none)."""
+        issued = []
+        for s in self.plan.stages:
+            if s.kind == "attention":
+                continue
+            image = s.source == INPUT
+            issued.append(IssuedStage(
+                s.id, s.kind == "conv", s.static_replay, s.height, s.width,
+                self.plan.shared.col_base.get(s.name, 0),    # 0: a rank-factored engine
+                self.in_c if image else self.channels[self.sources[s.source][0]],
+                self.pixel_bits if image else self._count_bits(s.source)))
+        if not issued:
+            return None
+        m.submodules.issue = issuer = IssueFSM(issued, self.T, self.chunk)
+        m.d.comb += issuer.active.eq(active)
+        return issuer
+
+    def _connect_issuer(self, m, issuer, active, users, stage_start, stage_busy, run_cycles):
+        """The issue FSM's events to the active stage's engine; a conv or matmul stage's start
+        starts it (the stage is busy from then on, its cycle count restarts)."""
+        engine_stages = [sid for sid, user in users.items() if hasattr(user, "events")]
+        starts = [stage_start[sid - 1] for sid in engine_stages]
+        m.d.comb += issuer.start.eq(or_all(starts))
+        with m.If(or_all(starts)):
+            m.d.sync += run_cycles.eq(1)
+        with m.Switch(active):
+            for sid in engine_stages:
+                events = users[sid].events
+                with m.Case(sid):
+                    m.d.comb += [issuer.stage_busy.eq(stage_busy[sid - 1]),
+                                 events.valid.eq(issuer.events.valid),
+                                 events.payload.index.eq(issuer.events.payload.index),
+                                 events.payload.count.eq(issuer.events.payload.count),
+                                 events.payload.end.eq(issuer.events.payload.end),
+                                 issuer.events.ready.eq(events.ready)]
+        for sid in engine_stages:
+            with m.If(stage_start[sid - 1]):
+                m.d.sync += stage_busy[sid - 1].eq(1)
+
+    def _collector(self, m, active, users, store, run_cycles, starting) -> SpikeCollector:
+        """The one spike collector, joined to the active stage's neuron outputs and value."""
+        m.submodules.collector = col = SpikeCollector(
+            [CollectedStage.of(s, self.node_index[s.name]) for s in self.plan.stages],
+            self.T, self.chunk, self.lanes, self.plan.trace_layout)
+        m.d.comb += [col.active.eq(active), col.start.eq(starting), col.cycles.eq(run_cycles)]
+        store.written = col.word         # every value write is this chunk, replicated
+        with m.Switch(active):
+            for stage in self.plan.stages:
+                sid, name, user = stage.id, stage.name, users[stage.id]
+                with m.Case(sid):
+                    m.d.comb += [col.spikes.valid.eq(user.o.valid),
+                                 user.o.ready.eq(col.spikes.ready),
+                                 col.spikes.payload.spike.eq(user.o.payload.spike)]
+                    if stage.pool:      # the cell's partial OR, read back at the write address
+                        store.read(sid, name, col.addr)
+                        m.d.comb += col.old.eq(store.r[name].data)
+                    port, n_chunks = store.w[name], len(store.w[name].en)
+                    m.d.comb += [port.addr.eq(col.addr), port.data.eq(Cat(*[col.word] * n_chunks)),
+                                 port.en.eq(Mux(col.write, Const(1, n_chunks) <<
+                                                col.chunk[:bits_for(n_chunks - 1)], 0))]
+                    with m.If(col.done):
+                        m.d.comb += user.done.eq(1)
+                        m.d.sync += user.busy.eq(0)
+        return col
 
     def _sequencer(self, m, active, cycles, running, loader, run) -> None:
         """The top FSM: load the pixels, run the stages in order, then the head, then hand out

@@ -1,0 +1,121 @@
+"""IssueFSM (hw/accelerator/issue.py) on its own, against a naive model: the events of a conv
+and of a chunked matmul stage (engine column, count, end markers) in order, the read addresses
+it walks, a static conv issuing step 0 only, back-pressure, and its documented timing."""
+
+import random
+
+import numpy as np
+import pytest
+
+from hw.accelerator.issue import IssuedStage, IssueFSM
+from hw.components.streams import CycleClock, simulate
+
+pytestmark = pytest.mark.amaranth
+
+T = 2
+CONV = IssuedStage(id=1, is_conv=True, static_replay=False, height=3, width=3, col_base=0,
+                   inputs=4, count_bits=2)
+MATMUL = IssuedStage(id=2, is_conv=False, static_replay=False, height=1, width=3, col_base=36,
+                     inputs=40, count_bits=1)
+STATIC = IssuedStage(id=3, is_conv=True, static_replay=True, height=2, width=2, col_base=76,
+                     inputs=3, count_bits=2)
+
+
+def source_counts(stage, rng):
+    """counts[step, position, channel] of the stage's source, about half of them zero."""
+    top = (1 << stage.count_bits) - 1
+    counts = rng.integers(1, top + 1, size=(T, stage.positions, stage.inputs))
+    return np.where(rng.random(counts.shape) < 0.5, 0, counts)
+
+
+def expected(stage, counts, chunk):
+    """[(index, count, end)] and the cycles the FSM takes per the documented timing (always
+    ready): FETCH 1 per tap (a tap outside the image costs that alone), per chunk LOAD_MASK 1,
+    one per event and one for the empty mask, then END and NEXT."""
+    events, cycles = [], 0
+    n_mask = min(chunk, max(s.inputs for s in (CONV, MATMUL, STATIC)))
+    chunks = -(-stage.inputs // n_mask)
+    for p in range(stage.positions):
+        y, x = divmod(p, stage.width)
+        for t in range(1 if stage.static_replay else T):
+            for tap in range(9 if stage.is_conv else 1):
+                cycles += IssueFSM.FETCH_CYCLES
+                ny, nx = y + tap // 3 - 1, x + tap % 3 - 1
+                if stage.is_conv and not (0 <= ny < stage.height and 0 <= nx < stage.width):
+                    continue
+                source = counts[t, ny * stage.width + nx] if stage.is_conv else counts[t, p]
+                for c in np.flatnonzero(source):
+                    column = c * 9 + tap if stage.is_conv else c
+                    events.append((stage.col_base + int(column), int(source[c]), 0))
+                cycles += chunks * (IssueFSM.LOAD_CYCLES + IssueFSM.EMPTY_CYCLES) + \
+                    int(np.count_nonzero(source))
+            events.append((0, None, 1))
+            cycles += 2                                             # END, NEXT
+    return events, cycles
+
+
+def run(stages, chunk, seed, stall=False):
+    rng = np.random.default_rng(seed)
+    counts = {s.id: source_counts(s, rng) for s in stages}
+    dut = IssueFSM(stages, T, chunk)
+    got, spans, clock = {s.id: [] for s in stages}, {}, CycleClock()
+    waits = random.Random(seed)
+
+    async def memory(ctx):           # every stage's source word, a cycle after its address
+        while True:                  # the address at the clock edge, as a read port sees it
+            _, _, sid, step, token, ny, nx = await ctx.tick().sample(
+                dut.active, dut.step, dut.token, dut.ny, dut.nx)
+            for s in stages:
+                pos = ny * s.width + nx if s.is_conv else token
+                inside = 0 <= ny < s.height and 0 <= nx < s.width if s.is_conv else True
+                word = 0
+                if s.id == sid and inside and 0 <= pos < s.positions:
+                    for c, v in enumerate(counts[s.id][step, pos]):
+                        word |= int(v) << (c * s.count_bits)
+                ctx.set(getattr(dut, f"word{s.id}"), word)
+
+    async def driver(ctx):
+        for s in stages:
+            ctx.set(dut.start, 1)
+            ctx.set(dut.stage_busy, 1)
+            await ctx.tick()
+            begun = clock.now
+            ctx.set(dut.start, 0)
+            ctx.set(dut.active, s.id)
+            want_ends = s.positions * (1 if s.static_replay else T)
+            ends = 0
+            while ends < want_ends:
+                ready = 0 if stall and waits.random() < 0.3 else 1
+                ctx.set(dut.events.ready, ready)
+                _, _, valid, payload = await ctx.tick().sample(dut.events.valid,
+                                                               dut.events.payload)
+                if valid and ready:
+                    end = int(payload.end)
+                    got[s.id].append((0 if end else int(payload.index),
+                                      None if end else int(payload.count), end))
+                    ends += end
+            ctx.set(dut.events.ready, 0)
+            spans[s.id] = clock.now - begun + 1          # through NEXT after the end marker
+            ctx.set(dut.stage_busy, 0)
+            await ctx.tick()
+
+    simulate(dut, driver, background=[clock.bench, memory])
+    return counts, got, spans
+
+
+@pytest.mark.parametrize("chunk, seed", [(32, 1), (16, 2), (40, 3)])
+def test_events_in_order_and_in_the_documented_cycles(chunk, seed):
+    stages = [CONV, MATMUL, STATIC]
+    counts, got, spans = run(stages, chunk, seed)
+    for s in stages:
+        events, cycles = expected(s, counts[s.id], chunk)
+        assert got[s.id] == events, s
+        assert spans[s.id] == cycles, s
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_back_pressure_changes_no_event(seed):
+    stages = [CONV, MATMUL]
+    counts, got, _ = run(stages, 32, seed, stall=True)
+    for s in stages:
+        assert got[s.id] == expected(s, counts[s.id], 32)[0]
