@@ -13,6 +13,8 @@ transfer. That trades P times the accumulator and table ports for up to P times 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -247,49 +249,17 @@ class SparseMatmulEngine(wiring.Component):
         m = Module()
         P = self._lanes
         lanes = range(P)
-        parts = [self._lane_part(p) for p in lanes]
 
         def per_lane(shape, name):
             return [Signal(shape, name=name if P == 1 else f"{name}_lane{p}") for p in lanes]
 
-        pointer_shape = unsigned(bits_for(max(len(rows) for _, rows, _ in parts)))
-        column_layout = data.StructLayout({"start": pointer_shape, "end": pointer_shape})
-        entry_layout = self.entry_layout
-
-        if P == 1:
-            extent_layout = column_layout
-            extent_init = [{"start": int(self._col_ptr[j]), "end": int(self._col_ptr[j + 1])}
-                           for j in range(self._in_features)]
-        else:
-            extent_layout = data.ArrayLayout(column_layout, P)
-            extent_init = [[{"start": int(ptr[j]), "end": int(ptr[j + 1])} for ptr, _, _ in parts]
-                           for j in range(self._in_features)]
-        m.submodules.columns = columns = Memory(
-            shape=extent_layout, depth=self._in_features,
-            attrs=block_ram_attrs(extent_layout, self._in_features), init=extent_init)
-        entry_addr, entry_en, entry_data = [], [], []
-        for p in lanes:
-            addr, en, read_data = add_table(
-                m, "entries" if P == 1 else f"entries{p}", entry_layout, self.entries_init(p),
-                load=self.load if self._loadable else None)
-            entry_addr.append(addr)
-            entry_en.append(en)
-            entry_data.append(read_data)
-        # One accumulator bank per lane, or two with `overlap`: bank `walk_bank` takes the
-        # updates of the vector being walked, bank `drain_bank` is read out (and cleared) by the
-        # drain. acc_write[p][b], acc_read[p][b]: lane p, bank b.
-        banks = 2 if self._overlap else 1
-        acc_write, acc_read = [[] for _ in lanes], [[] for _ in lanes]
-        for p in lanes:
-            for b in range(banks):
-                bank = Memory(shape=signed(self._acc_width), depth=self._groups, init=[],
-                              attrs=block_ram_attrs(signed(self._acc_width), self._groups))
-                name = f"accumulators{b}" if self._overlap else "accumulators"
-                m.submodules[name if P == 1 else f"{name}_lane{p}"] = bank
-                acc_write[p].append(bank.write_port())
-                acc_read[p].append(bank.read_port(transparent_for=(acc_write[p][-1],)))
-        column_read = columns.read_port()
-        extents = [column_read.data] if P == 1 else [column_read.data[p] for p in lanes]
+        dp = SimpleNamespace()
+        self._add_tables(m, dp)
+        self._add_accumulators(m, dp)
+        pointer_shape, entry_layout = dp.pointer_shape, self.entry_layout
+        entry_addr, entry_en, entry_data = dp.entry_addr, dp.entry_en, dp.entry_data
+        column_read, extents = dp.column_read, dp.extents
+        banks, acc_write, acc_read = dp.banks, dp.acc_write, dp.acc_read
 
         count_shape = self._event_layout["count"].shape
         row_shape = unsigned(bits_for(self._groups - 1))   # a row (P = 1) or a group / local row
@@ -482,6 +452,56 @@ class SparseMatmulEngine(wiring.Component):
 
         add_cycle_counter(m, self.cycles, start=accept, stop=transfer & is_out_last())
         return m
+
+    def _add_tables(self, m, dp):
+        """The column-extent ROM (each column's (start, end) in every lane's entry table) with
+        its read port, and one entry table per lane (a ROM, or loaded through ``load``)."""
+        P, lanes = self._lanes, range(self._lanes)
+        parts = [self._lane_part(p) for p in lanes]
+        pointer_shape = unsigned(bits_for(max(len(rows) for _, rows, _ in parts)))
+        column_layout = data.StructLayout({"start": pointer_shape, "end": pointer_shape})
+        entry_layout = self.entry_layout
+
+        if P == 1:
+            extent_layout = column_layout
+            extent_init = [{"start": int(self._col_ptr[j]), "end": int(self._col_ptr[j + 1])}
+                           for j in range(self._in_features)]
+        else:
+            extent_layout = data.ArrayLayout(column_layout, P)
+            extent_init = [[{"start": int(ptr[j]), "end": int(ptr[j + 1])} for ptr, _, _ in parts]
+                           for j in range(self._in_features)]
+        m.submodules.columns = columns = Memory(
+            shape=extent_layout, depth=self._in_features,
+            attrs=block_ram_attrs(extent_layout, self._in_features), init=extent_init)
+        dp.entry_addr, dp.entry_en, dp.entry_data = [], [], []
+        for p in lanes:
+            addr, en, read_data = add_table(
+                m, "entries" if P == 1 else f"entries{p}", entry_layout, self.entries_init(p),
+                load=self.load if self._loadable else None)
+            dp.entry_addr.append(addr)
+            dp.entry_en.append(en)
+            dp.entry_data.append(read_data)
+        column_read = columns.read_port()
+        dp.pointer_shape, dp.column_read = pointer_shape, column_read
+        dp.extents = [column_read.data] if P == 1 else [column_read.data[p] for p in lanes]
+
+    def _add_accumulators(self, m, dp):
+        """One accumulator bank per lane, or two with `overlap`: bank `walk_bank` takes the
+        updates of the vector being walked, bank `drain_bank` is read out (and cleared) by the
+        drain. dp.acc_write[p][b], dp.acc_read[p][b]: lane p, bank b; each read port is
+        transparent to its bank's write port, so back-to-back updates of one row are safe."""
+        lanes = range(self._lanes)
+        banks = 2 if self._overlap else 1
+        acc_write, acc_read = [[] for _ in lanes], [[] for _ in lanes]
+        for p in lanes:
+            for b in range(banks):
+                bank = Memory(shape=signed(self._acc_width), depth=self._groups, init=[],
+                              attrs=block_ram_attrs(signed(self._acc_width), self._groups))
+                name = f"accumulators{b}" if self._overlap else "accumulators"
+                m.submodules[name if self._lanes == 1 else f"{name}_lane{p}"] = bank
+                acc_write[p].append(bank.write_port())
+                acc_read[p].append(bank.read_port(transparent_for=(acc_write[p][-1],)))
+        dp.banks, dp.acc_write, dp.acc_read = banks, acc_write, acc_read
 
 
 def add_cycle_counter(m: Module, cycles: Signal, *, start, stop) -> None:
