@@ -250,136 +250,30 @@ class SparseMatmulEngine(wiring.Component):
         P = self._lanes
         lanes = range(P)
 
-        def per_lane(shape, name):
-            return [Signal(shape, name=name if P == 1 else f"{name}_lane{p}") for p in lanes]
-
         dp = SimpleNamespace()
         self._add_tables(m, dp)
         self._add_accumulators(m, dp)
-        pointer_shape, entry_layout = dp.pointer_shape, self.entry_layout
+        self._declare_registers(m, dp)
+        self._add_event_intake(m, dp)
+        self._add_walker(m, dp)
         entry_addr, entry_en, entry_data = dp.entry_addr, dp.entry_en, dp.entry_data
-        column_read, extents = dp.column_read, dp.extents
         banks, acc_write, acc_read = dp.banks, dp.acc_write, dp.acc_read
-
-        count_shape = self._event_layout["count"].shape
-        row_shape = unsigned(bits_for(self._groups - 1))   # a row (P = 1) or a group / local row
-        if P == 1 and self._variable_rows:
-            last_row = Signal(row_shape)
-            m.d.comb += last_row.eq(self.rows - 1)
-        else:
-            last_row = self._groups - 1          # with P > 1 and `rows`, see drain_base
-
-        # Fetch stage: one accepted event (or end marker) whose column extent the ROM is reading.
-        fetch_valid = Signal()
-        fetch_count = Signal(count_shape)
-        fetch_is_end = Signal()
-        # Walker: the column being visited, one stored entry per lane and cycle.
-        walk_valid = Signal()
-        walk_is_end = Signal()
-        walk_pointer = per_lane(pointer_shape, "walk_pointer")
-        walk_stop = per_lane(pointer_shape, "walk_stop")
-        walk_count = Signal(count_shape)
-        walk_bank = Signal(range(banks))
-        # Read-modify-write pipeline: entry read -> accumulator read -> add and write.
-        entry_valid = per_lane(1, "entry_valid")
-        entry_count = Signal(count_shape)
-        entry_bank = Signal(range(banks))
-        update_valid = per_lane(1, "update_valid")
-        update_row = per_lane(row_shape, "update_row")
-        update_term = per_lane(signed(entry_layout["value"].shape.width + count_shape.width + 1),
-                               "update_term")
-        update_bank = Signal(range(banks))
-        # Drain.
-        draining = Signal()
-        drain_bank = Signal(range(banks))
-        end_seen = Signal()
-        drain_row = Signal(row_shape)
-        drain_issued = Signal()
-        out_row = Signal(row_shape)
-
-        def all_lanes(conditions):
-            result = conditions[0]
-            for condition in conditions[1:]:
-                result = result & condition
-            return result
-
-        walker_free = ~walk_valid | walk_is_end | all_lanes(
-            [walk_pointer[p] + 1 >= walk_stop[p] for p in lanes])
-        if self._overlap:
-            # an end marker takes its walker turn only once the previous drain has finished
-            walker_load = walker_free & fetch_valid & ~(fetch_is_end & draining)
-        else:
-            walker_load = walker_free & fetch_valid
-        walk_issue = [walk_valid & ~walk_is_end & (walk_pointer[p] < walk_stop[p])
-                      for p in lanes]
-        accept = Signal()
-        idle_for_events = ~end_seen if self._overlap else ~draining & ~end_seen
-        m.d.comb += [
-            self.i.ready.eq(idle_for_events & (~fetch_valid | walker_load)),
-            accept.eq(self.i.valid & self.i.ready),
-            column_read.addr.eq(self.i.p.index),
-            column_read.en.eq(accept),
-        ]
-
-        with m.If(accept):
-            m.d.sync += [
-                fetch_valid.eq(1),
-                fetch_count.eq(self.i.p.count),
-                fetch_is_end.eq(self.i.p.end),
-            ]
-            with m.If(self.i.p.end):
-                m.d.sync += end_seen.eq(1)
-        with m.Elif(walker_load):
-            m.d.sync += fetch_valid.eq(0)
-
-        with m.If(walker_load):
-            m.d.sync += [walk_valid.eq(1), walk_is_end.eq(fetch_is_end)]
-            for p in lanes:
-                m.d.sync += [walk_pointer[p].eq(extents[p].start),
-                             walk_stop[p].eq(extents[p].end)]
-            m.d.sync += walk_count.eq(fetch_count)
-        with m.Elif(walker_free):
-            m.d.sync += walk_valid.eq(0)
-        with m.Else():
-            if P == 1:
-                m.d.sync += walk_pointer[0].eq(walk_pointer[0] + 1)
-            else:
-                for p in lanes:                 # a lane done with its part waits at its end
-                    with m.If(walk_pointer[p] < walk_stop[p]):
-                        m.d.sync += walk_pointer[p].eq(walk_pointer[p] + 1)
-
-        # Drain bookkeeping with P > 1: which lanes of the group being issued hold rows to
-        # drain (`drain_live`), and whether it is the last group. With `rows`, drain_base
-        # (= drain_row * P) counts in rows, so no division by P is needed.
+        walk_pointer, walk_count, walk_bank = dp.walk_pointer, dp.walk_count, dp.walk_bank
+        entry_valid, entry_count, entry_bank = dp.entry_valid, dp.entry_count, dp.entry_bank
+        update_valid, update_row, update_term = dp.update_valid, dp.update_row, dp.update_term
+        update_bank, walk_issue, accept = dp.update_bank, dp.walk_issue, dp.accept
+        draining, drain_bank, drain_row = dp.draining, dp.drain_bank, dp.drain_row
+        drain_issued, out_row = dp.drain_issued, dp.out_row
         if P > 1:
-            out_live = Signal(P)
+            out_live, drain_live = dp.out_live, dp.drain_live
             if self._variable_rows:
-                drain_base = Signal(range(self._groups * P + 1))
-                drain_live = [drain_base + p < self.rows for p in lanes]
-                out_last = Signal()
-            else:
-                tail = self._out_features - (self._groups - 1) * P    # live lanes, last group
-                drain_live = [1 if p < tail else drain_row != last_row for p in lanes]
+                drain_base, out_last = dp.drain_base, dp.out_last
 
         def drain_last():
-            if P > 1 and self._variable_rows:
-                return drain_base + P >= self.rows
-            return drain_row == last_row
+            return self._drain_last(dp)
 
         def is_out_last():
-            if P > 1 and self._variable_rows:
-                return out_last
-            return out_row == last_row
-
-        # The end marker's turn in the walker: every entry has been issued, so drain next (and,
-        # with two banks, walk the next vector into the other one).
-        with m.If(walk_valid & walk_is_end):
-            m.d.sync += [draining.eq(1), end_seen.eq(0), drain_row.eq(0), drain_issued.eq(0),
-                         drain_bank.eq(walk_bank)]
-            if P > 1 and self._variable_rows:
-                m.d.sync += drain_base.eq(0)
-            if self._overlap:
-                m.d.sync += walk_bank.eq(~walk_bank)
+            return self._is_out_last(dp)
 
         for p in lanes:
             m.d.comb += [entry_addr[p].eq(walk_pointer[p]), entry_en[p].eq(1)]
@@ -453,6 +347,150 @@ class SparseMatmulEngine(wiring.Component):
         add_cycle_counter(m, self.cycles, start=accept, stop=transfer & is_out_last())
         return m
 
+    def _per_lane(self, shape, name: str) -> list[Signal]:
+        """One signal per lane, named `name` with one lane and ``<name>_lane<p>`` with P."""
+        P = self._lanes
+        return [Signal(shape, name=name if P == 1 else f"{name}_lane{p}") for p in range(P)]
+
+    def _declare_registers(self, m, dp):
+        """The registers of every stage, declared up front because the stages read one
+        another's: the fetch stage, the walker, the read-modify-write pipeline and the drain.
+        Also `last_row` (the drain's last row or group, a signal only with ``rows``)."""
+        P, lanes, banks = self._lanes, range(self._lanes), dp.banks
+        count_shape = self._event_layout["count"].shape
+        row_shape = unsigned(bits_for(self._groups - 1))   # a row (P = 1) or a group / local row
+        if P == 1 and self._variable_rows:
+            dp.last_row = Signal(row_shape)
+            m.d.comb += dp.last_row.eq(self.rows - 1)
+        else:
+            dp.last_row = self._groups - 1       # with P > 1 and `rows`, see drain_base
+
+        # Fetch stage: one accepted event (or end marker) whose column extent the ROM is reading.
+        dp.fetch_valid = Signal()
+        dp.fetch_count = Signal(count_shape)
+        dp.fetch_is_end = Signal()
+        # Walker: the column being visited, one stored entry per lane and cycle.
+        dp.walk_valid = Signal()
+        dp.walk_is_end = Signal()
+        dp.walk_pointer = self._per_lane(dp.pointer_shape, "walk_pointer")
+        dp.walk_stop = self._per_lane(dp.pointer_shape, "walk_stop")
+        dp.walk_count = Signal(count_shape)
+        dp.walk_bank = Signal(range(banks))
+        # Read-modify-write pipeline: entry read -> accumulator read -> add and write.
+        dp.entry_valid = self._per_lane(1, "entry_valid")
+        dp.entry_count = Signal(count_shape)
+        dp.entry_bank = Signal(range(banks))
+        dp.update_valid = self._per_lane(1, "update_valid")
+        dp.update_row = self._per_lane(row_shape, "update_row")
+        dp.update_term = self._per_lane(
+            signed(self.entry_layout["value"].shape.width + count_shape.width + 1), "update_term")
+        dp.update_bank = Signal(range(banks))
+        # Drain.
+        dp.draining = Signal()
+        dp.drain_bank = Signal(range(banks))
+        dp.end_seen = Signal()
+        dp.drain_row = Signal(row_shape)
+        dp.drain_issued = Signal()
+        dp.out_row = Signal(row_shape)
+        # Drain bookkeeping with P > 1: which lanes of the group being issued hold rows to
+        # drain (`drain_live`), and whether it is the last group. With `rows`, drain_base
+        # (= drain_row * P) counts in rows, so no division by P is needed.
+        if P > 1:
+            dp.out_live = Signal(P)
+            if self._variable_rows:
+                dp.drain_base = Signal(range(self._groups * P + 1))
+                dp.drain_live = [dp.drain_base + p < self.rows for p in lanes]
+                dp.out_last = Signal()
+            else:
+                tail = self._out_features - (self._groups - 1) * P    # live lanes, last group
+                dp.drain_live = [1 if p < tail else dp.drain_row != dp.last_row for p in lanes]
+
+    def _drain_last(self, dp):
+        """Whether the drain is issuing its last row (or group) of the vector."""
+        if self._lanes > 1 and self._variable_rows:
+            return dp.drain_base + self._lanes >= self.rows
+        return dp.drain_row == dp.last_row
+
+    def _is_out_last(self, dp):
+        """Whether ``o`` holds the vector's last result."""
+        if self._lanes > 1 and self._variable_rows:
+            return dp.out_last
+        return dp.out_row == dp.last_row
+
+    def _add_event_intake(self, m, dp):
+        """``i.ready``, and the fetch stage: an accepted event's column extent is read from the
+        ROM while the walker still works on the previous column, and it moves into the walker
+        (`walker_load`) as soon as that column's last entry is issued, so columns follow each
+        other without a bubble. Events wait while the end marker is in flight (`end_seen`) and,
+        with one bank, while the drain runs."""
+        lanes = range(self._lanes)
+        walk_valid, walk_pointer, walk_stop = dp.walk_valid, dp.walk_pointer, dp.walk_stop
+        fetch_valid, end_seen = dp.fetch_valid, dp.end_seen
+        walker_free = ~walk_valid | dp.walk_is_end | _all_lanes(
+            [walk_pointer[p] + 1 >= walk_stop[p] for p in lanes])
+        if self._overlap:
+            # an end marker takes its walker turn only once the previous drain has finished
+            walker_load = walker_free & fetch_valid & ~(dp.fetch_is_end & dp.draining)
+        else:
+            walker_load = walker_free & fetch_valid
+        dp.walker_free, dp.walker_load = walker_free, walker_load
+        dp.walk_issue = [walk_valid & ~dp.walk_is_end & (walk_pointer[p] < walk_stop[p])
+                         for p in lanes]
+        accept = Signal()
+        dp.accept = accept
+        idle_for_events = ~end_seen if self._overlap else ~dp.draining & ~end_seen
+        m.d.comb += [
+            self.i.ready.eq(idle_for_events & (~fetch_valid | walker_load)),
+            accept.eq(self.i.valid & self.i.ready),
+            dp.column_read.addr.eq(self.i.p.index),
+            dp.column_read.en.eq(accept),
+        ]
+
+        with m.If(accept):
+            m.d.sync += [
+                fetch_valid.eq(1),
+                dp.fetch_count.eq(self.i.p.count),
+                dp.fetch_is_end.eq(self.i.p.end),
+            ]
+            with m.If(self.i.p.end):
+                m.d.sync += end_seen.eq(1)
+        with m.Elif(walker_load):
+            m.d.sync += fetch_valid.eq(0)
+
+    def _add_walker(self, m, dp):
+        """The walker: it takes a column's extent from the fetch stage and steps each lane's
+        pointer through its part of the column, one entry per lane and cycle (a lane done with
+        its part waits at its end). The end marker's turn in it starts the drain: by then every
+        entry of the vector has been issued (with two banks, the next vector is walked into the
+        other bank meanwhile)."""
+        P, lanes = self._lanes, range(self._lanes)
+        walk_pointer, walk_stop, walk_bank = dp.walk_pointer, dp.walk_stop, dp.walk_bank
+        with m.If(dp.walker_load):
+            m.d.sync += [dp.walk_valid.eq(1), dp.walk_is_end.eq(dp.fetch_is_end)]
+            for p in lanes:
+                m.d.sync += [walk_pointer[p].eq(dp.extents[p].start),
+                             walk_stop[p].eq(dp.extents[p].end)]
+            m.d.sync += dp.walk_count.eq(dp.fetch_count)
+        with m.Elif(dp.walker_free):
+            m.d.sync += dp.walk_valid.eq(0)
+        with m.Else():
+            if P == 1:
+                m.d.sync += walk_pointer[0].eq(walk_pointer[0] + 1)
+            else:
+                for p in lanes:                 # a lane done with its part waits at its end
+                    with m.If(walk_pointer[p] < walk_stop[p]):
+                        m.d.sync += walk_pointer[p].eq(walk_pointer[p] + 1)
+
+        # The end marker's turn in the walker: every entry has been issued, so drain next (and,
+        # with two banks, walk the next vector into the other one).
+        with m.If(dp.walk_valid & dp.walk_is_end):
+            m.d.sync += [dp.draining.eq(1), dp.end_seen.eq(0), dp.drain_row.eq(0),
+                         dp.drain_issued.eq(0), dp.drain_bank.eq(walk_bank)]
+            if P > 1 and self._variable_rows:
+                m.d.sync += dp.drain_base.eq(0)
+            if self._overlap:
+                m.d.sync += walk_bank.eq(~walk_bank)
+
     def _add_tables(self, m, dp):
         """The column-extent ROM (each column's (start, end) in every lane's entry table) with
         its read port, and one entry table per lane (a ROM, or loaded through ``load``)."""
@@ -502,6 +540,14 @@ class SparseMatmulEngine(wiring.Component):
                 acc_write[p].append(bank.write_port())
                 acc_read[p].append(bank.read_port(transparent_for=(acc_write[p][-1],)))
         dp.banks, dp.acc_write, dp.acc_read = banks, acc_write, acc_read
+
+
+def _all_lanes(conditions):
+    """The AND of every lane's condition, as a chain (one lane: its condition itself)."""
+    result = conditions[0]
+    for condition in conditions[1:]:
+        result = result & condition
+    return result
 
 
 def add_cycle_counter(m: Module, cycles: Signal, *, start, stop) -> None:
