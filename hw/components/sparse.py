@@ -244,108 +244,77 @@ class SparseMatmulEngine(wiring.Component):
         return [{"row": int(r), "value": int(v)} for r, v in zip(rows, values)]
 
     def elaborate(self, platform):
-        # Written for P lanes; with P = 1 every per-lane list has one element and the design is
-        # the original single-lane one, signal for signal (same names, same memories).
-        m = Module()
-        P = self._lanes
-        lanes = range(P)
+        """The engine, built stage by stage in dataflow order.
 
+        Written for P lanes; with P = 1 every per-lane list has one element and the design is
+        the original single-lane one, signal for signal (same names, same memories). The stages
+        read one another's registers, so they share one namespace, `dp`, that each fills in.
+        Their statements reach the netlist in call order: reordering the calls (or statements
+        within one) changes the generated Verilog, even where the behaviour stays the same.
+        """
+        m = Module()
         dp = SimpleNamespace()
         self._add_tables(m, dp)
         self._add_accumulators(m, dp)
         self._declare_registers(m, dp)
         self._add_event_intake(m, dp)
         self._add_walker(m, dp)
-        entry_addr, entry_en, entry_data = dp.entry_addr, dp.entry_en, dp.entry_data
-        banks, acc_write, acc_read = dp.banks, dp.acc_write, dp.acc_read
-        walk_pointer, walk_count, walk_bank = dp.walk_pointer, dp.walk_count, dp.walk_bank
-        entry_valid, entry_count, entry_bank = dp.entry_valid, dp.entry_count, dp.entry_bank
-        update_valid, update_row, update_term = dp.update_valid, dp.update_row, dp.update_term
-        update_bank, walk_issue, accept = dp.update_bank, dp.walk_issue, dp.accept
-        draining, drain_bank, drain_row = dp.draining, dp.drain_bank, dp.drain_row
-        drain_issued, out_row = dp.drain_issued, dp.out_row
-        if P > 1:
-            out_live, drain_live = dp.out_live, dp.drain_live
-            if self._variable_rows:
-                drain_base, out_last = dp.drain_base, dp.out_last
-
-        def drain_last():
-            return self._drain_last(dp)
-
-        def is_out_last():
-            return self._is_out_last(dp)
-
-        for p in lanes:
-            m.d.comb += [entry_addr[p].eq(walk_pointer[p]), entry_en[p].eq(1)]
-        m.d.sync += [entry_valid[p].eq(walk_issue[p]) for p in lanes]
-        m.d.sync += [entry_count.eq(walk_count), entry_bank.eq(walk_bank)]
-        for p in lanes:
-            m.d.sync += [
-                update_valid[p].eq(entry_valid[p]),
-                update_row[p].eq(entry_data[p].row),
-                update_term[p].eq(entry_data[p].value * entry_count),
-            ]
-        m.d.sync += update_bank.eq(entry_bank)
-
-        # Drain: the drain bank's read port doubles as the output register (it holds on a stall).
-        advance = ~self.o.valid | self.o.ready
-        drain_issue = draining & ~drain_issued
-        transfer = self.o.valid & self.o.ready
-        out_bank = Signal(range(banks))
-        for b in range(banks):
-            with m.If(draining & (drain_bank == b)):
-                for p in lanes:
-                    m.d.comb += [acc_read[p][b].addr.eq(drain_row),
-                                 acc_read[p][b].en.eq(advance)]
-            with m.Else():
-                for p in lanes:
-                    m.d.comb += [acc_read[p][b].addr.eq(entry_data[p].row),
-                                 acc_read[p][b].en.eq(1)]
-        with m.If(advance):
-            m.d.sync += [self.o.valid.eq(drain_issue), out_row.eq(drain_row),
-                         out_bank.eq(drain_bank)]
-            if P > 1:
-                m.d.sync += [out_live[p].eq(drain_live[p]) for p in lanes]
-                if self._variable_rows:
-                    m.d.sync += out_last.eq(drain_last())
-            with m.If(drain_issue):
-                m.d.sync += drain_row.eq(drain_row + 1)
-                if P > 1 and self._variable_rows:
-                    m.d.sync += drain_base.eq(drain_base + P)
-                with m.If(drain_last()):
-                    m.d.sync += drain_issued.eq(1)
-        if P == 1:
-            m.d.comb += self.o.p.row.eq(out_row)
-        else:
-            m.d.comb += self.o.p.group.eq(out_row)
-        with m.Switch(out_bank):
-            for b in range(banks):
-                with m.Case(b):
-                    if P == 1:
-                        m.d.comb += self.o.p.acc.eq(acc_read[0][b].data)
-                    else:       # lanes past the last row hold nothing of this vector: 0
-                        for p in lanes:
-                            with m.If(out_live[p]):
-                                m.d.comb += self.o.p.acc[p].eq(acc_read[p][b].data)
-        with m.If(transfer & is_out_last()):
-            m.d.sync += draining.eq(0)
-
-        # One write port per lane and bank: a bank's last updates of a vector never meet its
-        # first drain write, and the two banks' roles never overlap.
-        for p in lanes:
-            for b in range(banks):
-                with m.If(update_valid[p] & (update_bank == b)):
-                    m.d.comb += [
-                        acc_write[p][b].addr.eq(update_row[p]),
-                        acc_write[p][b].data.eq(acc_read[p][b].data + update_term[p]),
-                        acc_write[p][b].en.eq(1),
-                    ]
-                with m.Else():
-                    m.d.comb += [acc_write[p][b].addr.eq(out_row), acc_write[p][b].data.eq(0),
-                                 acc_write[p][b].en.eq(transfer & (out_bank == b))]
-
-        add_cycle_counter(m, self.cycles, start=accept, stop=transfer & is_out_last())
+        self._add_update_pipeline(m, dp)
+        self._add_drain(m, dp)
+        self._add_accumulator_writes(m, dp)
+        add_cycle_counter(m, self.cycles, start=dp.accept,
+                          stop=dp.transfer & self._is_out_last(dp))
         return m
+
+    def _add_tables(self, m, dp):
+        """The column-extent ROM (each column's (start, end) in every lane's entry table) with
+        its read port, and one entry table per lane (a ROM, or loaded through ``load``)."""
+        P, lanes = self._lanes, range(self._lanes)
+        parts = [self._lane_part(p) for p in lanes]
+        pointer_shape = unsigned(bits_for(max(len(rows) for _, rows, _ in parts)))
+        column_layout = data.StructLayout({"start": pointer_shape, "end": pointer_shape})
+        entry_layout = self.entry_layout
+
+        if P == 1:
+            extent_layout = column_layout
+            extent_init = [{"start": int(self._col_ptr[j]), "end": int(self._col_ptr[j + 1])}
+                           for j in range(self._in_features)]
+        else:
+            extent_layout = data.ArrayLayout(column_layout, P)
+            extent_init = [[{"start": int(ptr[j]), "end": int(ptr[j + 1])} for ptr, _, _ in parts]
+                           for j in range(self._in_features)]
+        m.submodules.columns = columns = Memory(
+            shape=extent_layout, depth=self._in_features,
+            attrs=block_ram_attrs(extent_layout, self._in_features), init=extent_init)
+        dp.entry_addr, dp.entry_en, dp.entry_data = [], [], []
+        for p in lanes:
+            addr, en, read_data = add_table(
+                m, "entries" if P == 1 else f"entries{p}", entry_layout, self.entries_init(p),
+                load=self.load if self._loadable else None)
+            dp.entry_addr.append(addr)
+            dp.entry_en.append(en)
+            dp.entry_data.append(read_data)
+        column_read = columns.read_port()
+        dp.pointer_shape, dp.column_read = pointer_shape, column_read
+        dp.extents = [column_read.data] if P == 1 else [column_read.data[p] for p in lanes]
+
+    def _add_accumulators(self, m, dp):
+        """One accumulator bank per lane, or two with `overlap`: bank `walk_bank` takes the
+        updates of the vector being walked, bank `drain_bank` is read out (and cleared) by the
+        drain. dp.acc_write[p][b], dp.acc_read[p][b]: lane p, bank b; each read port is
+        transparent to its bank's write port, so back-to-back updates of one row are safe."""
+        lanes = range(self._lanes)
+        banks = 2 if self._overlap else 1
+        acc_write, acc_read = [[] for _ in lanes], [[] for _ in lanes]
+        for p in lanes:
+            for b in range(banks):
+                bank = Memory(shape=signed(self._acc_width), depth=self._groups, init=[],
+                              attrs=block_ram_attrs(signed(self._acc_width), self._groups))
+                name = f"accumulators{b}" if self._overlap else "accumulators"
+                m.submodules[name if self._lanes == 1 else f"{name}_lane{p}"] = bank
+                acc_write[p].append(bank.write_port())
+                acc_read[p].append(bank.read_port(transparent_for=(acc_write[p][-1],)))
+        dp.banks, dp.acc_write, dp.acc_read = banks, acc_write, acc_read
 
     def _per_lane(self, shape, name: str) -> list[Signal]:
         """One signal per lane, named `name` with one lane and ``<name>_lane<p>`` with P."""
@@ -405,18 +374,6 @@ class SparseMatmulEngine(wiring.Component):
                 tail = self._out_features - (self._groups - 1) * P    # live lanes, last group
                 dp.drain_live = [1 if p < tail else dp.drain_row != dp.last_row for p in lanes]
 
-    def _drain_last(self, dp):
-        """Whether the drain is issuing its last row (or group) of the vector."""
-        if self._lanes > 1 and self._variable_rows:
-            return dp.drain_base + self._lanes >= self.rows
-        return dp.drain_row == dp.last_row
-
-    def _is_out_last(self, dp):
-        """Whether ``o`` holds the vector's last result."""
-        if self._lanes > 1 and self._variable_rows:
-            return dp.out_last
-        return dp.out_row == dp.last_row
-
     def _add_event_intake(self, m, dp):
         """``i.ready``, and the fetch stage: an accepted event's column extent is read from the
         ROM while the walker still works on the previous column, and it moves into the walker
@@ -459,10 +416,8 @@ class SparseMatmulEngine(wiring.Component):
 
     def _add_walker(self, m, dp):
         """The walker: it takes a column's extent from the fetch stage and steps each lane's
-        pointer through its part of the column, one entry per lane and cycle (a lane done with
-        its part waits at its end). The end marker's turn in it starts the drain: by then every
-        entry of the vector has been issued (with two banks, the next vector is walked into the
-        other bank meanwhile)."""
+        pointer through its part of the column, one entry per lane and cycle. The end marker's
+        turn in it hands the vector's bank over to the drain."""
         P, lanes = self._lanes, range(self._lanes)
         walk_pointer, walk_stop, walk_bank = dp.walk_pointer, dp.walk_stop, dp.walk_bank
         with m.If(dp.walker_load):
@@ -491,55 +446,103 @@ class SparseMatmulEngine(wiring.Component):
             if self._overlap:
                 m.d.sync += walk_bank.eq(~walk_bank)
 
-    def _add_tables(self, m, dp):
-        """The column-extent ROM (each column's (start, end) in every lane's entry table) with
-        its read port, and one entry table per lane (a ROM, or loaded through ``load``)."""
-        P, lanes = self._lanes, range(self._lanes)
-        parts = [self._lane_part(p) for p in lanes]
-        pointer_shape = unsigned(bits_for(max(len(rows) for _, rows, _ in parts)))
-        column_layout = data.StructLayout({"start": pointer_shape, "end": pointer_shape})
-        entry_layout = self.entry_layout
-
-        if P == 1:
-            extent_layout = column_layout
-            extent_init = [{"start": int(self._col_ptr[j]), "end": int(self._col_ptr[j + 1])}
-                           for j in range(self._in_features)]
-        else:
-            extent_layout = data.ArrayLayout(column_layout, P)
-            extent_init = [[{"start": int(ptr[j]), "end": int(ptr[j + 1])} for ptr, _, _ in parts]
-                           for j in range(self._in_features)]
-        m.submodules.columns = columns = Memory(
-            shape=extent_layout, depth=self._in_features,
-            attrs=block_ram_attrs(extent_layout, self._in_features), init=extent_init)
-        dp.entry_addr, dp.entry_en, dp.entry_data = [], [], []
-        for p in lanes:
-            addr, en, read_data = add_table(
-                m, "entries" if P == 1 else f"entries{p}", entry_layout, self.entries_init(p),
-                load=self.load if self._loadable else None)
-            dp.entry_addr.append(addr)
-            dp.entry_en.append(en)
-            dp.entry_data.append(read_data)
-        column_read = columns.read_port()
-        dp.pointer_shape, dp.column_read = pointer_shape, column_read
-        dp.extents = [column_read.data] if P == 1 else [column_read.data[p] for p in lanes]
-
-    def _add_accumulators(self, m, dp):
-        """One accumulator bank per lane, or two with `overlap`: bank `walk_bank` takes the
-        updates of the vector being walked, bank `drain_bank` is read out (and cleared) by the
-        drain. dp.acc_write[p][b], dp.acc_read[p][b]: lane p, bank b; each read port is
-        transparent to its bank's write port, so back-to-back updates of one row are safe."""
+    def _add_update_pipeline(self, m, dp):
+        """The read-modify-write pipeline up to the add: each lane's entry table is read at its
+        walker pointer, then an issued entry's row and term (value * count) are registered while
+        that row's accumulator is read (`_add_drain` points the read port there), and
+        `_add_accumulator_writes` writes back the sum."""
         lanes = range(self._lanes)
-        banks = 2 if self._overlap else 1
-        acc_write, acc_read = [[] for _ in lanes], [[] for _ in lanes]
         for p in lanes:
+            m.d.comb += [dp.entry_addr[p].eq(dp.walk_pointer[p]), dp.entry_en[p].eq(1)]
+        m.d.sync += [dp.entry_valid[p].eq(dp.walk_issue[p]) for p in lanes]
+        m.d.sync += [dp.entry_count.eq(dp.walk_count), dp.entry_bank.eq(dp.walk_bank)]
+        for p in lanes:
+            m.d.sync += [
+                dp.update_valid[p].eq(dp.entry_valid[p]),
+                dp.update_row[p].eq(dp.entry_data[p].row),
+                dp.update_term[p].eq(dp.entry_data[p].value * dp.entry_count),
+            ]
+        m.d.sync += dp.update_bank.eq(dp.entry_bank)
+
+    def _drain_last(self, dp):
+        """Whether the drain is issuing its last row (or group) of the vector."""
+        if self._lanes > 1 and self._variable_rows:
+            return dp.drain_base + self._lanes >= self.rows
+        return dp.drain_row == dp.last_row
+
+    def _is_out_last(self, dp):
+        """Whether ``o`` holds the vector's last result."""
+        if self._lanes > 1 and self._variable_rows:
+            return dp.out_last
+        return dp.out_row == dp.last_row
+
+    def _add_drain(self, m, dp):
+        """The drain: the drain bank is read in row (group) order and each result goes out on
+        ``o``. The drain bank's read port doubles as the output register (it holds on a stall);
+        a bank not being drained has its read port on the update pipeline (the row of the entry
+        just read). Lanes past the last row send 0."""
+        P, lanes, banks = self._lanes, range(self._lanes), dp.banks
+        acc_read, draining, drain_row = dp.acc_read, dp.draining, dp.drain_row
+        advance = ~self.o.valid | self.o.ready
+        drain_issue = draining & ~dp.drain_issued
+        transfer = self.o.valid & self.o.ready
+        out_bank = Signal(range(banks))
+        dp.transfer, dp.out_bank = transfer, out_bank
+        for b in range(banks):
+            with m.If(draining & (dp.drain_bank == b)):
+                for p in lanes:
+                    m.d.comb += [acc_read[p][b].addr.eq(drain_row),
+                                 acc_read[p][b].en.eq(advance)]
+            with m.Else():
+                for p in lanes:
+                    m.d.comb += [acc_read[p][b].addr.eq(dp.entry_data[p].row),
+                                 acc_read[p][b].en.eq(1)]
+        with m.If(advance):
+            m.d.sync += [self.o.valid.eq(drain_issue), dp.out_row.eq(drain_row),
+                         out_bank.eq(dp.drain_bank)]
+            if P > 1:
+                m.d.sync += [dp.out_live[p].eq(dp.drain_live[p]) for p in lanes]
+                if self._variable_rows:
+                    m.d.sync += dp.out_last.eq(self._drain_last(dp))
+            with m.If(drain_issue):
+                m.d.sync += drain_row.eq(drain_row + 1)
+                if P > 1 and self._variable_rows:
+                    m.d.sync += dp.drain_base.eq(dp.drain_base + P)
+                with m.If(self._drain_last(dp)):
+                    m.d.sync += dp.drain_issued.eq(1)
+        if P == 1:
+            m.d.comb += self.o.p.row.eq(dp.out_row)
+        else:
+            m.d.comb += self.o.p.group.eq(dp.out_row)
+        with m.Switch(out_bank):
             for b in range(banks):
-                bank = Memory(shape=signed(self._acc_width), depth=self._groups, init=[],
-                              attrs=block_ram_attrs(signed(self._acc_width), self._groups))
-                name = f"accumulators{b}" if self._overlap else "accumulators"
-                m.submodules[name if self._lanes == 1 else f"{name}_lane{p}"] = bank
-                acc_write[p].append(bank.write_port())
-                acc_read[p].append(bank.read_port(transparent_for=(acc_write[p][-1],)))
-        dp.banks, dp.acc_write, dp.acc_read = banks, acc_write, acc_read
+                with m.Case(b):
+                    if P == 1:
+                        m.d.comb += self.o.p.acc.eq(acc_read[0][b].data)
+                    else:       # lanes past the last row hold nothing of this vector: 0
+                        for p in lanes:
+                            with m.If(dp.out_live[p]):
+                                m.d.comb += self.o.p.acc[p].eq(acc_read[p][b].data)
+        with m.If(transfer & self._is_out_last(dp)):
+            m.d.sync += draining.eq(0)
+
+    def _add_accumulator_writes(self, m, dp):
+        """One write port per lane and bank: it adds an update's term to the accumulator read
+        for it, or else writes 0 behind the drain as each result is transferred (no separate
+        clear pass). A bank's last updates of a vector never meet its first drain write, and
+        the two banks' roles never overlap."""
+        acc_write, acc_read = dp.acc_write, dp.acc_read
+        for p in range(self._lanes):
+            for b in range(dp.banks):
+                with m.If(dp.update_valid[p] & (dp.update_bank == b)):
+                    m.d.comb += [
+                        acc_write[p][b].addr.eq(dp.update_row[p]),
+                        acc_write[p][b].data.eq(acc_read[p][b].data + dp.update_term[p]),
+                        acc_write[p][b].en.eq(1),
+                    ]
+                with m.Else():
+                    m.d.comb += [acc_write[p][b].addr.eq(dp.out_row), acc_write[p][b].data.eq(0),
+                                 acc_write[p][b].en.eq(dp.transfer & (dp.out_bank == b))]
 
 
 def _all_lanes(conditions):
