@@ -150,16 +150,39 @@ class RankFactoredEngine(wiring.Component):
         return self._stage1.cycles_for(indices) + self._groups * self._rank + 3
 
     def elaborate(self, platform):
+        """Stage 1 (the internal SparseMatmulEngine) writing z, then stage 2 reading A and z
+        through the MAC pipeline; the statements reach the netlist in call order."""
         m = Module()
+        m.submodules.stage1 = self._stage1
+        a_read, z_read, z_write = self._add_memories(m)
+        projecting, accept, z_index = self._connect_stage1(m, z_write)
+        # Stage 2: issue (group, k) reads -> multiply -> accumulate; the whole pipe stalls on o.
+        advance = ~self.o.valid | self.o.ready
+        issue, row, k = self._add_issue(m, advance, projecting, z_index, a_read, z_read)
+        self._add_mac_pipeline(m, advance, issue, row, k, a_read, z_read)
+        out_index = self.o.p.row if self._lanes == 1 else self.o.p.group
+        last_transfer = self.o.valid & self.o.ready & (out_index == self._groups - 1)
+        with m.If(last_transfer):
+            m.d.sync += projecting.eq(0)
+
+        add_cycle_counter(m, self.cycles, start=accept, stop=last_transfer)
+        return m
+
+    def _a_bits(self) -> int:
+        """Signed width of A's entries (the A ROM's words and the multipliers' first operand)."""
+        return signed_bits(int(self._a.min()), int(self._a.max()))
+
+    def _add_memories(self, m):
+        """The A ROM and the z RAM; returns the ports (a_read, z_read, z_write).
+
+        A is stored row-major, one word per (group, k): A[g P + p, k] for the P lanes (0 past
+        the last row). A z RAM word holds one stage-1 result, P1 z values."""
         rank, P, groups = self._rank, self._lanes, self._groups
-        stage1 = self._stage1
-        P1 = stage1.lanes                       # z values per stage-1 result (and z RAM word)
-        a_bits = signed_bits(int(self._a.min()), int(self._a.max()))
-        m.submodules.stage1 = stage1
+        P1 = self._stage1.lanes                 # z values per stage-1 result (and z RAM word)
         if P == 1:
-            a_shape, a_init = signed(a_bits), [int(v) for v in self._a.ravel()]
-        else:   # one word per (group, k): A[g P + p, k] for the P lanes (0 past the last row)
-            a_shape = data.ArrayLayout(signed(a_bits), P)
+            a_shape, a_init = signed(self._a_bits()), [int(v) for v in self._a.ravel()]
+        else:
+            a_shape = data.ArrayLayout(signed(self._a_bits()), P)
             padded = np.zeros((groups * P, rank), dtype=np.int64)
             padded[:self._out_features] = self._a
             a_init = [[int(padded[g * P + p, k]) for p in range(P)]
@@ -172,11 +195,16 @@ class RankFactoredEngine(wiring.Component):
         a_read = factor_a.read_port()
         z_read = z_memory.read_port()
         z_write = z_memory.write_port()
+        return a_read, z_read, z_write
 
-        # Stage 1 runs only while no stage-2 work is pending, so z is never overwritten in use.
+    def _connect_stage1(self, m, z_write):
+        """Events into stage 1 and its results into the z RAM; returns (projecting, accept,
+        z_index). Stage 1 runs only while no stage-2 work is pending (`projecting`), so z is
+        never overwritten in use."""
+        stage1 = self._stage1
         projecting = Signal()       # from the last z write until the last result transfer
         accept = self.i.valid & self.i.ready
-        z_index = stage1.o.p.row if P1 == 1 else stage1.o.p.group
+        z_index = stage1.o.p.row if stage1.lanes == 1 else stage1.o.p.group
         m.d.comb += [
             stage1.i.p.eq(self.i.p),
             stage1.i.valid.eq(self.i.valid & ~projecting),
@@ -186,14 +214,18 @@ class RankFactoredEngine(wiring.Component):
             z_write.data.eq(stage1.o.p.acc),
             z_write.en.eq(stage1.o.valid),
         ]
+        return projecting, accept, z_index
 
-        # Stage 2: issue (group, k) reads -> multiply -> accumulate; the whole pipe stalls on o.
-        advance = ~self.o.valid | self.o.ready
+    def _add_issue(self, m, advance, projecting, z_index, a_read, z_read):
+        """Stage 2's issue counters: from the last z write, (row, k) steps through every group's
+        rank MACs, one per cycle unless ``o`` stalls, addressing A (`flat`) and z. Returns
+        (issue, row, k): `issue` holds in a cycle that issues the MAC (row, k)."""
+        rank, groups, P1 = self._rank, self._groups, self._stage1.lanes
         issuing = Signal()
         row = Signal(range(groups))
         k = Signal(range(rank))
         flat = Signal(range(groups * rank))
-        with m.If(stage1.o.valid & (z_index == -(-rank // P1) - 1)):
+        with m.If(self._stage1.o.valid & (z_index == -(-rank // P1) - 1)):
             m.d.sync += [projecting.eq(1), issuing.eq(1), row.eq(0), k.eq(0), flat.eq(0)]
         issue = issuing & advance
         m.d.comb += [
@@ -208,11 +240,18 @@ class RankFactoredEngine(wiring.Component):
                     m.d.sync += issuing.eq(0)
             with m.Else():
                 m.d.sync += k.eq(k + 1)
+        return issue, row, k
+
+    def _add_mac_pipeline(self, m, advance, issue, row, k, a_read, z_read):
+        """Stage 2's pipeline behind the issue: the A/z read, the product register (one
+        multiplier per lane) and the accumulate-and-output register, which puts a group's sum
+        on ``o`` with its last MAC. Tags (valid, first, last, row) travel with each MAC."""
+        rank, P, P1 = self._rank, self._lanes, self._stage1.lanes
 
         def tags(name):
             return {"valid": Signal(name=f"{name}_valid"), "first": Signal(name=f"{name}_first"),
                     "last": Signal(name=f"{name}_last"),
-                    "row": Signal(range(groups), name=f"{name}_row")}
+                    "row": Signal(range(self._groups), name=f"{name}_row")}
 
         read, multiply = tags("read"), tags("multiply")
         if P1 == 1:
@@ -226,7 +265,7 @@ class RankFactoredEngine(wiring.Component):
         def lanes(name, shape):
             return [Signal(shape, name=name if P == 1 else f"{name}{p}") for p in range(P)]
 
-        product = lanes("product", signed(a_bits + self._z_width))
+        product = lanes("product", signed(self._a_bits() + self._z_width))
         acc = lanes("acc", signed(self._acc_width))
         acc_next = lanes("acc_next", signed(self._acc_width))
         for p in range(P):
@@ -245,10 +284,3 @@ class RankFactoredEngine(wiring.Component):
                 (self.o.p.row if P == 1 else self.o.p.group).eq(multiply["row"]),
             ]
             m.d.sync += [lane_of(self.o.p.acc, p, P).eq(acc_next[p]) for p in range(P)]
-        out_index = self.o.p.row if P == 1 else self.o.p.group
-        last_transfer = self.o.valid & self.o.ready & (out_index == groups - 1)
-        with m.If(last_transfer):
-            m.d.sync += projecting.eq(0)
-
-        add_cycle_counter(m, self.cycles, start=accept, stop=last_transfer)
-        return m

@@ -13,6 +13,8 @@ transfer. That trades P times the accumulator and table ports for up to P times 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -242,16 +244,33 @@ class SparseMatmulEngine(wiring.Component):
         return [{"row": int(r), "value": int(v)} for r, v in zip(rows, values)]
 
     def elaborate(self, platform):
-        # Written for P lanes; with P = 1 every per-lane list has one element and the design is
-        # the original single-lane one, signal for signal (same names, same memories).
+        """The engine, built stage by stage in dataflow order.
+
+        Written for P lanes; with P = 1 every per-lane list has one element and the design is
+        the original single-lane one, signal for signal (same names, same memories). The stages
+        read one another's registers, so they share one namespace, `dp`, that each fills in.
+        Their statements reach the netlist in call order: reordering the calls (or statements
+        within one) changes the generated Verilog, even where the behaviour stays the same.
+        """
         m = Module()
-        P = self._lanes
-        lanes = range(P)
+        dp = SimpleNamespace()
+        self._add_tables(m, dp)
+        self._add_accumulators(m, dp)
+        self._declare_registers(m, dp)
+        self._add_event_intake(m, dp)
+        self._add_walker(m, dp)
+        self._add_update_pipeline(m, dp)
+        self._add_drain(m, dp)
+        self._add_accumulator_writes(m, dp)
+        add_cycle_counter(m, self.cycles, start=dp.accept,
+                          stop=dp.transfer & self._is_out_last(dp))
+        return m
+
+    def _add_tables(self, m, dp):
+        """The column-extent ROM (each column's (start, end) in every lane's entry table) with
+        its read port, and one entry table per lane (a ROM, or loaded through ``load``)."""
+        P, lanes = self._lanes, range(self._lanes)
         parts = [self._lane_part(p) for p in lanes]
-
-        def per_lane(shape, name):
-            return [Signal(shape, name=name if P == 1 else f"{name}_lane{p}") for p in lanes]
-
         pointer_shape = unsigned(bits_for(max(len(rows) for _, rows, _ in parts)))
         column_layout = data.StructLayout({"start": pointer_shape, "end": pointer_shape})
         entry_layout = self.entry_layout
@@ -267,17 +286,24 @@ class SparseMatmulEngine(wiring.Component):
         m.submodules.columns = columns = Memory(
             shape=extent_layout, depth=self._in_features,
             attrs=block_ram_attrs(extent_layout, self._in_features), init=extent_init)
-        entry_addr, entry_en, entry_data = [], [], []
+        dp.entry_addr, dp.entry_en, dp.entry_data = [], [], []
         for p in lanes:
             addr, en, read_data = add_table(
                 m, "entries" if P == 1 else f"entries{p}", entry_layout, self.entries_init(p),
                 load=self.load if self._loadable else None)
-            entry_addr.append(addr)
-            entry_en.append(en)
-            entry_data.append(read_data)
-        # One accumulator bank per lane, or two with `overlap`: bank `walk_bank` takes the
-        # updates of the vector being walked, bank `drain_bank` is read out (and cleared) by the
-        # drain. acc_write[p][b], acc_read[p][b]: lane p, bank b.
+            dp.entry_addr.append(addr)
+            dp.entry_en.append(en)
+            dp.entry_data.append(read_data)
+        column_read = columns.read_port()
+        dp.pointer_shape, dp.column_read = pointer_shape, column_read
+        dp.extents = [column_read.data] if P == 1 else [column_read.data[p] for p in lanes]
+
+    def _add_accumulators(self, m, dp):
+        """One accumulator bank per lane, or two with `overlap`: bank `walk_bank` takes the
+        updates of the vector being walked, bank `drain_bank` is read out (and cleared) by the
+        drain. dp.acc_write[p][b], dp.acc_read[p][b]: lane p, bank b; each read port is
+        transparent to its bank's write port, so back-to-back updates of one row are safe."""
+        lanes = range(self._lanes)
         banks = 2 if self._overlap else 1
         acc_write, acc_read = [[] for _ in lanes], [[] for _ in lanes]
         for p in lanes:
@@ -285,91 +311,123 @@ class SparseMatmulEngine(wiring.Component):
                 bank = Memory(shape=signed(self._acc_width), depth=self._groups, init=[],
                               attrs=block_ram_attrs(signed(self._acc_width), self._groups))
                 name = f"accumulators{b}" if self._overlap else "accumulators"
-                m.submodules[name if P == 1 else f"{name}_lane{p}"] = bank
+                m.submodules[name if self._lanes == 1 else f"{name}_lane{p}"] = bank
                 acc_write[p].append(bank.write_port())
                 acc_read[p].append(bank.read_port(transparent_for=(acc_write[p][-1],)))
-        column_read = columns.read_port()
-        extents = [column_read.data] if P == 1 else [column_read.data[p] for p in lanes]
+        dp.banks, dp.acc_write, dp.acc_read = banks, acc_write, acc_read
 
+    def _per_lane(self, shape, name: str) -> list[Signal]:
+        """One signal per lane, named `name` with one lane and ``<name>_lane<p>`` with P."""
+        P = self._lanes
+        return [Signal(shape, name=name if P == 1 else f"{name}_lane{p}") for p in range(P)]
+
+    def _declare_registers(self, m, dp):
+        """The registers of every stage, declared up front because the stages read one
+        another's: the fetch stage, the walker, the read-modify-write pipeline and the drain.
+        Also `last_row` (the drain's last row or group, a signal only with ``rows``)."""
+        P, lanes, banks = self._lanes, range(self._lanes), dp.banks
         count_shape = self._event_layout["count"].shape
         row_shape = unsigned(bits_for(self._groups - 1))   # a row (P = 1) or a group / local row
         if P == 1 and self._variable_rows:
-            last_row = Signal(row_shape)
-            m.d.comb += last_row.eq(self.rows - 1)
+            dp.last_row = Signal(row_shape)
+            m.d.comb += dp.last_row.eq(self.rows - 1)
         else:
-            last_row = self._groups - 1          # with P > 1 and `rows`, see drain_base
+            dp.last_row = self._groups - 1       # with P > 1 and `rows`, see drain_base
 
         # Fetch stage: one accepted event (or end marker) whose column extent the ROM is reading.
-        fetch_valid = Signal()
-        fetch_count = Signal(count_shape)
-        fetch_is_end = Signal()
+        dp.fetch_valid = Signal()
+        dp.fetch_count = Signal(count_shape)
+        dp.fetch_is_end = Signal()
         # Walker: the column being visited, one stored entry per lane and cycle.
-        walk_valid = Signal()
-        walk_is_end = Signal()
-        walk_pointer = per_lane(pointer_shape, "walk_pointer")
-        walk_stop = per_lane(pointer_shape, "walk_stop")
-        walk_count = Signal(count_shape)
-        walk_bank = Signal(range(banks))
+        dp.walk_valid = Signal()
+        dp.walk_is_end = Signal()
+        dp.walk_pointer = self._per_lane(dp.pointer_shape, "walk_pointer")
+        dp.walk_stop = self._per_lane(dp.pointer_shape, "walk_stop")
+        dp.walk_count = Signal(count_shape)
+        dp.walk_bank = Signal(range(banks))
         # Read-modify-write pipeline: entry read -> accumulator read -> add and write.
-        entry_valid = per_lane(1, "entry_valid")
-        entry_count = Signal(count_shape)
-        entry_bank = Signal(range(banks))
-        update_valid = per_lane(1, "update_valid")
-        update_row = per_lane(row_shape, "update_row")
-        update_term = per_lane(signed(entry_layout["value"].shape.width + count_shape.width + 1),
-                               "update_term")
-        update_bank = Signal(range(banks))
+        dp.entry_valid = self._per_lane(1, "entry_valid")
+        dp.entry_count = Signal(count_shape)
+        dp.entry_bank = Signal(range(banks))
+        dp.update_valid = self._per_lane(1, "update_valid")
+        dp.update_row = self._per_lane(row_shape, "update_row")
+        dp.update_term = self._per_lane(
+            signed(self.entry_layout["value"].shape.width + count_shape.width + 1), "update_term")
+        dp.update_bank = Signal(range(banks))
         # Drain.
-        draining = Signal()
-        drain_bank = Signal(range(banks))
-        end_seen = Signal()
-        drain_row = Signal(row_shape)
-        drain_issued = Signal()
-        out_row = Signal(row_shape)
+        dp.draining = Signal()
+        dp.drain_bank = Signal(range(banks))
+        dp.end_seen = Signal()
+        dp.drain_row = Signal(row_shape)
+        dp.drain_issued = Signal()
+        dp.out_row = Signal(row_shape)
+        # Drain bookkeeping with P > 1: which lanes of the group being issued hold rows to
+        # drain (`drain_live`), and whether it is the last group. With `rows`, drain_base
+        # (= drain_row * P) counts in rows, so no division by P is needed.
+        if P > 1:
+            dp.out_live = Signal(P)
+            if self._variable_rows:
+                dp.drain_base = Signal(range(self._groups * P + 1))
+                dp.drain_live = [dp.drain_base + p < self.rows for p in lanes]
+                dp.out_last = Signal()
+            else:
+                tail = self._out_features - (self._groups - 1) * P    # live lanes, last group
+                dp.drain_live = [1 if p < tail else dp.drain_row != dp.last_row for p in lanes]
 
-        def all_lanes(conditions):
-            result = conditions[0]
-            for condition in conditions[1:]:
-                result = result & condition
-            return result
-
-        walker_free = ~walk_valid | walk_is_end | all_lanes(
+    def _add_event_intake(self, m, dp):
+        """``i.ready``, and the fetch stage: an accepted event's column extent is read from the
+        ROM while the walker still works on the previous column, and it moves into the walker
+        (`walker_load`) as soon as that column's last entry is issued, so columns follow each
+        other without a bubble. Events wait while the end marker is in flight (`end_seen`) and,
+        with one bank, while the drain runs."""
+        lanes = range(self._lanes)
+        walk_valid, walk_pointer, walk_stop = dp.walk_valid, dp.walk_pointer, dp.walk_stop
+        fetch_valid, end_seen = dp.fetch_valid, dp.end_seen
+        walker_free = ~walk_valid | dp.walk_is_end | _all_lanes(
             [walk_pointer[p] + 1 >= walk_stop[p] for p in lanes])
         if self._overlap:
             # an end marker takes its walker turn only once the previous drain has finished
-            walker_load = walker_free & fetch_valid & ~(fetch_is_end & draining)
+            walker_load = walker_free & fetch_valid & ~(dp.fetch_is_end & dp.draining)
         else:
             walker_load = walker_free & fetch_valid
-        walk_issue = [walk_valid & ~walk_is_end & (walk_pointer[p] < walk_stop[p])
-                      for p in lanes]
+        dp.walker_free, dp.walker_load = walker_free, walker_load
+        dp.walk_issue = [walk_valid & ~dp.walk_is_end & (walk_pointer[p] < walk_stop[p])
+                         for p in lanes]
         accept = Signal()
-        idle_for_events = ~end_seen if self._overlap else ~draining & ~end_seen
+        dp.accept = accept
+        idle_for_events = ~end_seen if self._overlap else ~dp.draining & ~end_seen
         m.d.comb += [
             self.i.ready.eq(idle_for_events & (~fetch_valid | walker_load)),
             accept.eq(self.i.valid & self.i.ready),
-            column_read.addr.eq(self.i.p.index),
-            column_read.en.eq(accept),
+            dp.column_read.addr.eq(self.i.p.index),
+            dp.column_read.en.eq(accept),
         ]
 
         with m.If(accept):
             m.d.sync += [
                 fetch_valid.eq(1),
-                fetch_count.eq(self.i.p.count),
-                fetch_is_end.eq(self.i.p.end),
+                dp.fetch_count.eq(self.i.p.count),
+                dp.fetch_is_end.eq(self.i.p.end),
             ]
             with m.If(self.i.p.end):
                 m.d.sync += end_seen.eq(1)
         with m.Elif(walker_load):
             m.d.sync += fetch_valid.eq(0)
 
-        with m.If(walker_load):
-            m.d.sync += [walk_valid.eq(1), walk_is_end.eq(fetch_is_end)]
+    def _add_walker(self, m, dp):
+        """The walker: it takes a column's extent from the fetch stage and steps each lane's
+        pointer through its part of the column, one entry per lane and cycle. The end marker's
+        turn in it hands the vector's bank over to the drain."""
+        P, lanes = self._lanes, range(self._lanes)
+        walk_pointer, walk_stop, walk_bank = dp.walk_pointer, dp.walk_stop, dp.walk_bank
+        with m.If(dp.walker_load):
+            m.d.sync += [dp.walk_valid.eq(1), dp.walk_is_end.eq(dp.fetch_is_end)]
             for p in lanes:
-                m.d.sync += [walk_pointer[p].eq(extents[p].start),
-                             walk_stop[p].eq(extents[p].end)]
-            m.d.sync += walk_count.eq(fetch_count)
-        with m.Elif(walker_free):
-            m.d.sync += walk_valid.eq(0)
+                m.d.sync += [walk_pointer[p].eq(dp.extents[p].start),
+                             walk_stop[p].eq(dp.extents[p].end)]
+            m.d.sync += dp.walk_count.eq(dp.fetch_count)
+        with m.Elif(dp.walker_free):
+            m.d.sync += dp.walk_valid.eq(0)
         with m.Else():
             if P == 1:
                 m.d.sync += walk_pointer[0].eq(walk_pointer[0] + 1)
@@ -378,82 +436,84 @@ class SparseMatmulEngine(wiring.Component):
                     with m.If(walk_pointer[p] < walk_stop[p]):
                         m.d.sync += walk_pointer[p].eq(walk_pointer[p] + 1)
 
-        # Drain bookkeeping with P > 1: which lanes of the group being issued hold rows to
-        # drain (`drain_live`), and whether it is the last group. With `rows`, drain_base
-        # (= drain_row * P) counts in rows, so no division by P is needed.
-        if P > 1:
-            out_live = Signal(P)
-            if self._variable_rows:
-                drain_base = Signal(range(self._groups * P + 1))
-                drain_live = [drain_base + p < self.rows for p in lanes]
-                out_last = Signal()
-            else:
-                tail = self._out_features - (self._groups - 1) * P    # live lanes, last group
-                drain_live = [1 if p < tail else drain_row != last_row for p in lanes]
-
-        def drain_last():
-            if P > 1 and self._variable_rows:
-                return drain_base + P >= self.rows
-            return drain_row == last_row
-
-        def is_out_last():
-            if P > 1 and self._variable_rows:
-                return out_last
-            return out_row == last_row
-
         # The end marker's turn in the walker: every entry has been issued, so drain next (and,
         # with two banks, walk the next vector into the other one).
-        with m.If(walk_valid & walk_is_end):
-            m.d.sync += [draining.eq(1), end_seen.eq(0), drain_row.eq(0), drain_issued.eq(0),
-                         drain_bank.eq(walk_bank)]
+        with m.If(dp.walk_valid & dp.walk_is_end):
+            m.d.sync += [dp.draining.eq(1), dp.end_seen.eq(0), dp.drain_row.eq(0),
+                         dp.drain_issued.eq(0), dp.drain_bank.eq(walk_bank)]
             if P > 1 and self._variable_rows:
-                m.d.sync += drain_base.eq(0)
+                m.d.sync += dp.drain_base.eq(0)
             if self._overlap:
                 m.d.sync += walk_bank.eq(~walk_bank)
 
+    def _add_update_pipeline(self, m, dp):
+        """The read-modify-write pipeline up to the add: each lane's entry table is read at its
+        walker pointer, then an issued entry's row and term (value * count) are registered while
+        that row's accumulator is read (`_add_drain` points the read port there), and
+        `_add_accumulator_writes` writes back the sum."""
+        lanes = range(self._lanes)
         for p in lanes:
-            m.d.comb += [entry_addr[p].eq(walk_pointer[p]), entry_en[p].eq(1)]
-        m.d.sync += [entry_valid[p].eq(walk_issue[p]) for p in lanes]
-        m.d.sync += [entry_count.eq(walk_count), entry_bank.eq(walk_bank)]
+            m.d.comb += [dp.entry_addr[p].eq(dp.walk_pointer[p]), dp.entry_en[p].eq(1)]
+        m.d.sync += [dp.entry_valid[p].eq(dp.walk_issue[p]) for p in lanes]
+        m.d.sync += [dp.entry_count.eq(dp.walk_count), dp.entry_bank.eq(dp.walk_bank)]
         for p in lanes:
             m.d.sync += [
-                update_valid[p].eq(entry_valid[p]),
-                update_row[p].eq(entry_data[p].row),
-                update_term[p].eq(entry_data[p].value * entry_count),
+                dp.update_valid[p].eq(dp.entry_valid[p]),
+                dp.update_row[p].eq(dp.entry_data[p].row),
+                dp.update_term[p].eq(dp.entry_data[p].value * dp.entry_count),
             ]
-        m.d.sync += update_bank.eq(entry_bank)
+        m.d.sync += dp.update_bank.eq(dp.entry_bank)
 
-        # Drain: the drain bank's read port doubles as the output register (it holds on a stall).
+    def _drain_last(self, dp):
+        """Whether the drain is issuing its last row (or group) of the vector."""
+        if self._lanes > 1 and self._variable_rows:
+            return dp.drain_base + self._lanes >= self.rows
+        return dp.drain_row == dp.last_row
+
+    def _is_out_last(self, dp):
+        """Whether ``o`` holds the vector's last result."""
+        if self._lanes > 1 and self._variable_rows:
+            return dp.out_last
+        return dp.out_row == dp.last_row
+
+    def _add_drain(self, m, dp):
+        """The drain: the drain bank is read in row (group) order and each result goes out on
+        ``o``. The drain bank's read port doubles as the output register (it holds on a stall);
+        a bank not being drained has its read port on the update pipeline (the row of the entry
+        just read). Lanes past the last row send 0."""
+        P, lanes, banks = self._lanes, range(self._lanes), dp.banks
+        acc_read, draining, drain_row = dp.acc_read, dp.draining, dp.drain_row
         advance = ~self.o.valid | self.o.ready
-        drain_issue = draining & ~drain_issued
+        drain_issue = draining & ~dp.drain_issued
         transfer = self.o.valid & self.o.ready
         out_bank = Signal(range(banks))
+        dp.transfer, dp.out_bank = transfer, out_bank
         for b in range(banks):
-            with m.If(draining & (drain_bank == b)):
+            with m.If(draining & (dp.drain_bank == b)):
                 for p in lanes:
                     m.d.comb += [acc_read[p][b].addr.eq(drain_row),
                                  acc_read[p][b].en.eq(advance)]
             with m.Else():
                 for p in lanes:
-                    m.d.comb += [acc_read[p][b].addr.eq(entry_data[p].row),
+                    m.d.comb += [acc_read[p][b].addr.eq(dp.entry_data[p].row),
                                  acc_read[p][b].en.eq(1)]
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(drain_issue), out_row.eq(drain_row),
-                         out_bank.eq(drain_bank)]
+            m.d.sync += [self.o.valid.eq(drain_issue), dp.out_row.eq(drain_row),
+                         out_bank.eq(dp.drain_bank)]
             if P > 1:
-                m.d.sync += [out_live[p].eq(drain_live[p]) for p in lanes]
+                m.d.sync += [dp.out_live[p].eq(dp.drain_live[p]) for p in lanes]
                 if self._variable_rows:
-                    m.d.sync += out_last.eq(drain_last())
+                    m.d.sync += dp.out_last.eq(self._drain_last(dp))
             with m.If(drain_issue):
                 m.d.sync += drain_row.eq(drain_row + 1)
                 if P > 1 and self._variable_rows:
-                    m.d.sync += drain_base.eq(drain_base + P)
-                with m.If(drain_last()):
-                    m.d.sync += drain_issued.eq(1)
+                    m.d.sync += dp.drain_base.eq(dp.drain_base + P)
+                with m.If(self._drain_last(dp)):
+                    m.d.sync += dp.drain_issued.eq(1)
         if P == 1:
-            m.d.comb += self.o.p.row.eq(out_row)
+            m.d.comb += self.o.p.row.eq(dp.out_row)
         else:
-            m.d.comb += self.o.p.group.eq(out_row)
+            m.d.comb += self.o.p.group.eq(dp.out_row)
         with m.Switch(out_bank):
             for b in range(banks):
                 with m.Case(b):
@@ -461,27 +521,36 @@ class SparseMatmulEngine(wiring.Component):
                         m.d.comb += self.o.p.acc.eq(acc_read[0][b].data)
                     else:       # lanes past the last row hold nothing of this vector: 0
                         for p in lanes:
-                            with m.If(out_live[p]):
+                            with m.If(dp.out_live[p]):
                                 m.d.comb += self.o.p.acc[p].eq(acc_read[p][b].data)
-        with m.If(transfer & is_out_last()):
+        with m.If(transfer & self._is_out_last(dp)):
             m.d.sync += draining.eq(0)
 
-        # One write port per lane and bank: a bank's last updates of a vector never meet its
-        # first drain write, and the two banks' roles never overlap.
-        for p in lanes:
-            for b in range(banks):
-                with m.If(update_valid[p] & (update_bank == b)):
+    def _add_accumulator_writes(self, m, dp):
+        """One write port per lane and bank: it adds an update's term to the accumulator read
+        for it, or else writes 0 behind the drain as each result is transferred (no separate
+        clear pass). A bank's last updates of a vector never meet its first drain write, and
+        the two banks' roles never overlap."""
+        acc_write, acc_read = dp.acc_write, dp.acc_read
+        for p in range(self._lanes):
+            for b in range(dp.banks):
+                with m.If(dp.update_valid[p] & (dp.update_bank == b)):
                     m.d.comb += [
-                        acc_write[p][b].addr.eq(update_row[p]),
-                        acc_write[p][b].data.eq(acc_read[p][b].data + update_term[p]),
+                        acc_write[p][b].addr.eq(dp.update_row[p]),
+                        acc_write[p][b].data.eq(acc_read[p][b].data + dp.update_term[p]),
                         acc_write[p][b].en.eq(1),
                     ]
                 with m.Else():
-                    m.d.comb += [acc_write[p][b].addr.eq(out_row), acc_write[p][b].data.eq(0),
-                                 acc_write[p][b].en.eq(transfer & (out_bank == b))]
+                    m.d.comb += [acc_write[p][b].addr.eq(dp.out_row), acc_write[p][b].data.eq(0),
+                                 acc_write[p][b].en.eq(dp.transfer & (dp.out_bank == b))]
 
-        add_cycle_counter(m, self.cycles, start=accept, stop=transfer & is_out_last())
-        return m
+
+def _all_lanes(conditions):
+    """The AND of every lane's condition, as a chain (one lane: its condition itself)."""
+    result = conditions[0]
+    for condition in conditions[1:]:
+        result = result & condition
+    return result
 
 
 def add_cycle_counter(m: Module, cycles: Signal, *, start, stop) -> None:
