@@ -11,6 +11,8 @@ channel per cycle, or with P lanes a group of P channels: phase 2 dominates the 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -148,7 +150,28 @@ class SpikingAttention(wiring.Component):
                 + self._tokens * self._dim // self._lanes + 3)
 
     def elaborate(self, platform):
+        """The datapath of the class docstring, part by part: the memories, phase 1's V-row
+        walker and its counter updates, phase 2's (token, channel) order, read stage and count
+        output, and the memory ports the two phases share."""
         m = Module()
+        memories = self._add_memories(m)
+        projecting = Signal()       # phase 2, until the last count has been transferred
+        received = Signal(range(self._tokens + 1))
+        walker = self._phase_1_walker(m, memories, projecting, received)
+        update = self._phase_1_update(m, walker)
+        # phase 2 stalls as a whole on o
+        advance = ~self.o.valid | self.o.ready
+        order = self._phase_2_order(m, advance, projecting, received, walker.token_done)
+        read = self._phase_2_read(m, advance, order)
+        last_transfer = self._phase_2_output(m, advance, projecting, memories, read)
+        self._shared_ports(m, advance, projecting, memories, walker, update, order, read)
+        add_cycle_counter(m, self.cycles, start=walker.accept, stop=last_transfer)
+        return m
+
+    def _add_memories(self, m) -> SimpleNamespace:
+        """The counter RAM (one word per channel, or group of P channels: d counters per
+        channel) and the Q rows' RAM (one row per token), and their ports. The counters' read
+        port is transparent to their write, for back-to-back read-modify-writes of one word."""
         N, dim, d, P = self._tokens, self._dim, self.head_dim, self._lanes
         groups = dim // P                   # counter words, and transfers per token
         counters_layout = data.ArrayLayout(unsigned(self._kv_width), d)
@@ -162,16 +185,22 @@ class SpikingAttention(wiring.Component):
         counters_read = counters.read_port(transparent_for=(counters_write,))
         q_write = q_rows.write_port()
         q_read = q_rows.read_port()
+        return SimpleNamespace(counters_read=counters_read, counters_write=counters_write,
+                               q_read=q_read, q_write=q_write)
 
-        def index_signal(name):
-            """A channel (one lane) or group (P lanes) index, named as before with one lane."""
-            return Signal(range(groups), name=f"{name}_channel" if P == 1 else f"{name}_group")
+    def _index_signal(self, name):
+        """A channel (one lane) or group (P lanes) index, named as before with one lane."""
+        return Signal(range(self._dim // self._lanes),
+                      name=f"{name}_channel" if self._lanes == 1 else f"{name}_group")
 
-        projecting = Signal()       # phase 2, until the last count has been transferred
-        received = Signal(range(N + 1))
-
-        # ---- phase 1: the token's V row is walked bit by bit, lowest active channel first.
-        # With P lanes, channel c is lane c % P (one-hot in `channel_lane`) of word c // P.
+    def _phase_1_walker(self, m, memories, projecting, received) -> SimpleNamespace:
+        """Phase 1's input: accept a token's rows while phase 2 is idle and the previous
+        token's walk ends (storing its Q row), then walk its V row bit by bit, lowest active
+        channel first, selecting each channel's counter word and its head's K bits. With P
+        lanes, channel c is lane c % P (one-hot in `channel_lane`) of word c // P."""
+        N, dim, d, P = self._tokens, self._dim, self.head_dim, self._lanes
+        groups = dim // P
+        q_write = memories.q_write
         token_valid = Signal()
         v_remaining = Signal(dim)
         k_row = Signal(dim)
@@ -205,21 +234,36 @@ class SpikingAttention(wiring.Component):
             m.d.sync += token_valid.eq(0)
         with m.Else():
             m.d.sync += v_remaining.eq(v_remaining & (v_remaining - 1))
+        return SimpleNamespace(accept=accept, issue=issue, token_done=token_done,
+                               channel=channel, channel_lane=channel_lane,
+                               k_head_bits=k_head_bits)
 
+    def _phase_1_update(self, m, walker) -> SimpleNamespace:
+        """Registers the walker's channel for the read-modify-write of the next cycle, when
+        the counter RAM has read its word: the word, the K bits to add, and (P lanes) the
+        one-hot lane they go to."""
         update_valid = Signal()
-        update_row = Signal(range(groups))      # the counter word (P lanes: the group)
-        update_bits = Signal(d)
-        m.d.sync += [update_valid.eq(issue), update_row.eq(channel), update_bits.eq(k_head_bits)]
-        if P > 1:
-            update_lane = Signal(P)
-            m.d.sync += update_lane.eq(channel_lane)
+        # the counter word (P lanes: the group)
+        update_row = Signal(range(self._dim // self._lanes))
+        update_bits = Signal(self.head_dim)
+        m.d.sync += [update_valid.eq(walker.issue), update_row.eq(walker.channel),
+                     update_bits.eq(walker.k_head_bits)]
+        update_lane = None
+        if self._lanes > 1:
+            update_lane = Signal(self._lanes)
+            m.d.sync += update_lane.eq(walker.channel_lane)
+        return SimpleNamespace(valid=update_valid, row=update_row, bits=update_bits,
+                               lane=update_lane)
 
-        # ---- phase 2: (token, channel or group) in order, one transfer per cycle; stalls as a
-        # whole on o.
-        advance = ~self.o.valid | self.o.ready
+    def _phase_2_order(self, m, advance, projecting, received, token_done) -> SimpleNamespace:
+        """Phase 2's order: once all N rows are in and the last walk has ended, (token,
+        channel or group) in order, one per cycle while ``o`` advances, with the channel's head
+        counted alongside (no divider)."""
+        N, d, P = self._tokens, self.head_dim, self._lanes
+        groups = self._dim // P
         issuing = Signal()
         token = Signal(range(N))
-        out_channel = index_signal("out")
+        out_channel = self._index_signal("out")
         head = Signal(range(self._heads))
         within_head = Signal(range(d // P))
         with m.If(~projecting & (received == N) & token_done):
@@ -237,55 +281,69 @@ class SpikingAttention(wiring.Component):
                     m.d.sync += [within_head.eq(0), head.eq(head + 1)]
                 with m.Else():
                     m.d.sync += within_head.eq(within_head + 1)
+        return SimpleNamespace(issuing=issuing, token=token, channel=out_channel, head=head)
 
+    def _phase_2_read(self, m, advance, order) -> SimpleNamespace:
+        """Phase 2's read stage: the transfer whose counter word and Q row are being read."""
         read_valid = Signal()
-        read_token = Signal(range(N))
-        read_channel = index_signal("read")
+        read_token = Signal(range(self._tokens))
+        read_channel = self._index_signal("read")
         read_head = Signal(range(self._heads))
         with m.If(advance):
-            m.d.sync += [read_valid.eq(issuing), read_token.eq(token),
-                         read_channel.eq(out_channel), read_head.eq(head)]
+            m.d.sync += [read_valid.eq(order.issuing), read_token.eq(order.token),
+                         read_channel.eq(order.channel), read_head.eq(order.head)]
+        return SimpleNamespace(valid=read_valid, token=read_token, channel=read_channel,
+                               head=read_head)
+
+    def _phase_2_output(self, m, advance, projecting, memories, read):
+        """Phase 2's output: per lane, AND the read counters with the head's d Q bits and sum
+        them in an adder tree, into the output register; the last transfer ends phase 2.
+        Returns that last transfer."""
+        N, d, P = self._tokens, self.head_dim, self._lanes
         q_head_bits = Signal(d)
-        with m.Switch(read_head):
+        with m.Switch(read.head):
             for h in range(self._heads):
                 with m.Case(h):
-                    m.d.comb += q_head_bits.eq(q_read.data[h * d:(h + 1) * d])
-        counts = [tree_sum(Mux(q_head_bits[i], lane_of(counters_read.data, p, P)[i], 0)
+                    m.d.comb += q_head_bits.eq(memories.q_read.data[h * d:(h + 1) * d])
+        counters = memories.counters_read.data
+        counts = [tree_sum(Mux(q_head_bits[i], lane_of(counters, p, P)[i], 0)
                             for i in range(d)) for p in range(P)]
         out_index = self.o.p.channel if P == 1 else self.o.p.group
         with m.If(advance):
             m.d.sync += [
-                self.o.valid.eq(read_valid),
-                self.o.p.token.eq(read_token),
-                out_index.eq(read_channel),
+                self.o.valid.eq(read.valid),
+                self.o.p.token.eq(read.token),
+                out_index.eq(read.channel),
             ]
             m.d.sync += [lane_of(self.o.p.acc, p, P).eq(counts[p]) for p in range(P)]
         transfer = self.o.valid & self.o.ready
-        last_transfer = transfer & (self.o.p.token == N - 1) & (out_index == groups - 1)
+        last_transfer = transfer & (self.o.p.token == N - 1) & (out_index == self._dim // P - 1)
         with m.If(last_transfer):
             m.d.sync += projecting.eq(0)
+        return last_transfer
 
-        # ---- shared ports. Phase 1's last update may still be writing in phase 2's first cycle
-        # (the transparent read sees it); the clearing writes start a cycle later. With P lanes
-        # an update rewrites its whole word, only its own lane incremented: the transparent read
-        # has already seen the previous update, even one to the same word a cycle before.
-        m.d.comb += [q_read.addr.eq(token), q_read.en.eq(advance)]
+    def _shared_ports(self, m, advance, projecting, memories, walker, update, order, read):
+        """The memory ports both phases use. Phase 1's last update may still be writing in
+        phase 2's first cycle (the transparent read sees it); the clearing writes of the last
+        token's pass start a cycle later. With P lanes an update rewrites its whole word, only
+        its own lane incremented: the transparent read has already seen the previous update,
+        even one to the same word a cycle before."""
+        d, P = self.head_dim, self._lanes
+        counters_read, counters_write = memories.counters_read, memories.counters_write
+        m.d.comb += [memories.q_read.addr.eq(order.token), memories.q_read.en.eq(advance)]
         with m.If(projecting):
-            m.d.comb += [counters_read.addr.eq(out_channel), counters_read.en.eq(advance)]
+            m.d.comb += [counters_read.addr.eq(order.channel), counters_read.en.eq(advance)]
         with m.Else():
-            m.d.comb += [counters_read.addr.eq(channel), counters_read.en.eq(1)]
-        with m.If(update_valid):
-            m.d.comb += [counters_write.addr.eq(update_row), counters_write.en.eq(1)]
+            m.d.comb += [counters_read.addr.eq(walker.channel), counters_read.en.eq(1)]
+        with m.If(update.valid):
+            m.d.comb += [counters_write.addr.eq(update.row), counters_write.en.eq(1)]
             for p in range(P):
-                bits = update_bits if P == 1 else update_bits & update_lane[p].replicate(d)
+                bits = update.bits if P == 1 else update.bits & update.lane[p].replicate(d)
                 old, new = lane_of(counters_read.data, p, P), lane_of(counters_write.data, p, P)
                 m.d.comb += [new[i].eq(old[i] + bits[i]) for i in range(d)]
         with m.Else():
             m.d.comb += [
-                counters_write.addr.eq(read_channel),
+                counters_write.addr.eq(read.channel),
                 counters_write.data.eq(0),
-                counters_write.en.eq(advance & read_valid & (read_token == N - 1)),
+                counters_write.en.eq(advance & read.valid & (read.token == self._tokens - 1)),
             ]
-
-        add_cycle_counter(m, self.cycles, start=accept, stop=last_transfer)
-        return m

@@ -12,6 +12,8 @@ channels per cycle); its state lives in RAM and its per-channel constants in ROM
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Cat, MemoryData, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -210,35 +212,77 @@ class SlifNeuronArray(wiring.Component):
         return self._by_group(channels, {"bias": 0, "threshold": 1})
 
     def elaborate(self, platform):
+        """The pipeline of the class docstring, part by part: the memories, the registers
+        between the stages, stage 1's acceptance and reads, the arithmetic around the
+        registers, and the register transfers (all stages hold while ``o`` waits)."""
         m = Module()
-        F, K, P = self._frac_bits, self._leak_bits, self._lanes
-        parameter_layout = self.parameter_layout
+        tables = self._add_constant_tables(m)
+        membrane_read, membrane_write = self._add_membrane_ram(m)
+        pipe = self._pipeline_registers(tables)
+        advance, address, accept = self._accept_and_read(m, pipe, tables, membrane_read)
+        x, membrane = self._stage_1_arithmetic(m, pipe, tables, membrane_read)
+        spike = self._spike_and_write_back(m, pipe, membrane_write, advance)
+        with m.If(advance):
+            self._register_stage_1(m, pipe, accept, address)
+            self._register_stages_2_and_3(m, pipe, tables, x, membrane)
+            self._register_output(m, pipe, spike)
+        return m
+
+    def _add_constant_tables(self, m) -> SimpleNamespace:
+        """The per-channel constants, read in stage 1 at the update's channel (or group): the
+        bias/threshold table (a ROM, or written through ``load``) and the leak ROM. Returns
+        their read ports (``parameter_addr``, ``_en``, ``_data``; ``leak_...``) and the leak
+        shape. With P lanes a missing channel of the last group gets leak 0, which keeps its V
+        at 0 from ``first`` on."""
+        P = self._lanes
         parameter_addr, parameter_en, parameter_data = add_table(
-            m, "parameters", parameter_layout, self.parameters_init(),
+            m, "parameters", self.parameter_layout, self.parameters_init(),
             load=self.load if self._loadable else None)
         leak_shape = unsigned(bits_for(int(self._leak.max())))      # always a ROM
         leaks = [int(k) for k in self._leak]
         if P == 1:
             leak_addr, leak_en, leak_data = add_table(m, "leaks", leak_shape, leaks)
-        else:       # a missing channel of the last group: leak 0 keeps its V at 0 from `first`
+        else:
             leak_addr, leak_en, leak_data = add_table(
                 m, "leaks", data.ArrayLayout(leak_shape, P), self._by_group(leaks, 0))
+        return SimpleNamespace(parameter_addr=parameter_addr, parameter_en=parameter_en,
+                               parameter_data=parameter_data, leak_addr=leak_addr,
+                               leak_en=leak_en, leak_data=leak_data, leak_shape=leak_shape)
+
+    def _add_membrane_ram(self, m):
+        """The membrane RAM's (read, write) ports: stage 4 writes V_next back, and stage 1 reads
+        through a port transparent to that write, so it sees a write of the same cycle."""
         m.submodules.membranes = membranes = Memory(
             data=self.membrane_data,
             attrs=block_ram_attrs(self.membrane_data.shape, self.membrane_data.depth))
         membrane_write = membranes.write_port()
         membrane_read = membranes.read_port(transparent_for=(membrane_write,))
+        return membrane_read, membrane_write
 
-        # Exact widths of the intermediates: nothing below can overflow except by the caller's
-        # membrane and product widths, which the artifact derives from the worst case.
-        bias_width = (parameter_layout if P == 1 else parameter_layout.elem_shape)["bias"].shape.width
-        x_width = max(self._acc_width + F, bias_width) + 1
+    def _intermediate_widths(self):
+        """Exact signed widths of x, x - V and H: nothing can overflow except by the caller's
+        membrane and product widths, which the artifact derives from the worst case."""
+        P, parameter_layout = self._lanes, self.parameter_layout
+        channel_layout = parameter_layout if P == 1 else parameter_layout.elem_shape
+        bias_width = channel_layout["bias"].shape.width
+        x_width = max(self._acc_width + self._frac_bits, bias_width) + 1
         diff_width = max(x_width, self._membrane_width) + 1
-        h_width = max(self._membrane_width, self._product_width - K, 1) + 1
-        address_shape = unsigned(bits_for(self.membrane_data.depth - 1))
+        h_width = max(self._membrane_width, self._product_width - self._leak_bits, 1) + 1
+        return x_width, diff_width, h_width
+
+    def _lane_signals(self, name, shape) -> list:
+        """One signal per lane (named as before with one lane)."""
+        P = self._lanes
+        return [Signal(shape, name=name if P == 1 else f"{name}{p}") for p in range(P)]
+
+    def _pipeline_registers(self, tables) -> SimpleNamespace:
+        """The registers between the stages, with the update's index, membrane word and pair:
+        ``s1``, ``s2``, ``s3`` hold what travels with an update (valid, token, channel,
+        membrane address, pair), the ``s<n>_...`` lists each lane's operands of that stage."""
+        P = self._lanes
         index = self.i.p.channel if P == 1 else self.i.p.group
         word = self.i.p.slot if self._slots else index
-
+        address_shape = unsigned(bits_for(self.membrane_data.depth - 1))
         # An update's (token, slot or channel) pair names its membrane as well as its address
         # (callers never send two pairs with one address), without the address's adder: the
         # hazard check compares pairs, so `i.ready` does not wait for token * stride + slot.
@@ -254,88 +298,121 @@ class SlifNeuronArray(wiring.Component):
                 "pair": Signal(len(pair), name=f"{name}_pair"),
             }
 
-        def lanes(name, shape):
-            """One signal per lane (named as before with one lane)."""
-            return [Signal(shape, name=name if P == 1 else f"{name}{p}") for p in range(P)]
-
+        lanes, (_, diff_width, _) = self._lane_signals, self._intermediate_widths()
+        membrane_shape = signed(self._membrane_width)
         s1, s2, s3 = stage("read"), stage("diff"), stage("product")
         s1_acc = lanes("s1_acc", signed(self._acc_width))
         s1_first = Signal()
-        threshold_shape = Signal.like(lane_of(parameter_data, 0, P).threshold).shape()
-        s2_membrane = lanes("s2_membrane", signed(self._membrane_width))
-        s2_diff = lanes("s2_diff", signed(diff_width))
-        s2_leak = lanes("s2_leak", leak_shape)
-        s2_threshold = lanes("s2_threshold", threshold_shape)
-        s3_membrane = lanes("s3_membrane", signed(self._membrane_width))
-        s3_product = lanes("s3_product", signed(self._product_width))
-        s3_threshold = lanes("s3_threshold", threshold_shape)
+        threshold_shape = Signal.like(lane_of(tables.parameter_data, 0, P).threshold).shape()
+        return SimpleNamespace(
+            index=index, word=word, address_shape=address_shape, pair=pair,
+            s1=s1, s2=s2, s3=s3, s1_acc=s1_acc, s1_first=s1_first,
+            s2_membrane=lanes("s2_membrane", membrane_shape),
+            s2_diff=lanes("s2_diff", signed(diff_width)),
+            s2_leak=lanes("s2_leak", tables.leak_shape),
+            s2_threshold=lanes("s2_threshold", threshold_shape),
+            s3_membrane=lanes("s3_membrane", membrane_shape),
+            s3_product=lanes("s3_product", signed(self._product_width)),
+            s3_threshold=lanes("s3_threshold", threshold_shape))
 
+    def _accept_and_read(self, m, pipe, tables, membrane_read):
+        """Stage 1: accept an update while the pipeline advances and its neuron has left
+        stages 2 and 3 (the hazard check), and read its membrane and constants in the same
+        cycle. Returns ``(advance, address, accept)``."""
         advance = ~self.o.valid | self.o.ready
-        address = Signal(address_shape)
+        address = Signal(pipe.address_shape)
+        s1, s2, pair = pipe.s1, pipe.s2, pipe.pair
         hazard = ((s1["valid"] & (s1["pair"] == pair)) |
                   (s2["valid"] & (s2["pair"] == pair))) if self._hazard_check else 0
         accept = Signal()
         m.d.comb += [
-            address.eq(self.i.p.token * (self._stride // P) + word),
-            pair.eq(Cat(word, self.i.p.token)),
+            address.eq(self.i.p.token * (self._stride // self._lanes) + pipe.word),
+            pair.eq(Cat(pipe.word, self.i.p.token)),
             self.i.ready.eq(advance & ~hazard),
             accept.eq(self.i.valid & self.i.ready),
             membrane_read.addr.eq(address),
             membrane_read.en.eq(advance),
-            parameter_addr.eq(index),
-            parameter_en.eq(advance),
-            leak_addr.eq(index),
-            leak_en.eq(advance),
+            tables.parameter_addr.eq(pipe.index),
+            tables.parameter_en.eq(advance),
+            tables.leak_addr.eq(pipe.index),
+            tables.leak_en.eq(advance),
         ]
+        return advance, address, accept
 
+    def _stage_1_arithmetic(self, m, pipe, tables, membrane_read):
+        """Stage 1's arithmetic on its reads, per lane: x = (I << F) + bias, and V (0 on
+        ``first``: the RAM needs no clearing between inferences). Returns the lanes'
+        ``(x, membrane)``, registered by stage 2."""
+        F, P = self._frac_bits, self._lanes
+        x_width, _, _ = self._intermediate_widths()
+        lanes = self._lane_signals
         x = lanes("x", signed(x_width))
         membrane = lanes("membrane", signed(self._membrane_width))
-        h = lanes("h", signed(h_width))
-        spike = lanes("spike", 1)
         for p in range(P):
             m.d.comb += [
-                x[p].eq(s1_acc[p].shift_left(F) + lane_of(parameter_data, p, P).bias),
-                membrane[p].eq(Mux(s1_first, 0, lane_of(membrane_read.data, p, P))),
+                x[p].eq(pipe.s1_acc[p].shift_left(F) + lane_of(tables.parameter_data, p, P).bias),
+                membrane[p].eq(Mux(pipe.s1_first, 0, lane_of(membrane_read.data, p, P))),
             ]
+        return x, membrane
+
+    def _spike_and_write_back(self, m, pipe, membrane_write, advance):
+        """Stage 4 per lane: H = V + (product >>> K), spike = H >= threshold, and V_next (0
+        after a spike, else H) written back as the pipeline advances. Returns the spikes."""
+        K, P = self._leak_bits, self._lanes
+        _, _, h_width = self._intermediate_widths()
+        h = self._lane_signals("h", signed(h_width))
+        spike = self._lane_signals("spike", 1)
         for p in range(P):
             m.d.comb += [
-                h[p].eq(s3_membrane[p] + s3_product[p].shift_right(K)),
-                spike[p].eq(h[p] >= s3_threshold[p]),
+                h[p].eq(pipe.s3_membrane[p] + pipe.s3_product[p].shift_right(K)),
+                spike[p].eq(h[p] >= pipe.s3_threshold[p]),
             ]
-        m.d.comb += membrane_write.addr.eq(s3["address"])
+        m.d.comb += membrane_write.addr.eq(pipe.s3["address"])
         m.d.comb += [lane_of(membrane_write.data, p, P).eq(Mux(spike[p], 0, h[p]))
                      for p in range(P)]
-        m.d.comb += membrane_write.en.eq(s3["valid"] & advance)
+        m.d.comb += membrane_write.en.eq(pipe.s3["valid"] & advance)
+        return spike
 
-        with m.If(advance):
+    def _register_stage_1(self, m, pipe, accept, address):
+        """Stage 1's registers take the accepted update (valid only if one was accepted)."""
+        P, s1 = self._lanes, pipe.s1
+        m.d.sync += [
+            s1["valid"].eq(accept),
+            s1["token"].eq(self.i.p.token),
+            s1["channel"].eq(pipe.index),
+            s1["address"].eq(address),
+            s1["pair"].eq(pipe.pair),
+        ]
+        m.d.sync += [pipe.s1_acc[p].eq(lane_of(self.i.p.acc, p, P)) for p in range(P)]
+        m.d.sync += pipe.s1_first.eq(self.i.p.first)
+
+    def _register_stages_2_and_3(self, m, pipe, tables, x, membrane):
+        """Stage 2 registers V, x - V and the constants; stage 3 the product leak * (x - V),
+        registered on both sides of the multiplier so that it maps to a DSP."""
+        P = self._lanes
+        m.d.sync += [pipe.s2[key].eq(pipe.s1[key]) for key in pipe.s1]
+        for p in range(P):
             m.d.sync += [
-                s1["valid"].eq(accept),
-                s1["token"].eq(self.i.p.token),
-                s1["channel"].eq(index),
-                s1["address"].eq(address),
-                s1["pair"].eq(pair),
+                pipe.s2_membrane[p].eq(membrane[p]),
+                pipe.s2_diff[p].eq(x[p] - membrane[p]),
+                pipe.s2_leak[p].eq(lane_of(tables.leak_data, p, P)),
+                pipe.s2_threshold[p].eq(lane_of(tables.parameter_data, p, P).threshold),
             ]
-            m.d.sync += [s1_acc[p].eq(lane_of(self.i.p.acc, p, P)) for p in range(P)]
-            m.d.sync += s1_first.eq(self.i.p.first)
-            m.d.sync += [s2[key].eq(s1[key]) for key in s1]
-            for p in range(P):
-                m.d.sync += [
-                    s2_membrane[p].eq(membrane[p]),
-                    s2_diff[p].eq(x[p] - membrane[p]),
-                    s2_leak[p].eq(lane_of(leak_data, p, P)),
-                    s2_threshold[p].eq(lane_of(parameter_data, p, P).threshold),
-                ]
-            m.d.sync += [s3[key].eq(s2[key]) for key in s2]
-            for p in range(P):
-                m.d.sync += [
-                    s3_membrane[p].eq(s2_membrane[p]),
-                    s3_product[p].eq(s2_leak[p] * s2_diff[p]),
-                    s3_threshold[p].eq(s2_threshold[p]),
-                ]
+        m.d.sync += [pipe.s3[key].eq(pipe.s2[key]) for key in pipe.s2]
+        for p in range(P):
             m.d.sync += [
-                self.o.valid.eq(s3["valid"]),
-                self.o.p.token.eq(s3["token"]),
-                (self.o.p.channel if P == 1 else self.o.p.group).eq(s3["channel"]),
-                self.o.p.spike.eq(Cat(*spike)),
+                pipe.s3_membrane[p].eq(pipe.s2_membrane[p]),
+                pipe.s3_product[p].eq(pipe.s2_leak[p] * pipe.s2_diff[p]),
+                pipe.s3_threshold[p].eq(pipe.s2_threshold[p]),
             ]
-        return m
+
+    def _register_output(self, m, pipe, spike):
+        """Stage 4 registers the output transfer: the update's token, channel (or group) and
+        its lanes' spikes."""
+        s3 = pipe.s3
+        m.d.sync += [
+            self.o.valid.eq(s3["valid"]),
+            self.o.p.token.eq(s3["token"]),
+            (self.o.p.channel if self._lanes == 1 else self.o.p.group).eq(s3["channel"]),
+            self.o.p.spike.eq(Cat(*spike)),
+        ]
