@@ -39,7 +39,7 @@ never waits on the host: every state is left after a bounded number of cycles.
 
 Clocking. With ``platform=None`` (simulation) the design has ports ``clk``, ``rst``, ``rx``,
 ``tx`` and runs in ``sync`` at the nominal ``clk_hz``. On a board it requests ``uart 0`` and the
-clock: with ``pll`` (see :func:`ice40_pll` / :func:`ecp5_pll`) ``sync`` comes from an
+clock: with ``pll`` (per FPGA family in :mod:`hw.clocking`) ``sync`` comes from an
 ``SB_PLL40_PAD`` (iCE40, fed by the oscillator pad) or an ``EHXPLLL`` (ECP5), held in reset until
 the PLL locks plus a power-on delay (iCE40 block RAM reads zero for ~3 us after configuration);
 without, it is the board oscillator (12 MHz iCEBreaker, 25 MHz ULX3S).
@@ -65,16 +65,15 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from amaranth import ClockDomain, ClockSignal, Const, Module, Mux, ResetSignal, Signal
-from amaranth.hdl import Instance
+from amaranth import Module, Mux, Signal
 from amaranth.lib import enum, io, wiring
-from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from firmware.images import write_memory_map
 from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode
 from hw.accelerator import Accelerator
+from hw.clocking import FAMILY_CLOCKS, PllConfig, board_clock
 from hw.generate import memory_tables
 from hw.link import FrameEventKind, FrameReceiver, FrameSender
 from hw.targets import TARGETS, get_target
@@ -83,8 +82,8 @@ from model.errors import (StforgeError, check_output_dir, check_output_path, pos
                           positive_int)
 from model.ir.files import write_json
 
-__all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
-           "ice40_pll", "configure", "run", "DEFAULT_MODEL", "bitstream_dir",
+__all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "configure", "run",
+           "DEFAULT_MODEL", "bitstream_dir",
            "synth_report_path"]
 
 #: Verilog module name of the board top in simulation.
@@ -97,90 +96,6 @@ DEFAULT_BAUD = 115200
 DEFAULT_FRAME_TIMEOUT = 0.02
 #: The longest READ_RESULT waits for a run in progress (seconds) before answering BUSY.
 DEFAULT_RESULT_WAIT = 1.0
-#: Power-on delay after PLL lock (iCE40 block RAM reads zero for ~3 us after configuration).
-POWER_ON_DELAY = 20e-6
-
-
-# --------------------------------------------------------------------------------------------
-# PLL parameters
-# --------------------------------------------------------------------------------------------
-
-class PllConfig(dict):
-    """Primitive parameters plus ``f_in``/``f_out`` (Hz) and ``family``."""
-
-    @property
-    def f_out(self) -> float:
-        return self["f_out"]
-
-
-def ice40_pll(f_in: float, f_out: float, tolerance: float = 0.005) -> PllConfig:
-    """``SB_PLL40_*`` parameters (SIMPLE feedback) for ``f_in -> f_out``, as ``icepll`` finds them.
-
-    PFD 10..133 MHz, VCO 533..1066 MHz, output 16..275 MHz. Raises :class:`ValueError` when no
-    setting comes within ``tolerance`` (relative) of ``f_out``.
-    """
-    best = None
-    for divr in range(16):
-        f_pfd = f_in / (divr + 1)
-        if not 10e6 <= f_pfd <= 133e6:
-            continue
-        for divf in range(128):
-            f_vco = f_pfd * (divf + 1)
-            if not 533e6 <= f_vco <= 1066e6:
-                continue
-            for divq in range(1, 7):
-                out = f_vco / 2 ** divq
-                if not 16e6 <= out <= 275e6:
-                    continue
-                err = abs(out - f_out)
-                if best is None or err < best[0] - 1e-3:
-                    best = (err, divr, divf, divq, f_pfd, out)
-    if best is None or best[0] > tolerance * f_out:
-        raise ValueError(f"The iCE40 PLL cannot make {f_out / 1e6:g} MHz from {f_in / 1e6:g} MHz "
-                         f"(outputs 16..275 MHz)")
-    _, divr, divf, divq, f_pfd, out = best
-    filter_range = next(i for i, top in enumerate((17e6, 26e6, 44e6, 66e6, 101e6, 1e12), 1)
-                        if f_pfd < top)
-    return PllConfig(family="ice40", DIVR=divr, DIVF=divf, DIVQ=divq, FILTER_RANGE=filter_range,
-                     f_in=f_in, f_out=out)
-
-
-def ecp5_pll(f_in: float, f_out: float, tolerance: float = 0.005) -> PllConfig:
-    """``EHXPLLL`` parameters (CLKOP feedback) for ``f_in -> f_out``, as ``ecppll`` finds them.
-
-    PFD 3.125..400 MHz, VCO 400..800 MHz. Raises :class:`ValueError` when no setting comes within
-    ``tolerance`` of ``f_out``.
-    """
-    best = None
-    for clki_div in range(1, 129):
-        f_pfd = f_in / clki_div
-        if not 3.125e6 <= f_pfd <= 400e6:
-            continue
-        for clkfb_div in range(1, 81):
-            out = f_pfd * clkfb_div
-            for clkop_div in range(1, 129):
-                f_vco = out * clkop_div
-                if not 400e6 <= f_vco <= 800e6:
-                    continue
-                # prefer the smallest error, then a VCO near the middle of its range
-                key = (round(abs(out - f_out)), abs(f_vco - 600e6))
-                if best is None or key < best[0]:
-                    best = (key, clki_div, clkfb_div, clkop_div, out)
-    if best is None or best[0][0] > tolerance * f_out:
-        raise ValueError(f"The ECP5 PLL cannot make {f_out / 1e6:g} MHz from {f_in / 1e6:g} MHz")
-    _, clki_div, clkfb_div, clkop_div, out = best
-    return PllConfig(family="ecp5", CLKI_DIV=clki_div, CLKFB_DIV=clkfb_div, CLKOP_DIV=clkop_div,
-                     f_in=f_in, f_out=out)
-
-
-def _platform_family(platform) -> str:
-    device = str(getattr(platform, "device", ""))
-    if device.startswith("iCE40"):
-        return "ice40"
-    if device.startswith("LFE5"):
-        return "ecp5"
-    raise ValueError(f"No PLL support for device {device!r}; build with pll=None")
-
 
 # --------------------------------------------------------------------------------------------
 # The board top
@@ -205,7 +120,7 @@ class BoardTop(wiring.Component):
     baud : int
         UART rate.
     pll : PllConfig or None
-        Generate ``sync`` with this PLL (:func:`ice40_pll` / :func:`ecp5_pll`, ``f_out`` must
+        Generate ``sync`` with this PLL (``hw.clocking.ice40_pll`` / ``ecp5_pll``, ``f_out`` must
         equal ``clk_hz``); used only when elaborated for a platform.
     frame_timeout : float
         Inter-byte timeout of the frame receiver, seconds (at least 20 byte times are used).
@@ -267,68 +182,9 @@ class BoardTop(wiring.Component):
         if not pll:
             return cls(artifact, osc, baud, frame_timeout=frame_timeout, loadable=loadable)
         mhz = spec.default_clock_mhz if clock_mhz is None else clock_mhz
-        config = (ice40_pll if spec.family == "ice40" else ecp5_pll)(osc, mhz * 1e6)
+        config = FAMILY_CLOCKS[spec.family].search(osc, mhz * 1e6)
         return cls(artifact, config.f_out, baud, pll=config, frame_timeout=frame_timeout,
                    loadable=loadable)
-
-    # ---- clocking on a board -------------------------------------------------------------------
-
-    def _board_clock(self, m, platform):
-        """Drive ``sync`` from the PLL, held in reset until lock + power-on delay."""
-        pll = self.pll
-        family = _platform_family(platform)
-        if family != pll["family"]:
-            raise ValueError(f"A {pll['family']} PLL configuration cannot be used on {family}")
-        clk_out, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
-        if family == "ice40":
-            pad = platform.request(platform.default_clk, 0, dir="-")
-            m.submodules.pll = Instance(
-                "SB_PLL40_PAD",
-                p_FEEDBACK_PATH="SIMPLE",
-                p_DIVR=Const(pll["DIVR"], 4), p_DIVF=Const(pll["DIVF"], 7),
-                p_DIVQ=Const(pll["DIVQ"], 3), p_FILTER_RANGE=Const(pll["FILTER_RANGE"], 3),
-                i_PACKAGEPIN=pad.io, i_RESETB=Const(1), i_BYPASS=Const(0),
-                o_PLLOUTGLOBAL=clk_out, o_LOCK=lock)
-        else:
-            m.submodules.clk_buffer = clk_buffer = io.Buffer(
-                "i", platform.request(platform.default_clk, 0, dir="-"))
-            clk_in = clk_buffer.i
-            m.submodules.pll = Instance(
-                "EHXPLLL",
-                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
-                p_CLKI_DIV=pll["CLKI_DIV"], p_CLKFB_DIV=pll["CLKFB_DIV"],
-                p_CLKOP_DIV=pll["CLKOP_DIV"], p_CLKOP_ENABLE="ENABLED",
-                p_CLKOP_CPHASE=pll["CLKOP_DIV"] // 2, p_CLKOP_FPHASE=0,   # as ecppll sets it
-                p_FEEDBK_PATH="CLKOP",
-                i_CLKI=clk_in, i_CLKFB=clk_out, i_RST=Const(0), i_STDBY=Const(0),
-                i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1),
-                i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0),
-                i_ENCLKOP=Const(0),
-                o_CLKOP=clk_out, o_LOCK=lock,
-                a_FREQUENCY_PIN_CLKI=f"{pll['f_in'] / 1e6:g}",
-                a_FREQUENCY_PIN_CLKOP=f"{pll['f_out'] / 1e6:g}",
-                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
-                a_MFG_GMCREF_SEL="2")
-        # no explicit constraint on the PLL output: nextpnr derives it from the pad's constraint
-        # and the PLL parameters ("Derived frequency constraint of 24.0 MHz for net ...")
-
-        # power-on reset: count while locked, release `sync` after the delay
-        m.domains.por = ClockDomain(reset_less=True, local=True)
-        m.domains.sync = ClockDomain()
-        m.d.comb += [ClockSignal("por").eq(clk_out), ClockSignal("sync").eq(clk_out)]
-        locked = Signal()
-        m.submodules.lock_sync = FFSynchronizer(lock, locked, o_domain="por")
-        delay = max(2, int(POWER_ON_DELAY * self.clk_hz))
-        timer = Signal(range(delay + 1))
-        ready = Signal()
-        with m.If(~locked):
-            m.d.por += [timer.eq(0), ready.eq(0)]
-        with m.Elif(timer == delay):
-            m.d.por += ready.eq(1)
-        with m.Else():
-            m.d.por += timer.eq(timer + 1)
-        m.d.comb += ResetSignal("sync").eq(~ready)
 
     # ---- elaboration -------------------------------------------------------------------------
 
@@ -345,7 +201,7 @@ class BoardTop(wiring.Component):
         """The board's clock and UART pads (or, without a platform, the rx/tx ports)."""
         if platform is not None:
             if self.pll is not None:
-                self._board_clock(m, platform)
+                board_clock(self.pll, self.clk_hz, platform).drive_sync(m, platform)
             elif abs(platform.default_clk_frequency - self.clk_hz) > 1e-6 * self.clk_hz:
                 raise ValueError(f"Without a PLL the design runs at the board clock "
                                  f"{platform.default_clk_frequency / 1e6:g} MHz, not "

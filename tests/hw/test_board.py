@@ -1,6 +1,7 @@
-"""The board top (hw/board.py): PLL settings, elaboration for both boards, the bitstream CLI's
-errors, and (marked `rtlsim`) the host driver against the Verilog of the board top in cocotb +
-Verilator, compared with the golden model, and a seeded random-frame fuzz of its link."""
+"""The board top (hw/board.py): elaboration for both boards, the bitstream CLI's errors, and
+(marked `rtlsim`) the host driver against the Verilog of the board top in cocotb + Verilator,
+compared with the golden model, and a seeded random-frame fuzz of its link. PLL settings:
+tests/hw/test_clocking.py."""
 
 import json
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from model.flows import cli
-from hw.board import DEFAULT_CLOCK_MHZ, BoardTop, ecp5_pll, ice40_pll
+from hw.board import DEFAULT_CLOCK_MHZ, BoardTop
+from hw.clocking import ecp5_pll
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -28,43 +30,6 @@ def unused(top):
     top._MustUse__silence = True
     top.accelerator._MustUse__silence = True
     return top
-
-
-# --------------------------------------------------------------------------------------------
-# PLL parameters (what icepll / ecppll print for these frequencies)
-# --------------------------------------------------------------------------------------------
-
-def test_ice40_pll_24_mhz_from_12():
-    cfg = ice40_pll(12e6, 24e6)
-    assert (cfg["DIVR"], cfg["DIVF"], cfg["DIVQ"], cfg["FILTER_RANGE"]) == (0, 63, 5, 1)
-    assert cfg.f_out == 24e6
-
-
-def test_ecp5_pll_50_mhz_from_25():
-    cfg = ecp5_pll(25e6, 50e6)
-    assert (cfg["CLKI_DIV"], cfg["CLKFB_DIV"], cfg["CLKOP_DIV"]) == (1, 2, 12)
-    assert cfg.f_out == 50e6
-    assert ecp5_pll(25e6, 30e6).f_out == pytest.approx(30e6)
-
-
-@pytest.mark.parametrize("f_in,f_out", [(12e6, 30e6), (25e6, 40e6), (12e6, 48e6),
-                                        (25e6, 33.333e6)])
-def test_pll_outputs_within_half_a_percent(f_in, f_out):
-    for search in (ice40_pll, ecp5_pll):
-        cfg = search(f_in, f_out)
-        assert abs(cfg.f_out - f_out) <= 0.005 * f_out
-        if search is ice40_pll:
-            vco = f_in / (cfg["DIVR"] + 1) * (cfg["DIVF"] + 1)
-            assert 533e6 <= vco <= 1066e6 and cfg.f_out == vco / 2 ** cfg["DIVQ"]
-        else:
-            assert 400e6 <= cfg.f_out * cfg["CLKOP_DIV"] <= 800e6
-
-
-def test_pll_impossible_frequencies():
-    with pytest.raises(ValueError, match="iCE40 PLL cannot make 10 MHz"):
-        ice40_pll(12e6, 10e6)                       # below the 16 MHz minimum
-    with pytest.raises(ValueError, match="ECP5 PLL cannot make"):
-        ecp5_pll(25e6, 1000e6)
 
 
 # --------------------------------------------------------------------------------------------
