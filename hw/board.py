@@ -194,7 +194,7 @@ class BoardTop(wiring.Component):
         link = self._link(m, platform, rx_line, tx_line)
         feed = self._pixel_feeder(m)
         result = self._result_capture(m, feed)
-        self._command_handler(m, link, feed, result)
+        _CommandHandler(self, m, link, feed, result).emit()
         return m
 
     def _serial_lines(self, m, platform):
@@ -294,248 +294,321 @@ class BoardTop(wiring.Component):
         return SimpleNamespace(logit_r=logit_r, result_cls=result_cls,
                                result_cycles=result_cycles)
 
-    def _command_handler(self, m, link, feed, result):
-        """PING, WRITE_MEM, RUN, READ_RESULT: parse, check, act, reply (docs/BOARD.md)."""
-        n_pixels, classes, acc = self.n_pixels, self.classes, self.accelerator
-        receiver, sender = link.receiver, link.sender
-        buf_w, buf_r, start, running = feed.buf_w, feed.buf_r, feed.start, feed.running
-        has_result, feeding = feed.has_result, feed.feeding
-        logit_r, result_cls = result.logit_r, result.result_cls
-        result_cycles = result.result_cycles
-        event = receiver.o.payload
-        buf_r_index = Signal(range(n_pixels + 1))
-        wm = None
-        if self.loadable:
-            wm = self._write_mem_state()
-            self._write_mem_checks(m, wm)
-        command = Signal(8)
-        count = Signal(16)         # payload bytes of the current frame
-        bad_pixel = Signal()       # a RUN byte above input_max
-        reply_command = Signal(8)
-        reply_length = Signal(16)
-        reply_kind = Signal(_Reply)
-        reply_byte = Signal(8)
-        index = Signal(range(max(self.result_bytes, 2)))
-        wait_cycles = Signal(range(self.result_wait_cycles))
-        index_next = Signal.like(index)
-        m.d.comb += index_next.eq(index)
-        m.d.sync += index.eq(index_next)
 
-        def reply(code=None, *, kind=_Reply.BYTE, byte=None, length=None):
-            """Latch a reply and go send it. `code` set: ERROR(code)."""
-            if code is not None:
-                m.d.sync += [reply_command.eq(Command.ERROR), reply_length.eq(1),
-                             reply_kind.eq(_Reply.BYTE), reply_byte.eq(code)]
-            else:
-                m.d.sync += [reply_command.eq(Command.OK), reply_kind.eq(kind),
-                             reply_length.eq({_Reply.EMPTY: 0, _Reply.BYTE: 1,
-                                              _Reply.RESULT: self.result_bytes}[kind])]
-                if byte is not None:
-                    m.d.sync += reply_byte.eq(byte)
-            m.next = "HEADER"
+# --------------------------------------------------------------------------------------------
+# Command handling
+# --------------------------------------------------------------------------------------------
 
+class _CommandHandler:
+    """PING, WRITE_MEM, RUN, READ_RESULT: parse, check, act, reply (docs/BOARD.md).
+
+    The board top's command FSM (``handler``) and its registers, emitted into the board top's
+    module by :meth:`emit` (a helper of :meth:`BoardTop.elaborate`, not a submodule, so the
+    netlist keeps its shape): frame intake, dispatch per command (:meth:`_commands`), WRITE_MEM's
+    write loop, and the reply."""
+
+    def __init__(self, top: BoardTop, m, link, feed, result):
+        self.top, self.m, self.acc = top, m, top.accelerator
+        self.receiver, self.sender = link.receiver, link.sender
+        self.feed, self.result = feed, result
+        self.event = link.receiver.o.payload
+        self.buf_r_index = Signal(range(top.n_pixels + 1))
+        self.wm = None
+        if top.loadable:
+            self.wm = _WriteMem(top.tables, top.n_pixels)
+            self.wm.add_checks(m)
+        self.command = Signal(8)
+        self.count = Signal(16)         # payload bytes of the current frame
+        self.bad_pixel = Signal()       # a RUN byte above input_max
+        self.reply_command = Signal(8)
+        self.reply_length = Signal(16)
+        self.reply_kind = Signal(_Reply)
+        self.reply_byte = Signal(8)
+        self.index = Signal(range(max(top.result_bytes, 2)))
+        self.wait_cycles = Signal(range(top.result_wait_cycles))
+        self.index_next = Signal.like(self.index)
+        m.d.comb += self.index_next.eq(self.index)
+        m.d.sync += self.index.eq(self.index_next)
+
+    def emit(self):
+        """The FSM, state by state, then the reply's payload bytes."""
+        m = self.m
         with m.FSM(name="handler"):
-            with m.State("IDLE"):
-                m.d.comb += receiver.o.ready.eq(1)
-                with m.If(receiver.o.valid):
-                    with m.If(event.kind == FrameEventKind.COMMAND):
+            self._intake()
+            self._dispatch()
+            self._wait_result()
+            if self.top.loadable:
+                self._write_mem_loop()
+            self._send_reply()
+        self._reply_payload()
+
+    def _reply(self, code=None, *, kind=_Reply.BYTE, byte=None):
+        """Latch a reply and go send it. `code` set: ERROR(code)."""
+        m = self.m
+        if code is not None:
+            m.d.sync += [self.reply_command.eq(Command.ERROR), self.reply_length.eq(1),
+                         self.reply_kind.eq(_Reply.BYTE), self.reply_byte.eq(code)]
+        else:
+            m.d.sync += [self.reply_command.eq(Command.OK), self.reply_kind.eq(kind),
+                         self.reply_length.eq({_Reply.EMPTY: 0, _Reply.BYTE: 1,
+                                               _Reply.RESULT: self.top.result_bytes}[kind])]
+            if byte is not None:
+                m.d.sync += self.reply_byte.eq(byte)
+        m.next = "HEADER"
+
+    # ---- frame intake --------------------------------------------------------------------------
+
+    def _intake(self):
+        """IDLE: wait for a frame (or the receiver's error); FRAME: count and buffer its payload
+        (checking RUN pixels, parsing WRITE_MEM's header) until the receiver's verdict."""
+        m, top, event, wm = self.m, self.top, self.event, self.wm
+        command, count, bad_pixel, buf_w = self.command, self.count, self.bad_pixel, self.feed.buf_w
+        with m.State("IDLE"):
+            m.d.comb += self.receiver.o.ready.eq(1)
+            with m.If(self.receiver.o.valid):
+                with m.If(event.kind == FrameEventKind.COMMAND):
+                    m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
+                    if top.loadable:       # an empty WRITE_MEM must not inherit these
+                        wm.open_frame(m)
+                    m.next = "FRAME"
+                with m.Elif(event.kind == FrameEventKind.ERROR):
+                    self._reply(event.data)
+
+        with m.State("FRAME"):
+            m.d.comb += self.receiver.o.ready.eq(1)
+            with m.If(self.receiver.o.valid):
+                with m.Switch(event.kind):
+                    with m.Case(FrameEventKind.PAYLOAD):
+                        m.d.sync += count.eq(count + 1)
+                        with m.If(command == Command.RUN):
+                            with m.If(event.data > top.input_max):
+                                m.d.sync += bad_pixel.eq(1)
+                        # the buffer is being read only while feeding: leave it alone
+                        # then (such a RUN or WRITE_MEM is answered BUSY anyway)
+                        m.d.comb += [buf_w.addr.eq(count), buf_w.data.eq(event.data),
+                                     buf_w.en.eq(~self.feed.feeding & (count < top.n_pixels))]
+                        if top.loadable:
+                            with m.If(command == Command.WRITE_MEM):
+                                wm.payload_byte(m, count, event.data)
+                    with m.Case(FrameEventKind.END):
+                        m.next = "DISPATCH"
+                    with m.Case(FrameEventKind.ERROR):
+                        self._reply(event.data)
+                    with m.Case(FrameEventKind.COMMAND):   # not sent by the receiver
                         m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
-                        if self.loadable:       # an empty WRITE_MEM must not inherit these
-                            self._write_mem_open(m, wm)
-                        m.next = "FRAME"
-                    with m.Elif(event.kind == FrameEventKind.ERROR):
-                        reply(event.data)
+                        if top.loadable:
+                            wm.open_frame(m)
 
-            with m.State("FRAME"):
-                m.d.comb += receiver.o.ready.eq(1)
-                with m.If(receiver.o.valid):
-                    with m.Switch(event.kind):
-                        with m.Case(FrameEventKind.PAYLOAD):
-                            m.d.sync += count.eq(count + 1)
-                            with m.If(command == Command.RUN):
-                                with m.If(event.data > self.input_max):
-                                    m.d.sync += bad_pixel.eq(1)
-                            # the buffer is being read only while feeding: leave it alone
-                            # then (such a RUN or WRITE_MEM is answered BUSY anyway)
-                            m.d.comb += [buf_w.addr.eq(count), buf_w.data.eq(event.data),
-                                         buf_w.en.eq(~feeding & (count < n_pixels))]
-                            if self.loadable:
-                                with m.If(command == Command.WRITE_MEM):
-                                    self._write_mem_byte(m, wm, count, event.data)
-                        with m.Case(FrameEventKind.END):
-                            m.next = "DISPATCH"
-                        with m.Case(FrameEventKind.ERROR):
-                            reply(event.data)
-                        with m.Case(FrameEventKind.COMMAND):   # not sent by the receiver
-                            m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
-                            if self.loadable:
-                                self._write_mem_open(m, wm)
+    # ---- dispatch per command ------------------------------------------------------------------
 
-            with m.State("DISPATCH"):
-                with m.Switch(command):
-                    with m.Case(Command.PING):
-                        with m.If(count != 0):
-                            reply(ErrorCode.BAD_ARGUMENT)
-                        with m.Else():
-                            reply(kind=_Reply.BYTE, byte=PROTOCOL_VERSION)
-                    with m.Case(Command.RUN):
-                        with m.If((count != n_pixels) | bad_pixel):
-                            reply(ErrorCode.BAD_ARGUMENT)
-                        with m.Elif(running):
-                            reply(ErrorCode.BUSY)
-                        with m.Else():
-                            m.d.comb += start.eq(1)
-                            reply(kind=_Reply.EMPTY)
-                    with m.Case(Command.READ_RESULT):
-                        with m.If(count != 0):
-                            reply(ErrorCode.BAD_ARGUMENT)
-                        with m.Elif(running):
-                            m.d.sync += wait_cycles.eq(0)
-                            m.next = "WAIT_RESULT"
-                        with m.Elif(~has_result):
-                            reply(ErrorCode.BUSY)
-                        with m.Else():
-                            reply(kind=_Reply.RESULT)
-                    with m.Case(Command.WRITE_MEM):
-                        if self.loadable:
-                            with m.If(running | feeding):
-                                reply(ErrorCode.BUSY)
-                            with m.Elif(~wm.fits):
-                                reply(ErrorCode.BAD_ARGUMENT)
-                            with m.Else():
-                                m.d.sync += [buf_r_index.eq(5), wm.byte.eq(0)]
-                                m.next = "WRITE_FETCH"
-                        else:
-                            reply(ErrorCode.UNSUPPORTED)
-                    with m.Default():
-                        reply(ErrorCode.UNKNOWN_COMMAND)
+    def _commands(self):
+        """The command table: what DISPATCH does for each command of a checked frame."""
+        return {Command.PING: self._ping, Command.RUN: self._run,
+                Command.READ_RESULT: self._read_result, Command.WRITE_MEM: self._write_mem}
 
-            with m.State("WAIT_RESULT"):
-                m.d.sync += wait_cycles.eq(wait_cycles + 1)
-                with m.If(has_result):
-                    reply(kind=_Reply.RESULT)
-                with m.Elif(wait_cycles == self.result_wait_cycles - 1):
-                    reply(ErrorCode.BUSY)          # watchdog: the link never waits forever
+    def _dispatch(self):
+        """DISPATCH: the frame's CRC matched; act on its command, or UNKNOWN_COMMAND."""
+        m = self.m
+        with m.State("DISPATCH"):
+            with m.Switch(self.command):
+                for command, action in self._commands().items():
+                    with m.Case(command):
+                        action()
+                with m.Default():
+                    self._reply(ErrorCode.UNKNOWN_COMMAND)
 
-            if self.loadable:
-                # the checked payload from the buffer into the table, a word at a time
-                with m.State("WRITE_FETCH"):        # the buffer's read port: one cycle
-                    m.d.comb += buf_r.addr.eq(buf_r_index)
-                    m.next = "WRITE_BYTE"
-                with m.State("WRITE_BYTE"):
-                    with m.Switch(wm.byte):
-                        for i in range(max(b for b, _ in self.tables)):
-                            with m.Case(i):
-                                m.d.sync += wm.word.word_select(i, 8).eq(buf_r.data)
-                    m.d.sync += [buf_r_index.eq(buf_r_index + 1), wm.byte.eq(wm.byte + 1)]
-                    m.next = "WRITE_FETCH"
-                    with m.If(wm.byte == wm.word_bytes - 1):
-                        m.next = "WRITE_WORD"
-                with m.State("WRITE_WORD"):
-                    m.d.comb += [acc.load.valid.eq(1), acc.load.payload.memory.eq(wm.id),
-                                 acc.load.payload.addr.eq(wm.addr),
-                                 acc.load.payload.data.eq(wm.word)]
-                    with m.If(acc.load.ready):
-                        m.d.sync += [wm.addr.eq(wm.addr + 1), wm.byte.eq(0)]
-                        m.next = "WRITE_FETCH"
-                        with m.If(buf_r_index == count):
-                            reply(kind=_Reply.EMPTY)
+    def _ping(self):
+        """PING: the protocol version; a payload is BAD_ARGUMENT."""
+        with self.m.If(self.count != 0):
+            self._reply(ErrorCode.BAD_ARGUMENT)
+        with self.m.Else():
+            self._reply(kind=_Reply.BYTE, byte=PROTOCOL_VERSION)
 
-            with m.State("HEADER"):
-                m.d.comb += [sender.header.valid.eq(1),
-                             sender.header.payload.command.eq(reply_command),
-                             sender.header.payload.length.eq(reply_length),
-                             index_next.eq(0)]
-                with m.If(sender.header.ready):
-                    with m.If(reply_length == 0):
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "PAYLOAD"
+    def _run(self):
+        """RUN: exactly n_pixels pixels, none above input_max, and no run in progress: start."""
+        m, feed = self.m, self.feed
+        with m.If((self.count != self.top.n_pixels) | self.bad_pixel):
+            self._reply(ErrorCode.BAD_ARGUMENT)
+        with m.Elif(feed.running):
+            self._reply(ErrorCode.BUSY)
+        with m.Else():
+            m.d.comb += feed.start.eq(1)
+            self._reply(kind=_Reply.EMPTY)
 
-            with m.State("PAYLOAD"):
-                m.d.comb += sender.payload.valid.eq(1)
-                with m.If(sender.payload.ready):
-                    m.d.comb += index_next.eq(index + 1)
-                    with m.If(index == reply_length - 1):
-                        m.next = "IDLE"
+    def _read_result(self):
+        """READ_RESULT: the result, after waiting for a run in progress; BUSY before any run."""
+        m, feed = self.m, self.feed
+        with m.If(self.count != 0):
+            self._reply(ErrorCode.BAD_ARGUMENT)
+        with m.Elif(feed.running):
+            m.d.sync += self.wait_cycles.eq(0)
+            m.next = "WAIT_RESULT"
+        with m.Elif(~feed.has_result):
+            self._reply(ErrorCode.BUSY)
+        with m.Else():
+            self._reply(kind=_Reply.RESULT)
 
-        # reply payload bytes; the logit store is read one cycle ahead (at index_next)
-        ahead = Signal(range(max(self.result_bytes, 7)))
+    def _write_mem(self):
+        """WRITE_MEM: with `loadable`, a fitting payload outside a run goes to the write loop;
+        without, UNSUPPORTED."""
+        m, feed, wm = self.m, self.feed, self.wm
+        if not self.top.loadable:
+            self._reply(ErrorCode.UNSUPPORTED)
+            return
+        with m.If(feed.running | feed.feeding):
+            self._reply(ErrorCode.BUSY)
+        with m.Elif(~wm.fits):
+            self._reply(ErrorCode.BAD_ARGUMENT)
+        with m.Else():
+            m.d.sync += [self.buf_r_index.eq(5), wm.byte.eq(0)]
+            m.next = "WRITE_FETCH"
+
+    def _wait_result(self):
+        """WAIT_RESULT: a READ_RESULT during a run, answered when the run ends or by the
+        watchdog."""
+        m = self.m
+        with m.State("WAIT_RESULT"):
+            m.d.sync += self.wait_cycles.eq(self.wait_cycles + 1)
+            with m.If(self.feed.has_result):
+                self._reply(kind=_Reply.RESULT)
+            with m.Elif(self.wait_cycles == self.top.result_wait_cycles - 1):
+                self._reply(ErrorCode.BUSY)          # watchdog: the link never waits forever
+
+    # ---- WRITE_MEM's write loop (loadable only) ------------------------------------------------
+
+    def _write_mem_loop(self):
+        """The checked payload from the buffer into the table, a word at a time."""
+        m, acc, wm = self.m, self.acc, self.wm
+        buf_r, buf_r_index = self.feed.buf_r, self.buf_r_index
+        with m.State("WRITE_FETCH"):        # the buffer's read port: one cycle
+            m.d.comb += buf_r.addr.eq(buf_r_index)
+            m.next = "WRITE_BYTE"
+        with m.State("WRITE_BYTE"):
+            with m.Switch(wm.byte):
+                for i in range(max(b for b, _ in self.top.tables)):
+                    with m.Case(i):
+                        m.d.sync += wm.word.word_select(i, 8).eq(buf_r.data)
+            m.d.sync += [buf_r_index.eq(buf_r_index + 1), wm.byte.eq(wm.byte + 1)]
+            m.next = "WRITE_FETCH"
+            with m.If(wm.byte == wm.word_bytes - 1):
+                m.next = "WRITE_WORD"
+        with m.State("WRITE_WORD"):
+            m.d.comb += [acc.load.valid.eq(1), acc.load.payload.memory.eq(wm.id),
+                         acc.load.payload.addr.eq(wm.addr),
+                         acc.load.payload.data.eq(wm.word)]
+            with m.If(acc.load.ready):
+                m.d.sync += [wm.addr.eq(wm.addr + 1), wm.byte.eq(0)]
+                m.next = "WRITE_FETCH"
+                with m.If(buf_r_index == self.count):
+                    self._reply(kind=_Reply.EMPTY)
+
+    # ---- the reply -----------------------------------------------------------------------------
+
+    def _send_reply(self):
+        """HEADER, then PAYLOAD: the latched reply to the frame sender, back to IDLE."""
+        m, sender = self.m, self.sender
+        reply_length, index, index_next = self.reply_length, self.index, self.index_next
+        with m.State("HEADER"):
+            m.d.comb += [sender.header.valid.eq(1),
+                         sender.header.payload.command.eq(self.reply_command),
+                         sender.header.payload.length.eq(reply_length),
+                         index_next.eq(0)]
+            with m.If(sender.header.ready):
+                with m.If(reply_length == 0):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "PAYLOAD"
+
+        with m.State("PAYLOAD"):
+            m.d.comb += sender.payload.valid.eq(1)
+            with m.If(sender.payload.ready):
+                m.d.comb += index_next.eq(index + 1)
+                with m.If(index == reply_length - 1):
+                    m.next = "IDLE"
+
+    def _reply_payload(self):
+        """The reply's payload byte at ``index``: the latched byte, or READ_RESULT's class,
+        cycles, count and logits (the logit store is read one cycle ahead, at ``index_next``)."""
+        m, top, result = self.m, self.top, self.result
+        index, index_next = self.index, self.index_next
+        ahead = Signal(range(max(top.result_bytes, 7)))
         m.d.comb += [ahead.eq(index_next - 6),
-                     logit_r.addr.eq(Mux(index_next >= 6, ahead >> 2, 0))]
+                     result.logit_r.addr.eq(Mux(index_next >= 6, ahead >> 2, 0))]
         logit32 = Signal(32)
-        m.d.comb += logit32.eq(logit_r.data)        # sign-extends the stored logit
+        m.d.comb += logit32.eq(result.logit_r.data)        # sign-extends the stored logit
         result_byte = Signal(8)
         with m.Switch(index):
             with m.Case(0):
-                m.d.comb += result_byte.eq(result_cls)
+                m.d.comb += result_byte.eq(result.result_cls)
             for i in range(4):
                 with m.Case(1 + i):
-                    m.d.comb += result_byte.eq(result_cycles.word_select(i, 8))
+                    m.d.comb += result_byte.eq(result.result_cycles.word_select(i, 8))
             with m.Case(5):
-                m.d.comb += result_byte.eq(classes)
+                m.d.comb += result_byte.eq(top.classes)
             with m.Default():
                 m.d.comb += result_byte.eq(logit32.word_select((index - 6)[:2], 8))
-        m.d.comb += sender.payload.payload.eq(
-            Mux(reply_kind == _Reply.RESULT, result_byte, reply_byte))
+        m.d.comb += self.sender.payload.payload.eq(
+            Mux(self.reply_kind == _Reply.RESULT, result_byte, self.reply_byte))
 
-    # ---- WRITE_MEM (loadable only) -------------------------------------------------------------
 
-    def _write_mem_state(self):
-        """The registers of a WRITE_MEM frame, and ``fits``: its id, address and word count
-        name whole words inside a table (the check before anything is written)."""
-        word_bytes = max(b for b, _ in self.tables)
-        depth = max(d for _, d in self.tables)
-        wm = SimpleNamespace(
-            id=Signal(8, name="wm_id"),
-            addr=Signal(range(depth + 1), name="wm_addr"),
-            high=Signal(name="wm_addr_high"),       # an address bit above the table range
-            k=Signal(range(word_bytes), name="wm_k"),          # byte within word, received
-            words=Signal(range(self.n_pixels + 1), name="wm_words"),
-            byte=Signal(range(word_bytes), name="wm_byte"),    # byte within word, written
-            word=Signal(8 * word_bytes, name="wm_word"),
-            word_bytes=Signal(range(word_bytes + 1), name="wm_word_bytes"),
-            depth=Signal(range(depth + 1), name="wm_depth"),
-            fits=Signal(name="wm_fits"))          # a cycle after the frame's bytes
-        wm.end = Signal(len(wm.addr) + 1, name="wm_end")
-        return wm
+class _WriteMem:
+    """The registers of a WRITE_MEM frame (``wm_*``), and ``fits``: its id, address and word
+    count name whole words inside a table (the check before anything is written)."""
 
-    def _write_mem_checks(self, m, wm):
-        with m.Switch(wm.id):
+    def __init__(self, tables, n_pixels):
+        self.tables = tables
+        word_bytes = max(b for b, _ in tables)
+        depth = max(d for _, d in tables)
+        self.id = Signal(8, name="wm_id")
+        self.addr = Signal(range(depth + 1), name="wm_addr")
+        self.high = Signal(name="wm_addr_high")      # an address bit above the table range
+        self.k = Signal(range(word_bytes), name="wm_k")          # byte within word, received
+        self.words = Signal(range(n_pixels + 1), name="wm_words")
+        self.byte = Signal(range(word_bytes), name="wm_byte")    # byte within word, written
+        self.word = Signal(8 * word_bytes, name="wm_word")
+        self.word_bytes = Signal(range(word_bytes + 1), name="wm_word_bytes")
+        self.depth = Signal(range(depth + 1), name="wm_depth")
+        self.fits = Signal(name="wm_fits")          # a cycle after the frame's bytes
+        self.end = Signal(len(self.addr) + 1, name="wm_end")
+
+    def add_checks(self, m):
+        """The table's word size and depth by id, and the registered ``fits``."""
+        with m.Switch(self.id):
             for i, (nbytes, words) in enumerate(self.tables):
                 with m.Case(i):
-                    m.d.comb += [wm.word_bytes.eq(nbytes), wm.depth.eq(words)]
+                    m.d.comb += [self.word_bytes.eq(nbytes), self.depth.eq(words)]
         # registered: the frame's last byte comes at least a cycle before its END event, and
         # the check's adder and comparator stay out of the handler's paths
-        m.d.comb += wm.end.eq(wm.addr + wm.words)
-        m.d.sync += wm.fits.eq((wm.id < len(self.tables)) & ~wm.high & (wm.k == 0) &
-                               (wm.words != 0) & (wm.end <= wm.depth))
+        m.d.comb += self.end.eq(self.addr + self.words)
+        m.d.sync += self.fits.eq((self.id < len(self.tables)) & ~self.high & (self.k == 0) &
+                                 (self.words != 0) & (self.end <= self.depth))
 
-    def _write_mem_open(self, m, wm):
+    def open_frame(self, m):
         """A frame opens: no id, address or words yet. Without this, a WRITE_MEM without payload
         passed on the previous frame's `fits` and its write loop never ended (found by the
         board-link fuzz, tests/hw/test_board.py)."""
-        m.d.sync += [wm.id.eq(0xFF), wm.addr.eq(0), wm.high.eq(0), wm.k.eq(0), wm.words.eq(0)]
+        m.d.sync += [self.id.eq(0xFF), self.addr.eq(0), self.high.eq(0), self.k.eq(0),
+                     self.words.eq(0)]
 
-    def _write_mem_byte(self, m, wm, count, byte):
+    def payload_byte(self, m, count, byte):
         """One payload byte of a WRITE_MEM frame: id, 4 address bytes, then word bytes."""
-        addr_bits = len(wm.addr)
+        addr_bits = len(self.addr)
         with m.If(count == 0):
-            m.d.sync += [wm.id.eq(byte), wm.addr.eq(0), wm.high.eq(0), wm.k.eq(0),
-                         wm.words.eq(0)]
+            m.d.sync += [self.id.eq(byte), self.addr.eq(0), self.high.eq(0), self.k.eq(0),
+                         self.words.eq(0)]
         for i in range(4):
             with m.Elif(count == 1 + i):
                 low = 8 * i
                 if low < addr_bits:
-                    m.d.sync += wm.addr.bit_select(low, min(8, addr_bits - low)).eq(byte)
+                    m.d.sync += self.addr.bit_select(low, min(8, addr_bits - low)).eq(byte)
                 keep = max(0, min(8, addr_bits - low))
                 with m.If((byte >> keep) != 0):
-                    m.d.sync += wm.high.eq(1)
+                    m.d.sync += self.high.eq(1)
         with m.Else():
-            with m.If(wm.k == wm.word_bytes - 1):
-                m.d.sync += [wm.k.eq(0), wm.words.eq(wm.words + 1)]
+            with m.If(self.k == self.word_bytes - 1):
+                m.d.sync += [self.k.eq(0), self.words.eq(self.words + 1)]
             with m.Else():
-                m.d.sync += wm.k.eq(wm.k + 1)
+                m.d.sync += self.k.eq(self.k + 1)
 
 
 # --------------------------------------------------------------------------------------------
