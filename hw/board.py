@@ -1,4 +1,4 @@
-"""The board top: the accelerator behind the UART host link, and ``make bitstream``.
+"""The board top: the accelerator behind the UART host link.
 
     UART rx -> UARTRx -> FrameReceiver -> command handler -> Accelerator (pixels / logits / result)
     UART tx <- UARTTx <- FrameSender   <-/
@@ -39,53 +39,31 @@ never waits on the host: every state is left after a bounded number of cycles.
 
 Clocking. With ``platform=None`` (simulation) the design has ports ``clk``, ``rst``, ``rx``,
 ``tx`` and runs in ``sync`` at the nominal ``clk_hz``. On a board it requests ``uart 0`` and the
-clock: with ``pll`` (see :func:`ice40_pll` / :func:`ecp5_pll`) ``sync`` comes from an
+clock: with ``pll`` (per FPGA family in :mod:`hw.clocking`) ``sync`` comes from an
 ``SB_PLL40_PAD`` (iCE40, fed by the oscillator pad) or an ``EHXPLLL`` (ECP5), held in reset until
 the PLL locks plus a power-on delay (iCE40 block RAM reads zero for ~3 us after configuration);
 without, it is the board oscillator (12 MHz iCEBreaker, 25 MHz ULX3S).
 
-    stforge bitstream --target ice40-up5k|ecp5-85f --artifact build/artifacts/l1p.json
-        [--clock-mhz 24] [--baud 115200] [--no-pll] [--out build/<target>]
-        [--report build/reports/synth-<target>.json]
-
-builds the bitstream with :func:`hw.synth.build_bitstream` (timing-driven at the PLL clock) and
-writes the ``synth-<target>.json`` record. Any user mistake, a design that does not fit and
-missed timing print one line and exit 2, leaving no new bitstream and no report.
-
-``synth-<target>.json`` and ``build/<target>/`` belong to the default model
-(:data:`DEFAULT_MODEL`, ``make bitstream``'s ``MODEL`` default); any other artifact ``<model>``
-(its file name without ``.json``) gets ``synth-<target>-<model>.json`` and
-``build/<target>-<model>/`` (`bitstream_dir`, `synth_report_path`), so building it
-neither overwrites the default model's report nor leaves that report describing another model's
-bitstream. Every report names its model under ``"model"``.
+The bitstream (``stforge bitstream``, ``make bitstream``) is built by :mod:`hw.bitstream`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
-from amaranth import ClockDomain, ClockSignal, Const, Module, Mux, ResetSignal, Signal
-from amaranth.hdl import Instance
+from amaranth import Module, Mux, Signal
 from amaranth.lib import enum, io, wiring
-from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from firmware.images import write_memory_map
 from firmware.protocol import PROTOCOL_VERSION, Command, ErrorCode
 from hw.accelerator import Accelerator
-from hw.generate import memory_tables
+from hw.clocking import FAMILY_CLOCKS, PllConfig, board_clock
 from hw.link import FrameEventKind, FrameReceiver, FrameSender
 from hw.targets import TARGETS, get_target
 from hw.uart import UARTRx, UARTTx, uart_divisor
-from model.errors import (StforgeError, check_output_dir, check_output_path, positive_float,
-                          positive_int)
-from model.ir.files import write_json
 
-__all__ = ["BOARD_TOP_NAME", "DEFAULT_CLOCK_MHZ", "BoardTop", "PllConfig", "ecp5_pll",
-           "ice40_pll", "configure", "run", "DEFAULT_MODEL", "bitstream_dir",
-           "synth_report_path"]
+__all__ = ["BOARD_TOP_NAME", "DEFAULT_BAUD", "DEFAULT_CLOCK_MHZ", "BoardTop"]
 
 #: Verilog module name of the board top in simulation.
 BOARD_TOP_NAME = "stforge_board"
@@ -97,90 +75,6 @@ DEFAULT_BAUD = 115200
 DEFAULT_FRAME_TIMEOUT = 0.02
 #: The longest READ_RESULT waits for a run in progress (seconds) before answering BUSY.
 DEFAULT_RESULT_WAIT = 1.0
-#: Power-on delay after PLL lock (iCE40 block RAM reads zero for ~3 us after configuration).
-POWER_ON_DELAY = 20e-6
-
-
-# --------------------------------------------------------------------------------------------
-# PLL parameters
-# --------------------------------------------------------------------------------------------
-
-class PllConfig(dict):
-    """Primitive parameters plus ``f_in``/``f_out`` (Hz) and ``family``."""
-
-    @property
-    def f_out(self) -> float:
-        return self["f_out"]
-
-
-def ice40_pll(f_in: float, f_out: float, tolerance: float = 0.005) -> PllConfig:
-    """``SB_PLL40_*`` parameters (SIMPLE feedback) for ``f_in -> f_out``, as ``icepll`` finds them.
-
-    PFD 10..133 MHz, VCO 533..1066 MHz, output 16..275 MHz. Raises :class:`ValueError` when no
-    setting comes within ``tolerance`` (relative) of ``f_out``.
-    """
-    best = None
-    for divr in range(16):
-        f_pfd = f_in / (divr + 1)
-        if not 10e6 <= f_pfd <= 133e6:
-            continue
-        for divf in range(128):
-            f_vco = f_pfd * (divf + 1)
-            if not 533e6 <= f_vco <= 1066e6:
-                continue
-            for divq in range(1, 7):
-                out = f_vco / 2 ** divq
-                if not 16e6 <= out <= 275e6:
-                    continue
-                err = abs(out - f_out)
-                if best is None or err < best[0] - 1e-3:
-                    best = (err, divr, divf, divq, f_pfd, out)
-    if best is None or best[0] > tolerance * f_out:
-        raise ValueError(f"The iCE40 PLL cannot make {f_out / 1e6:g} MHz from {f_in / 1e6:g} MHz "
-                         f"(outputs 16..275 MHz)")
-    _, divr, divf, divq, f_pfd, out = best
-    filter_range = next(i for i, top in enumerate((17e6, 26e6, 44e6, 66e6, 101e6, 1e12), 1)
-                        if f_pfd < top)
-    return PllConfig(family="ice40", DIVR=divr, DIVF=divf, DIVQ=divq, FILTER_RANGE=filter_range,
-                     f_in=f_in, f_out=out)
-
-
-def ecp5_pll(f_in: float, f_out: float, tolerance: float = 0.005) -> PllConfig:
-    """``EHXPLLL`` parameters (CLKOP feedback) for ``f_in -> f_out``, as ``ecppll`` finds them.
-
-    PFD 3.125..400 MHz, VCO 400..800 MHz. Raises :class:`ValueError` when no setting comes within
-    ``tolerance`` of ``f_out``.
-    """
-    best = None
-    for clki_div in range(1, 129):
-        f_pfd = f_in / clki_div
-        if not 3.125e6 <= f_pfd <= 400e6:
-            continue
-        for clkfb_div in range(1, 81):
-            out = f_pfd * clkfb_div
-            for clkop_div in range(1, 129):
-                f_vco = out * clkop_div
-                if not 400e6 <= f_vco <= 800e6:
-                    continue
-                # prefer the smallest error, then a VCO near the middle of its range
-                key = (round(abs(out - f_out)), abs(f_vco - 600e6))
-                if best is None or key < best[0]:
-                    best = (key, clki_div, clkfb_div, clkop_div, out)
-    if best is None or best[0][0] > tolerance * f_out:
-        raise ValueError(f"The ECP5 PLL cannot make {f_out / 1e6:g} MHz from {f_in / 1e6:g} MHz")
-    _, clki_div, clkfb_div, clkop_div, out = best
-    return PllConfig(family="ecp5", CLKI_DIV=clki_div, CLKFB_DIV=clkfb_div, CLKOP_DIV=clkop_div,
-                     f_in=f_in, f_out=out)
-
-
-def _platform_family(platform) -> str:
-    device = str(getattr(platform, "device", ""))
-    if device.startswith("iCE40"):
-        return "ice40"
-    if device.startswith("LFE5"):
-        return "ecp5"
-    raise ValueError(f"No PLL support for device {device!r}; build with pll=None")
-
 
 # --------------------------------------------------------------------------------------------
 # The board top
@@ -205,7 +99,7 @@ class BoardTop(wiring.Component):
     baud : int
         UART rate.
     pll : PllConfig or None
-        Generate ``sync`` with this PLL (:func:`ice40_pll` / :func:`ecp5_pll`, ``f_out`` must
+        Generate ``sync`` with this PLL (``hw.clocking.ice40_pll`` / ``ecp5_pll``, ``f_out`` must
         equal ``clk_hz``); used only when elaborated for a platform.
     frame_timeout : float
         Inter-byte timeout of the frame receiver, seconds (at least 20 byte times are used).
@@ -267,68 +161,9 @@ class BoardTop(wiring.Component):
         if not pll:
             return cls(artifact, osc, baud, frame_timeout=frame_timeout, loadable=loadable)
         mhz = spec.default_clock_mhz if clock_mhz is None else clock_mhz
-        config = (ice40_pll if spec.family == "ice40" else ecp5_pll)(osc, mhz * 1e6)
+        config = FAMILY_CLOCKS[spec.family].search(osc, mhz * 1e6)
         return cls(artifact, config.f_out, baud, pll=config, frame_timeout=frame_timeout,
                    loadable=loadable)
-
-    # ---- clocking on a board -------------------------------------------------------------------
-
-    def _board_clock(self, m, platform):
-        """Drive ``sync`` from the PLL, held in reset until lock + power-on delay."""
-        pll = self.pll
-        family = _platform_family(platform)
-        if family != pll["family"]:
-            raise ValueError(f"A {pll['family']} PLL configuration cannot be used on {family}")
-        clk_out, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
-        if family == "ice40":
-            pad = platform.request(platform.default_clk, 0, dir="-")
-            m.submodules.pll = Instance(
-                "SB_PLL40_PAD",
-                p_FEEDBACK_PATH="SIMPLE",
-                p_DIVR=Const(pll["DIVR"], 4), p_DIVF=Const(pll["DIVF"], 7),
-                p_DIVQ=Const(pll["DIVQ"], 3), p_FILTER_RANGE=Const(pll["FILTER_RANGE"], 3),
-                i_PACKAGEPIN=pad.io, i_RESETB=Const(1), i_BYPASS=Const(0),
-                o_PLLOUTGLOBAL=clk_out, o_LOCK=lock)
-        else:
-            m.submodules.clk_buffer = clk_buffer = io.Buffer(
-                "i", platform.request(platform.default_clk, 0, dir="-"))
-            clk_in = clk_buffer.i
-            m.submodules.pll = Instance(
-                "EHXPLLL",
-                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
-                p_CLKI_DIV=pll["CLKI_DIV"], p_CLKFB_DIV=pll["CLKFB_DIV"],
-                p_CLKOP_DIV=pll["CLKOP_DIV"], p_CLKOP_ENABLE="ENABLED",
-                p_CLKOP_CPHASE=pll["CLKOP_DIV"] // 2, p_CLKOP_FPHASE=0,   # as ecppll sets it
-                p_FEEDBK_PATH="CLKOP",
-                i_CLKI=clk_in, i_CLKFB=clk_out, i_RST=Const(0), i_STDBY=Const(0),
-                i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1),
-                i_PHASESTEP=Const(1), i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0),
-                i_ENCLKOP=Const(0),
-                o_CLKOP=clk_out, o_LOCK=lock,
-                a_FREQUENCY_PIN_CLKI=f"{pll['f_in'] / 1e6:g}",
-                a_FREQUENCY_PIN_CLKOP=f"{pll['f_out'] / 1e6:g}",
-                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
-                a_MFG_GMCREF_SEL="2")
-        # no explicit constraint on the PLL output: nextpnr derives it from the pad's constraint
-        # and the PLL parameters ("Derived frequency constraint of 24.0 MHz for net ...")
-
-        # power-on reset: count while locked, release `sync` after the delay
-        m.domains.por = ClockDomain(reset_less=True, local=True)
-        m.domains.sync = ClockDomain()
-        m.d.comb += [ClockSignal("por").eq(clk_out), ClockSignal("sync").eq(clk_out)]
-        locked = Signal()
-        m.submodules.lock_sync = FFSynchronizer(lock, locked, o_domain="por")
-        delay = max(2, int(POWER_ON_DELAY * self.clk_hz))
-        timer = Signal(range(delay + 1))
-        ready = Signal()
-        with m.If(~locked):
-            m.d.por += [timer.eq(0), ready.eq(0)]
-        with m.Elif(timer == delay):
-            m.d.por += ready.eq(1)
-        with m.Else():
-            m.d.por += timer.eq(timer + 1)
-        m.d.comb += ResetSignal("sync").eq(~ready)
 
     # ---- elaboration -------------------------------------------------------------------------
 
@@ -338,14 +173,14 @@ class BoardTop(wiring.Component):
         link = self._link(m, platform, rx_line, tx_line)
         feed = self._pixel_feeder(m)
         result = self._result_capture(m, feed)
-        self._command_handler(m, link, feed, result)
+        _CommandHandler(self, m, link, feed, result).emit()
         return m
 
     def _serial_lines(self, m, platform):
         """The board's clock and UART pads (or, without a platform, the rx/tx ports)."""
         if platform is not None:
             if self.pll is not None:
-                self._board_clock(m, platform)
+                board_clock(self.pll, self.clk_hz, platform).drive_sync(m, platform)
             elif abs(platform.default_clk_frequency - self.clk_hz) > 1e-6 * self.clk_hz:
                 raise ValueError(f"Without a PLL the design runs at the board clock "
                                  f"{platform.default_clk_frequency / 1e6:g} MHz, not "
@@ -438,348 +273,318 @@ class BoardTop(wiring.Component):
         return SimpleNamespace(logit_r=logit_r, result_cls=result_cls,
                                result_cycles=result_cycles)
 
-    def _command_handler(self, m, link, feed, result):
-        """PING, WRITE_MEM, RUN, READ_RESULT: parse, check, act, reply (docs/BOARD.md)."""
-        n_pixels, classes, acc = self.n_pixels, self.classes, self.accelerator
-        receiver, sender = link.receiver, link.sender
-        buf_w, buf_r, start, running = feed.buf_w, feed.buf_r, feed.start, feed.running
-        has_result, feeding = feed.has_result, feed.feeding
-        logit_r, result_cls = result.logit_r, result.result_cls
-        result_cycles = result.result_cycles
-        event = receiver.o.payload
-        buf_r_index = Signal(range(n_pixels + 1))
-        wm = None
-        if self.loadable:
-            wm = self._write_mem_state()
-            self._write_mem_checks(m, wm)
-        command = Signal(8)
-        count = Signal(16)         # payload bytes of the current frame
-        bad_pixel = Signal()       # a RUN byte above input_max
-        reply_command = Signal(8)
-        reply_length = Signal(16)
-        reply_kind = Signal(_Reply)
-        reply_byte = Signal(8)
-        index = Signal(range(max(self.result_bytes, 2)))
-        wait_cycles = Signal(range(self.result_wait_cycles))
-        index_next = Signal.like(index)
-        m.d.comb += index_next.eq(index)
-        m.d.sync += index.eq(index_next)
 
-        def reply(code=None, *, kind=_Reply.BYTE, byte=None, length=None):
-            """Latch a reply and go send it. `code` set: ERROR(code)."""
-            if code is not None:
-                m.d.sync += [reply_command.eq(Command.ERROR), reply_length.eq(1),
-                             reply_kind.eq(_Reply.BYTE), reply_byte.eq(code)]
-            else:
-                m.d.sync += [reply_command.eq(Command.OK), reply_kind.eq(kind),
-                             reply_length.eq({_Reply.EMPTY: 0, _Reply.BYTE: 1,
-                                              _Reply.RESULT: self.result_bytes}[kind])]
-                if byte is not None:
-                    m.d.sync += reply_byte.eq(byte)
-            m.next = "HEADER"
+# --------------------------------------------------------------------------------------------
+# Command handling
+# --------------------------------------------------------------------------------------------
 
+class _CommandHandler:
+    """PING, WRITE_MEM, RUN, READ_RESULT: parse, check, act, reply (docs/BOARD.md).
+
+    The board top's command FSM (``handler``) and its registers, emitted into the board top's
+    module by :meth:`emit` (a helper of :meth:`BoardTop.elaborate`, not a submodule, so the
+    netlist keeps its shape): frame intake, dispatch per command (:meth:`_commands`), WRITE_MEM's
+    write loop, and the reply."""
+
+    def __init__(self, top: BoardTop, m, link, feed, result):
+        self.top, self.m, self.acc = top, m, top.accelerator
+        self.receiver, self.sender = link.receiver, link.sender
+        self.feed, self.result = feed, result
+        self.event = link.receiver.o.payload
+        self.buf_r_index = Signal(range(top.n_pixels + 1))
+        self.wm = None
+        if top.loadable:
+            self.wm = _WriteMem(top.tables, top.n_pixels)
+            self.wm.add_checks(m)
+        self.command = Signal(8)
+        self.count = Signal(16)         # payload bytes of the current frame
+        self.bad_pixel = Signal()       # a RUN byte above input_max
+        self.reply_command = Signal(8)
+        self.reply_length = Signal(16)
+        self.reply_kind = Signal(_Reply)
+        self.reply_byte = Signal(8)
+        self.index = Signal(range(max(top.result_bytes, 2)))
+        self.wait_cycles = Signal(range(top.result_wait_cycles))
+        self.index_next = Signal.like(self.index)
+        m.d.comb += self.index_next.eq(self.index)
+        m.d.sync += self.index.eq(self.index_next)
+
+    def emit(self):
+        """The FSM, state by state, then the reply's payload bytes."""
+        m = self.m
         with m.FSM(name="handler"):
-            with m.State("IDLE"):
-                m.d.comb += receiver.o.ready.eq(1)
-                with m.If(receiver.o.valid):
-                    with m.If(event.kind == FrameEventKind.COMMAND):
+            self._intake()
+            self._dispatch()
+            self._wait_result()
+            if self.top.loadable:
+                self._write_mem_loop()
+            self._send_reply()
+        self._reply_payload()
+
+    def _reply(self, code=None, *, kind=_Reply.BYTE, byte=None):
+        """Latch a reply and go send it. `code` set: ERROR(code)."""
+        m = self.m
+        if code is not None:
+            m.d.sync += [self.reply_command.eq(Command.ERROR), self.reply_length.eq(1),
+                         self.reply_kind.eq(_Reply.BYTE), self.reply_byte.eq(code)]
+        else:
+            m.d.sync += [self.reply_command.eq(Command.OK), self.reply_kind.eq(kind),
+                         self.reply_length.eq({_Reply.EMPTY: 0, _Reply.BYTE: 1,
+                                               _Reply.RESULT: self.top.result_bytes}[kind])]
+            if byte is not None:
+                m.d.sync += self.reply_byte.eq(byte)
+        m.next = "HEADER"
+
+    # ---- frame intake --------------------------------------------------------------------------
+
+    def _intake(self):
+        """IDLE: wait for a frame (or the receiver's error); FRAME: count and buffer its payload
+        (checking RUN pixels, parsing WRITE_MEM's header) until the receiver's verdict."""
+        m, top, event, wm = self.m, self.top, self.event, self.wm
+        command, count, bad_pixel, buf_w = self.command, self.count, self.bad_pixel, self.feed.buf_w
+        with m.State("IDLE"):
+            m.d.comb += self.receiver.o.ready.eq(1)
+            with m.If(self.receiver.o.valid):
+                with m.If(event.kind == FrameEventKind.COMMAND):
+                    m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
+                    if top.loadable:       # an empty WRITE_MEM must not inherit these
+                        wm.open_frame(m)
+                    m.next = "FRAME"
+                with m.Elif(event.kind == FrameEventKind.ERROR):
+                    self._reply(event.data)
+
+        with m.State("FRAME"):
+            m.d.comb += self.receiver.o.ready.eq(1)
+            with m.If(self.receiver.o.valid):
+                with m.Switch(event.kind):
+                    with m.Case(FrameEventKind.PAYLOAD):
+                        m.d.sync += count.eq(count + 1)
+                        with m.If(command == Command.RUN):
+                            with m.If(event.data > top.input_max):
+                                m.d.sync += bad_pixel.eq(1)
+                        # the buffer is being read only while feeding: leave it alone
+                        # then (such a RUN or WRITE_MEM is answered BUSY anyway)
+                        m.d.comb += [buf_w.addr.eq(count), buf_w.data.eq(event.data),
+                                     buf_w.en.eq(~self.feed.feeding & (count < top.n_pixels))]
+                        if top.loadable:
+                            with m.If(command == Command.WRITE_MEM):
+                                wm.payload_byte(m, count, event.data)
+                    with m.Case(FrameEventKind.END):
+                        m.next = "DISPATCH"
+                    with m.Case(FrameEventKind.ERROR):
+                        self._reply(event.data)
+                    with m.Case(FrameEventKind.COMMAND):   # not sent by the receiver
                         m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
-                        if self.loadable:       # an empty WRITE_MEM must not inherit these
-                            self._write_mem_open(m, wm)
-                        m.next = "FRAME"
-                    with m.Elif(event.kind == FrameEventKind.ERROR):
-                        reply(event.data)
+                        if top.loadable:
+                            wm.open_frame(m)
 
-            with m.State("FRAME"):
-                m.d.comb += receiver.o.ready.eq(1)
-                with m.If(receiver.o.valid):
-                    with m.Switch(event.kind):
-                        with m.Case(FrameEventKind.PAYLOAD):
-                            m.d.sync += count.eq(count + 1)
-                            with m.If(command == Command.RUN):
-                                with m.If(event.data > self.input_max):
-                                    m.d.sync += bad_pixel.eq(1)
-                            # the buffer is being read only while feeding: leave it alone
-                            # then (such a RUN or WRITE_MEM is answered BUSY anyway)
-                            m.d.comb += [buf_w.addr.eq(count), buf_w.data.eq(event.data),
-                                         buf_w.en.eq(~feeding & (count < n_pixels))]
-                            if self.loadable:
-                                with m.If(command == Command.WRITE_MEM):
-                                    self._write_mem_byte(m, wm, count, event.data)
-                        with m.Case(FrameEventKind.END):
-                            m.next = "DISPATCH"
-                        with m.Case(FrameEventKind.ERROR):
-                            reply(event.data)
-                        with m.Case(FrameEventKind.COMMAND):   # not sent by the receiver
-                            m.d.sync += [command.eq(event.data), count.eq(0), bad_pixel.eq(0)]
-                            if self.loadable:
-                                self._write_mem_open(m, wm)
+    # ---- dispatch per command ------------------------------------------------------------------
 
-            with m.State("DISPATCH"):
-                with m.Switch(command):
-                    with m.Case(Command.PING):
-                        with m.If(count != 0):
-                            reply(ErrorCode.BAD_ARGUMENT)
-                        with m.Else():
-                            reply(kind=_Reply.BYTE, byte=PROTOCOL_VERSION)
-                    with m.Case(Command.RUN):
-                        with m.If((count != n_pixels) | bad_pixel):
-                            reply(ErrorCode.BAD_ARGUMENT)
-                        with m.Elif(running):
-                            reply(ErrorCode.BUSY)
-                        with m.Else():
-                            m.d.comb += start.eq(1)
-                            reply(kind=_Reply.EMPTY)
-                    with m.Case(Command.READ_RESULT):
-                        with m.If(count != 0):
-                            reply(ErrorCode.BAD_ARGUMENT)
-                        with m.Elif(running):
-                            m.d.sync += wait_cycles.eq(0)
-                            m.next = "WAIT_RESULT"
-                        with m.Elif(~has_result):
-                            reply(ErrorCode.BUSY)
-                        with m.Else():
-                            reply(kind=_Reply.RESULT)
-                    with m.Case(Command.WRITE_MEM):
-                        if self.loadable:
-                            with m.If(running | feeding):
-                                reply(ErrorCode.BUSY)
-                            with m.Elif(~wm.fits):
-                                reply(ErrorCode.BAD_ARGUMENT)
-                            with m.Else():
-                                m.d.sync += [buf_r_index.eq(5), wm.byte.eq(0)]
-                                m.next = "WRITE_FETCH"
-                        else:
-                            reply(ErrorCode.UNSUPPORTED)
-                    with m.Default():
-                        reply(ErrorCode.UNKNOWN_COMMAND)
+    def _commands(self):
+        """The command table: what DISPATCH does for each command of a checked frame."""
+        return {Command.PING: self._ping, Command.RUN: self._run,
+                Command.READ_RESULT: self._read_result, Command.WRITE_MEM: self._write_mem}
 
-            with m.State("WAIT_RESULT"):
-                m.d.sync += wait_cycles.eq(wait_cycles + 1)
-                with m.If(has_result):
-                    reply(kind=_Reply.RESULT)
-                with m.Elif(wait_cycles == self.result_wait_cycles - 1):
-                    reply(ErrorCode.BUSY)          # watchdog: the link never waits forever
+    def _dispatch(self):
+        """DISPATCH: the frame's CRC matched; act on its command, or UNKNOWN_COMMAND."""
+        m = self.m
+        with m.State("DISPATCH"):
+            with m.Switch(self.command):
+                for command, action in self._commands().items():
+                    with m.Case(command):
+                        action()
+                with m.Default():
+                    self._reply(ErrorCode.UNKNOWN_COMMAND)
 
-            if self.loadable:
-                # the checked payload from the buffer into the table, a word at a time
-                with m.State("WRITE_FETCH"):        # the buffer's read port: one cycle
-                    m.d.comb += buf_r.addr.eq(buf_r_index)
-                    m.next = "WRITE_BYTE"
-                with m.State("WRITE_BYTE"):
-                    with m.Switch(wm.byte):
-                        for i in range(max(b for b, _ in self.tables)):
-                            with m.Case(i):
-                                m.d.sync += wm.word.word_select(i, 8).eq(buf_r.data)
-                    m.d.sync += [buf_r_index.eq(buf_r_index + 1), wm.byte.eq(wm.byte + 1)]
-                    m.next = "WRITE_FETCH"
-                    with m.If(wm.byte == wm.word_bytes - 1):
-                        m.next = "WRITE_WORD"
-                with m.State("WRITE_WORD"):
-                    m.d.comb += [acc.load.valid.eq(1), acc.load.payload.memory.eq(wm.id),
-                                 acc.load.payload.addr.eq(wm.addr),
-                                 acc.load.payload.data.eq(wm.word)]
-                    with m.If(acc.load.ready):
-                        m.d.sync += [wm.addr.eq(wm.addr + 1), wm.byte.eq(0)]
-                        m.next = "WRITE_FETCH"
-                        with m.If(buf_r_index == count):
-                            reply(kind=_Reply.EMPTY)
+    def _ping(self):
+        """PING: the protocol version; a payload is BAD_ARGUMENT."""
+        with self.m.If(self.count != 0):
+            self._reply(ErrorCode.BAD_ARGUMENT)
+        with self.m.Else():
+            self._reply(kind=_Reply.BYTE, byte=PROTOCOL_VERSION)
 
-            with m.State("HEADER"):
-                m.d.comb += [sender.header.valid.eq(1),
-                             sender.header.payload.command.eq(reply_command),
-                             sender.header.payload.length.eq(reply_length),
-                             index_next.eq(0)]
-                with m.If(sender.header.ready):
-                    with m.If(reply_length == 0):
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "PAYLOAD"
+    def _run(self):
+        """RUN: exactly n_pixels pixels, none above input_max, and no run in progress: start."""
+        m, feed = self.m, self.feed
+        with m.If((self.count != self.top.n_pixels) | self.bad_pixel):
+            self._reply(ErrorCode.BAD_ARGUMENT)
+        with m.Elif(feed.running):
+            self._reply(ErrorCode.BUSY)
+        with m.Else():
+            m.d.comb += feed.start.eq(1)
+            self._reply(kind=_Reply.EMPTY)
 
-            with m.State("PAYLOAD"):
-                m.d.comb += sender.payload.valid.eq(1)
-                with m.If(sender.payload.ready):
-                    m.d.comb += index_next.eq(index + 1)
-                    with m.If(index == reply_length - 1):
-                        m.next = "IDLE"
+    def _read_result(self):
+        """READ_RESULT: the result, after waiting for a run in progress; BUSY before any run."""
+        m, feed = self.m, self.feed
+        with m.If(self.count != 0):
+            self._reply(ErrorCode.BAD_ARGUMENT)
+        with m.Elif(feed.running):
+            m.d.sync += self.wait_cycles.eq(0)
+            m.next = "WAIT_RESULT"
+        with m.Elif(~feed.has_result):
+            self._reply(ErrorCode.BUSY)
+        with m.Else():
+            self._reply(kind=_Reply.RESULT)
 
-        # reply payload bytes; the logit store is read one cycle ahead (at index_next)
-        ahead = Signal(range(max(self.result_bytes, 7)))
+    def _write_mem(self):
+        """WRITE_MEM: with `loadable`, a fitting payload outside a run goes to the write loop;
+        without, UNSUPPORTED."""
+        m, feed, wm = self.m, self.feed, self.wm
+        if not self.top.loadable:
+            self._reply(ErrorCode.UNSUPPORTED)
+            return
+        with m.If(feed.running | feed.feeding):
+            self._reply(ErrorCode.BUSY)
+        with m.Elif(~wm.fits):
+            self._reply(ErrorCode.BAD_ARGUMENT)
+        with m.Else():
+            m.d.sync += [self.buf_r_index.eq(5), wm.byte.eq(0)]
+            m.next = "WRITE_FETCH"
+
+    def _wait_result(self):
+        """WAIT_RESULT: a READ_RESULT during a run, answered when the run ends or by the
+        watchdog."""
+        m = self.m
+        with m.State("WAIT_RESULT"):
+            m.d.sync += self.wait_cycles.eq(self.wait_cycles + 1)
+            with m.If(self.feed.has_result):
+                self._reply(kind=_Reply.RESULT)
+            with m.Elif(self.wait_cycles == self.top.result_wait_cycles - 1):
+                self._reply(ErrorCode.BUSY)          # watchdog: the link never waits forever
+
+    # ---- WRITE_MEM's write loop (loadable only) ------------------------------------------------
+
+    def _write_mem_loop(self):
+        """The checked payload from the buffer into the table, a word at a time."""
+        m, acc, wm = self.m, self.acc, self.wm
+        buf_r, buf_r_index = self.feed.buf_r, self.buf_r_index
+        with m.State("WRITE_FETCH"):        # the buffer's read port: one cycle
+            m.d.comb += buf_r.addr.eq(buf_r_index)
+            m.next = "WRITE_BYTE"
+        with m.State("WRITE_BYTE"):
+            with m.Switch(wm.byte):
+                for i in range(max(b for b, _ in self.top.tables)):
+                    with m.Case(i):
+                        m.d.sync += wm.word.word_select(i, 8).eq(buf_r.data)
+            m.d.sync += [buf_r_index.eq(buf_r_index + 1), wm.byte.eq(wm.byte + 1)]
+            m.next = "WRITE_FETCH"
+            with m.If(wm.byte == wm.word_bytes - 1):
+                m.next = "WRITE_WORD"
+        with m.State("WRITE_WORD"):
+            m.d.comb += [acc.load.valid.eq(1), acc.load.payload.memory.eq(wm.id),
+                         acc.load.payload.addr.eq(wm.addr),
+                         acc.load.payload.data.eq(wm.word)]
+            with m.If(acc.load.ready):
+                m.d.sync += [wm.addr.eq(wm.addr + 1), wm.byte.eq(0)]
+                m.next = "WRITE_FETCH"
+                with m.If(buf_r_index == self.count):
+                    self._reply(kind=_Reply.EMPTY)
+
+    # ---- the reply -----------------------------------------------------------------------------
+
+    def _send_reply(self):
+        """HEADER, then PAYLOAD: the latched reply to the frame sender, back to IDLE."""
+        m, sender = self.m, self.sender
+        reply_length, index, index_next = self.reply_length, self.index, self.index_next
+        with m.State("HEADER"):
+            m.d.comb += [sender.header.valid.eq(1),
+                         sender.header.payload.command.eq(self.reply_command),
+                         sender.header.payload.length.eq(reply_length),
+                         index_next.eq(0)]
+            with m.If(sender.header.ready):
+                with m.If(reply_length == 0):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "PAYLOAD"
+
+        with m.State("PAYLOAD"):
+            m.d.comb += sender.payload.valid.eq(1)
+            with m.If(sender.payload.ready):
+                m.d.comb += index_next.eq(index + 1)
+                with m.If(index == reply_length - 1):
+                    m.next = "IDLE"
+
+    def _reply_payload(self):
+        """The reply's payload byte at ``index``: the latched byte, or READ_RESULT's class,
+        cycles, count and logits (the logit store is read one cycle ahead, at ``index_next``)."""
+        m, top, result = self.m, self.top, self.result
+        index, index_next = self.index, self.index_next
+        ahead = Signal(range(max(top.result_bytes, 7)))
         m.d.comb += [ahead.eq(index_next - 6),
-                     logit_r.addr.eq(Mux(index_next >= 6, ahead >> 2, 0))]
+                     result.logit_r.addr.eq(Mux(index_next >= 6, ahead >> 2, 0))]
         logit32 = Signal(32)
-        m.d.comb += logit32.eq(logit_r.data)        # sign-extends the stored logit
+        m.d.comb += logit32.eq(result.logit_r.data)        # sign-extends the stored logit
         result_byte = Signal(8)
         with m.Switch(index):
             with m.Case(0):
-                m.d.comb += result_byte.eq(result_cls)
+                m.d.comb += result_byte.eq(result.result_cls)
             for i in range(4):
                 with m.Case(1 + i):
-                    m.d.comb += result_byte.eq(result_cycles.word_select(i, 8))
+                    m.d.comb += result_byte.eq(result.result_cycles.word_select(i, 8))
             with m.Case(5):
-                m.d.comb += result_byte.eq(classes)
+                m.d.comb += result_byte.eq(top.classes)
             with m.Default():
                 m.d.comb += result_byte.eq(logit32.word_select((index - 6)[:2], 8))
-        m.d.comb += sender.payload.payload.eq(
-            Mux(reply_kind == _Reply.RESULT, result_byte, reply_byte))
+        m.d.comb += self.sender.payload.payload.eq(
+            Mux(self.reply_kind == _Reply.RESULT, result_byte, self.reply_byte))
 
-    # ---- WRITE_MEM (loadable only) -------------------------------------------------------------
 
-    def _write_mem_state(self):
-        """The registers of a WRITE_MEM frame, and ``fits``: its id, address and word count
-        name whole words inside a table (the check before anything is written)."""
-        word_bytes = max(b for b, _ in self.tables)
-        depth = max(d for _, d in self.tables)
-        wm = SimpleNamespace(
-            id=Signal(8, name="wm_id"),
-            addr=Signal(range(depth + 1), name="wm_addr"),
-            high=Signal(name="wm_addr_high"),       # an address bit above the table range
-            k=Signal(range(word_bytes), name="wm_k"),          # byte within word, received
-            words=Signal(range(self.n_pixels + 1), name="wm_words"),
-            byte=Signal(range(word_bytes), name="wm_byte"),    # byte within word, written
-            word=Signal(8 * word_bytes, name="wm_word"),
-            word_bytes=Signal(range(word_bytes + 1), name="wm_word_bytes"),
-            depth=Signal(range(depth + 1), name="wm_depth"),
-            fits=Signal(name="wm_fits"))          # a cycle after the frame's bytes
-        wm.end = Signal(len(wm.addr) + 1, name="wm_end")
-        return wm
+class _WriteMem:
+    """The registers of a WRITE_MEM frame (``wm_*``), and ``fits``: its id, address and word
+    count name whole words inside a table (the check before anything is written)."""
 
-    def _write_mem_checks(self, m, wm):
-        with m.Switch(wm.id):
+    def __init__(self, tables, n_pixels):
+        self.tables = tables
+        word_bytes = max(b for b, _ in tables)
+        depth = max(d for _, d in tables)
+        self.id = Signal(8, name="wm_id")
+        self.addr = Signal(range(depth + 1), name="wm_addr")
+        self.high = Signal(name="wm_addr_high")      # an address bit above the table range
+        self.k = Signal(range(word_bytes), name="wm_k")          # byte within word, received
+        self.words = Signal(range(n_pixels + 1), name="wm_words")
+        self.byte = Signal(range(word_bytes), name="wm_byte")    # byte within word, written
+        self.word = Signal(8 * word_bytes, name="wm_word")
+        self.word_bytes = Signal(range(word_bytes + 1), name="wm_word_bytes")
+        self.depth = Signal(range(depth + 1), name="wm_depth")
+        self.fits = Signal(name="wm_fits")          # a cycle after the frame's bytes
+        self.end = Signal(len(self.addr) + 1, name="wm_end")
+
+    def add_checks(self, m):
+        """The table's word size and depth by id, and the registered ``fits``."""
+        with m.Switch(self.id):
             for i, (nbytes, words) in enumerate(self.tables):
                 with m.Case(i):
-                    m.d.comb += [wm.word_bytes.eq(nbytes), wm.depth.eq(words)]
+                    m.d.comb += [self.word_bytes.eq(nbytes), self.depth.eq(words)]
         # registered: the frame's last byte comes at least a cycle before its END event, and
         # the check's adder and comparator stay out of the handler's paths
-        m.d.comb += wm.end.eq(wm.addr + wm.words)
-        m.d.sync += wm.fits.eq((wm.id < len(self.tables)) & ~wm.high & (wm.k == 0) &
-                               (wm.words != 0) & (wm.end <= wm.depth))
+        m.d.comb += self.end.eq(self.addr + self.words)
+        m.d.sync += self.fits.eq((self.id < len(self.tables)) & ~self.high & (self.k == 0) &
+                                 (self.words != 0) & (self.end <= self.depth))
 
-    def _write_mem_open(self, m, wm):
+    def open_frame(self, m):
         """A frame opens: no id, address or words yet. Without this, a WRITE_MEM without payload
         passed on the previous frame's `fits` and its write loop never ended (found by the
         board-link fuzz, tests/hw/test_board.py)."""
-        m.d.sync += [wm.id.eq(0xFF), wm.addr.eq(0), wm.high.eq(0), wm.k.eq(0), wm.words.eq(0)]
+        m.d.sync += [self.id.eq(0xFF), self.addr.eq(0), self.high.eq(0), self.k.eq(0),
+                     self.words.eq(0)]
 
-    def _write_mem_byte(self, m, wm, count, byte):
+    def payload_byte(self, m, count, byte):
         """One payload byte of a WRITE_MEM frame: id, 4 address bytes, then word bytes."""
-        addr_bits = len(wm.addr)
+        addr_bits = len(self.addr)
         with m.If(count == 0):
-            m.d.sync += [wm.id.eq(byte), wm.addr.eq(0), wm.high.eq(0), wm.k.eq(0),
-                         wm.words.eq(0)]
+            m.d.sync += [self.id.eq(byte), self.addr.eq(0), self.high.eq(0), self.k.eq(0),
+                         self.words.eq(0)]
         for i in range(4):
             with m.Elif(count == 1 + i):
                 low = 8 * i
                 if low < addr_bits:
-                    m.d.sync += wm.addr.bit_select(low, min(8, addr_bits - low)).eq(byte)
+                    m.d.sync += self.addr.bit_select(low, min(8, addr_bits - low)).eq(byte)
                 keep = max(0, min(8, addr_bits - low))
                 with m.If((byte >> keep) != 0):
-                    m.d.sync += wm.high.eq(1)
+                    m.d.sync += self.high.eq(1)
         with m.Else():
-            with m.If(wm.k == wm.word_bytes - 1):
-                m.d.sync += [wm.k.eq(0), wm.words.eq(wm.words + 1)]
+            with m.If(self.k == self.word_bytes - 1):
+                m.d.sync += [self.k.eq(0), self.words.eq(self.words + 1)]
             with m.Else():
-                m.d.sync += wm.k.eq(wm.k + 1)
-
-
-# --------------------------------------------------------------------------------------------
-# make bitstream
-# --------------------------------------------------------------------------------------------
-
-# Where `make bitstream` puts its outputs, per target and model: ``synth-<target>.json`` and
-# ``build/<target>/`` belong to DEFAULT_MODEL; any other model (an artifact's file name without
-# ``.json``) gets ``synth-<target>-<model>.json`` and ``build/<target>-<model>/``. The bench
-# reads the same rule.
-
-#: The model whose build owns ``synth-<target>.json`` (the Makefile's ``MODEL ?= l1p``).
-DEFAULT_MODEL = "l1p"
-
-
-def synth_report_path(target: str, model: str, reports="build/reports") -> Path:
-    """``<reports>/synth-<target>.json`` for :data:`DEFAULT_MODEL`, else
-    ``<reports>/synth-<target>-<model>.json``: where ``make bitstream`` writes its report."""
-    name = f"synth-{target}" if model == DEFAULT_MODEL else f"synth-{target}-{model}"
-    return Path(reports) / f"{name}.json"
-
-
-def bitstream_dir(target: str, model: str, build_root="build") -> Path:
-    """``<build_root>/<target>`` for :data:`DEFAULT_MODEL`, else
-    ``<build_root>/<target>-<model>``: where ``make bitstream`` puts the bitstream (the one the
-    report's ``"bitstream"`` names) and the build logs."""
-    return Path(build_root) / (target if model == DEFAULT_MODEL else f"{target}-{model}")
-
-
-def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True, out_dir=None,
-          report_path=None) -> dict:
-    """Build the board bitstream of an artifact for ``target``; returns the report record.
-
-    By default the bitstream goes to `bitstream_dir` and the report to
-    `synth_report_path` of the artifact's model (its file name without ``.json``)."""
-    from hw.synth import TimingError, build_bitstream
-    from model.ir import load_artifact
-    spec = get_target(target)
-    artifact = load_artifact(artifact_path)
-    try:
-        top = BoardTop.for_platform(artifact, spec.name, clock_mhz, baud, pll=pll)
-    except ValueError as error:          # PLL cannot make the clock, UART rate impossible
-        raise StforgeError(str(error)) from None
-    model = Path(artifact_path).stem
-    out_dir = Path(out_dir or bitstream_dir(spec.name, model))
-    board_mhz = spec.platform_class()().default_clk_frequency / 1e6
-    # the pad is constrained at the oscillator; the PLL output carries its own constraint
-    try:
-        record = build_bitstream(top, spec.name, out_dir,
-                                 board_mhz if top.pll else top.clk_hz / 1e6, name="top")
-    except TimingError as error:
-        if top.pll is None:
-            raise
-        detail = str(error).split(": ", 1)[-1]
-        raise TimingError(f"Timing not met on {spec.name} at {top.clk_hz / 1e6:g} MHz (PLL from "
-                          f"the {board_mhz:g} MHz oscillator): {detail}; a lower clock can be "
-                          f"asked for with --clock-mhz / CLOCK_MHZ=") from None
-    record.update({
-        "clock_mhz": round(top.clk_hz / 1e6, 3),
-        "pll": ({k: v for k, v in top.pll.items() if k not in ("f_in", "f_out")}
-                if top.pll else None),
-        "model": model,
-        "artifact": str(artifact_path),
-        "baud": baud,
-        "uart_divisor": top.divisor,
-        "baud_actual": round(top.clk_hz / top.divisor, 1),
-    })
-    acc = top.accelerator
-    record["memory_map"] = str(write_memory_map(out_dir / "memory_map.json", memory_tables(acc),
-                                                loadable=acc.loadable))
-    write_json(Path(report_path or synth_report_path(spec.name, model)), record)
-    return record
-
-
-def configure(parser) -> None:
-    """`stforge bitstream`'s arguments."""
-    parser.add_argument("--target", required=True, choices=sorted(TARGETS))
-    parser.add_argument("--artifact", required=True, help="artifact manifest (.json)")
-    parser.add_argument("--clock-mhz", type=positive_float, help="PLL clock (default: " + ", ".join(
-        f"{t.default_clock_mhz:g} on {name}" for name, t in TARGETS.items()) + ")")
-    parser.add_argument("--baud", type=positive_int, default=DEFAULT_BAUD)
-    parser.add_argument("--no-pll", action="store_true", help="run from the board oscillator")
-    parser.add_argument("--out", help=f"output folder (default build/<target> for the "
-                                      f"{DEFAULT_MODEL} model, else build/<target>-<model>)")
-    parser.add_argument("--report", help=f"report (default build/reports/synth-<target>.json "
-                                         f"for the {DEFAULT_MODEL} model, else "
-                                         f"synth-<target>-<model>.json)")
-
-
-def run(args) -> int:
-    """`stforge bitstream`: build, write the report and the memory map."""
-    if args.no_pll and args.clock_mhz is not None:
-        raise StforgeError("--clock-mhz needs the PLL; drop --no-pll")
-    if args.out is not None:
-        check_output_dir(args.out, "--out")
-    if args.report is not None:
-        check_output_path(args.report, "--report")
-    record = build(args.target, args.artifact, clock_mhz=args.clock_mhz, baud=args.baud,
-                   pll=not args.no_pll, out_dir=args.out, report_path=args.report)
-    print(f"{record['target']}: {record['lut']} LUT, {record['ff']} FF, {record['bram']} BRAM, "
-          f"{record['spram']} SPRAM, {record['dsp']} DSP; fmax {record['fmax_mhz']} MHz "
-          f"(clock {record['clock_mhz']} MHz) -> {record['bitstream']}")
-    return 0
+                m.d.sync += self.k.eq(self.k + 1)

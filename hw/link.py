@@ -12,6 +12,8 @@ ends every frame with a verdict event, ``END`` (CRC good) or ``ERROR`` (with an
 run, make written words visible) before it sees ``END``.
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import crc, data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -106,9 +108,24 @@ class FrameReceiver(wiring.Component):
         byte = self.i.payload
         accepted = self.i.valid & self.i.ready
         m.d.comb += check.data.eq(byte)
+        in_frame, timed_out = self._inter_byte_timeout(m, idle_cycles)
+        frame = SimpleNamespace(check=check, length=length, remaining=remaining,
+                                received_crc_lo=received_crc_lo, verdict=verdict, byte=byte,
+                                accepted=accepted, in_frame=in_frame, timed_out=timed_out)
 
-        # Inter-byte timeout: counts cycles with no byte offered while a frame is open. A byte
-        # held back by back-pressure on `o` does not count as silence.
+        with m.FSM():
+            self._hunt_and_command(m, frame)
+            self._length(m, frame)
+            self._payload(m, frame)
+            self._crc(m, frame)
+            self._verdict(m, frame)
+
+        return m
+
+    def _inter_byte_timeout(self, m, idle_cycles):
+        """Inter-byte timeout: counts cycles with no byte offered while a frame is open (a state
+        drives ``in_frame``); ``timed_out`` pulses when the count runs out. A byte held back by
+        back-pressure on `o` does not count as silence."""
         in_frame = Signal()
         timed_out = Signal()
         m.d.comb += timed_out.eq(in_frame & ~self.i.valid &
@@ -117,110 +134,125 @@ class FrameReceiver(wiring.Component):
             m.d.sync += idle_cycles.eq(0)
         with m.Else():
             m.d.sync += idle_cycles.eq(idle_cycles + 1)
+        return in_frame, timed_out
 
-        def leave_on_timeout():
-            m.d.comb += in_frame.eq(1)
-            with m.If(timed_out):
+    @staticmethod
+    def _drop(m, frame, code):
+        """End the frame with ``ERROR code``: the verdict waits in state VERDICT."""
+        m.d.sync += [
+            frame.verdict.kind.eq(FrameEventKind.ERROR),
+            frame.verdict.data.eq(code),
+        ]
+        m.next = "VERDICT"
+
+    def _leave_on_timeout(self, m, frame):
+        """In a state inside a frame: count silence, and drop the frame with TIMEOUT."""
+        m.d.comb += frame.in_frame.eq(1)
+        with m.If(frame.timed_out):
+            self._drop(m, frame, ErrorCode.TIMEOUT)
+
+    def _hunt_and_command(self, m, frame):
+        """HUNT: skip bytes until SYNC; COMMAND: forward the command byte, which opens a frame."""
+        byte, check = frame.byte, frame.check
+        with m.State("HUNT"):
+            m.d.comb += self.i.ready.eq(1)
+            with m.If(self.i.valid & (byte == SYNC)):
+                m.d.comb += check.start.eq(1)
+                m.next = "COMMAND"
+
+        with m.State("COMMAND"):
+            self._leave_on_timeout(m, frame)
+            m.d.comb += [
+                self.o.valid.eq(self.i.valid),
+                self.o.p.kind.eq(FrameEventKind.COMMAND),
+                self.o.p.data.eq(byte),
+                self.i.ready.eq(self.o.ready),
+            ]
+            with m.If(frame.accepted):
+                m.d.comb += check.valid.eq(1)
+                m.next = "LENGTH_LO"
+
+    def _length(self, m, frame):
+        """LENGTH_LO, LENGTH_HI: the payload length; one above ``max_payload`` drops the frame
+        with BAD_LENGTH at once, an empty payload goes straight to the CRC."""
+        byte, check, length = frame.byte, frame.check, frame.length
+        with m.State("LENGTH_LO"):
+            self._leave_on_timeout(m, frame)
+            m.d.comb += self.i.ready.eq(1)
+            with m.If(frame.accepted):
+                m.d.comb += check.valid.eq(1)
+                m.d.sync += length[:8].eq(byte)
+                m.next = "LENGTH_HI"
+
+        with m.State("LENGTH_HI"):
+            self._leave_on_timeout(m, frame)
+            m.d.comb += self.i.ready.eq(1)
+            full_length = Cat(length[:8], byte)
+            with m.If(frame.accepted):
+                m.d.comb += check.valid.eq(1)
                 m.d.sync += [
-                    verdict.kind.eq(FrameEventKind.ERROR),
-                    verdict.data.eq(ErrorCode.TIMEOUT),
+                    length.eq(full_length),
+                    frame.remaining.eq(full_length),
                 ]
+                with m.If(full_length > self._max_payload):
+                    self._drop(m, frame, ErrorCode.BAD_LENGTH)
+                with m.Elif(full_length == 0):
+                    m.next = "CRC_LO"
+                with m.Else():
+                    m.next = "PAYLOAD"
+
+    def _payload(self, m, frame):
+        """PAYLOAD: forward each payload byte, counting down ``remaining``."""
+        remaining = frame.remaining
+        with m.State("PAYLOAD"):
+            self._leave_on_timeout(m, frame)
+            m.d.comb += [
+                self.o.valid.eq(self.i.valid),
+                self.o.p.kind.eq(FrameEventKind.PAYLOAD),
+                self.o.p.data.eq(frame.byte),
+                self.i.ready.eq(self.o.ready),
+            ]
+            with m.If(frame.accepted):
+                m.d.comb += frame.check.valid.eq(1)
+                m.d.sync += remaining.eq(remaining - 1)
+                with m.If(remaining == 1):
+                    m.next = "CRC_LO"
+
+    def _crc(self, m, frame):
+        """CRC_LO, CRC_HI: the received CRC against the computed one, END or BAD_CRC."""
+        byte, verdict = frame.byte, frame.verdict
+        with m.State("CRC_LO"):
+            self._leave_on_timeout(m, frame)
+            m.d.comb += self.i.ready.eq(1)
+            with m.If(frame.accepted):
+                m.d.sync += frame.received_crc_lo.eq(byte)
+                m.next = "CRC_HI"
+
+        with m.State("CRC_HI"):
+            self._leave_on_timeout(m, frame)
+            m.d.comb += self.i.ready.eq(1)
+            with m.If(frame.accepted):
+                with m.If(Cat(frame.received_crc_lo, byte) == frame.check.crc):
+                    m.d.sync += [
+                        verdict.kind.eq(FrameEventKind.END),
+                        verdict.data.eq(0),
+                    ]
+                with m.Else():
+                    m.d.sync += [
+                        verdict.kind.eq(FrameEventKind.ERROR),
+                        verdict.data.eq(ErrorCode.BAD_CRC),
+                    ]
                 m.next = "VERDICT"
 
-        with m.FSM():
-            with m.State("HUNT"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid & (byte == SYNC)):
-                    m.d.comb += check.start.eq(1)
-                    m.next = "COMMAND"
-
-            with m.State("COMMAND"):
-                leave_on_timeout()
-                m.d.comb += [
-                    self.o.valid.eq(self.i.valid),
-                    self.o.p.kind.eq(FrameEventKind.COMMAND),
-                    self.o.p.data.eq(byte),
-                    self.i.ready.eq(self.o.ready),
-                ]
-                with m.If(accepted):
-                    m.d.comb += check.valid.eq(1)
-                    m.next = "LENGTH_LO"
-
-            with m.State("LENGTH_LO"):
-                leave_on_timeout()
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(accepted):
-                    m.d.comb += check.valid.eq(1)
-                    m.d.sync += length[:8].eq(byte)
-                    m.next = "LENGTH_HI"
-
-            with m.State("LENGTH_HI"):
-                leave_on_timeout()
-                m.d.comb += self.i.ready.eq(1)
-                full_length = Cat(length[:8], byte)
-                with m.If(accepted):
-                    m.d.comb += check.valid.eq(1)
-                    m.d.sync += [
-                        length.eq(full_length),
-                        remaining.eq(full_length),
-                    ]
-                    with m.If(full_length > self._max_payload):
-                        m.d.sync += [
-                            verdict.kind.eq(FrameEventKind.ERROR),
-                            verdict.data.eq(ErrorCode.BAD_LENGTH),
-                        ]
-                        m.next = "VERDICT"
-                    with m.Elif(full_length == 0):
-                        m.next = "CRC_LO"
-                    with m.Else():
-                        m.next = "PAYLOAD"
-
-            with m.State("PAYLOAD"):
-                leave_on_timeout()
-                m.d.comb += [
-                    self.o.valid.eq(self.i.valid),
-                    self.o.p.kind.eq(FrameEventKind.PAYLOAD),
-                    self.o.p.data.eq(byte),
-                    self.i.ready.eq(self.o.ready),
-                ]
-                with m.If(accepted):
-                    m.d.comb += check.valid.eq(1)
-                    m.d.sync += remaining.eq(remaining - 1)
-                    with m.If(remaining == 1):
-                        m.next = "CRC_LO"
-
-            with m.State("CRC_LO"):
-                leave_on_timeout()
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(accepted):
-                    m.d.sync += received_crc_lo.eq(byte)
-                    m.next = "CRC_HI"
-
-            with m.State("CRC_HI"):
-                leave_on_timeout()
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(accepted):
-                    with m.If(Cat(received_crc_lo, byte) == check.crc):
-                        m.d.sync += [
-                            verdict.kind.eq(FrameEventKind.END),
-                            verdict.data.eq(0),
-                        ]
-                    with m.Else():
-                        m.d.sync += [
-                            verdict.kind.eq(FrameEventKind.ERROR),
-                            verdict.data.eq(ErrorCode.BAD_CRC),
-                        ]
-                    m.next = "VERDICT"
-
-            with m.State("VERDICT"):
-                m.d.comb += [
-                    self.o.valid.eq(1),
-                    self.o.payload.eq(verdict),
-                ]
-                with m.If(self.o.ready):
-                    m.next = "HUNT"
-
-        return m
+    def _verdict(self, m, frame):
+        """VERDICT: the END or ERROR event, then hunt for SYNC again."""
+        with m.State("VERDICT"):
+            m.d.comb += [
+                self.o.valid.eq(1),
+                self.o.payload.eq(frame.verdict),
+            ]
+            with m.If(self.o.ready):
+                m.next = "HUNT"
 
 
 class FrameSender(wiring.Component):

@@ -1,6 +1,6 @@
 """The FPGA targets: one table of every fact about each board and its device.
 
-Synthesis (hw.synth), the board top's clocking (hw.board), the benchmarks' energy estimates and
+Synthesis (hw.synth), the board top's clocking (hw.clocking), the benchmarks' energy estimates and
 the sweep all read :data:`TARGETS`; nothing else states a target's device, board, default clock,
 PLL family or power figure.
 """

@@ -85,5 +85,5 @@ def test_the_walk_sees_imports():
     """Not blind: the walk finds a known module-level and a known function-level import."""
     g = graph()
     assert "numpy" in g["model.ir.nodes"]
-    assert "hw.synth" in g["hw.board"]             # imported inside functions
+    assert "hw.synth" in g["hw.bitstream"]             # imported inside functions
     assert "model.flows.bench" in g["model.flows.sweep_hw"]

@@ -220,10 +220,10 @@ def load_synth_report(reports: Path, target: str,
     """(synth report with an fmax, None) or (None, one-line message).
 
     A variant other than the default model reads its own synth-<target>-<variant>.json when it
-    exists (hw.board.synth_report_path); otherwise, and for the default model, synth-<target>.json, whose
+    exists (hw.bitstream.synth_report_path); otherwise, and for the default model, synth-<target>.json, whose
     "model" names the model built (fpga_row flags another model's fmax). The report comes back
     with "report_path" added: the file it was read from."""
-    from hw.board import DEFAULT_MODEL, synth_report_path
+    from hw.bitstream import DEFAULT_MODEL, synth_report_path
     path = synth_report_path(target, DEFAULT_MODEL, reports)
     make = f"make bitstream TARGET={target}"
     own = ""
@@ -264,7 +264,7 @@ def fpga_row(variant: str, target: str, sim: dict | None, synth: dict | None,
            "sim_images": (sim or {}).get("images"), "bitexact": (sim or {}).get("bitexact"),
            "notes": list(notes)}
     if synth and synth.get("model") and synth["model"] != variant:
-        from hw.board import DEFAULT_MODEL, synth_report_path
+        from hw.bitstream import DEFAULT_MODEL, synth_report_path
         own = synth_report_path(target, variant).name
         why = (f"{own} holds that build, from before per-model reports"
                if variant == DEFAULT_MODEL else f"{variant} has no {own} of its own")

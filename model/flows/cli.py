@@ -229,7 +229,7 @@ STAGES = {
     "hdl": ("hw.generate", "Verilog of the accelerator for an artifact (make hdl)"),
     "sim": ("sim.runner", "simulate the Verilog against the golden data (make sim)"),
     "sim-board": ("sim.board_tb", "simulate the board top with the host driver"),
-    "bitstream": ("hw.board", "board bitstream with Yosys/nextpnr (make bitstream)"),
+    "bitstream": ("hw.bitstream", "board bitstream with Yosys/nextpnr (make bitstream)"),
     "run": ("firmware.driver", "run test images on a board over its serial port"),
     "bench": ("model.flows.bench", "FPGA vs CPU vs GPU benchmark (make bench)"),
     "sweep-hw": ("model.flows.sweep_hw", "hardware design-space sweep (make sweep-hw)"),

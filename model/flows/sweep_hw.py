@@ -399,7 +399,7 @@ def _hw(job: dict, model: dict) -> dict:
             elif not out["fits_resources"]:
                 reason = f"not placed: {out['resource_error']}"
             else:
-                from hw.board import build
+                from hw.bitstream import build
                 try:
                     rec = build(target, tmp / "artifact.json", pll=False, out_dir=tmp / "pnr",
                                 report_path=tmp / "pnr" / "synth.json")

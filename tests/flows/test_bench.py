@@ -293,11 +293,11 @@ def test_a_broken_variant_synth_report_is_reported_not_replaced(tmp_path):
 
 
 def test_make_bitstream_of_another_model_keeps_the_default_report(root, tmp_path, monkeypatch):
-    """hw.board.build's default paths, then bench reading them: the dsp build goes to its own
+    """hw.bitstream.build's default paths, then bench reading them: the dsp build goes to its own
     report and folder; synth-<target>.json and build/<target>/ stay the l1p build's."""
     import warnings
     from amaranth.hdl import UnusedElaboratable
-    from hw import board, synth
+    from hw import bitstream, synth
     from model.ir import save_artifact
     art = tiny_artifact("l1p", root)
     for name in ("l1p", "dsp"):                       # the name is the model, not the weights
@@ -314,8 +314,8 @@ def test_make_bitstream_of_another_model_keeps_the_default_report(root, tmp_path
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusedElaboratable)   # the fake never elaborates
-        board.build("ecp5-85f", tmp_path / "artifacts" / "l1p.json")
-        board.build("ecp5-85f", tmp_path / "artifacts" / "dsp.json")
+        bitstream.build("ecp5-85f", tmp_path / "artifacts" / "l1p.json")
+        bitstream.build("ecp5-85f", tmp_path / "artifacts" / "dsp.json")
     assert built == [Path("build/ecp5-85f"), Path("build/ecp5-85f-dsp")]
     reports = tmp_path / "build" / "reports"
     default = json.loads((reports / "synth-ecp5-85f.json").read_text())

@@ -160,7 +160,7 @@ def test_code_version_covers_what_a_stage_imports():
     # level too) is among its sources, so no edit it runs can leave its cache key unchanged
     entry = {"dense": ["model.pipeline"],
              "model": ["model.pipeline", "model.export", "model.ir.golden"],
-             "hw": ["hw.accelerator", "hw.synth", "hw.board", "hw.cycles", "model.ir.golden",
+             "hw": ["hw.accelerator", "hw.synth", "hw.bitstream", "hw.cycles", "model.ir.golden",
                     "model.pipeline", "model.flows.bench"]}
     for stage, modules in entry.items():
         missing = _import_closure(modules) - names(stage)

@@ -1,8 +1,8 @@
-"""The board top (hw/board.py): PLL settings, elaboration for both boards, the bitstream CLI's
-errors, and (marked `rtlsim`) the host driver against the Verilog of the board top in cocotb +
-Verilator, compared with the golden model, and a seeded random-frame fuzz of its link."""
+"""The board top (hw/board.py): elaboration for both boards, and (marked `rtlsim`) the host
+driver against the Verilog of the board top in cocotb + Verilator, compared with the golden
+model, and a seeded random-frame fuzz of its link. PLL settings: tests/hw/test_clocking.py; the
+bitstream CLI: tests/hw/test_bitstream.py."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from model.flows import cli
-from hw.board import DEFAULT_CLOCK_MHZ, BoardTop, ecp5_pll, ice40_pll
+from hw.board import DEFAULT_CLOCK_MHZ, BoardTop
+from hw.clocking import ecp5_pll
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -28,43 +28,6 @@ def unused(top):
     top._MustUse__silence = True
     top.accelerator._MustUse__silence = True
     return top
-
-
-# --------------------------------------------------------------------------------------------
-# PLL parameters (what icepll / ecppll print for these frequencies)
-# --------------------------------------------------------------------------------------------
-
-def test_ice40_pll_24_mhz_from_12():
-    cfg = ice40_pll(12e6, 24e6)
-    assert (cfg["DIVR"], cfg["DIVF"], cfg["DIVQ"], cfg["FILTER_RANGE"]) == (0, 63, 5, 1)
-    assert cfg.f_out == 24e6
-
-
-def test_ecp5_pll_50_mhz_from_25():
-    cfg = ecp5_pll(25e6, 50e6)
-    assert (cfg["CLKI_DIV"], cfg["CLKFB_DIV"], cfg["CLKOP_DIV"]) == (1, 2, 12)
-    assert cfg.f_out == 50e6
-    assert ecp5_pll(25e6, 30e6).f_out == pytest.approx(30e6)
-
-
-@pytest.mark.parametrize("f_in,f_out", [(12e6, 30e6), (25e6, 40e6), (12e6, 48e6),
-                                        (25e6, 33.333e6)])
-def test_pll_outputs_within_half_a_percent(f_in, f_out):
-    for search in (ice40_pll, ecp5_pll):
-        cfg = search(f_in, f_out)
-        assert abs(cfg.f_out - f_out) <= 0.005 * f_out
-        if search is ice40_pll:
-            vco = f_in / (cfg["DIVR"] + 1) * (cfg["DIVF"] + 1)
-            assert 533e6 <= vco <= 1066e6 and cfg.f_out == vco / 2 ** cfg["DIVQ"]
-        else:
-            assert 400e6 <= cfg.f_out * cfg["CLKOP_DIV"] <= 800e6
-
-
-def test_pll_impossible_frequencies():
-    with pytest.raises(ValueError, match="iCE40 PLL cannot make 10 MHz"):
-        ice40_pll(12e6, 10e6)                       # below the 16 MHz minimum
-    with pytest.raises(ValueError, match="ECP5 PLL cannot make"):
-        ecp5_pll(25e6, 1000e6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,103 +69,6 @@ def test_board_top_elaborates_for_the_board(l1p, target, pll_cell, pins):
     constraints = files["top.pcf"] if target.startswith("ice40") else files["top.lpf"]
     for pin in pins:
         assert pin in constraints, (pin, constraints)
-
-
-# --------------------------------------------------------------------------------------------
-# stforge bitstream: user mistakes, fit failures
-# --------------------------------------------------------------------------------------------
-
-def run_board_cli(*args):
-    return subprocess.run([PY, "-m", "model.flows.cli", "bitstream", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_cli_unknown_target_and_missing_artifact(shipped_l1p_path, tmp_path):
-    L1P = shipped_l1p_path
-    r = run_board_cli("--target", "ice40-hx8k", "--artifact", L1P, "--out", tmp_path / "o",
-                      "--report", tmp_path / "r.json")
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [
-        "stforge: error: bitstream: argument --target: invalid choice: 'ice40-hx8k' (choose "
-        "from 'ecp5-85f', 'ice40-up5k')"]
-    r = run_board_cli("--target", "ecp5-85f", "--artifact", tmp_path / "none.json",
-                      "--out", tmp_path / "o", "--report", tmp_path / "r.json")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "does not exist" in r.stderr
-    r = run_board_cli("--target", "ice40-up5k", "--artifact", L1P, "--clock-mhz", "10",
-                      "--out", tmp_path / "o", "--report", tmp_path / "r.json")
-    assert r.returncode == 2 and "iCE40 PLL cannot make 10 MHz" in r.stderr
-    assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
-
-
-def test_cli_fit_failure_is_one_line_and_writes_nothing(l1p, shipped_l1p_path, tmp_path, monkeypatch, capsys):
-    L1P = shipped_l1p_path
-    from hw import synth
-
-    calls = []
-
-    def no_fit(top, target, out_dir, clock_mhz, *, name):
-        unused(top)
-        calls.append((type(top).__name__, target, clock_mhz, name, top.clk_hz))
-        raise synth.FitError("Design does not fit ice40-up5k: needs 9000 LC but the iCE40 UP5K "
-                             "has 5280 (nextpnr-ice40 failed)")
-
-    monkeypatch.setattr(synth, "build_bitstream", no_fit)
-    code = cli.main(["bitstream", "--target", "ice40-up5k", "--artifact", str(L1P),
-                           "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r.json")])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.strip().splitlines() == [
-        "stforge: error: Design does not fit ice40-up5k: needs 9000 LC but the iCE40 UP5K has "
-        "5280 (nextpnr-ice40 failed)"]
-    # the pad is constrained at the 12 MHz oscillator, the PLL makes 24 MHz
-    assert calls == [("BoardTop", "ice40-up5k", 12.0, "top", 24e6)]
-    assert not (tmp_path / "r.json").exists()
-
-
-def test_cli_timing_failure_names_the_pll_clock(l1p, shipped_l1p_path, tmp_path, monkeypatch, capsys):
-    L1P = shipped_l1p_path
-    from hw import synth
-
-    def slow(top, target, out_dir, clock_mhz, *, name):
-        unused(top)
-        raise synth.TimingError("Timing not met on ecp5-85f at 25 MHz: $glbnet$clk reaches "
-                                "35.18 MHz, 50.00 MHz required [log: x]")
-
-    monkeypatch.setattr(synth, "build_bitstream", slow)
-    code = cli.main(["bitstream", "--target", "ecp5-85f", "--artifact", str(L1P),
-                           "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r.json")])
-    assert code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "stforge: error: Timing not met on ecp5-85f at 50 MHz (PLL from the 25 MHz oscillator): "
-        "$glbnet$clk reaches 35.18 MHz, 50.00 MHz required [log: x]; a lower clock can be asked "
-        "for with --clock-mhz / CLOCK_MHZ="]
-    assert not (tmp_path / "r.json").exists()
-
-
-def test_cli_success_writes_the_report(l1p, shipped_l1p_path, tmp_path, monkeypatch, capsys):
-    L1P = shipped_l1p_path
-    from hw import synth
-
-    def fake_build(top, target, out_dir, clock_mhz, *, name):
-        unused(top)
-        return {"target": target, "board": "ulx3s-85f", "lut": 1, "ff": 2, "bram": 3,
-                "spram": 0, "dsp": 4, "fmax_mhz": 51.5, "bitstream": f"{out_dir}/top.bit",
-                "sha256": "0" * 64, "clock_mhz": clock_mhz, "board_clock_mhz": 25.0}
-
-    monkeypatch.setattr(synth, "build_bitstream", fake_build)
-    report = tmp_path / "reports" / "synth-ecp5-85f.json"
-    code = cli.main(["bitstream", "--target", "ecp5-85f", "--artifact", str(L1P), "--out",
-                           str(tmp_path / "o"), "--report", str(report)])
-    assert code == 0
-    data = json.loads(report.read_text())
-    for key in ("target", "board", "lut", "ff", "bram", "spram", "dsp", "fmax_mhz", "bitstream",
-                "sha256"):
-        assert key in data
-    assert data["clock_mhz"] == 50.0 and data["board_clock_mhz"] == 25.0
-    assert data["pll"] == {"family": "ecp5", "CLKI_DIV": 1, "CLKFB_DIV": 2, "CLKOP_DIV": 12}
-    assert data["model"] == "l1p" and data["uart_divisor"] == 434
-    assert "fmax 51.5 MHz" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------
