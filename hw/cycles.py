@@ -114,6 +114,9 @@ __all__ = ["CHUNK", "default_chunk", "lane_column_sizes", "value_counts", "expec
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
 from hw.plan import CHUNK, Plan, StagePlan, default_chunk, lane_column_sizes
+from hw.timing import (ENGINE_DRAIN_START, ENGINE_EXTENT_READ, ISSUE_EMPTY_MASK, ISSUE_END_NEXT,
+                       ISSUE_FETCH, ISSUE_LOAD_MASK, NEURON_LATENCY, REPLAY_START,
+                       collector_writer_cycles, head_cycles as timing_head_cycles)
 from model.ir import Conv, Graph, LowRankMatMul, NeuronNode
 _NEVER = -(1 << 60)
 
@@ -161,7 +164,7 @@ class _Collector:
                 a += gap
             if f_from <= a < f_to:
                 a = f_to
-            valid = a + 4 + (stall if a < f_from else 0)
+            valid = a + NEURON_LATENCY + (stall if a < f_from else 0)
         transfer = max(valid, self.writer_free)
         self.freeze = (valid, transfer)
         self.writer_free = transfer + writer_cycles + 1
@@ -216,7 +219,7 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
     chunks = -(-counts.shape[-1] // chunk)      # the issuer's mask loads per word
 
-    f = 1                        # FETCH of the first vector (the start cycle is 0)
+    f = ISSUE_FETCH              # FETCH of the first vector (the start cycle is 0)
     engine_ready = _NEVER        # first event of the next vector (see the module docstring)
     drain_free = _NEVER          # two-bank engine: the cycle after the last result transfer
     feeder_ready = _NEVER        # static first conv: the feeder takes engine results again
@@ -225,15 +228,12 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
     done = 0
     for pos in range(positions):
         y, x = divmod(pos, wd)
-        if pool:        # READ_OLD, MERGE, WRITE_POOLED and, a cell's last position, TRACE
-            writer = 4 if (y % 2 == 1 and x % 2 == 1) else 3
-        else:           # WRITE, TRACE
-            writer = 2
+        writer = collector_writer_cycles(pool, y % 2 == 1 and x % 2 == 1)
         for t in range(T):
             if replay and t > 0:
                 # the feeder: first replayed update two cycles after step 0's last result,
                 # then one per cycle through step T - 1; engine results again a cycle later
-                first = x0 + 2 if t == 1 else last_acc + 1
+                first = x0 + REPLAY_START if t == 1 else last_acc + 1
                 last_acc, done = collector.feed(first, 1, groups, writer)
                 if t == T - 1:
                     feeder_ready = last_acc + 1
@@ -242,38 +242,38 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                 column_end = _NEVER                 # last walker cycle of the previous column
                 for k, channels in enumerate(_tap_masks(node, counts, t, pos)):
                     if channels is None:            # outside the image: FETCH skips it
-                        f += 1
+                        f += ISSUE_FETCH
                         continue
-                    p = f + 1                       # LOAD_MASK of the first chunk
+                    p = f + ISSUE_LOAD_MASK         # LOAD_MASK of the first chunk
                     for c in range(chunks):         # EMIT; an empty mask costs one cycle
                         in_chunk = channels[channels // chunk == c]
                         if len(in_chunk) == 0:
-                            p += 2
+                            p += ISSUE_LOAD_MASK + ISSUE_EMPTY_MASK
                             continue
-                        offer = p + 1
+                        offer = p + ISSUE_LOAD_MASK
                         for j in in_chunk:
                             a = max(offer, engine_ready if prev_load is None else prev_load)
-                            load = max(a + 1, column_end)
+                            load = max(a + ENGINE_EXTENT_READ, column_end)
                             column_end = load + max(int(sizes[taps_of(int(j), k)]), 1)
                             prev_load, offer = load, a + 1
-                        p = a + 2
+                        p = a + 1 + ISSUE_EMPTY_MASK  # the empty mask, then the next
                     f = p                           # the next tap's FETCH, or END
                 a_end = max(f, engine_ready if prev_load is None else prev_load)
                 if lowrank:
-                    d0 = max(a_end + 1, column_end) + 2
+                    d0 = max(a_end + 1, column_end) + ENGINE_DRAIN_START
                     first, gap = d0 + z_groups + 3 + rank, rank
                 else:       # the shared two-bank engine: the end marker waits for the drain
                     load_end = max(a_end + 1, column_end, drain_free)
-                    d0 = load_end + 2
+                    d0 = load_end + ENGINE_DRAIN_START
                     first, gap = max(d0 + 1, feeder_ready), 1
                 last_acc, done = collector.feed(first, gap, groups, writer)
                 if lowrank:
                     engine_ready = last_acc + 1
                 else:
-                    engine_ready, drain_free = load_end + 2, last_acc + 1
+                    engine_ready, drain_free = load_end + ENGINE_DRAIN_START, last_acc + 1
                 if replay:
                     x0 = last_acc
-                f = a_end + 2
+                f = a_end + ISSUE_END_NEXT
     return done                  # the CYCLES state
 
 
@@ -297,7 +297,8 @@ def _attention_stage(plan: Plan, stage: StagePlan, values) -> int:
         offer = a + 2                                    # next step's first SEND
         first = phase2 + 3
         for n in range(N):
-            last_acc, done = collector.feed(first, 1, groups, 2)   # writer: WRITE, TRACE
+            last_acc, done = collector.feed(first, 1, groups,
+                                            collector_writer_cycles(False, True))
             first = last_acc + 1
         last_count = last_acc
     return done
@@ -328,10 +329,10 @@ def expected_cycles(design, node_spikes: dict, image=None, *,
 
 
 def head_cycles(graph: Graph, lanes: int = 1) -> int:
-    """From the head's start through its end (the last logit taken):
+    """From the head's start through its end (the last logit taken): `hw.timing.head_cycles`,
     T N + classes ceil(dim / lanes) + 4."""
     m, head = graph.model, graph.head
-    return m.timesteps * m.tokens + head.classes * -(-head.in_features // lanes) + 4
+    return timing_head_cycles(m.timesteps, m.tokens, head.classes, head.in_features, lanes)
 
 
 def load_cycles(graph: Graph) -> int:

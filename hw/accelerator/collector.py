@@ -10,6 +10,7 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw import timing
 from hw.plan import CYCLE_BITS, TRACE_KINDS
 
 __all__ = ["CollectedStage", "SpikeCollector"]
@@ -86,10 +87,8 @@ class SpikeCollector(wiring.Component):
             "old": In(self._width),
             "trace": Out(stream.Signature(self._trace_layout)), "done": Out(1)})
 
-    @staticmethod
-    def writer_cycles(pool: bool, last_in_cell: bool) -> int:
-        """Cycles the writer takes for a vector's last chunk (hw/cycles.py's collector)."""
-        return (4 if last_in_cell else 3) if pool else 2
+    #: Cycles the writer takes for a vector's last chunk (hw.timing, the cycle model's)
+    writer_cycles = staticmethod(timing.collector_writer_cycles)
 
     def elaborate(self, platform):
         m = Module()

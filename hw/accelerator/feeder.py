@@ -8,6 +8,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hw import timing
 from hw.accelerator.util import copy_accs, payload_index
 from hw.components import block_ram_attrs, check_int
 
@@ -50,8 +51,8 @@ class ReplayFeeder(wiring.Component):
     (`REPLAY_START`, hw/cycles.py).
     """
 
-    #: Cycles from step 0's last accepted result to the first replayed update
-    REPLAY_START = 2
+    #: Cycles from step 0's last accepted result to the first replayed update (hw.timing)
+    REPLAY_START = timing.REPLAY_START
 
     def __init__(self, groups, timesteps, result_layout, update_layout, lanes=1):
         self._groups = check_int(groups, "groups", minimum=1)

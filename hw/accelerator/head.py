@@ -11,6 +11,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hw import timing
 from hw.components import block_ram_attrs, check_int, check_int_array, lane_of, tree_sum
 from model.ir.intops import signed_bits
 
@@ -85,7 +86,7 @@ class Head(wiring.Component):
         """Cycles after ``start`` through ``done`` with ``logits`` always ready:
         T N (SUM) + classes ceil(in_features / P) (MAC) + 4 (the last product's multiply,
         add and compare, and DONE)."""
-        return self._T * self._N + self._classes * self.words + 4
+        return timing.head_cycles(self._T, self._N, self._classes, self._features, self._lanes)
 
     def elaborate(self, platform):
         m = Module()

@@ -10,6 +10,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from hw import timing
 from hw.accelerator.util import or_all
 
 __all__ = ["IssuedStage", "IssueFSM"]
@@ -63,8 +64,10 @@ class IssueFSM(wiring.Component):
         the end marker after a vector's last event.
     """
 
-    #: FETCH and LOAD_MASK (each tap or chunk), and the cycle an empty mask costs in EMIT
-    FETCH_CYCLES, LOAD_CYCLES, EMPTY_CYCLES = 1, 1, 1
+    #: FETCH and LOAD_MASK (each tap or chunk), the cycle an empty mask costs in EMIT, and END
+    #: + NEXT after a vector (hw.timing, the cycle model's; tests/hw/accelerator/test_issue.py)
+    FETCH_CYCLES, LOAD_CYCLES = timing.ISSUE_FETCH, timing.ISSUE_LOAD_MASK
+    EMPTY_CYCLES, END_CYCLES = timing.ISSUE_EMPTY_MASK, timing.ISSUE_END_NEXT
 
     def __init__(self, stages, timesteps: int, chunk: int):
         self._stages = list(stages)

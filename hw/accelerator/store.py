@@ -1,127 +1,150 @@
-"""Where the values live: the value bank and its proxies (see `ValueStore`)."""
+"""Where the values live: the value bank and memories of their own (see `ValueStore`)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import TYPE_CHECKING
-
 import numpy as np
-from amaranth import Cat, Module, Signal, unsigned
+from amaranth import Cat, Module, unsigned
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
 from hw.accelerator.util import verilog_name
 from hw.components import block_ram_attrs
 
-if TYPE_CHECKING:
-    from hw.accelerator.top import Accelerator
-
 __all__ = ["ValueStore"]
 
 
-class ValueStore:
-    """Where the values (neuron outputs) live: one wide bank for most, own memories for some.
+class ValueStore(wiring.Component):
+    """The values (neuron outputs), placed as the plan says (hw.plan.ValueBank).
 
-    While the stages are built they see per-value proxies: ``r[v].data`` (read data, one cycle
-    after the address) and ``w[v]`` (``addr``, ``data``, ``en``), and register each read with
-    `read(stage, value, addr)`. `build` then places the values. Small values in memories of
-    their own waste most of each block RAM (a 64 x 32 value fills a quarter of two iCE40
-    EBRs), so they share one bank whose word is as wide as the widest group of values read
-    together (a residual's sources; attention's Q, K, V): each group sits at one base address
-    in lanes side by side, so one bank read serves the whole group, and groups are packed into
-    the lanes first-fit (widest first). The write port has one enable per lane (granularity:
-    the gcd of the widths), so writing one value leaves its neighbours alone. A value that its
-    own stage reads back at another address than the stage's input (a pooled conv's partial
-    OR) keeps a memory of its own, since the bank has one read port. Timing is that of
-    separate memories: one read and one write per cycle, read data one cycle later.
+    Small values in memories of their own waste most of each block RAM (a 64 x 32 value fills
+    a quarter of two iCE40 EBRs), so most share one bank whose word is as wide as the widest
+    group of values read together (a residual's sources; attention's Q, K, V): each group sits
+    at one base address in lanes side by side, so one bank read serves the whole group. The
+    write port has one enable per granule (the gcd of the widths), so writing one value leaves
+    its neighbours alone. A value that its own stage reads back at a second address (a pooled
+    conv's partial OR) keeps a memory of its own, since the bank has one read port. Timing is
+    that of separate memories: one read and one write per cycle, read data one cycle later.
+
+    Every write is the spike collector's chunk (``word``) at a value's address, the chunk's
+    lanes enabled; every read is a stage's, at the address of one of its declared reads
+    (hw.plan.Plan.reads: a stage's inputs at its "input" address, a pooled conv's own value at
+    its "readback" address).
+
+    Members
+    -------
+    active : In(range(ids))
+        The running stage: it selects the read addresses.
+    word : In(chunk)
+        The collector's chunk, written wherever a value's enables say.
+    write_<value> : In({addr, en})
+        A value's write: its address (step * tokens + token) and one enable per chunk.
+    read<id>_<role> : In(range(depth))
+        Stage `id`'s read address of that role.
+    data_<value> : Out(channels)
+        A value's word at the address read in the previous cycle.
     """
 
-    def __init__(self, acc: "Accelerator"):
-        self.acc = acc
-        self.r, self.w, self.reads, self.depth = {}, {}, {}, {}
-        self.written = None          # the collector's chunk register (set by the collector)
-        for node in acc.stages:
-            name, ident = node.name, verilog_name(node.name)
-            width, depth = acc.channels[name], acc.T * acc.positions[name]
-            self.depth[name] = depth
-            self.r[name] = SimpleNamespace(data=Signal(width, name=f"{ident}_rdata"))
-            # one write enable per chunk of the value (the collector writes a chunk at a time)
-            self.w[name] = SimpleNamespace(addr=Signal(range(depth), name=f"{ident}_waddr"),
-                                           data=Signal(width, name=f"{ident}_wdata"),
-                                           en=Signal(-(-width // acc.chunk), name=f"{ident}_wen"))
+    def __init__(self, plan, channels: dict, chunk: int):
+        self._plan, self._channels, self._chunk = plan, dict(channels), chunk
+        bank = plan.values
+        self._depth = dict(bank.depth)
+        depth = max(self._depth.values())
+        members = {"active": In(range(plan.head_id + 2)), "word": In(min(chunk,
+                                                                     max(channels.values())))}
+        for v, width in self._channels.items():
+            ident = verilog_name(v)
+            members[f"write_{ident}"] = In(data.StructLayout({
+                "addr": unsigned(max(1, (self._depth[v] - 1).bit_length())),
+                "en": unsigned(-(-width // chunk))}))
+            members[f"data_{ident}"] = Out(width)
+        self._roles = {(sid, role) for sid, per in plan.reads.items()
+                       for role in per.values()}
+        for sid, role in sorted(self._roles):
+            members[f"read{sid}_{role}"] = In(range(depth))
+        super().__init__(members)
 
-    def read(self, stage_id: int, value: str, addr) -> None:
-        """Read `value` (every memory behind it) at `addr` while stage `stage_id` runs."""
-        for src in self.acc.sources[value]:
-            self.reads.setdefault(stage_id, {})[src] = addr
+    @property
+    def roles(self) -> set:
+        """{(stage id, role)}: the read addresses the stages must drive."""
+        return set(self._roles)
 
-    def plan(self) -> tuple[dict, dict, int, int]:
-        """({value: (base, lane offset)} of the bank, {stage: base}, bank width, granularity)
-        from the plan (hw.plan.ValueBank); values not in the first dict get memories of
-        their own. The reads the stages registered must be the ones the plan declared."""
-        declared = self.acc.plan.reads
-        for sid in set(declared) | set(self.reads):
-            got, want = self.reads.get(sid, {}), declared.get(sid, {})
-            groups = lambda per, key: sorted(sorted(v for v in per if key(v) == k)
-                                             for k in {key(v) for v in per})
-            if list(got) != list(want) or \
-                    groups(got, lambda v: id(got[v])) != groups(want, want.get):
-                raise AssertionError(f"stage {sid} reads {list(got)}, the plan declares "
-                                     f"{list(want)}")
-        bank = self.acc.plan.values
-        return bank.place, bank.stage_base, bank.width, bank.granularity
+    def address(self, stage_id: int, role: str):
+        """The read address port of stage `stage_id`'s reads of `role`."""
+        return getattr(self, f"read{stage_id}_{role}")
+
+    def data_of(self, value: str):
+        return getattr(self, f"data_{verilog_name(value)}")
+
+    def write_of(self, value: str):
+        return getattr(self, f"write_{verilog_name(value)}")
 
     def _lane_enables(self, value: str, granularity: int):
         """The write enables of `value`'s granules (granularity bits each), from its per-chunk
         enables."""
-        width, chunk, en = self.acc.channels[value], self.acc.chunk, self.w[value].en
+        width, chunk, en = self._channels[value], self._chunk, self.write_of(value).en
         return Cat(*[en[k].replicate((min(chunk, width - k * chunk)) // granularity)
                      for k in range(len(en))])
 
-    def build(self, m: Module, active: Signal) -> None:
-        widths = self.acc.channels
-        place, stage_base, width, granularity = self.plan()
-        if place:
-            depth = max(base + self.depth[v] for v, (base, _) in place.items())
-            shape = unsigned(width)
-            m.submodules.values = bank = Memory(shape=shape, depth=depth, init=[],
-                                                attrs=block_ram_attrs(shape, depth))
-            bank_w = bank.write_port(granularity=granularity)
-            bank_r = bank.read_port()
-            # A value's write data is the collector's chunk replicated; when every lane starts
-            # at a multiple of the chunk, one replicated word serves all of them (no lane mux).
-            word = self.written
-            aligned = all(lane % len(word) == 0 for _, lane in place.values())
-            if aligned:
-                m.d.comb += bank_w.data.eq(Cat(*[word] * -(-width // len(word)))[:width])
-            for v, (base, lane) in place.items():
-                w = self.w[v]
-                m.d.comb += self.r[v].data.eq(bank_r.data[lane:lane + widths[v]])
-                with m.If(w.en.any()):
-                    m.d.comb += [bank_w.addr.eq(base + w.addr),
-                                 bank_w.en.eq(self._lane_enables(v, granularity)
-                                              << (lane // granularity))]
-                    if not aligned:
-                        m.d.comb += bank_w.data.eq(w.data << lane)
-            with m.Switch(active):
-                for sid, per in self.reads.items():
-                    addrs = [addr for src, addr in per.items() if src in place]
-                    if addrs:
-                        with m.Case(sid):
-                            m.d.comb += bank_r.addr.eq(stage_base[sid] + addrs[0])
-        for v in widths:
-            if v in place:
-                continue
-            shape, depth = unsigned(widths[v]), self.depth[v]
-            mem = Memory(shape=shape, depth=depth, init=[], attrs=block_ram_attrs(shape, depth))
-            m.submodules[f"value_{verilog_name(v)}"] = mem
-            w = self.w[v]
-            granularity = int(np.gcd(widths[v], self.acc.chunk)) if len(w.en) > 1 else widths[v]
-            wp, rp = mem.write_port(granularity=granularity), mem.read_port()
-            m.d.comb += [wp.addr.eq(w.addr), wp.data.eq(w.data),
-                         wp.en.eq(self._lane_enables(v, granularity)),
-                         self.r[v].data.eq(rp.data)]
-            with m.Switch(active):
-                for sid, per in self.reads.items():
-                    if v in per:
-                        with m.Case(sid):
-                            m.d.comb += rp.addr.eq(per[v])
+    def _stage_address(self, sid: int, value: str):
+        return self.address(sid, self._plan.reads[sid][value])
+
+    def elaborate(self, platform):
+        m = Module()
+        bank = self._plan.values
+        if bank.place:
+            self._bank(m, bank)
+        for v in self._channels:
+            if v not in bank.place:
+                self._own_memory(m, v)
+        return m
+
+    def _bank(self, m, bank) -> None:
+        """The shared bank: every placed value in its lanes at its base address."""
+        widths, place, word = self._channels, bank.place, self.word
+        depth = max(base + self._depth[v] for v, (base, _) in place.items())
+        shape = unsigned(bank.width)
+        m.submodules.values = memory = Memory(shape=shape, depth=depth, init=[],
+                                              attrs=block_ram_attrs(shape, depth))
+        bank_w = memory.write_port(granularity=bank.granularity)
+        bank_r = memory.read_port()
+        # A value's write data is the collector's chunk replicated; when every lane starts at
+        # a multiple of the chunk, one replicated word serves all of them (no lane mux).
+        aligned = all(lane % len(word) == 0 for _, lane in place.values())
+        if aligned:
+            m.d.comb += bank_w.data.eq(Cat(*[word] * -(-bank.width // len(word)))[:bank.width])
+        for v, (base, lane) in place.items():
+            w = self.write_of(v)
+            m.d.comb += self.data_of(v).eq(bank_r.data[lane:lane + widths[v]])
+            with m.If(w.en.any()):
+                m.d.comb += [bank_w.addr.eq(base + w.addr),
+                             bank_w.en.eq(self._lane_enables(v, bank.granularity)
+                                          << (lane // bank.granularity))]
+                if not aligned:
+                    replicated = Cat(*[word] * -(-widths[v] // len(word)))[:widths[v]]
+                    m.d.comb += bank_w.data.eq(replicated << lane)
+        with m.Switch(self.active):
+            for sid, per in self._plan.reads.items():
+                placed = [v for v in per if v in place]
+                if placed:
+                    with m.Case(sid):
+                        m.d.comb += bank_r.addr.eq(bank.stage_base[sid] +
+                                                   self._stage_address(sid, placed[0]))
+
+    def _own_memory(self, m, v: str) -> None:
+        """A memory of its own for a value read back at a second address."""
+        width, depth = self._channels[v], self._depth[v]
+        shape = unsigned(width)
+        mem = Memory(shape=shape, depth=depth, init=[], attrs=block_ram_attrs(shape, depth))
+        m.submodules[f"value_{verilog_name(v)}"] = mem
+        w = self.write_of(v)
+        granularity = int(np.gcd(width, self._chunk)) if len(w.en) > 1 else width
+        wp, rp = mem.write_port(granularity=granularity), mem.read_port()
+        word = self.word
+        m.d.comb += [wp.addr.eq(w.addr), wp.data.eq(Cat(*[word] * -(-width // len(word)))[:width]),
+                     wp.en.eq(self._lane_enables(v, granularity)), self.data_of(v).eq(rp.data)]
+        with m.Switch(self.active):
+            for sid, per in self._plan.reads.items():
+                if v in per:
+                    with m.Case(sid):
+                        m.d.comb += rp.addr.eq(self._stage_address(sid, v))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -169,9 +169,18 @@ class Accelerator(wiring.Component):
     def _stages(self, m, active, image_r) -> SimpleNamespace:
         """Every stage and the head on the shared units, the collector, the value store."""
         stage_count = len(self.stages)
-        # ---- value storage: proxies now, memories placed once every read is known
-        store = ValueStore(self)
-        mem_r, read = store.r, store.read
+        # ---- value storage, as the plan places it; stages drive their declared read addresses
+        m.submodules.store = store = ValueStore(self.plan, self.channels, self.chunk)
+        m.d.comb += store.active.eq(active)
+        mem_r = {v: SimpleNamespace(data=store.data_of(v)) for v in self.channels}
+        driven = set()
+
+        def read(stage_id: int, value: str, addr) -> None:
+            """Stage `stage_id` reads `value` (every memory behind it) at `addr`."""
+            for role in {self.plan.reads[stage_id][s] for s in self.sources[value]}:
+                if (stage_id, role) not in driven:
+                    driven.add((stage_id, role))
+                    m.d.comb += store.address(stage_id, role).eq(addr)
 
         summed = {}
 
@@ -240,10 +249,11 @@ class Accelerator(wiring.Component):
         word_counts, _ = counts(head_node.inputs[0])
         m.d.comb += [head.counts[c].eq(v) for c, v in enumerate(word_counts)]
         wiring.connect(m, head.logits, wiring.flipped(self.logits))
+        readback = {(s.id, "readback") for s in self.plan.stages if s.pool}   # the collector's
+        if store.roles - driven - readback:
+            raise AssertionError(f"declared reads without an address: "
+                                 f"{sorted(store.roles - driven - readback)}")
         head_start, head_done, best_cls = head.start, head.done, head.cls
-
-        # every stage has registered its reads: place the values, mux addresses by stage
-        store.build(m, active)
 
         if self.loadable:
             for table in self.memory_map():
@@ -304,7 +314,7 @@ class Accelerator(wiring.Component):
             [CollectedStage.of(s, self.node_index[s.name]) for s in self.plan.stages],
             self.T, self.chunk, self.lanes, self.plan.trace_layout)
         m.d.comb += [col.active.eq(active), col.start.eq(starting), col.cycles.eq(run_cycles)]
-        store.written = col.word         # every value write is this chunk, replicated
+        m.d.comb += store.word.eq(col.word)      # every value write is this chunk
         with m.Switch(active):
             for stage in self.plan.stages:
                 sid, name, user = stage.id, stage.name, users[stage.id]
@@ -313,10 +323,11 @@ class Accelerator(wiring.Component):
                                  user.o.ready.eq(col.spikes.ready),
                                  col.spikes.payload.spike.eq(user.o.payload.spike)]
                     if stage.pool:      # the cell's partial OR, read back at the write address
-                        store.read(sid, name, col.addr)
-                        m.d.comb += col.old.eq(store.r[name].data)
-                    port, n_chunks = store.w[name], len(store.w[name].en)
-                    m.d.comb += [port.addr.eq(col.addr), port.data.eq(Cat(*[col.word] * n_chunks)),
+                        m.d.comb += [store.address(sid, "readback").eq(col.addr),
+                                     col.old.eq(store.data_of(name))]
+                    port = store.write_of(name)
+                    n_chunks = len(port.en)
+                    m.d.comb += [port.addr.eq(col.addr),
                                  port.en.eq(Mux(col.write, Const(1, n_chunks) <<
                                                 col.chunk[:bits_for(n_chunks - 1)], 0))]
                     with m.If(col.done):

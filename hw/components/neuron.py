@@ -20,6 +20,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from hw import timing
 from hw.components import add_table, block_ram_attrs, check_int, check_int_array, lane_of, \
     lane_shape, load_signature
 from model.ir.intops import signed_bits
@@ -109,6 +110,9 @@ class SlifNeuronArray(wiring.Component):
         P membranes, see ``channels``), exposed so that simulations and debug views can inspect
         the state.
     """
+
+    #: An update accepted in cycle a leaves in cycle a + LATENCY (hw.timing, the cycle model's)
+    LATENCY = timing.NEURON_LATENCY
 
     def __init__(self, channels, tokens, bias, threshold, leak, frac_bits, leak_bits,
                  acc_width, membrane_width, product_width, token_stride=None, membranes=None,

@@ -146,23 +146,14 @@ def test_trace_off_has_no_trace_port(root):
 
 
 def _value_plan(art):
-    """The value store's placement after elaboration: (place, stage bases, width, gran, store)."""
+    """The plan's value placement: (place, stage bases, width, granularity, bank, reads); the
+    accelerator elaborates with it (its stages drive every declared read, or it refuses)."""
     from amaranth.hdl import Fragment
-
-    from hw.accelerator.store import ValueStore
-    seen = {}
-    original = ValueStore.build
-
-    def spy(store, m, active):
-        seen["store"] = store
-        return original(store, m, active)
-    ValueStore.build = spy
-    try:
-        Fragment.get(Accelerator(art), None)        # the reads it registers match the plan's
-    finally:
-        ValueStore.build = original
-    store = seen["store"]
-    return (*store.plan(), store)
+    from hw.plan import Plan
+    Fragment.get(Accelerator(art), None)
+    plan = Plan.build(art)
+    bank = plan.values
+    return bank.place, bank.stage_base, bank.width, bank.granularity, bank, plan.reads
 
 
 @pytest.mark.parametrize("kind", ["l1p", "l1p16"])
@@ -171,7 +162,7 @@ def test_value_bank_placement(kind, root):
     word; a pooled conv that reads its own output back (tiny l1p: stem1) keeps its own memory;
     every stage's bank reads use one base."""
     art = tiny_artifact(kind, root)
-    place, stage_base, width, gran, store = _value_plan(art)
+    place, stage_base, width, gran, store, reads = _value_plan(art)
     widths = {n.name: n.channels for n in art.neurons}
     words = {}
     for v, (base, lane) in place.items():
@@ -180,7 +171,7 @@ def test_value_bank_placement(kind, root):
             for bit in range(lane, lane + widths[v]):
                 assert (a, bit) not in words, f"{v} overlaps {words[(a, bit)]}"
                 words[(a, bit)] = v
-    for sid, per in store.reads.items():
+    for sid, per in reads.items():
         bases = {place[src][0] for src in per if src in place}
         assert len(bases) <= 1
     pooled_readback = {n.name for n in art.nodes if isinstance(n, Conv) and n.pool

@@ -124,3 +124,31 @@ def test_a_spike_offered_every_cycle_is_never_held_up():
     gather side takes one spike per cycle throughout (hw/cycles.py's collector)."""
     *_, stalls, _ = run(1, 40, 4)
     assert stalls and max(stalls) == 0
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_a_short_vector_waits_for_the_writer_as_the_cycle_model_says(pool):
+    """Vectors of 2 transfers, fewer than the writer's cycles: each vector's last transfer
+    waits until the writer is free, so a vector takes writer_cycles + 1 cycles
+    (hw.timing.collector_writer_cycles: 2, or pooled 3 and 4 at a cell's last position)."""
+    stage = CollectedStage(id=1, node=1, channels=2, height=2, width=2, out_tokens=1 if pool
+                           else 4, tokens_outer=True, pool=pool)
+    dut = SpikeCollector([stage], T, 32, 1, TRACE)
+    clock, taken = CycleClock(), []
+
+    async def driver(ctx):
+        ctx.set(dut.active, 1)
+        ctx.set(dut.trace.ready, 1)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for _ in range(stage.height * stage.width * T * stage.channels):
+            await stream_put(ctx, dut.spikes, {"spike": 1})
+            taken.append(clock.now)
+
+    simulate(dut, driver, background=[clock.bench])
+    ends = taken[1::2]                                     # each vector's last transfer
+    for n, (t, p) in enumerate(loop_order(stage)[1:], start=1):
+        y, x = divmod(loop_order(stage)[n - 1][1], stage.width)   # the vector written before
+        writer = SpikeCollector.writer_cycles(pool, pool and y % 2 == 1 and x % 2 == 1)
+        assert ends[n] - ends[n - 1] == max(2, writer + 1), (n, t, p)

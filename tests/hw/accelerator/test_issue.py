@@ -50,7 +50,7 @@ def expected(stage, counts, chunk):
                 cycles += chunks * (IssueFSM.LOAD_CYCLES + IssueFSM.EMPTY_CYCLES) + \
                     int(np.count_nonzero(source))
             events.append((0, None, 1))
-            cycles += 2                                             # END, NEXT
+            cycles += IssueFSM.END_CYCLES                           # END, NEXT
     return events, cycles
 
 

@@ -209,7 +209,7 @@ def test_one_update_per_cycle_in_sequencer_order():
     dut = build(case)
     cycles, outputs = spans(dut, case)
     check(case, outputs, {})
-    assert cycles == 3 * 2 * 4 + 4
+    assert cycles == 3 * 2 * 4 + SlifNeuronArray.LATENCY          # hw.timing
 
 
 def test_same_neuron_back_to_back_waits_for_its_write():
@@ -219,7 +219,7 @@ def test_same_neuron_back_to_back_waits_for_its_write():
     dut = build(case)
     cycles, outputs = spans(dut, case)
     check(case, outputs, {})
-    assert cycles == 3 * (6 - 1) + 1 + 4
+    assert cycles == 3 * (6 - 1) + 1 + SlifNeuronArray.LATENCY
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -438,7 +438,7 @@ def test_lanes_take_one_group_per_cycle():
 
     simulate(dut, producer, consumer, background=[clock.bench])
     check_lanes(dut, case, marks["outputs"], {})
-    assert marks["last"] - marks["first"] + 1 == 2 * 3 * 3 + 4
+    assert marks["last"] - marks["first"] + 1 == 2 * 3 * 3 + SlifNeuronArray.LATENCY
 
 
 def test_lanes_loadable_parameters():
