@@ -35,6 +35,10 @@ class ReplayFeeder(wiring.Component):
         (``{..., channel | group, acc, first}``) layouts; ``acc`` of the same shape.
     lanes : int
         Lanes P of the accumulators (``acc`` an array of P with P > 1).
+    replay_shape : shape, optional
+        What the replay memory keeps of a group of accumulators: by default ``acc``'s shape;
+        narrower when the stage's own accumulators are (the engine and the neuron array are
+        shared, as wide as the widest stage: a 16-bit block RAM word then still holds one).
 
     Members
     -------
@@ -54,11 +58,12 @@ class ReplayFeeder(wiring.Component):
     #: Cycles from step 0's last accepted result to the first replayed update (hw.timing)
     REPLAY_START = timing.REPLAY_START
 
-    def __init__(self, groups, timesteps, result_layout, update_layout, lanes=1):
+    def __init__(self, groups, timesteps, result_layout, update_layout, lanes=1,
+                 replay_shape=None):
         self._groups = check_int(groups, "groups", minimum=1)
         self._timesteps = check_int(timesteps, "timesteps", minimum=2)
         self._lanes = check_int(lanes, "lanes", minimum=1)
-        self._acc_shape = update_layout["acc"].shape
+        self._acc_shape = update_layout["acc"].shape if replay_shape is None else replay_shape
         super().__init__({"i": In(stream.Signature(result_layout)),
                           "o": Out(stream.Signature(update_layout))})
 

@@ -184,7 +184,14 @@ class IssueFSM(wiring.Component):
         m.d.sync += index_base.eq(k.col_base + Mux(k.is_conv, r.chunk * (9 * n_mask) + r.tap,
                                                    r.chunk * n_mask))
         m.d.comb += [self.events.payload.count.eq(low_count)]
-        return SimpleNamespace(nonzero=nonzero, index=index_base + low_scaled)
+        # the mask once the event is taken, and its lowest bit: from registers only, so the
+        # engine's ready (a long path from its walker) only enables the registers' update
+        taken_mask = Signal(n_mask, name="taken_mask")
+        taken_lowest = Signal(n_mask, name="taken_lowest")
+        m.d.comb += [taken_mask.eq(r.mask & ~r.lowest),
+                     taken_lowest.eq(taken_mask & (~taken_mask + 1))]
+        return SimpleNamespace(nonzero=nonzero, index=index_base + low_scaled,
+                               taken_mask=taken_mask, taken_lowest=taken_lowest)
 
     def _set_mask(self, m, r, value):
         rest = Signal(self._n_mask, name="mask_next")
@@ -223,8 +230,8 @@ class IssueFSM(wiring.Component):
                 # the read address is held, so the source word stays valid while emitting
                 with m.If(r.mask != 0):
                     m.d.comb += [ev.valid.eq(1), ev.payload.index.eq(e.index)]
-                    with m.If(k.ev_ready):
-                        self._set_mask(m, r, r.mask & ~r.lowest)
+                    with m.If(k.ev_ready):      # ready only enables: the carry chain is before
+                        m.d.sync += [r.mask.eq(e.taken_mask), r.lowest.eq(e.taken_lowest)]
                 with m.Elif(r.chunk != k.chunk_last):       # the next chunk of the same word
                     m.d.sync += r.chunk.eq(r.chunk + 1)
                     m.next = "LOAD_MASK"

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Mux, Signal
+from amaranth import Cat, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.utils import bits_for
 
 from hw.accelerator.feeder import ReplayFeeder
 from hw.accelerator.util import copy_accs, payload_index, verilog_name
-from hw.components import RankFactoredEngine, SpikingAttention
+from hw.components import RankFactoredEngine, SpikingAttention, lane_shape
 from model.ir import Conv, INPUT, LowRankMatMul
 
 __all__ = ["engine_stage", "attention_stage"]
@@ -73,7 +73,8 @@ def engine_stage(top, m, sid, node, start, done, busy, read, counts, image_r, sh
         m.d.sync += out_step.eq(0)
     if static_replay:       # step 0 from the engine, the later steps replayed
         m.submodules[f"feeder_{ident}"] = feeder = ReplayFeeder(
-            groups, T, engine.o.payload.shape(), neuron_in.payload.shape(), P)
+            groups, T, engine.o.payload.shape(), neuron_in.payload.shape(), P,
+            replay_shape=lane_shape(signed(widths["acc"]), P))     # this conv's own width
         wiring.connect(m, engine.o, feeder.i)
         m.d.comb += [neuron_in.valid.eq(feeder.o.valid), feeder.o.ready.eq(neuron_in.ready),
                      neuron_in.payload.eq(feeder.o.payload)]

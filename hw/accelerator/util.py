@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-from amaranth import Const
-
-from hw.components import lane_of
+from hw.components import lane_of, or_all
 
 __all__ = ["or_all", "payload_index", "copy_accs", "verilog_name"]
-
-
-def or_all(values):
-    """OR of a list of values as a balanced tree (0 for an empty list)."""
-    values = list(values)
-    if not values:
-        return Const(0, 1)
-    while len(values) > 1:
-        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i]
-                  for i in range(0, len(values), 2)]
-    return values[0]
 
 
 def payload_index(payload):

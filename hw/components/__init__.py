@@ -26,7 +26,7 @@ import operator
 import numpy as np
 
 __all__ = ["SlifNeuronArray", "SparseMatmulEngine", "RankFactoredEngine", "SpikingAttention",
-           "tree_sum", "lane_of", "lane_shape"]
+           "tree_sum", "or_all", "lane_of", "lane_shape"]
 
 
 #: Memories above this many bits must live in block RAM (the generator issue's rule; hw/synth.py
@@ -119,6 +119,18 @@ def tree_sum(terms):
         pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
         terms = pairs + terms[len(pairs) * 2:]
     return terms[0]
+
+
+def or_all(values):
+    """OR of a list of values as a balanced tree (0 for an empty list)."""
+    from amaranth import Const
+    values = list(values)
+    if not values:
+        return Const(0, 1)
+    while len(values) > 1:
+        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
 
 
 def check_int(value, name: str, *, minimum: int | None = None) -> int:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from hw.components import block_ram_attrs, check_int, lane_of, tree_sum
+from hw.components import block_ram_attrs, check_int, lane_of, or_all, tree_sum
 from hw.components.sparse import CYCLE_COUNTER_WIDTH, add_cycle_counter
 from model.ir.intops import signed_bits
 
@@ -207,12 +207,19 @@ class SpikingAttention(wiring.Component):
         channel = Signal(range(groups), name="channel" if P == 1 else "channel_group")
         channel_lane = Signal(P) if P > 1 else None
         k_head_bits = Signal(d)
-        for c in reversed(range(dim)):          # the last matching assignment wins: lowest bit
-            h = c // d
-            with m.If(v_remaining[c]):
-                m.d.comb += [channel.eq(c // P), k_head_bits.eq(k_row[h * d:(h + 1) * d])]
-                if P > 1:
-                    m.d.comb += channel_lane.eq(1 << (c % P))
+        # the lowest active channel, one-hot (v & -v: a carry chain), encoded by OR trees of
+        # log depth (a priority mux over the channels made this the UP5K's critical path)
+        lowest = Signal(dim, name="v_lowest")
+        m.d.comb += lowest.eq(v_remaining & (~v_remaining + 1))
+        width = len(channel)
+        m.d.comb += channel.eq(or_all([Const(c // P, width) & lowest[c].replicate(width)
+                                       for c in range(P, dim)]))
+        m.d.comb += k_head_bits.eq(or_all([k_row[h * d:(h + 1) * d] &
+                                           lowest[h * d:(h + 1) * d].any().replicate(d)
+                                           for h in range(dim // d)]))
+        if P > 1:
+            m.d.comb += channel_lane.eq(or_all([Const(1 << (c % P), P) & lowest[c].replicate(P)
+                                                for c in range(dim)]))
         token_done = ~token_valid | ((v_remaining & (v_remaining - 1)) == 0)
         issue = token_valid & (v_remaining != 0)
         accept = Signal()
