@@ -1,7 +1,7 @@
 """Build the generated Verilog with Verilator (or Icarus) and run the cocotb testbench over golden
 images; write build/reports/sim.json (docs/REPORTS.md) and print a summary table.
 
-    stforge sim --hdl build/hdl/l1p --golden build/sim/l1p-golden.npz \
+    stforge sim --hdl build/hdl/l1p --golden build/sim/l1p-golden-360.npz \
         [--images 100] [--sim verilator|icarus] [--waves --image 3] [--report ...]
 
 `make sim` prepares the inputs (export, golden data, HDL) and calls this. Torch-free: golden

@@ -13,27 +13,20 @@ from amaranth.utils import bits_for
 from hw.accelerator.feeder import ReplayFeeder
 from hw.accelerator.util import copy_accs, payload_index, verilog_name
 from hw.components import RankFactoredEngine, SpikingAttention, lane_shape
-from model.ir import Conv, INPUT, LowRankMatMul
+from model.ir import INPUT, LowRankMatMul
 
 __all__ = ["engine_stage", "attention_stage"]
 
 
-def engine_stage(top, m, sid, node, start, done, busy, read, counts, image_r, shared,
-                 issuer):
-    """A conv or matmul stage on the shared issuer, engine and neuron array: its source
-    reads, engine -> neuron feed (and, for the static first conv, the replay feeder).
-    Returns its collector user."""
-    T = top.T
-    name, ident = node.name, verilog_name(node.name)
-    widths = node.widths
-    c_out = top.channels[name]
-    P = top.lanes
-    groups = -(-c_out // P)
-    is_conv = isinstance(node, Conv)
-    src = node.inputs[0]
-    from_image = src == INPUT
-    static_replay = is_conv and from_image and not top.time_varying and T > 1
-    in_max = int(top.bounds[src])
+def engine_stage(top, m, stage, start, done, busy, read, counts, image_r, shared, issuer):
+    """A conv or matmul stage (its hw.plan.StagePlan) on the shared issuer, engine and neuron
+    array: its source reads, engine -> neuron feed (and, for the static first conv, the replay
+    feeder). Returns its collector user."""
+    T, P = top.T, top.lanes
+    sid, node, name, ident = stage.id, stage.node, stage.name, verilog_name(stage.name)
+    widths, c_out, groups = node.widths, stage.channels, stage.groups
+    is_conv, src, static_replay = stage.kind == "conv", stage.source, stage.static_replay
+    from_image, in_max = src == INPUT, stage.in_max
 
     # engine (shared by every conv and CSC matmul; a rank-factored one per stage) and the
     # shared neuron array
@@ -47,8 +40,7 @@ def engine_stage(top, m, sid, node, start, done, busy, read, counts, image_r, sh
     neuron = shared.neuron_user(sid, name)
 
     # geometry; the counters are the shared issuer's (`IssueFSM`)
-    h, wd = (node.height, node.width) if is_conv else (1, top.N)
-    positions = h * wd
+    wd, positions = stage.width, stage.positions
     if is_conv:
         src_pos = (issuer.ny * wd + issuer.nx)[:bits_for(positions)]
     else:
@@ -88,12 +80,12 @@ def engine_stage(top, m, sid, node, start, done, busy, read, counts, image_r, sh
     return SimpleNamespace(node=node, o=neuron.o, busy=busy, done=done, events=engine.i)
 
 
-def attention_stage(top, m, sid, node, start, done, busy, run_cycles, mem_r, read,
-                    shared):
-    """The attention stage: Q/K/V row reader and SpikingAttention on the shared neuron
-    array (time steps outer: tokens x channels membranes). Returns its collector user."""
+def attention_stage(top, m, stage, start, done, busy, run_cycles, mem_r, read, shared):
+    """The attention stage (its hw.plan.StagePlan): Q/K/V row reader and SpikingAttention on
+    the shared neuron array (time steps outer: tokens x channels membranes). Returns its
+    collector user."""
     T, N = top.T, top.N
-    name, ident = node.name, verilog_name(node.name)
+    sid, node, name, ident = stage.id, stage.node, stage.name, verilog_name(stage.name)
     widths = node.widths
     dim = node.dim
     q_name, k_name, v_name = node.inputs

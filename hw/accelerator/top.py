@@ -21,7 +21,7 @@ from hw.accelerator.store import ValueStore
 from hw.accelerator.util import or_all, verilog_name
 from hw.components import block_ram_attrs, packed_words
 from hw.plan import CYCLE_BITS, TRACE_KINDS, Plan
-from model.ir import INPUT, Attention, Graph
+from model.ir import INPUT, Graph
 
 __all__ = ["Accelerator", "TRACE_SPIKES", "TRACE_CYCLES"]
 
@@ -77,8 +77,6 @@ class Accelerator(wiring.Component):
         self.classes = self.head.classes
         self.logit_bits = self.head.widths["logit"]
         self.channels = {n.name: n.channels for n in self.stages}
-        self.bounds = artifact.bounds
-        self.positions = {n.name: artifact.tokens_of(n.name) for n in self.stages}
         self.trace_bits = max(self.channels.values())
         self.trace_layout = data.StructLayout(plan.trace_layout)
         self.result_layout = data.StructLayout({"cls": 8, "cycles": CYCLE_BITS})
@@ -226,9 +224,10 @@ class Accelerator(wiring.Component):
             m.d.sync += run_cycles.eq(run_cycles + 1)
         users = {}
         issuer = self._issuer(m, active)
-        for sid, node in enumerate(self.stages, start=1):
-            args = (m, sid, node, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1])
-            if isinstance(node, Attention):
+        for stage in self.plan.stages:
+            sid = stage.id
+            args = (m, stage, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1])
+            if stage.kind == "attention":
                 users[sid] = attention_stage(self, *args, run_cycles, mem_r, read, shared)
             else:
                 users[sid] = engine_stage(self, *args, read, counts, image_r, shared, issuer)

@@ -140,8 +140,8 @@ def test_make_with_a_path_writes_where_the_page_says(exported):
     assert hdl == ["hdl", artifact, "--out", "build/hdl/mine", "--lanes", "1"]
     hdl, golden, sim = make_recipe("sim", f"MODEL={artifact}", "IMAGES=20")
     assert golden == ["golden-data", artifact, "--images", "20", "--out",
-                      "build/sim/mine-golden.npz"]
-    assert sim[:5] == ["sim", "--hdl", "build/hdl/mine", "--golden", "build/sim/mine-golden.npz"]
+                      "build/sim/mine-golden-20.npz"]
+    assert sim[:5] == ["sim", "--hdl", "build/hdl/mine", "--golden", "build/sim/mine-golden-20.npz"]
     assert sim[-2:] == ["--model", "mine"]          # build/reports/sim-mine.json
     (hdl,) = make_recipe("hdl", f"MODEL={artifact}", "LANES=2")
     assert hdl[3] == "build/hdl/mine-x2"
@@ -173,4 +173,4 @@ def test_the_page_end_to_end_on_a_tiny_config(tmp_path):
     report = json.loads((tmp_path / "build/reports/sim-mine.json").read_text())
     assert report["mismatches"] == 0 and report["model"] == "mine"
     assert (tmp_path / "build/hdl/mine/stforge_top.v").is_file()
-    assert (tmp_path / "build/sim/mine-golden.npz").is_file()
+    assert (tmp_path / "build/sim/mine-golden-2.npz").is_file()
