@@ -110,7 +110,7 @@ $(HDL_DIR)/stforge_top.v: $(ARTIFACT) $(HW_SOURCES) | $(STAMP)
 
 ## golden spikes and logits of the first IMAGES test images (once per artifact and count)
 GOLDEN      := build/sim/$(NAME)-golden-$(IMAGES).npz
-$(GOLDEN): $(ARTIFACT) model/ir/golden.py | $(STAMP)
+$(GOLDEN): $(ARTIFACT) $(wildcard model/ir/*.py) | $(STAMP)
 	$(STFORGE) golden-data $(ARTIFACT) --images $(IMAGES) --out $@
 
 ## the main job: export, golden data, HDL, Verilator + cocotb over IMAGES test images, sim.json

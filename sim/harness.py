@@ -56,8 +56,11 @@ def harness_source(design: dict) -> str:
 `timescale 1ns/1ps
 module {HARNESS_TOP};
   reg clk = 0;
-  reg rst = 1;
   always #{HALF_PERIOD_NS} clk = ~clk;
+  // reset for the first 4 rising edges, released by a register (no race with the design)
+  reg [2:0] boot = 0;
+  wire rst = boot != 3'd4;
+  always @(posedge clk) if (rst) boot <= boot + 3'd1;
 
   // read by the cocotb testbench: images whose result has been recorded
   reg [31:0] images_done /*verilator public_flat_rd*/ = 0;
@@ -80,8 +83,6 @@ module {HARNESS_TOP};
     if (pixels_file == 0) stop("cannot read the pixel file");
     records = $fopen(records_name, "w");
     if (records == 0) stop("cannot write the record file");
-    repeat (4) @(posedge clk);
-    #1 rst = 0;                        // between edges: no race with the design's sampling
   end
 
   reg [{pixel_bits - 1}:0] pixel = 0, next_pixel;

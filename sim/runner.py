@@ -38,7 +38,7 @@ from sim.toolchain import SIMULATORS, build_verilator, prepare_simulator
 __all__ = ["run_simulation", "configure", "run", "SIMULATORS"]
 
 TOP = "stforge_top"
-BUILD_RECIPE = 4          # bump when the build steps change: cached builds are redone
+BUILD_RECIPE = 6          # bump when the build steps change: cached builds are redone
 
 
 _KICK = re.compile(r"^(\s*reg (\\\$auto\$verilog_backend\S+) += 0;)$", re.M)
@@ -157,7 +157,9 @@ def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: 
            "STFORGE_IMAGES": ",".join(map(str, images)),
            "STFORGE_DEADLINES": ",".join(map(str, _deadlines(expected))),
            "STFORGE_RECORDS": str(records.resolve()),
-           "STFORGE_RESULTS": str(results.resolve())}
+           "STFORGE_RESULTS": str(results.resolve()),
+           # NumPy in the simulator process does no linear algebra: no idle BLAS threads
+           "OPENBLAS_NUM_THREADS": "1"}
     plusargs = [f"+pixels={(run_dir / 'pixels.hex').resolve()}", f"+records={records.resolve()}",
                 f"+images={len(images)}", f"+pixels_per_image={pixels_per_image}"]
     if random_init:

@@ -88,8 +88,16 @@ async def run_images(dut) -> None:
     scoreboard = Scoreboard(golden, design.get("trace_kinds"), traced=bool(design["trace"]))
     await Timer(1, "ns")                 # the harness has opened its files
     reader = RecordReader(os.environ["STFORGE_RECORDS"], design)
-    started = time.time()
+    started = written = time.time()
     report, done, hung = [], 0, None
+
+    def write_results():
+        results = {"images": report, "seconds": time.time() - started,
+                   "compared": scoreboard.compares, "hung": hung}
+        if hung is not None:
+            results["hung_after_cycles"] = deadlines[done]
+        with open(out_path, "w") as f:
+            json.dump(results, f)
     while done < len(images) and hung is None:
         try:
             await with_timeout(ValueChange(dut.images_done),
@@ -115,15 +123,11 @@ async def run_images(dut) -> None:
                           f"{len(r.mismatches)} MISMATCHES, first: {r.mismatches[0]}",
                           r.cycles, r.predicted, int(golden.labels[image]))
         done = now
-        with open(out_path, "w") as f:       # rewritten each time: partial runs stay readable
-            json.dump({"images": report, "seconds": time.time() - started,
-                       "compared": scoreboard.compares, "hung": hung}, f)
+        if time.time() - written > 2:        # a stopped run's results stay readable
+            write_results()
+            written = time.time()
     reader.file.close()
-    if hung is not None:
-        with open(out_path, "w") as f:
-            json.dump({"images": report, "seconds": time.time() - started,
-                       "compared": scoreboard.compares, "hung": hung,
-                       "hung_after_cycles": deadlines[done]}, f)
+    write_results()
     assert hung is None, f"image {hung}: no result within {deadlines[done]} cycles"
     first = scoreboard.first_mismatch
     assert first is None, f"first mismatch: {first}"
