@@ -10,6 +10,7 @@ testbenches and ``memory_map.json`` (the design's tables, firmware.images) for h
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -20,7 +21,7 @@ from model.ir import load_artifact
 from model.ir.files import write_text
 from model.errors import StforgeError, check_output_dir, positive_int
 
-__all__ = ["generate_verilog", "memory_tables", "configure", "run", "TOP_NAME"]
+__all__ = ["generate_verilog", "settle_constant_processes", "memory_tables", "configure", "run", "TOP_NAME"]
 
 TOP_NAME = "stforge_top"
 
@@ -30,6 +31,21 @@ def memory_tables(accelerator: Accelerator) -> list[Table]:
     return [Table(t.id, t.name, t.width, tuple(t.words)) for t in accelerator.memory_map()]
 
 
+#: A process of Yosys's Verilog back end that only assigns a constant: ``always @*`` with no
+#: signal to wait on, which by the standard never runs (Verilator and Icarus keep the reg at its
+#: power-up value); the FPGA build, from RTLIL, makes it the constant.
+_CONSTANT_PROCESS = re.compile(r"^( +)always @\*\n +([^=\n]+?) = (\d+'[hb][0-9a-fA-F]+);$", re.M)
+
+
+def settle_constant_processes(text: str) -> str:
+    """Give every constant ``always @*`` process of the Verilog an ``initial`` twin, so that
+    simulators see the constant from time 0 as the FPGA does. Found by `make fuzz-hw`: with
+    1-bit spike counts the issue FSM's event count is the constant 1, and both simulators
+    read 0 (every weight times 0: a stem that never fired)."""
+    return _CONSTANT_PROCESS.sub(
+        lambda m: f"{m[1]}initial {m[2]} = {m[3]};\n{m[0]}", text)
+
+
 def generate_verilog(artifact_path, out_dir, trace: bool = True, lanes: int = 1) -> dict:
     """Write Verilog and a design description; returns the description."""
     artifact = load_artifact(artifact_path)
@@ -37,7 +53,7 @@ def generate_verilog(artifact_path, out_dir, trace: bool = True, lanes: int = 1)
         top = Accelerator(artifact, trace=trace, lanes=lanes)
     except ValueError as exc:       # a configuration this artifact cannot take
         raise StforgeError(str(exc)) from None
-    text = verilog.convert(top, name=TOP_NAME, emit_src=False)
+    text = settle_constant_processes(verilog.convert(top, name=TOP_NAME, emit_src=False))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     design = {

@@ -69,13 +69,13 @@ def _icarus_source(verilog: Path, build_dir: Path) -> Path:
 
 
 def _build(sim: str, hdl_dir: Path, build_dir: Path, waves: bool,
-           random_init: bool = False) -> float:
+           random_init: bool = False, optimise: bool = True) -> float:
     """Build the harness around the design once per (Verilog, simulator, waves); returns the
     seconds spent (0 when the build is up to date)."""
     verilog = hdl_dir / f"{TOP}.v"
     harness = harness_source(json.loads((hdl_dir / "design.json").read_text()))
-    digest = hashlib.sha256(verilog.read_bytes() + harness.encode() +
-                            f"{sim}{waves}{random_init}{BUILD_RECIPE}".encode()).hexdigest()
+    recipe = f"{sim}{waves}{random_init}{optimise}{BUILD_RECIPE}"
+    digest = hashlib.sha256(verilog.read_bytes() + harness.encode() + recipe.encode()).hexdigest()
     stamp = build_dir / "stforge.stamp"
     if stamp.exists() and stamp.read_text() == digest:
         return 0.0
@@ -92,7 +92,7 @@ def _build(sim: str, hdl_dir: Path, build_dir: Path, waves: bool,
                               log_file=build_dir / "build.log")
     else:
         build_verilator([top, verilog], HARNESS_TOP, build_dir, waves, build_dir / "build.log",
-                        random_init)
+                        random_init, optimise)
     stamp.write_text(digest)
     return time.time() - started
 
@@ -119,11 +119,13 @@ def write_pixels(path: Path, golden, images, corrupt_pixel: int | None = None) -
 
 def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: bool = False,
                    build_root="build/sim", corrupt_pixel: int | None = None,
-                   random_init_seed: int | None = None, quiet: bool = False) -> dict:
+                   random_init_seed: int | None = None, quiet: bool = False,
+                   optimise: bool = True) -> dict:
     """Simulate `images` (indices into the golden file); returns the raw per-image results
     with the cycle model's expectation of each image (``expected``). `random_init_seed`
     (Verilator): every register without an initial value starts, and every X assignment
-    takes, a random value from this seed, instead of 0."""
+    takes, a random value from this seed, instead of 0. `optimise`: False builds Verilator's
+    C++ at -O0 (short runs: it builds faster than it simulates slower)."""
     from cocotb_tools.runner import get_runner
     from model.ir.golden import GoldenData
     hdl_dir, golden_path = Path(hdl_dir), Path(golden_path)
@@ -146,7 +148,7 @@ def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: 
         raise StforgeError("random initial values need Verilator")
     build_dir = Path(build_root) / (f"{hdl_dir.name}-{sim}{'-waves' if waves else ''}"
                                     f"{'-random-init' if random_init else ''}")
-    build_seconds = _build(sim, hdl_dir, build_dir, waves, random_init)
+    build_seconds = _build(sim, hdl_dir, build_dir, waves, random_init, optimise)
     run_dir = build_dir / "run"
     run_dir.mkdir(exist_ok=True)
     results, records = run_dir / "results.json", run_dir / "records.txt"

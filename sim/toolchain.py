@@ -52,7 +52,7 @@ VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include", "CFG_CXXFLAGS_COROUTINES=-
 
 
 def build_verilator(sources, top: str, build_dir: Path, waves: bool, log_file: Path,
-                    random_init: bool = False) -> None:
+                    random_init: bool = False, optimise: bool = True) -> None:
     """Build a cocotb simulation executable ``build_dir/top`` with Verilator.
 
     Unlike cocotb's runner this does not make every signal public (``--public-flat-rw``),
@@ -61,7 +61,9 @@ def build_verilator(sources, top: str, build_dir: Path, waves: bool, log_file: P
     optimised as Verilator likes. Otherwise it is cocotb's recipe: its ``verilator.cpp`` main
     loop and VPI library, ``--timing`` for the harness's clock. `random_init` builds a model
     whose uninitialised registers and X assignments take random values (chosen at run time by
-    ``+verilator+rand+reset+2 +verilator+seed+N``), to show that no result depends on them."""
+    ``+verilator+rand+reset+2 +verilator+seed+N``), to show that no result depends on them.
+    Without `optimise` the C++ is compiled at -O0: about a third less build time for a
+    simulation too short for the model's speed to matter (`make fuzz-hw`'s ten inputs)."""
     import subprocess
 
     import cocotb_tools.config as cocotb_config
@@ -78,6 +80,8 @@ def build_verilator(sources, top: str, build_dir: Path, waves: bool, log_file: P
         verilate += ["--x-initial", "unique", "--x-assign", "unique"]
     make = ["make", "-j", str(min(os.cpu_count() or 1, 4)), "-C", str(build_dir), "-f",
             "Vtop.mk", f"VM_TRACE={int(waves)}", *VERILATOR_MAKEFLAGS]
+    if not optimise:
+        make += ["OPT_FAST=-O0", "OPT_SLOW=-O0"]
     if shutil.which("ccache"):
         # Verilator's runtime and cocotb's main loop are the same C++ in every build: with
         # ccache a tiny design builds in about 8 s instead of 30 (most of it was the runtime)

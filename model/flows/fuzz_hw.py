@@ -67,7 +67,7 @@ def fuzz_one(seed: int, inputs: int, sim: str, out: Path) -> dict:
         write_golden_data(graph, x, np.zeros(len(x), np.int64), golden)
         generate_verilog(folder / "model.json", folder / "hdl", trace=trace, lanes=lanes)
         raw = run_simulation(folder / "hdl", golden, list(range(inputs)), sim,
-                             build_root=folder / "build", quiet=True)
+                             build_root=folder / "build", quiet=True, optimise=False)
         report = summarize(raw, sim, f"seed-{seed}", golden)
         record.update(bitexact=report["bitexact"], images=inputs,
                       model_error=report["model_error"],

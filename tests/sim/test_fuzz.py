@@ -47,6 +47,48 @@ def test_a_failing_model_is_kept_with_a_repeat_command(tmp_path, monkeypatch):
     assert failure["repeat"].startswith("stforge fuzz-hw --models 1 --seed 5")
 
 
+#: Models the fuzz found defects with, kept as artifacts (the generator may change): name ->
+#: (lanes, what went wrong)
+FOUND = {
+    "seed-5004": (4, "1-bit spike counts everywhere (pixels up to 1, no block): the issue "
+                     "FSM's event count is a constant process that simulators never ran, so "
+                     "every weight was multiplied by 0"),
+}
+
+
+@pytest.mark.rtlsim
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_models_the_fuzz_found_stay_bitexact(name, sim, tmp_path):
+    from pathlib import Path
+    from hw.generate import generate_verilog
+    from model.ir import load_artifact
+    from model.ir.golden import write_golden_data
+    from sim.runner import run_simulation, summarize
+    artifact = Path(__file__).parents[1] / "artifacts" / "fuzz" / f"{name}.json"
+    lanes = FOUND[name][0]
+    graph = load_artifact(artifact)
+    x = random_inputs(np.random.default_rng(2), graph, 4)
+    write_golden_data(graph, x, np.zeros(len(x), np.int64), tmp_path / "golden.npz")
+    generate_verilog(artifact, tmp_path / "hdl", lanes=lanes)
+    raw = run_simulation(tmp_path / "hdl", tmp_path / "golden.npz", list(range(len(x))), sim,
+                         build_root=tmp_path / "build", quiet=True)
+    report = summarize(raw, sim, name, tmp_path / "golden.npz")
+    assert report["mismatches"] == 0, report.get("first_mismatch")
+    assert report["model_error"] == 0
+
+
+def test_constant_processes_hold_their_value_from_time_zero():
+    """Yosys writes a comb process that assigns a constant as an `always @*` with nothing to
+    wait on; the generated Verilog gives it an `initial` twin (hw.generate)."""
+    from hw.generate import settle_constant_processes
+    text = ("  always @*\n    events__payload[8] = 1'h1;\n"
+            "  always @* begin\n    x = y;\n  end\n")
+    settled = settle_constant_processes(text)
+    assert settled == ("  initial events__payload[8] = 1'h1;\n  always @*\n"
+                       "    events__payload[8] = 1'h1;\n  always @* begin\n    x = y;\n  end\n")
+
+
 def test_random_models_are_reproducible_and_varied():
     a, b = random_model(7, 2), random_model(7, 2)
     assert a.source == b.source
