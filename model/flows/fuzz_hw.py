@@ -20,7 +20,6 @@ test suite (tests/sim/test_fuzz.py).
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter

@@ -429,13 +429,7 @@ class LinkFuzz:
 # cocotb tests
 # --------------------------------------------------------------------------------------------
 
-def _import_cocotb_test():
-    try:
-        import cocotb
-    except ImportError:  # pragma: no cover
-        return None
-    return cocotb.test if cocotb.is_simulation else None
-
+from sim.board_tb import _import_cocotb_test  # noqa: E402  (cocotb.test inside a simulator)
 
 _test = _import_cocotb_test()
 

@@ -6,25 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from model.flows import cli
+from tests.hw.boards import unused
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-
-
-@pytest.fixture(scope="module")
-def l1p(shipped_l1p_path):
-    from model.ir import load_artifact
-    return load_artifact(shipped_l1p_path)
-
-
-def unused(top):
-    """Silence Amaranth's warning about a design built only to inspect its parameters."""
-    top._MustUse__silence = True
-    top.accelerator._MustUse__silence = True
-    return top
 
 
 def run_board_cli(*args):

@@ -12,22 +12,10 @@ import pytest
 
 from hw.board import DEFAULT_CLOCK_MHZ, BoardTop
 from hw.clocking import ecp5_pll
+from tests.hw.boards import unused
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-
-
-@pytest.fixture(scope="module")
-def l1p(shipped_l1p_path):
-    from model.ir import load_artifact
-    return load_artifact(shipped_l1p_path)
-
-
-def unused(top):
-    """Silence Amaranth's warning about a design built only to inspect its parameters."""
-    top._MustUse__silence = True
-    top.accelerator._MustUse__silence = True
-    return top
 
 
 # --------------------------------------------------------------------------------------------
