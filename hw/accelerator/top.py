@@ -166,7 +166,63 @@ class Accelerator(wiring.Component):
 
     def _stages(self, m, active, image_r) -> SimpleNamespace:
         """Every stage and the head on the shared units, the collector, the value store."""
+        store, mem_r, read, counts, driven = self._value_access(m, active)
+        trace_valid, trace_payload, trace_ready = self._trace_port(m)
+
+        shared = self._shared
+        if shared.engine is not None:
+            m.submodules.engine = shared.engine
+        m.submodules.neurons = shared.neurons
+
+        stage_start = [Signal(name=f"start_{verilog_name(n.name)}") for n in self.stages]
+        stage_done = [Signal(name=f"done_{verilog_name(n.name)}") for n in self.stages]
+        # the stages share one cycle counter (each restarts it) and one spike collector
+        run_cycles = Signal(CYCLE_BITS, name="stage_cycles")
+        stage_busy = [Signal(name=f"busy_{verilog_name(n.name)}") for n in self.stages]
+        with m.If(or_all(stage_busy)):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+        users = {}
+        issuer = self._issuer(m, active)
+        for stage in self.plan.stages:
+            sid = stage.id
+            args = (m, stage, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1])
+            if stage.kind == "attention":
+                users[sid] = attention_stage(self, *args, run_cycles, mem_r, read, shared)
+            else:
+                users[sid] = engine_stage(self, *args, read, counts, image_r, shared, issuer)
+        if issuer is not None:
+            self._connect_issuer(m, issuer, active, users, stage_start, stage_busy, run_cycles)
+        shared.connect(m, active)
+        collector = self._collector(m, active, users, store, run_cycles, or_all(stage_start))
+        m.d.comb += [trace_valid.eq(collector.trace.valid),
+                     trace_payload.eq(collector.trace.payload),
+                     collector.trace.ready.eq(trace_ready)]
+
+        # ---- head: feature sums, then serial MAC per class
         stage_count = len(self.stages)
+        head_node = self.head
+        m.submodules.head = head = Head(
+            head_node.weight, head_node.bias, self.T, self.N, self._count_bits(head_node.inputs[0]),
+            head_node.widths["feature"], self.logit_bits, self.lanes)
+        read(stage_count + 1, head_node.inputs[0], head.addr)
+        word_counts, _ = counts(head_node.inputs[0])
+        m.d.comb += [head.counts[c].eq(v) for c, v in enumerate(word_counts)]
+        wiring.connect(m, head.logits, wiring.flipped(self.logits))
+        readback = {(s.id, "readback") for s in self.plan.stages if s.pool}   # the collector's
+        if store.roles - driven - readback:
+            raise AssertionError(f"declared reads without an address: "
+                                 f"{sorted(store.roles - driven - readback)}")
+        head_start, head_done, best_cls = head.start, head.done, head.cls
+
+        if self.loadable:
+            self._connect_load(m)
+        return SimpleNamespace(stage_start=stage_start, stage_done=stage_done,
+                               head_start=head_start, head_done=head_done, best_cls=best_cls)
+
+    def _value_access(self, m, active):
+        """The value store, as the plan places it, and how stages reach it: ``read(stage, value,
+        addr)`` drives a stage's declared read addresses, ``counts(value)`` gives a value's
+        per-channel counts (a residual's summed once); ``driven`` collects the reads driven."""
         # ---- value storage, as the plan places it; stages drive their declared read addresses
         m.submodules.store = store = ValueStore(self.plan, self.channels, self.chunk)
         m.d.comb += store.active.eq(active)
@@ -199,8 +255,10 @@ class Accelerator(wiring.Component):
                                              Const(0, bits))[:bits]) for c in range(width)]
                 summed[value] = [total[c] for c in range(width)]
             return summed[value], bits
+        return store, mem_r, read, counts, driven
 
-        # ---- trace arbitration: one collector at a time is active, so a mux suffices
+    def _trace_port(self, m):
+        """The trace arbitration: one collector at a time is active, so a mux suffices."""
         trace_valid = Signal()
         trace_payload = Signal(self.trace_layout)
         trace_ready = Signal()
@@ -209,63 +267,18 @@ class Accelerator(wiring.Component):
                          trace_ready.eq(self.trace.ready)]
         else:
             m.d.comb += trace_ready.eq(1)
+        return trace_valid, trace_payload, trace_ready
 
-        shared = self._shared
-        if shared.engine is not None:
-            m.submodules.engine = shared.engine
-        m.submodules.neurons = shared.neurons
-
-        stage_start = [Signal(name=f"start_{verilog_name(n.name)}") for n in self.stages]
-        stage_done = [Signal(name=f"done_{verilog_name(n.name)}") for n in self.stages]
-        # the stages share one cycle counter (each restarts it) and one spike collector
-        run_cycles = Signal(CYCLE_BITS, name="stage_cycles")
-        stage_busy = [Signal(name=f"busy_{verilog_name(n.name)}") for n in self.stages]
-        with m.If(or_all(stage_busy)):
-            m.d.sync += run_cycles.eq(run_cycles + 1)
-        users = {}
-        issuer = self._issuer(m, active)
-        for stage in self.plan.stages:
-            sid = stage.id
-            args = (m, stage, stage_start[sid - 1], stage_done[sid - 1], stage_busy[sid - 1])
-            if stage.kind == "attention":
-                users[sid] = attention_stage(self, *args, run_cycles, mem_r, read, shared)
-            else:
-                users[sid] = engine_stage(self, *args, read, counts, image_r, shared, issuer)
-        if issuer is not None:
-            self._connect_issuer(m, issuer, active, users, stage_start, stage_busy, run_cycles)
-        shared.connect(m, active)
-        collector = self._collector(m, active, users, store, run_cycles, or_all(stage_start))
-        m.d.comb += [trace_valid.eq(collector.trace.valid),
-                     trace_payload.eq(collector.trace.payload),
-                     collector.trace.ready.eq(trace_ready)]
-
-        # ---- head: feature sums, then serial MAC per class
-        head_node = self.head
-        m.submodules.head = head = Head(
-            head_node.weight, head_node.bias, self.T, self.N, self._count_bits(head_node.inputs[0]),
-            head_node.widths["feature"], self.logit_bits, self.lanes)
-        read(stage_count + 1, head_node.inputs[0], head.addr)
-        word_counts, _ = counts(head_node.inputs[0])
-        m.d.comb += [head.counts[c].eq(v) for c, v in enumerate(word_counts)]
-        wiring.connect(m, head.logits, wiring.flipped(self.logits))
-        readback = {(s.id, "readback") for s in self.plan.stages if s.pool}   # the collector's
-        if store.roles - driven - readback:
-            raise AssertionError(f"declared reads without an address: "
-                                 f"{sorted(store.roles - driven - readback)}")
-        head_start, head_done, best_cls = head.start, head.done, head.cls
-
-        if self.loadable:
-            for table in self.memory_map():
-                unit = table.unit
-                m.d.comb += [
-                    unit.load.valid.eq(self.load.valid & self.load.ready &
-                                       (self.load.payload.memory == table.id)),
-                    unit.load.payload.addr.eq(self.load.payload.addr),
-                    unit.load.payload.data.eq(self.load.payload.data[:table.width]),
-                ]
-
-        return SimpleNamespace(stage_start=stage_start, stage_done=stage_done,
-                               head_start=head_start, head_done=head_done, best_cls=best_cls)
+    def _connect_load(self, m) -> None:
+        """The load port to every table's unit (``loadable``)."""
+        for table in self.memory_map():
+            unit = table.unit
+            m.d.comb += [
+                unit.load.valid.eq(self.load.valid & self.load.ready &
+                                   (self.load.payload.memory == table.id)),
+                unit.load.payload.addr.eq(self.load.payload.addr),
+                unit.load.payload.data.eq(self.load.payload.data[:table.width]),
+            ]
 
     def _issuer(self, m, active) -> IssueFSM | None:
         """The one issue FSM of the conv and matmul stages (None: there are none)."""
