@@ -246,8 +246,17 @@ def write_artifact(tmp_path):
     return tmp_path / "art.json"
 
 
+#: `stforge` as started from a terminal, where Ctrl-C raises KeyboardInterrupt: a test runner's
+#: worker may hand its children SIGINT ignored or blocked, and Python then keeps it so (CI once
+#: saw the Ctrl-C test below wait out its timeout that way)
+_AS_FROM_A_TERMINAL = (
+    "import signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from model.flows.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 def stforge_run(*args):
-    return subprocess.Popen([sys.executable, "-m", "model.flows.cli", "run", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, "run", *map(str, args)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
