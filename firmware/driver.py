@@ -75,7 +75,7 @@ from firmware.images import read_memory_map, write_mem_chunks
 from firmware.protocol import CRC_BYTES, HEADER_BYTES, MAX_PAYLOAD, PROTOCOL_VERSION, Command, \
     ErrorCode, Frame, FrameDecoder, FrameError, encode_frame, pack_run, pack_write_mem, \
     unpack_error, unpack_result
-from model.errors import StforgeError, positive_float, positive_int
+from model.errors import StforgeError, positive_float, positive_int, shown
 
 try:
     import termios
@@ -146,13 +146,6 @@ def _command_name(command):
         return Command(command).name
     except ValueError:
         return f"0x{command:02x}"
-
-
-def _shown(text) -> str:
-    """A name or path as it appears in a one-line message (quoted when it holds a line break or
-    another unprintable character)."""
-    text = str(text)
-    return text if text and text.isprintable() else repr(text)
 
 
 def _reason(error) -> str:
@@ -278,7 +271,7 @@ class Accelerator:
                                   math.ceil(self.deadline * baud / BITS_PER_BYTE))
         self._owned = False
         if isinstance(port, (str, Path)):
-            self.name = _shown(name or port)
+            self.name = shown(name or port)
             self.port = self._open(str(port), baud, self.timeout)
             self._owned = True
         else:
@@ -286,7 +279,7 @@ class Accelerator:
                 raise TypeError(f"port must be a device name or have read() and write(), "
                                 f"not {type(port).__name__}")
             self.port = port
-            self.name = _shown(name or getattr(port, "name", None) or type(port).__name__)
+            self.name = shown(name or getattr(port, "name", None) or type(port).__name__)
         if clock is None and (self._owned or _is_pyserial(port)):
             clock = time.monotonic
         self.clock = clock
@@ -308,13 +301,13 @@ class Accelerator:
             return serial.Serial(device, baudrate=baud, bytesize=8, parity="N", stopbits=1,
                                  timeout=timeout, write_timeout=timeout)
         except OverflowError:       # a baud rate beyond the C int pyserial hands to the tty
-            raise PortError(f"cannot open serial port {_shown(device)}: {baud} baud is out of "
+            raise PortError(f"cannot open serial port {shown(device)}: {baud} baud is out of "
                             f"range") from None
         except (ValueError,) + _PORT_ERRORS as error:     # ValueError: a NUL in the name, a
             # custom baud rate the tty refuses ("Failed to set custom baud rate")
             errno = getattr(error, "errno", None)
             reason = os.strerror(errno) if isinstance(errno, int) else _reason(error)
-            raise PortError(f"cannot open serial port {_shown(device)}: {reason}") from None
+            raise PortError(f"cannot open serial port {shown(device)}: {reason}") from None
 
     def close(self):
         if self._owned:
@@ -549,19 +542,19 @@ def _test_images(manifest, count):
 def _load_manifest(path):
     """The artifact manifest (a dict whose model facts :meth:`Accelerator.for_artifact` can
     use); a DriverError line otherwise."""
-    shown = _shown(path)
+    where = shown(path)
     try:
         manifest = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise DriverError(f"artifact {shown} not found (run `make export`)") from None
+        raise DriverError(f"artifact {where} not found (run `make export`)") from None
     except IsADirectoryError:
-        raise DriverError(f"artifact {shown} is a folder, not a .json file") from None
+        raise DriverError(f"artifact {where} is a folder, not a .json file") from None
     except (OSError, ValueError, RecursionError) as error:     # JSON, UTF-8, a NUL in the path
-        raise DriverError(f"artifact {shown} is not readable ({_reason(error)})") from None
+        raise DriverError(f"artifact {where} is not readable ({_reason(error)})") from None
     try:
         _model_facts(manifest)
     except ValueError as error:
-        raise DriverError(f"artifact {shown} is not usable: {error}") from None
+        raise DriverError(f"artifact {where} is not usable: {error}") from None
     return manifest
 
 
@@ -571,39 +564,39 @@ def _load_golden(path, count, classes):
     import zipfile
 
     import numpy as np
-    shown = _shown(path)
+    where = shown(path)
     if Path(path).is_dir():
-        raise DriverError(f"golden data {shown} is a folder, not an .npz file")
+        raise DriverError(f"golden data {where} is a folder, not an .npz file")
     try:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise DriverError(f"golden data {shown} not found (stforge golden-data writes it)") \
+        raise DriverError(f"golden data {where} not found (stforge golden-data writes it)") \
             from None
     except EOFError:
-        raise DriverError(f"golden data {shown} is empty, not an .npz file") from None
+        raise DriverError(f"golden data {where} is empty, not an .npz file") from None
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else \
             "not an .npz file"
-        raise DriverError(f"golden data {shown} is not readable ({reason})") from None
+        raise DriverError(f"golden data {where} is not readable ({reason})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):       # an .npy holds one bare array
-        raise DriverError(f"golden data {shown} is not an .npz file (stforge golden-data "
+        raise DriverError(f"golden data {where} is not an .npz file (stforge golden-data "
                           f"writes one)")
     with npz:
         try:
             logits = npz["logits"]
         except KeyError:
-            raise DriverError(f"golden data {shown} holds no logits") from None
+            raise DriverError(f"golden data {where} holds no logits") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise DriverError(f"golden data {shown} is not readable ({_reason(error)})") \
+            raise DriverError(f"golden data {where} is not readable ({_reason(error)})") \
                 from None
     if logits.ndim != 2 or logits.dtype.kind not in "iu":
-        raise DriverError(f"golden data {shown}: logits must be integers, one row per image, "
+        raise DriverError(f"golden data {where}: logits must be integers, one row per image, "
                           f"not {logits.dtype} of shape {logits.shape}")
     if logits.shape[1] != classes:
-        raise DriverError(f"golden data {shown} holds {logits.shape[1]} logits per image, the "
+        raise DriverError(f"golden data {where} holds {logits.shape[1]} logits per image, the "
                           f"model has {classes} classes")
     if len(logits) < count:
-        raise DriverError(f"golden data {shown} holds {len(logits)} images, {count} requested")
+        raise DriverError(f"golden data {where} holds {len(logits)} images, {count} requested")
     return logits
 
 
@@ -614,7 +607,7 @@ def _load_tables(path, payload):
         for _ in write_mem_chunks(tables, payload):
             pass
     except ValueError as error:
-        raise DriverError(f"memory map {_shown(path)}: {error}") from None
+        raise DriverError(f"memory map {shown(path)}: {error}") from None
     return tables
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from firmware.protocol import MAX_PAYLOAD
-from model.errors import StforgeError
+from model.errors import StforgeError, shown
 from model.ir.files import write_json
 
 __all__ = ["Table", "MEMORY_MAP_FORMAT", "read_memory_map", "write_memory_map", "word_bytes",
@@ -53,16 +53,10 @@ def write_memory_map(path, tables, *, loadable: bool) -> Path:
                                          "words": [int(w) for w in t.words]} for t in tables]})
 
 
-def _shown(path) -> str:
-    """A path as it appears in a one-line message (quoted when it holds a line break)."""
-    text = str(path)
-    return text if text and text.isprintable() else repr(text)
-
-
 def read_memory_map(path) -> list[Table]:
     """The tables of a memory_map.json (see `write_memory_map`); a bad file is one
     StforgeError line."""
-    shown = _shown(path)
+    where = shown(path)
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -71,19 +65,19 @@ def read_memory_map(path) -> list[Table]:
         tables = [Table(int(t["id"]), str(t["name"]), int(t["width"]),
                         tuple(int(w) for w in t["words"])) for t in data["tables"]]
     except FileNotFoundError:
-        raise StforgeError(f"memory map {shown} does not exist (`make bitstream` writes it "
+        raise StforgeError(f"memory map {where} does not exist (`make bitstream` writes it "
                            f"beside the bitstream)") from None
     except IsADirectoryError:
-        raise StforgeError(f"memory map {shown} is a folder, not a .json file") from None
+        raise StforgeError(f"memory map {where} is a folder, not a .json file") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
             OverflowError) as error:        # OverflowError: int() of a JSON 1e400
         reason = " ".join(str(error).split())
-        raise StforgeError(f"memory map {shown} is not readable ({reason})") from None
+        raise StforgeError(f"memory map {where} is not readable ({reason})") from None
     if [t.id for t in tables] != list(range(len(tables))):
-        raise StforgeError(f"memory map {shown}: table ids must be 0, 1, ... in order")
+        raise StforgeError(f"memory map {where}: table ids must be 0, 1, ... in order")
     for t in tables:
         if t.width < 1 or any(w < 0 or w >> t.width for w in t.words):
-            raise StforgeError(f"memory map {shown}: table {_shown(t.name)} holds a word wider "
+            raise StforgeError(f"memory map {where}: table {shown(t.name)} holds a word wider "
                                f"than its {t.width} bits")
     return tables
 
@@ -130,10 +124,10 @@ def _checked_tables(tables):
                              f"{type(table).__name__}")
         if not (is_int(table.id) and 0 <= table.id <= 0xFF and is_int(table.width) and
                 table.width >= 1 and isinstance(table.words, (tuple, list))):
-            raise ValueError(f"Table {_shown(table.name)} needs an id in 0..255, a width of at "
+            raise ValueError(f"Table {shown(table.name)} needs an id in 0..255, a width of at "
                              f"least 1 bit and a sequence of words")
         if not all(is_int(w) and 0 <= w and not int(w) >> table.width for w in table.words):
-            raise ValueError(f"Table {_shown(table.name)} holds a word that is not an integer "
+            raise ValueError(f"Table {shown(table.name)} holds a word that is not an integer "
                              f"of {table.width} bits")
         checked.append(table)
     return checked

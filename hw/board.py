@@ -67,7 +67,6 @@ __all__ = ["BOARD_TOP_NAME", "DEFAULT_BAUD", "DEFAULT_CLOCK_MHZ", "BoardTop"]
 
 #: Verilog module name of the board top in simulation.
 BOARD_TOP_NAME = "stforge_board"
-#: The clock ``make bitstream`` asks for, per target (MHz).
 #: The board top's PLL clock per target unless asked otherwise (hw.targets).
 DEFAULT_CLOCK_MHZ = {name: t.default_clock_mhz for name, t in TARGETS.items()}
 DEFAULT_BAUD = 115200

@@ -51,6 +51,13 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def shown(text) -> str:
+    """A name or path as it appears in a one-line message (quoted when it holds a line break or
+    another unprintable character)."""
+    text = str(text)
+    return text if text and text.isprintable() else repr(text)
+
+
 def _int_at_least(minimum: int):
     def check(text: str) -> int:
         try:
