@@ -11,7 +11,6 @@ DSP rank x neuron over several seeds, mean ± std, plots.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from model.config import Config, TrainConfig
 from model.data import DataSplit, load_dataset
 from model.errors import StforgeError, check_output_path
-from model.ir.files import write_bytes, write_json
+from model.ir.files import write_figure, write_json
 from model.pruning import gradual_sparsities, l1p_prune, sparsity, to_low_rank
 from model.train import Tensors, evaluate, rebuild, save_checkpoint, seed_everything, to_tensors, \
     train
@@ -238,14 +237,11 @@ def plot_curves(report: dict, path: Path) -> None:
 
 def _save_figure(fig, path: Path) -> None:
     """A figure as PNG, written atomically (model.ir.files), and closed."""
-    import io
     import matplotlib.pyplot as plt
-    buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=120)
+        write_figure(path, fig)
     finally:
         plt.close(fig)
-    write_bytes(path, buf.getvalue())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

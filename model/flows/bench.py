@@ -61,6 +61,7 @@ import torch
 from hw.targets import TARGETS as HW_TARGETS
 from model.errors import check_output_dir, check_output_path, positive_int
 from model.ir import INPUT, Attention, Conv
+from model.ir.files import write_figure
 from model.ir.golden import run_golden
 
 __all__ = ["E_MAC_PJ", "E_AC_PJ", "DEVICE_POWER", "GPU_SPEC", "fpga_latency", "ops_energy_uj",
@@ -637,7 +638,7 @@ def plot_all(fpga, baselines, out_dir: Path) -> list[str]:
         ax.set_title(f"{what} per inference: FPGA (green) vs CPU (blue, measured) vs GPU (red); "
                      "hatched = modelled", fontsize=9)
         fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=120)
+        write_figure(out_dir / fname, fig)
         plt.close(fig)
         written.append(str(out_dir / fname))
     # cycles per variant (sparse vs low-rank vs dense), one target is enough: cycles do not
@@ -662,7 +663,7 @@ def plot_all(fpga, baselines, out_dir: Path) -> list[str]:
         ax.legend()
         ax.set_title("accelerator cycles per inference (min-max bars)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(out_dir / "bench_cycles.png", dpi=120)
+        write_figure(out_dir / "bench_cycles.png", fig)
         plt.close(fig)
         written.append(str(out_dir / "bench_cycles.png"))
     return written

@@ -48,7 +48,7 @@ from pathlib import Path
 from model.config import Config, config_from_dict, config_to_dict, load_config
 from model.errors import (ConfigError, StforgeError, check_output_dir, check_output_path,
                           positive_float, positive_int, seed)
-from model.ir.files import write_bytes, write_json
+from model.ir.files import write_bytes, write_figure, write_json
 from model.sources import HW_SOURCES, ROOT, declared_sources, hw_source_sha256, update_digest
 
 __all__ = ["SweepPlan", "Job", "ResultCache", "build_plan", "run_sweep_hw", "dense_key",
@@ -595,9 +595,10 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
     fig.suptitle(f"sweep-hw: {len(ok)} design points" + (f", {failed} failed (not shown)"
                                                          if failed else ""), fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_figure(path, fig)
+    finally:
+        plt.close(fig)
 
 
 # ---- the engine --------------------------------------------------------------------------------

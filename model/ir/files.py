@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_bytes", "write_text", "write_json", "write_npz"]
+__all__ = ["write_bytes", "write_text", "write_json", "write_npz", "write_figure"]
 
 
 def write_bytes(path, data: bytes) -> Path:
@@ -87,3 +87,11 @@ def write_npz(path, arrays: dict, compressed: bool = False) -> Path:
     buf = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     return write_bytes(path, buf.getvalue())
+
+
+def write_figure(path, figure, dpi: int = 120) -> Path:
+    """A Matplotlib figure as PNG, written atomically (the caller closes the figure)."""
+    import io
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return write_bytes(path, buffer.getvalue())
