@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from accelerator_fixtures import ARTIFACTS, KINDS, LANES_KINDS, build_artifact
-from conftest import export_shipped
+from tests.conftest import export_shipped
 from model.ir import load_artifact
 from model.ir.artifact import manifest_of
 

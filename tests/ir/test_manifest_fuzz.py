@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from artifact_edits import read_files, write_files
@@ -99,6 +99,8 @@ def test_a_malformed_manifest_is_one_artifact_error(valid, data, action, reseal)
             parent[key] = data.draw(WRONG_VALUES)
         else:
             parent[key] = old + data.draw(st.sampled_from([-old, -1, 1, old, 1 << 40]))
+    # a "wrong" value may happen to be the value already there (pool = true, 0 + -0): no edit
+    assume(json.dumps(manifest, sort_keys=True) != json.dumps(valid[0], sort_keys=True))
     outcome = _load_outcome(manifest, arrays, reseal)
     if not reseal:
         assert outcome == "refused"          # the manifest's own checksum
