@@ -156,13 +156,7 @@ def check_output_path(path, what: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise StforgeError(f"{what} {path} is a directory, not a file")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise StforgeError(f"{what} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StforgeError(f"{what} {path}: {parent} is not writable")
+    _check_writable_below(path.parent, path, what)
     return path
 
 
@@ -171,11 +165,17 @@ def check_output_dir(path, what: str = "output folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StforgeError(f"{what} {path} is a file, not a folder")
-    existing = path
+    _check_writable_below(path, path, what)
+    return path
+
+
+def _check_writable_below(folder: Path, path: Path, what: str) -> None:
+    """The nearest existing folder at or above `folder` (where `path` will be created) must be
+    a writable folder."""
+    existing = folder
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise StforgeError(f"{what} {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StforgeError(f"{what} {path}: {existing} is not writable")
-    return path
