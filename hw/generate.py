@@ -21,7 +21,8 @@ from model.ir import load_artifact
 from model.ir.files import write_text
 from model.errors import StforgeError, check_output_dir, positive_int
 
-__all__ = ["generate_verilog", "settle_constant_processes", "memory_tables", "configure", "run", "TOP_NAME"]
+__all__ = ["generate_verilog", "settle_constant_processes", "memory_tables", "configure", "run",
+           "TOP_NAME"]
 
 TOP_NAME = "stforge_top"
 
