@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from model.ir.artifact import FORMAT, VERSION, build_graph, load_artifact, save_artifact
+from model.ir.passes import remove_silent_channels
 from model.ir.csc import csc_from_dense
 from model.ir.golden import run_golden
 from model.ir.graph import Graph
@@ -229,6 +230,7 @@ def export_model(model: SpikingTransformer, config: Config, split: DataSplit, pa
         "source": {"config": config_to_dict(config), **(meta or {})},
     }
     graph = build_graph(manifest, bld.arrays, derive=True)     # widths derived here
+    graph, _ = remove_silent_channels(graph)        # logits identical; less work, fewer neurons
     save_artifact(graph, path)
     return load_artifact(path)
 
@@ -237,10 +239,13 @@ def export_model(model: SpikingTransformer, config: Config, split: DataSplit, pa
 def compare_with_model(model, graph: Graph, images, labels, input_scale: float,
                        batch_size: int = 120) -> dict:
     """Golden (integer) against the quantized PyTorch model on the same images: class agreement,
-    both accuracies and, per layer, the fraction of equal spikes (golden.json)."""
+    both accuracies and, per layer, the fraction of equal spikes (golden.json). Channels the
+    export removed as silent are compared as what they must be: the model's spikes there are
+    counted (``removed_channels_spikes``, 0 when the analysis and the model agree)."""
     model.eval()
     labels = np.asarray(labels)
-    preds_q, preds_i, equal, total = [], [], {}, {}
+    preds_q, preds_i, equal, total, fired = [], [], {}, {}, {}
+    removed = graph.source.get("silent_channels", {}).get("removed", {})
     for i in range(0, len(images), batch_size):
         x_int = np.asarray(images[i:i + batch_size])
         trace: dict = {}
@@ -250,7 +255,13 @@ def compare_with_model(model, graph: Graph, images, labels, input_scale: float,
         preds_q.append(logits.argmax(1).numpy())
         preds_i.append(res.prediction)
         for name, spikes in trace.items():
-            same = res.values[name] == spikes.to(torch.int64).numpy()
+            spikes = spikes.to(torch.int64).numpy()
+            if name in removed:       # removed silent channels: the model's must be 0 too
+                axis = graph.node(name).channel_axis
+                fired[name] = fired.get(name, 0) + int(
+                    np.take(spikes, removed[name], axis=axis).sum())
+                spikes = np.delete(spikes, removed[name], axis=axis)
+            same = res.values[name] == spikes
             equal[name] = equal.get(name, 0) + int(same.sum())
             total[name] = total.get(name, 0) + same.size
     pq, pi = np.concatenate(preds_q), np.concatenate(preds_i)
@@ -258,4 +269,6 @@ def compare_with_model(model, graph: Graph, images, labels, input_scale: float,
             "accuracy_quant": float((pq == labels).mean()),
             "accuracy_int": float((pi == labels).mean()),
             "agreement": float((pq == pi).mean()),
-            "layer_spike_agreement": {k: equal[k] / total[k] for k in equal}}
+            "layer_spike_agreement": {k: equal[k] / total[k] for k in equal},
+            "silent_channels_removed": {k: len(v) for k, v in removed.items()},
+            "removed_channels_spikes": fired}

@@ -37,7 +37,8 @@ declare("artifact", {
     "model": "object: the network's facts (see model)",
     "fixed_point": "object: the integer parameters (see fixed_point)",
     "nodes": "list of node objects in execution order (see the ops)",
-    "source": "object: how the artifact was made (training config, checkpoint); free form",
+    "source": "object: how the artifact was made (training config, checkpoint; "
+              "\"silent_channels\": the export's removed and kept silent channels); free form",
     "arrays": "object: {array name: {dtype, shape, sha256}}, every array of the npz",
     "npz_sha256": "sha256 of the .npz file's bytes",
     "manifest_sha256": "sha256 of the manifest's canonical JSON without this field",
