@@ -139,16 +139,16 @@ clean:
 	rm -rf build
 
 ## bitstream of the board top (UART link + accelerator) for MODEL on TARGET, e.g.
-##   make bitstream TARGET=ice40-up5k|ecp5-85f [MODEL=l1p]
-## -> build/<target>/top.bin|.bit and build/reports/synth-<target>.json (another MODEL:
-## build/<target>-<model>/, synth-<target>-<model>.json); the PLL clock is
-## 24 MHz (UP5K) / 50 MHz (ECP5) unless CLOCK_MHZ=<MHz> is given
+##   make bitstream TARGET=ice40-up5k|ecp5-85f [MODEL=l1p] [LANES=P]
+## -> build/<target>/top.bin|.bit and build/reports/synth-<target>.json (another MODEL or
+## LANES: build/<target>-<name>/, synth-<target>-<name>.json, <name> as for make sim); the
+## PLL clock is 24 MHz (UP5K) / 50 MHz (ECP5) unless CLOCK_MHZ=<MHz> is given
 TARGET             ?=
 CLOCK_MHZ          ?=
 .PHONY: bitstream
 # the cheap checks first; then MODEL's artifact alone (exported if missing)
 bitstream: $(STAMP) check-target check-model $(ARTIFACT)
-	$(STFORGE) bitstream --target "$(TARGET)" --artifact "$(ARTIFACT)" \
+	$(STFORGE) bitstream --target "$(TARGET)" --artifact "$(ARTIFACT)" --lanes "$(LANES)" \
 		$(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ))
 
 ## FPGA (sim-<v>.json cycles, synth-<target>.json fmax) vs CPU (timed here) vs GPU (CUDA events,

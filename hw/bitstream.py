@@ -2,7 +2,7 @@
 through synthesis, place and route, and its report.
 
     stforge bitstream --target ice40-up5k|ecp5-85f --artifact build/artifacts/l1p.json
-        [--clock-mhz 24] [--baud 115200] [--no-pll] [--out build/<target>]
+        [--lanes 1] [--clock-mhz 24] [--baud 115200] [--no-pll] [--out build/<target>]
         [--report build/reports/synth-<target>.json]
 
 builds the bitstream with :func:`hw.synth.build_bitstream` (timing-driven at the PLL clock) and
@@ -14,7 +14,8 @@ missed timing print one line and exit 2, leaving no new bitstream and no report.
 (its file name without ``.json``) gets ``synth-<target>-<model>.json`` and
 ``build/<target>-<model>/`` (`bitstream_dir`, `synth_report_path`), so building it
 neither overwrites the default model's report nor leaves that report describing another model's
-bitstream. Every report names its model under ``"model"``.
+bitstream. Every report names its model under ``"model"``. A design of P > 1 lanes is named
+``<model>-x<P>`` there, as ``make hdl|sim LANES=P`` name theirs (`design_name`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from model.errors import (StforgeError, check_output_dir, check_output_path, pos
                           positive_int)
 from model.ir.files import write_json
 
-__all__ = ["DEFAULT_MODEL", "bitstream_dir", "build", "configure", "run", "synth_report_path"]
+__all__ = ["DEFAULT_MODEL", "bitstream_dir", "build", "configure", "design_name", "run",
+           "synth_report_path"]
 
 # Where `make bitstream` puts its outputs, per target and model: ``synth-<target>.json`` and
 # ``build/<target>/`` belong to DEFAULT_MODEL; any other model (an artifact's file name without
@@ -38,6 +40,11 @@ __all__ = ["DEFAULT_MODEL", "bitstream_dir", "build", "configure", "run", "synth
 
 #: The model whose build owns ``synth-<target>.json`` (the Makefile's ``MODEL ?= l1p``).
 DEFAULT_MODEL = "l1p"
+
+
+def design_name(model: str, lanes: int = 1) -> str:
+    """``<model>`` for one lane, ``<model>-x<lanes>`` for more (the Makefile's DESIGN)."""
+    return model if lanes == 1 else f"{model}-x{lanes}"
 
 
 def synth_report_path(target: str, model: str, reports="build/reports") -> Path:
@@ -55,20 +62,21 @@ def bitstream_dir(target: str, model: str, build_root="build") -> Path:
 
 
 def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True, out_dir=None,
-          report_path=None) -> dict:
+          report_path=None, lanes=1) -> dict:
     """Build the board bitstream of an artifact for ``target``; returns the report record.
 
     By default the bitstream goes to `bitstream_dir` and the report to
-    `synth_report_path` of the artifact's model (its file name without ``.json``)."""
+    `synth_report_path` of the artifact's model (its file name without ``.json``, with
+    ``-x<lanes>`` for more than one lane)."""
     from hw.synth import TimingError, build_bitstream
     from model.ir import load_artifact
     spec = get_target(target)
     artifact = load_artifact(artifact_path)
     try:
-        top = BoardTop.for_platform(artifact, spec.name, clock_mhz, baud, pll=pll)
-    except ValueError as error:          # PLL cannot make the clock, UART rate impossible
+        top = BoardTop.for_platform(artifact, spec.name, clock_mhz, baud, pll=pll, lanes=lanes)
+    except ValueError as error:     # PLL cannot make the clock, UART rate impossible, lanes
         raise StforgeError(str(error)) from None
-    model = Path(artifact_path).stem
+    model = design_name(Path(artifact_path).stem, lanes)
     out_dir = Path(out_dir or bitstream_dir(spec.name, model))
     board_mhz = spec.platform_class()().default_clk_frequency / 1e6
     # the pad is constrained at the oscillator; the PLL output carries its own constraint
@@ -87,6 +95,7 @@ def build(target, artifact_path, *, clock_mhz=None, baud=DEFAULT_BAUD, pll=True,
         "pll": ({k: v for k, v in top.pll.items() if k not in ("f_in", "f_out")}
                 if top.pll else None),
         "model": model,
+        "lanes": lanes,
         "artifact": str(artifact_path),
         "baud": baud,
         "uart_divisor": top.divisor,
@@ -106,6 +115,8 @@ def configure(parser) -> None:
     parser.add_argument("--clock-mhz", type=positive_float, help="PLL clock (default: " + ", ".join(
         f"{t.default_clock_mhz:g} on {name}" for name, t in TARGETS.items()) + ")")
     parser.add_argument("--baud", type=positive_int, default=DEFAULT_BAUD)
+    parser.add_argument("--lanes", type=positive_int, default=1,
+                        help="the accelerator's lanes (iCE40: 1; default 1)")
     parser.add_argument("--no-pll", action="store_true", help="run from the board oscillator")
     parser.add_argument("--out", help=f"output folder (default build/<target> for the "
                                       f"{DEFAULT_MODEL} model, else build/<target>-<model>)")
@@ -123,7 +134,8 @@ def run(args) -> int:
     if args.report is not None:
         check_output_path(args.report, "--report")
     record = build(args.target, args.artifact, clock_mhz=args.clock_mhz, baud=args.baud,
-                   pll=not args.no_pll, out_dir=args.out, report_path=args.report)
+                   pll=not args.no_pll, out_dir=args.out, report_path=args.report,
+                   lanes=args.lanes)
     print(f"{record['target']}: {record['lut']} LUT, {record['ff']} FF, {record['bram']} BRAM, "
           f"{record['spram']} SPRAM, {record['dsp']} DSP; fmax {record['fmax_mhz']} MHz "
           f"(clock {record['clock_mhz']} MHz) -> {record['bitstream']}")

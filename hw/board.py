@@ -108,6 +108,8 @@ class BoardTop(wiring.Component):
     loadable : bool
         Build ``Accelerator(loadable=True)`` and implement ``WRITE_MEM`` (see the module
         docstring); :meth:`for_platform` sets it for iCE40 targets.
+    lanes : int
+        The accelerator's lanes (``Accelerator(lanes=...)``; a loadable one takes one only).
 
     Members
     -------
@@ -118,7 +120,8 @@ class BoardTop(wiring.Component):
 
     def __init__(self, artifact, clk_hz, baud=DEFAULT_BAUD, *, pll: PllConfig | None = None,
                  frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
-                 result_wait: float = DEFAULT_RESULT_WAIT, loadable: bool = False):
+                 result_wait: float = DEFAULT_RESULT_WAIT, loadable: bool = False,
+                 lanes: int = 1):
         self.divisor = uart_divisor(clk_hz, baud)
         if pll is not None and abs(pll.f_out - clk_hz) > 1e-6 * clk_hz:
             raise ValueError(f"PLL output {pll.f_out / 1e6:g} MHz differs from clk_hz "
@@ -128,7 +131,7 @@ class BoardTop(wiring.Component):
         if not result_wait > 0:
             raise ValueError(f"Result wait must be positive seconds, not {result_wait!r}")
         self.artifact, self.clk_hz, self.baud, self.pll = artifact, clk_hz, baud, pll
-        self.accelerator = Accelerator(artifact, loadable=loadable)
+        self.accelerator = Accelerator(artifact, loadable=loadable, lanes=lanes)
         acc = self.accelerator
         self.loadable = acc.loadable
         #: WRITE_MEM ids: (bytes per word, words) per table of the accelerator's memory map
@@ -149,20 +152,22 @@ class BoardTop(wiring.Component):
 
     @classmethod
     def for_platform(cls, artifact, target, clock_mhz=None, baud=DEFAULT_BAUD, *, pll=True,
-                     frame_timeout=DEFAULT_FRAME_TIMEOUT):
+                     frame_timeout=DEFAULT_FRAME_TIMEOUT, lanes=1):
         """The board top for a :data:`hw.targets.TARGETS` name, clocked by a PLL at ``clock_mhz``
-        (default :data:`DEFAULT_CLOCK_MHZ`) or, with ``pll=False``, by the oscillator. On iCE40
-        it is ``loadable``: the block RAM is too small for the tables, SPRAM holds them."""
+        (default :data:`DEFAULT_CLOCK_MHZ`) or, with ``pll=False``, by the oscillator, with an
+        accelerator of `lanes` lanes. On iCE40 it is ``loadable`` (one lane only): the block
+        RAM is too small for the tables, SPRAM holds them."""
         spec = get_target(target)
         platform_cls = spec.platform_class()
         osc = platform_cls().default_clk_frequency
         loadable = spec.loadable
         if not pll:
-            return cls(artifact, osc, baud, frame_timeout=frame_timeout, loadable=loadable)
+            return cls(artifact, osc, baud, frame_timeout=frame_timeout, loadable=loadable,
+                       lanes=lanes)
         mhz = spec.default_clock_mhz if clock_mhz is None else clock_mhz
         config = FAMILY_CLOCKS[spec.family].search(osc, mhz * 1e6)
         return cls(artifact, config.f_out, baud, pll=config, frame_timeout=frame_timeout,
-                   loadable=loadable)
+                   loadable=loadable, lanes=lanes)
 
     # ---- elaboration -------------------------------------------------------------------------
 

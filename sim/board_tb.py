@@ -524,11 +524,12 @@ if _test is not None:
 
 def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFAULT_DIVISOR,
                   waves=False, testcase=None, loadable=False, test_module="sim.board_tb",
-                  extra_env=None) -> dict:
+                  extra_env=None, lanes=1) -> dict:
     """Generate, build (cached by Verilog hash) and simulate the board top; returns results.
 
     With `loadable` the board is the iCE40 build's (``BoardTop(loadable=True)``): the driver
-    first writes the memory images (``firmware.images``) with WRITE_MEM.
+    first writes the memory images (``firmware.images``) with WRITE_MEM. `lanes`: the
+    accelerator's (``BoardTop(lanes=...)``).
 
     `test_module` holds the cocotb tests (default this one; `testcase` picks some of them);
     `extra_env` reaches them as environment variables. Every module runs on the same build.
@@ -551,7 +552,7 @@ def run_board_sim(artifact_path, golden_path, images, build_dir, *, divisor=DEFA
     artifact = load_artifact(artifact_path)
     clk_hz = 1e9 / CLOCK_NS
     top = BoardTop(artifact, clk_hz, clk_hz / divisor, frame_timeout=1e-9,    # 20 byte times
-                   loadable=loadable)
+                   loadable=loadable, lanes=lanes)
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{TOP}.v"
     text = verilog.convert(top, name=TOP, emit_src=False)
@@ -639,13 +640,15 @@ def configure(parser) -> None:
     parser.add_argument("--waves", action="store_true")
     parser.add_argument("--loadable", action="store_true",
                         help="the iCE40 build's board: tables written with WRITE_MEM first")
+    parser.add_argument("--lanes", type=positive_int, default=1, help="the accelerator's lanes")
 
 
 def run(args) -> int:
     """`stforge sim-board`: the board top and the host driver over a simulated UART."""
     build_dir = args.build_dir or Path("build/sim_board") / Path(args.artifact).stem
     raw = run_board_sim(args.artifact, args.golden, range(args.images), build_dir,
-                        divisor=args.divisor, waves=args.waves, loadable=args.loadable)
+                        divisor=args.divisor, waves=args.waves, loadable=args.loadable,
+                        lanes=args.lanes)
     for line in raw.get("link", {}).get("checks", []):
         print(f"link: {line}")
     images = raw.get("images", {}).get("results", [])

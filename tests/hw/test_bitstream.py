@@ -105,3 +105,37 @@ def test_cli_success_writes_the_report(l1p, shipped_l1p_path, tmp_path, monkeypa
     assert data["pll"] == {"family": "ecp5", "CLKI_DIV": 1, "CLKFB_DIV": 2, "CLKOP_DIV": 12}
     assert data["model"] == "l1p" and data["uart_divisor"] == 434
     assert "fmax 51.5 MHz" in capsys.readouterr().out
+
+
+def test_cli_lanes_reach_the_board_and_name_the_design(shipped_l1p_path, tmp_path, monkeypatch,
+                                                       capsys):
+    """`--lanes P` builds the board top around a P-lane accelerator, and its default report and
+    folder carry the design's name (<model>-x<P>, as make sim names it); the iCE40 build, whose
+    tables the host writes, refuses more than one lane in one line."""
+    from hw import bitstream, synth
+    built = []
+
+    def fake_build(top, target, out_dir, clock_mhz, *, name):
+        built.append((top.accelerator.lanes, str(out_dir)))
+        return {"target": target, "board": "ulx3s-85f", "lut": 1, "ff": 2, "bram": 3,
+                "spram": 0, "dsp": 4, "fmax_mhz": 51.5, "bitstream": f"{out_dir}/top.bit",
+                "sha256": "0" * 64, "clock_mhz": clock_mhz, "board_clock_mhz": 25.0}
+
+    monkeypatch.setattr(synth, "build_bitstream", fake_build)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["bitstream", "--target", "ecp5-85f", "--artifact", str(shipped_l1p_path),
+                     "--lanes", "2"])
+    assert code == 0
+    model = f"{shipped_l1p_path.stem}-x2"
+    assert bitstream.design_name(shipped_l1p_path.stem, 2) == model
+    assert built == [(2, str(Path("build") / f"ecp5-85f-{model}"))]
+    data = json.loads((tmp_path / "build" / "reports" / f"synth-ecp5-85f-{model}.json")
+                      .read_text())
+    assert data["lanes"] == 2 and data["model"] == model
+    capsys.readouterr()
+    code = cli.main(["bitstream", "--target", "ice40-up5k", "--artifact", str(shipped_l1p_path),
+                     "--lanes", "2", "--out", str(tmp_path / "o"), "--report",
+                     str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "one lane only" in err[0], err
+    assert len(built) == 1 and not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()

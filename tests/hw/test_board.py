@@ -70,10 +70,11 @@ FUZZ_FRAMES = int(os.environ.get("STFORGE_BOARD_FUZZ_FRAMES", "150"))
 FUZZ_SEED = int(os.environ.get("STFORGE_BOARD_FUZZ_SEED", "1"))
 
 
-def board_build_dir(loadable):
+def board_build_dir(loadable, lanes=1):
     """The board top's Verilator build, one per board kind, shared by every test here (tests in
     one file run in one worker, `make test` uses --dist loadfile)."""
-    build_dir = ROOT / "build" / "sim_board" / ("l1p-loadable" if loadable else "l1p")
+    name = ("l1p-loadable" if loadable else "l1p") + (f"-x{lanes}" if lanes > 1 else "")
+    build_dir = ROOT / "build" / "sim_board" / name
     build_dir.mkdir(parents=True, exist_ok=True)
     return build_dir
 
@@ -89,13 +90,15 @@ def board_golden(shipped_l1p_path, tmp_path_factory):
 
 
 @pytest.mark.rtlsim
-@pytest.mark.parametrize("loadable", [False, True], ids=["rom", "loadable"])
-def test_board_simulation_matches_golden(shipped_l1p_path, board_golden, loadable):
+@pytest.mark.parametrize("loadable, lanes", [(False, 1), (True, 1), (False, 2)],
+                         ids=["rom", "loadable", "rom-x2"])
+def test_board_simulation_matches_golden(shipped_l1p_path, board_golden, loadable, lanes):
     """The driver over a simulated UART: link errors, then golden images. `loadable` is the
-    iCE40 build's board (tables in SPRAM): the driver writes them with WRITE_MEM first."""
+    iCE40 build's board (tables in SPRAM): the driver writes them with WRITE_MEM first; the
+    ECP5 build's board takes lanes (`make bitstream LANES=P`)."""
     from sim.board_tb import run_board_sim
-    raw = run_board_sim(shipped_l1p_path, board_golden, range(IMAGES), board_build_dir(loadable),
-                        loadable=loadable)
+    raw = run_board_sim(shipped_l1p_path, board_golden, range(IMAGES),
+                        board_build_dir(loadable, lanes), loadable=loadable, lanes=lanes)
     assert raw["failed"] == []
     checks = raw["link"]["checks"]
     expected = ["bad CRC: BAD_CRC", "truncated RUN: TIMEOUT", "over-long length: BAD_LENGTH",
