@@ -190,9 +190,12 @@ def cmd_export(args):
             for ext in ("npz", "json"):     # the manifest last: it names the arrays' checksum
                 write_bytes(out_dir / f"{name}.{ext}", (Path(tmp) / f"{name}.{ext}").read_bytes())
     for name, r in results.items():
+        removed = sum(r["silent_channels_removed"].values())
         print(f"{name}: agreement {r['agreement']:.4f}, accuracy quant {r['accuracy_quant']:.4f}"
               f" int {r['accuracy_int']:.4f}, lowest layer spike agreement "
-              f"{min(r['layer_spike_agreement'].values()):.5f} -> {r['artifact']}")
+              f"{min(r['layer_spike_agreement'].values()):.5f}"
+              + (f", {removed} silent channels removed" if removed else "")
+              + f" -> {r['artifact']}")
     first = next(iter(results))
     deployed = results.get("l1p", results[first])
     report = {k: deployed[k] for k in ("images", "accuracy_quant", "accuracy_int", "agreement")}
