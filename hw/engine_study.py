@@ -15,6 +15,8 @@ organisation of P lanes needs, with the neuron updates' ceil(rows / P) per vecto
   1 cycle), accumulators per walker in two banks so a walker runs up to one vector ahead of
   the drain;
 * ``free_walkers_1_event``: the same, fed one event per cycle (today's issue FSM);
+* ``free_walkers_barrier``: free walkers fed one event per cycle that start a vector only once
+  every walker has finished the one before (the simplest walker engine: no run-ahead);
 * ``free_walkers_2x``: P / 2 free walkers of 2 row lanes each (a 2-D split).
 
 Every organisation walks into two accumulator banks, so a vector is walked while the one before
@@ -43,7 +45,7 @@ from model.ir.intops import shift2d
 __all__ = ["ORGANISATIONS", "layer_vectors", "organisation_cycles", "main"]
 
 ORGANISATIONS = ("bound", "row_lanes", "column_walkers", "free_walkers", "free_walkers_1_event",
-                 "free_walkers_2x")
+                 "free_walkers_barrier", "free_walkers_2x")
 
 
 def layer_vectors(graph: Graph, node, counts: np.ndarray):
@@ -85,6 +87,16 @@ def _free_walkers(vectors, cost, walkers: int, drain: int, issue_rate: int = 0) 
     return drain_end[-1]
 
 
+def _makespan(columns, cost, walkers: int) -> int:
+    """Cycles until the last of `walkers` is done with one vector's events, dealt to the first
+    free walker as they leave a one-event-per-cycle issue side (event k in cycle k)."""
+    free = np.zeros(walkers, dtype=np.int64)
+    for k, j in enumerate(columns):
+        w = int(free.argmin())
+        free[w] = max(int(free[w]), k) + cost[j]
+    return int(free.max()) if len(columns) else 0
+
+
 def _pipelined(walks, drain: int) -> int:
     """Cycles of vectors walked one after the other (`walks`: each one's cycles) into two
     accumulator banks, each drained in `drain` cycles once walked and the previous drained."""
@@ -111,6 +123,7 @@ def organisation_cycles(node, vectors, lanes: int) -> dict[str, int]:
                drain)}
     out["free_walkers"] = _free_walkers(vectors, whole, lanes, drain)
     out["free_walkers_1_event"] = _free_walkers(vectors, whole, lanes, drain, issue_rate=1)
+    out["free_walkers_barrier"] = _pipelined([_makespan(c, whole, lanes) for c in vectors], drain)
     if lanes % 2 == 0:
         pair = np.maximum(lane_column_sizes(ptr, rows, 2).max(axis=0), 1)
         out["free_walkers_2x"] = _free_walkers(vectors, pair, lanes // 2, drain)

@@ -32,6 +32,7 @@ def test_one_vector_by_hand():
         "column_walkers": 7,        # walker 0 owns columns 0 and 2: 4 + 1, drain 2
         "free_walkers": 6,          # walkers done at 4 (col 0 | 1, 2, 3), drain 2
         "free_walkers_1_event": 7,  # column 3 leaves the issue side in cycle 3: done at 5
+        "free_walkers_barrier": 7,  # the same for one vector
         "free_walkers_2x": 8,       # one walker of two row lanes: row_lanes
     }
     # one lane: one machine, 8 walk cycles and 4 drain cycles; the bound is the 7 entries
@@ -59,4 +60,5 @@ def test_the_organisations_keep_their_order_on_a_model():
             for P in (1, 2, 4):
                 c = organisation_cycles(node, vectors, P)
                 assert all(c["bound"] <= c[k] for k in ORGANISATIONS)
-                assert c["free_walkers"] <= c["free_walkers_1_event"]
+                assert c["free_walkers"] <= c["free_walkers_1_event"] <= \
+                    c["free_walkers_barrier"]
