@@ -24,6 +24,8 @@ __all__ = [
 ]
 
 NEURONS = ("lif", "slif")
+#: model.surrogate: the spike's surrogate gradients (model/neurons.py SURROGATES)
+SURROGATES = ("atan", "sigmoid")
 #: Integer weight widths the export and the hardware take (``stforge quantize --bits`` too).
 WEIGHT_BITS = (2, 16)
 #: The widest layer (channels, features) a config may ask for.
@@ -59,6 +61,9 @@ class ModelConfig:
     attn_scale: float = 0.125
     attn_threshold: float = 0.5
     num_classes: int = 10
+    surrogate: str = "atan"            # the spike's surrogate gradient: "atan" or "sigmoid"
+    surrogate_alpha: float | None = None   # its sharpness (None: atan 2, sigmoid 4)
+    detach_reset: bool = False         # no gradient through the reset (the official code's)
 
     @property
     def tokens(self) -> int:
@@ -137,6 +142,8 @@ class Config:
             for where, value in _values(self, key):
                 limit.check(where, value)
         _check(128 % d.dvs_size == 0, f"data.dvs_size must divide 128, not {d.dvs_size}")
+        _check(m.surrogate in SURROGATES, f"model.surrogate must be one of "
+                                          f"{', '.join(SURROGATES)}, not {m.surrogate!r}")
         _check(len(m.stem_channels) >= 1, "model.stem_channels must not be empty")
         _check(len(m.stem_pool) == len(m.stem_channels),
                f"model.stem_pool has {len(m.stem_pool)} entries but model.stem_channels has "
@@ -219,6 +226,7 @@ LIMITS = {
     "model.timesteps": Limit(1, 4096),               # the artifact's (model.ir ModelInfo)
     "model.attn_scale": Limit(0, low_open=True),
     "model.attn_threshold": Limit(0, low_open=True),
+    "model.surrogate_alpha": Limit(0, low_open=True),
     "model.num_classes": Limit(1, 256),              # the artifact's
     "prune.sparsity": Limit(0, 1, high_open=True),
     "prune.gradual_steps": Limit(1, 1000),

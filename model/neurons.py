@@ -8,8 +8,11 @@ Both run the same dynamics over T time steps (input shaped (T, B, ...)):
 
 LIF keeps tau = 2 and u_th fixed. sLIF learns u_th and w_tau per channel, with k = sigmoid(w_tau),
 initialised to the LIF values, so a LIF model swapped to sLIF computes the same function until
-fine-tuning moves them. The Heaviside step has an arctan surrogate gradient
-dS/dx = (alpha/2) / (1 + (pi*alpha*x/2)^2), alpha = 2.
+fine-tuning moves them. The Heaviside step's surrogate gradient is, by default (model.surrogate
+"atan"), dS/dx = (alpha/2) / (1 + (pi*alpha*x/2)^2), alpha = 2; the official Spikformer's
+("sigmoid") is dS/dx = alpha sigma(alpha x) (1 - sigma(alpha x)), alpha = 4, the derivative of
+sigma(alpha x). With ``detach_reset`` (the official code's) the reset V = H (1 - S) takes no
+gradient through S. Neither option changes a forward value: the integer model is the same.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ArctanSpike", "LIF", "SLIF", "make_neuron"]
+__all__ = ["ArctanSpike", "SigmoidSpike", "SURROGATES", "LIF", "SLIF", "make_neuron"]
 
 
 class ArctanSpike(torch.autograd.Function):
@@ -38,20 +41,50 @@ class ArctanSpike(torch.autograd.Function):
         return grad * (a / 2) / (1 + (math.pi * a * x / 2) ** 2), None
 
 
+class SigmoidSpike(torch.autograd.Function):
+    """Heaviside forward (x >= 0 spikes), sigmoid surrogate backward (SpikingJelly's, which the
+    official Spikformer trains with)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha: float = 4.0):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(ctx.alpha * x)
+        return grad * ctx.alpha * s * (1 - s), None
+
+
+#: model.surrogate -> (the spike function, its default alpha)
+SURROGATES = {"atan": (ArctanSpike, 2.0), "sigmoid": (SigmoidSpike, 4.0)}
+
+
 class LIF(nn.Module):
     """Leaky integrate-and-fire over T steps, fixed tau and threshold.
 
     `channels` and `channel_axis` (of the per-step tensor, e.g. 1 for (B, C, H, W), -1 for
     (B, N, D)) say which axis carries per-channel parameters; LIF shares one value but keeps
     the same interface as sLIF, so the two are swapped without touching the model.
+    `surrogate` and `alpha` choose the backward of the spike (:data:`SURROGATES`; alpha None:
+    the surrogate's default), `detach_reset` cuts the gradient through the reset.
     """
 
     learnable = False
 
     def __init__(self, channels: int, channel_axis: int = -1, tau: float = 2.0,
-                 threshold: float = 1.0, alpha: float = 2.0, leak_bits: int | None = None):
+                 threshold: float = 1.0, alpha: float | None = None, leak_bits: int | None = None,
+                 surrogate: str = "atan", detach_reset: bool = False):
         super().__init__()
-        self.channels, self.channel_axis, self.alpha = channels, channel_axis, alpha
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {', '.join(SURROGATES)}, not "
+                             f"{surrogate!r}")
+        self._spike, default_alpha = SURROGATES[surrogate]
+        self.channels, self.channel_axis = channels, channel_axis
+        self.surrogate, self.detach_reset = surrogate, detach_reset
+        self.alpha = default_alpha if alpha is None else alpha
         # Quantized models use a leak k on a 2^-leak_bits grid, exactly what the hardware holds.
         self.leak_bits = leak_bits
         self.register_buffer("_k", torch.full((channels,), 1.0 / tau))
@@ -78,8 +111,8 @@ class LIF(nn.Module):
         spikes = []
         for t in range(x.shape[0]):
             h = v + (x[t] - v) * k
-            s = ArctanSpike.apply(h - u_th, self.alpha)
-            v = h * (1 - s)
+            s = self._spike.apply(h - u_th, self.alpha)
+            v = h * (1 - (s.detach() if self.detach_reset else s))
             spikes.append(s)
         return torch.stack(spikes)
 
@@ -93,8 +126,10 @@ class SLIF(LIF):
     learnable = True
 
     def __init__(self, channels: int, channel_axis: int = -1, tau: float = 2.0,
-                 threshold: float = 1.0, alpha: float = 2.0, leak_bits: int | None = None):
-        super().__init__(channels, channel_axis, tau, threshold, alpha, leak_bits)
+                 threshold: float = 1.0, alpha: float | None = None, leak_bits: int | None = None,
+                 surrogate: str = "atan", detach_reset: bool = False):
+        super().__init__(channels, channel_axis, tau, threshold, alpha, leak_bits, surrogate,
+                         detach_reset)
         k0 = 1.0 / tau
         self.w_tau = nn.Parameter(torch.full((channels,), math.log(k0 / (1 - k0))))
         self.u_th = nn.Parameter(torch.full((channels,), float(threshold)))
@@ -113,9 +148,13 @@ class SLIF(LIF):
 
 
 def make_neuron(kind: str, channels: int, channel_axis: int = -1, threshold: float = 1.0,
-                leak_bits: int | None = None) -> LIF:
+                leak_bits: int | None = None, cfg=None) -> LIF:
+    """A `kind` ("lif", "slif") neuron; `cfg` (a ModelConfig) gives its surrogate gradient
+    (``surrogate``, ``surrogate_alpha``) and ``detach_reset``, else the defaults."""
+    options = {} if cfg is None else {"surrogate": cfg.surrogate, "alpha": cfg.surrogate_alpha,
+                                      "detach_reset": cfg.detach_reset}
     if kind == "lif":
-        return LIF(channels, channel_axis, threshold=threshold, leak_bits=leak_bits)
+        return LIF(channels, channel_axis, threshold=threshold, leak_bits=leak_bits, **options)
     if kind == "slif":
-        return SLIF(channels, channel_axis, threshold=threshold, leak_bits=leak_bits)
+        return SLIF(channels, channel_axis, threshold=threshold, leak_bits=leak_bits, **options)
     raise ValueError(f"neuron must be 'lif' or 'slif', not {kind!r}")

@@ -128,10 +128,10 @@ class EncoderBlock(nn.Module):
             name: BlockMatrix(i, o, ranks.get(name), weight_bits)
             for name, (i, o) in shapes.items()})
         self.norms = nn.ModuleDict({name: nn.BatchNorm1d(o) for name, (i, o) in shapes.items()})
-        self.neurons = nn.ModuleDict({name: make_neuron(neuron, o, leak_bits=leak_bits)
+        self.neurons = nn.ModuleDict({name: make_neuron(neuron, o, leak_bits=leak_bits, cfg=cfg)
                                       for name, (i, o) in shapes.items()})
         self.neurons["attn"] = make_neuron(neuron, d, threshold=cfg.attn_threshold,
-                                           leak_bits=leak_bits)
+                                           leak_bits=leak_bits, cfg=cfg)
 
     def _unit(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return self.neurons[name](_tokens_bn(self.norms[name], self.matrices[name](x)))
@@ -176,13 +176,13 @@ class SpikingTransformer(nn.Module):
         for conv in self.stem_convs[1:]:
             _add_mask(conv)
         self.stem_norms = nn.ModuleList(nn.BatchNorm2d(c) for c in cfg.stem_channels)
-        self.stem_neurons = nn.ModuleList(make_neuron(neuron, c, 1, leak_bits=leak_bits)
+        self.stem_neurons = nn.ModuleList(make_neuron(neuron, c, 1, leak_bits=leak_bits, cfg=cfg)
                                           for c in cfg.stem_channels)
         if cfg.rpe:
             self.rpe_conv = make_conv(cfg.dim, cfg.dim, weight_bits)
             _add_mask(self.rpe_conv)
             self.rpe_norm = nn.BatchNorm2d(cfg.dim)
-            self.rpe_neuron = make_neuron(neuron, cfg.dim, 1, leak_bits=leak_bits)
+            self.rpe_neuron = make_neuron(neuron, cfg.dim, 1, leak_bits=leak_bits, cfg=cfg)
         self.blocks = nn.ModuleList(
             EncoderBlock(cfg, neuron, (ranks or {}).get(i), weight_bits, leak_bits)
             for i in range(cfg.depth))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from model.neurons import LIF, SLIF, ArctanSpike
+from model.neurons import LIF, SLIF, SURROGATES, ArctanSpike, SigmoidSpike
 
 
 def run(neuron, values):
@@ -73,3 +73,63 @@ def test_quantized_leak_is_on_the_integer_grid_with_straight_through_gradient():
     assert torch.equal(k * 256, torch.round(k * 256))
     k.sum().backward()
     assert slif.w_tau.grad.abs().sum() > 0
+
+
+def test_sigmoid_surrogate_is_the_derivative_of_sigmoid_alpha_x():
+    """The official Spikformer's surrogate (SpikingJelly's Sigmoid, alpha 4): d/dx sigma(a x),
+    here taken by autograd from the sigmoid itself."""
+    x = torch.tensor([0.0, 0.3, -0.5, 2.0], requires_grad=True)
+    SigmoidSpike.apply(x, 4.0).sum().backward()
+    ref = torch.tensor([0.0, 0.3, -0.5, 2.0], requires_grad=True)
+    torch.sigmoid(4.0 * ref).sum().backward()
+    assert torch.allclose(x.grad, ref.grad)
+    assert SigmoidSpike.apply(x.detach(), 4.0).tolist() == [1, 1, 0, 1]
+
+
+@pytest.mark.parametrize("cls", [LIF, SLIF])
+def test_surrogate_and_detach_reset_change_gradients_not_spikes(cls):
+    """Every option spikes alike; the gradients follow the chosen surrogate, and detach_reset
+    equals a hand-written loop that detaches S in the reset."""
+    torch.manual_seed(1)
+    x = torch.rand(6, 3, 5) * 2.5
+    runs = {}
+    for surrogate, detach in [("atan", False), ("sigmoid", False), ("sigmoid", True)]:
+        xi = x.clone().requires_grad_(True)
+        neuron = cls(5, surrogate=surrogate, detach_reset=detach)
+        s = neuron(xi)
+        (s * torch.arange(1.0, 6.0)).sum().backward()
+        runs[surrogate, detach] = (s.detach(), xi.grad)
+        if detach:                                  # the reference loop
+            xr = x.clone().requires_grad_(True)
+            k, u_th = neuron.leak().detach(), neuron.threshold().detach()
+            v, out = torch.zeros_like(xr[0]), []
+            for t in range(len(xr)):
+                h = v + (xr[t] - v) * k
+                spike = SigmoidSpike.apply(h - u_th, 4.0)
+                v = h * (1 - spike.detach())
+                out.append(spike)
+            (torch.stack(out) * torch.arange(1.0, 6.0)).sum().backward()
+            assert torch.allclose(xi.grad, xr.grad)
+    spikes = [s for s, _ in runs.values()]
+    assert all(torch.equal(spikes[0], s) for s in spikes) and spikes[0].sum() > 0
+    grads = [g for _, g in runs.values()]
+    assert not torch.allclose(grads[0], grads[1]) and not torch.allclose(grads[1], grads[2])
+
+
+def test_the_config_names_the_surrogates_the_neurons_have():
+    from model.config import SURROGATES as CONFIG_SURROGATES, Config, config_from_dict
+    from model.errors import ConfigError
+    from model.transformer import SpikingTransformer
+    assert tuple(SURROGATES) == CONFIG_SURROGATES
+    config = config_from_dict({"model": {"surrogate": "sigmoid", "detach_reset": True}})
+    model = SpikingTransformer(config.model, "slif")
+    neurons = [m for m in model.modules() if isinstance(m, LIF)]
+    assert neurons and all(n.surrogate == "sigmoid" and n.alpha == 4.0 and n.detach_reset
+                           for n in neurons)
+    assert all(n.surrogate == "atan" and n.alpha == 2.0 and not n.detach_reset
+               for n in SpikingTransformer(Config().validate().model, "slif").modules()
+               if isinstance(n, LIF))
+    for bad, message in [({"surrogate": "relu"}, "model.surrogate must be one of atan, sigmoid"),
+                         ({"surrogate_alpha": 0}, "model.surrogate_alpha must be")]:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({"model": bad})
