@@ -6,6 +6,8 @@ Every component is an Amaranth ``wiring.Component`` whose ports are ``stream.Sig
 The integer arithmetic is model/ir/intops.py's, bit for bit.
 
     SparseMatmulEngine   y = W x, event-driven over the active inputs, W stored as CSC
+    WalkerMatmulEngine   the same with P free walkers that take whole columns and run ahead
+                         (docs/HARDWARE.md, "Lanes"; not yet used by the accelerator)
     RankFactoredEngine   y = A (B x), B as CSC (event-driven), A dense (one MAC per cycle)
     SpikingAttention     Q_h (K_h^T V_h) per head over binary Q, K, V
     SlifNeuronArray      the integer sLIF update of model.ir.intops.neuron_step, one per cycle
@@ -25,7 +27,8 @@ import operator
 
 import numpy as np
 
-__all__ = ["SlifNeuronArray", "SparseMatmulEngine", "RankFactoredEngine", "SpikingAttention",
+__all__ = ["SlifNeuronArray", "SparseMatmulEngine", "WalkerMatmulEngine", "RankFactoredEngine",
+           "SpikingAttention",
            "tree_sum", "or_all", "lane_of", "lane_shape"]
 
 
@@ -171,3 +174,4 @@ from hw.components.attention import SpikingAttention  # noqa: E402  (uses the ch
 from hw.components.lowrank import RankFactoredEngine  # noqa: E402
 from hw.components.neuron import SlifNeuronArray  # noqa: E402
 from hw.components.sparse import SparseMatmulEngine  # noqa: E402
+from hw.components.walkers import WalkerMatmulEngine  # noqa: E402
