@@ -125,40 +125,60 @@ class WalkerMatmulEngine(wiring.Component):
 
     def cycles_for(self, indices, rows: int | None = None) -> int:
         """Exact cycles of one vector whose events name the input columns `indices` (in order),
-        at full rate: from the first accepted transfer through the last result transfer. The
-        engine's registers, replayed cycle by cycle."""
-        P = self._walkers
-        sizes = np.diff(self._col_ptr)
-        groups = -(-(self._out_features if rows is None else rows) // P)
-        events = [int(sizes[j]) for j in indices] + [None]           # None: the end marker
-        busy, pointer, stop = [False] * P, [0] * P, [0] * P
-        fetch, offered, closed, cycle = "empty", 0, False, 0
-        while True:
+        at full rate: from its first accepted transfer through its last result transfer."""
+        ((first, last),) = self.schedule([indices], None if rows is None else [rows])
+        return last - first + 1
+
+    def schedule(self, vectors, rows=None) -> list[tuple[int, int]]:
+        """(first accepted transfer, last result transfer) cycles of every vector, each a list of
+        input columns in event order, sent back to back at full rate (events offered every cycle,
+        results always taken), `rows` drained per vector (default out_features). The engine's
+        registers, replayed cycle by cycle."""
+        P, sizes = self._walkers, np.diff(self._col_ptr)
+        rows = [self._out_features] * len(vectors) if rows is None else list(rows)
+        events = []
+        for v, columns in enumerate(vectors):
+            events += [(v, int(sizes[j])) for j in columns] + [(v, None)]   # None: end marker
+        busy, pointer, stop, bank = [False] * P, [0] * P, [0] * P, [0] * P
+        fetch, offered, in_bank, drain_next = None, 0, 0, 0
+        closed = [None, None]                   # the vector a bank holds, end taken, not drained
+        drain_from, drain_to, reopen = -1, -1, None
+        first, last = {}, {}
+        cycle = 0
+        while len(last) < len(vectors):
+            if reopen is not None and cycle > drain_to:
+                closed[reopen], reopen = None, None
+            draining = drain_from < cycle <= drain_to
             free = [not busy[w] or pointer[w] + 1 >= stop[w] for w in range(P)]
-            leaving = fetch != "empty" and (fetch is None or any(free))
-            accept = offered < len(events) and not closed and (
-                fetch == "empty" or (leaving and fetch is not None))
-            drain_start = closed and not any(busy)
-            if drain_start:
-                return cycle + 1 + groups + 1       # draining next cycle; results after it
-            loaded = None
-            if leaving and fetch is not None:
-                loaded = free.index(True)
+            leaving = fetch is not None and (fetch[1] is None or any(free))
+            if leaving and fetch[1] is None:    # the end marker leaves: the next bank's turn
+                accept = offered < len(events) and closed[1 - in_bank] is None
+            else:
+                accept = offered < len(events) and closed[in_bank] is None and (
+                    fetch is None or leaving)
+            holding = any(busy[w] and bank[w] == drain_next for w in range(P))
+            if closed[drain_next] is not None and not draining and not holding:
+                v = closed[drain_next]
+                drain_from, drain_to = cycle, cycle + 1 + -(-rows[v] // P)
+                last[v], reopen, drain_next = drain_to, drain_next, 1 - drain_next
+            loaded = free.index(True) if leaving and fetch[1] is not None else None
             for w in range(P):
                 if w == loaded:
-                    busy[w], pointer[w], stop[w] = True, 0, fetch
+                    busy[w], pointer[w], stop[w], bank[w] = True, 0, fetch[1], in_bank
                 elif free[w]:
                     busy[w] = False
                 else:
                     pointer[w] += 1
-            if leaving and fetch is None:
-                closed = True
+            if leaving and fetch[1] is None:
+                closed[in_bank], in_bank = fetch[0], 1 - in_bank
             if accept:
                 fetch = events[offered]
+                first.setdefault(fetch[0], cycle)
                 offered += 1
             elif leaving:
-                fetch = "empty"
+                fetch = None
             cycle += 1
+        return [(first[v], last[v]) for v in range(len(vectors))]
 
     def elaborate(self, platform):
         m = Module()
@@ -213,8 +233,10 @@ class WalkerMatmulEngine(wiring.Component):
         leaving = fetch_valid & (fetch_end | any_free)
         accept = Signal()
         m.d.comb += [
-            self.i.ready.eq(~Mux(in_bank, closed[1], closed[0]) &
-                            (~fetch_valid | (leaving & ~fetch_end))),
+            # the next vector's first event enters as the end marker leaves, if its bank is free
+            self.i.ready.eq(Mux(leaving & fetch_end, ~Mux(in_bank, closed[0], closed[1]),
+                                ~Mux(in_bank, closed[1], closed[0]) &
+                                (~fetch_valid | leaving))),
             accept.eq(self.i.valid & self.i.ready),
             column_read.addr.eq(self.i.p.index), column_read.en.eq(accept),
         ]

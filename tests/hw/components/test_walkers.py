@@ -45,7 +45,8 @@ def test_products_and_cycles_at_full_rate(case):
 @given(sparse_cases(), st.integers(0, 2**32 - 1))
 def test_back_to_back_and_under_backpressure(case, stall_seed):
     """Vectors sent back to back (walkers run ahead into the other bank while one drains),
-    at full rate and with random stalls on both streams: every product exact, in order."""
+    at full rate and with random stalls on both streams: every product exact, in order; at
+    full rate every vector's first event and last result in the cycles `schedule` gives."""
     dut, w = build(case)
     for seed in (None, stall_seed):
         for wait in (True, False):
@@ -56,6 +57,12 @@ def test_back_to_back_and_under_backpressure(case, stall_seed):
                                                                       dut.lanes)
                 if wait:
                     assert got["cycles"] == got["span"]
+            if seed is None and not wait:       # back to back at full rate: the schedule
+                plan = dut.schedule([active(x, o) for x, o in zip(case["vectors"],
+                                                                  case["orders"])])
+                origin = results[0]["started"]
+                assert [(r["started"] - origin, r["finished"] - origin) for r in results] == \
+                    [(a - plan[0][0], b - plan[0][0]) for a, b in plan]
 
 
 @settings(SETTINGS, max_examples=10)
