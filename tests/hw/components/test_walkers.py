@@ -31,7 +31,7 @@ def active(x, order):
     return [int(j) for j in order if x[j]]
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=20)
 @given(sparse_cases())
 def test_products_and_cycles_at_full_rate(case):
     dut, w = build(case)
@@ -41,7 +41,7 @@ def test_products_and_cycles_at_full_rate(case):
         assert got["cycles"] == got["span"] == dut.cycles_for(active(x, order))
 
 
-@settings(SETTINGS, max_examples=12)
+@settings(SETTINGS, max_examples=8)
 @given(sparse_cases(), st.integers(0, 2**32 - 1))
 def test_back_to_back_and_under_backpressure(case, stall_seed):
     """Vectors sent back to back (walkers run ahead into the other bank while one drains),
@@ -65,7 +65,7 @@ def test_back_to_back_and_under_backpressure(case, stall_seed):
                     [(a - plan[0][0], b - plan[0][0]) for a, b in plan]
 
 
-@settings(SETTINGS, max_examples=10)
+@settings(SETTINGS, max_examples=8)
 @given(sparse_cases(), st.integers(0, 2**32 - 1), st.data())
 def test_variable_rows(case, stall_seed, data):
     """Two matrices side by side (the accelerator's shared engine), each vector draining its
