@@ -37,8 +37,15 @@ def _width(layout: dict) -> int:
     return sum(int(w) for w in layout.values())
 
 
-def harness_source(design: dict) -> str:
-    """The harness's SystemVerilog for a design (its design.json as a dict)."""
+def harness_source(design: dict, waves: bool = False) -> str:
+    """The harness's SystemVerilog for a design (its design.json as a dict).
+
+    The clock rises once per period and falls again in the same time step (``#0``: after every
+    process the rising edge woke has run, before the next time step), so the simulator visits
+    one time step per cycle instead of two: every step costs the simulator and cocotb's VPI
+    loop their fixed work whether or not anything happens at it (the falling edge drives
+    nothing: the design and the harness are clocked on the rising edge). With `waves` the
+    clock is the plain symmetric one, so that a waveform reads as usual."""
     top = design["top"]
     pixel_bits, logit_bits = int(design["pixel_bits"]), int(design["logit_bits"])
     result_bits = _width(design["result_layout"])
@@ -51,12 +58,14 @@ def harness_source(design: dict) -> str:
                   if trace else "")
     trace_write = ('      if (trace_valid) $fwrite(records, "T %h\\n", trace_payload);\n'
                    if trace else "")
+    clock = (f"  always #{HALF_PERIOD_NS} clk = ~clk;" if waves else
+             f"  always begin #{2 * HALF_PERIOD_NS} clk = 1; #0 clk = 0; end   // one step a cycle")
     return f"""\
 // Simulation harness of {top} (sim/harness.py): clock, pixel feeder and stream recorder.
 `timescale 1ns/1ps
 module {HARNESS_TOP};
   reg clk = 0;
-  always #{HALF_PERIOD_NS} clk = ~clk;
+{clock}
   // reset for the first 4 rising edges, released by a register (no race with the design)
   reg [2:0] boot = 0;
   wire rst = boot != 3'd4;

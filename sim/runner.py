@@ -73,7 +73,7 @@ def _build(sim: str, hdl_dir: Path, build_dir: Path, waves: bool,
     """Build the harness around the design once per (Verilog, simulator, waves); returns the
     seconds spent (0 when the build is up to date)."""
     verilog = hdl_dir / f"{TOP}.v"
-    harness = harness_source(json.loads((hdl_dir / "design.json").read_text()))
+    harness = harness_source(json.loads((hdl_dir / "design.json").read_text()), waves)
     recipe = f"{sim}{waves}{random_init}{optimise}{BUILD_RECIPE}"
     digest = hashlib.sha256(verilog.read_bytes() + harness.encode() + recipe.encode()).hexdigest()
     stamp = build_dir / "stforge.stamp"
