@@ -87,16 +87,6 @@ def _free_walkers(vectors, cost, walkers: int, drain: int, issue_rate: int = 0) 
     return drain_end[-1]
 
 
-def _makespan(columns, cost, walkers: int) -> int:
-    """Cycles until the last of `walkers` is done with one vector's events, dealt to the first
-    free walker as they leave a one-event-per-cycle issue side (event k in cycle k)."""
-    free = np.zeros(walkers, dtype=np.int64)
-    for k, j in enumerate(columns):
-        w = int(free.argmin())
-        free[w] = max(int(free[w]), k) + cost[j]
-    return int(free.max()) if len(columns) else 0
-
-
 def _pipelined(walks, drain: int) -> int:
     """Cycles of vectors walked one after the other (`walks`: each one's cycles) into two
     accumulator banks, each drained in `drain` cycles once walked and the previous drained."""
@@ -123,7 +113,9 @@ def organisation_cycles(node, vectors, lanes: int) -> dict[str, int]:
                drain)}
     out["free_walkers"] = _free_walkers(vectors, whole, lanes, drain)
     out["free_walkers_1_event"] = _free_walkers(vectors, whole, lanes, drain, issue_rate=1)
-    out["free_walkers_barrier"] = _pipelined([_makespan(c, whole, lanes) for c in vectors], drain)
+    # no run-ahead: each vector alone (no drain) is walked, then the vectors are pipelined
+    out["free_walkers_barrier"] = _pipelined(
+        [_free_walkers([c], whole, lanes, 0, issue_rate=1) for c in vectors], drain)
     if lanes % 2 == 0:
         pair = np.maximum(lane_column_sizes(ptr, rows, 2).max(axis=0), 1)
         out["free_walkers_2x"] = _free_walkers(vectors, pair, lanes // 2, drain)

@@ -25,14 +25,18 @@ from torch import nn
 __all__ = ["ArctanSpike", "SigmoidSpike", "SURROGATES", "LIF", "SLIF", "make_neuron"]
 
 
-class ArctanSpike(torch.autograd.Function):
-    """Heaviside forward (x >= 0 spikes), arctan surrogate backward."""
+class _HeavisideSpike(torch.autograd.Function):
+    """Heaviside forward (x >= 0 spikes); a subclass gives the surrogate backward."""
 
     @staticmethod
-    def forward(ctx, x, alpha: float = 2.0):
+    def forward(ctx, x, alpha: float):
         ctx.save_for_backward(x)
         ctx.alpha = alpha
         return (x >= 0).to(x.dtype)
+
+
+class ArctanSpike(_HeavisideSpike):
+    """Arctan surrogate: dS/dx = (alpha/2) / (1 + (pi alpha x / 2)^2)."""
 
     @staticmethod
     def backward(ctx, grad):
@@ -41,15 +45,9 @@ class ArctanSpike(torch.autograd.Function):
         return grad * (a / 2) / (1 + (math.pi * a * x / 2) ** 2), None
 
 
-class SigmoidSpike(torch.autograd.Function):
-    """Heaviside forward (x >= 0 spikes), sigmoid surrogate backward (SpikingJelly's, which the
-    official Spikformer trains with)."""
-
-    @staticmethod
-    def forward(ctx, x, alpha: float = 4.0):
-        ctx.save_for_backward(x)
-        ctx.alpha = alpha
-        return (x >= 0).to(x.dtype)
+class SigmoidSpike(_HeavisideSpike):
+    """Sigmoid surrogate, dS/dx = alpha s (1 - s), s = sigmoid(alpha x): SpikingJelly's, which
+    the official Spikformer trains with."""
 
     @staticmethod
     def backward(ctx, grad):

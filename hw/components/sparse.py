@@ -28,8 +28,8 @@ from hw.plan import lane_column_sizes
 from model.ir.csc import dense_from_csc
 from model.ir.intops import acc_range, signed_bits
 
-__all__ = ["SparseMatmulEngine", "check_csc", "add_cycle_counter",
-           "CYCLE_COUNTER_WIDTH"]
+__all__ = ["SparseMatmulEngine", "check_csc", "check_engine_matrix", "engine_layouts",
+           "add_cycle_counter", "CYCLE_COUNTER_WIDTH"]
 
 #: Width of the ``cycles`` performance counter of every engine (wraps around).
 CYCLE_COUNTER_WIDTH = 32
@@ -57,6 +57,39 @@ def check_csc(col_ptr, row_idx, values, rows: int, cols: int, prefix: str = ""):
             raise ValueError(f"{prefix}row_idx repeats a row within column {j}: "
                              f"{column.tolist()!r}")
     return col_ptr, row_idx, values
+
+
+def check_engine_matrix(in_features, out_features, col_ptr, row_idx, values, in_max,
+                        acc_width) -> tuple:
+    """An event-driven engine's matrix parameters, checked: (in_features, out_features, col_ptr,
+    row_idx, values, in_max, acc_width), the arrays int64. `acc_width` must hold every partial
+    sum of ``W x`` for ``0 <= x <= in_max`` (any subset of a row's terms: a lane's or a
+    walker's part too)."""
+    in_features = check_int(in_features, "in_features", minimum=1)
+    out_features = check_int(out_features, "out_features", minimum=1)
+    col_ptr, row_idx, values = check_csc(col_ptr, row_idx, values, out_features, in_features)
+    in_max = check_int(in_max, "in_max", minimum=1)
+    acc_width = check_int(acc_width, "acc_width", minimum=1)
+    matrix = dense_from_csc(col_ptr, row_idx, values, out_features, in_features)
+    needed = signed_bits(*acc_range(matrix, in_max))
+    if acc_width < needed:
+        raise ValueError(f"acc_width {acc_width} is too narrow: W x can need {needed} bits for "
+                         f"inputs up to in_max = {in_max}")
+    return in_features, out_features, col_ptr, row_idx, values, in_max, acc_width
+
+
+def engine_layouts(in_features: int, out_features: int, in_max: int, acc_width: int,
+                   lanes: int) -> tuple[data.StructLayout, data.StructLayout]:
+    """(event layout ``{index, count, end}``, result layout ``{row, acc}`` with one lane or
+    ``{group, acc[lanes]}``) of an event-driven engine: the streams every such engine shares."""
+    event = data.StructLayout({"index": unsigned(bits_for(in_features - 1)),
+                               "count": unsigned(bits_for(in_max)), "end": 1})
+    if lanes == 1:
+        return event, data.StructLayout({"row": unsigned(bits_for(out_features - 1)),
+                                         "acc": signed(acc_width)})
+    groups = -(-out_features // lanes)
+    return event, data.StructLayout({"group": unsigned(bits_for(groups - 1)),
+                                     "acc": data.ArrayLayout(signed(acc_width), lanes)})
 
 
 class SparseMatmulEngine(wiring.Component):
@@ -145,10 +178,9 @@ class SparseMatmulEngine(wiring.Component):
 
     def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width,
                  variable_rows=False, overlap=False, loadable=False, lanes=1):
-        self._in_features = check_int(in_features, "in_features", minimum=1)
-        self._out_features = check_int(out_features, "out_features", minimum=1)
-        self._col_ptr, self._row_idx, self._values = check_csc(
-            col_ptr, row_idx, values, self._out_features, self._in_features)
+        (self._in_features, self._out_features, self._col_ptr, self._row_idx, self._values,
+         self._in_max, self._acc_width) = check_engine_matrix(
+            in_features, out_features, col_ptr, row_idx, values, in_max, acc_width)
         self._lanes = check_int(lanes, "lanes", minimum=1)
         if self._lanes > self._out_features:
             raise ValueError(f"lanes {self._lanes} exceeds out_features {self._out_features}: "
@@ -157,28 +189,8 @@ class SparseMatmulEngine(wiring.Component):
             raise ValueError(f"loadable with lanes > 1 is not supported yet (lanes = "
                              f"{self._lanes})")
         self._groups = -(-self._out_features // self._lanes)
-        self._in_max = check_int(in_max, "in_max", minimum=1)
-        self._acc_width = check_int(acc_width, "acc_width", minimum=1)
-        needed = signed_bits(*acc_range(self.weight_matrix(), self._in_max))
-        if self._acc_width < needed:
-            raise ValueError(f"acc_width {self._acc_width} is too narrow: W x can need {needed} "
-                             f"bits for inputs up to in_max = {self._in_max}")
-
-        self._event_layout = data.StructLayout({
-            "index": unsigned(bits_for(self._in_features - 1)),
-            "count": unsigned(bits_for(self._in_max)),
-            "end": 1,
-        })
-        if self._lanes == 1:
-            self._result_layout = data.StructLayout({
-                "row": unsigned(bits_for(self._out_features - 1)),
-                "acc": signed(self._acc_width),
-            })
-        else:
-            self._result_layout = data.StructLayout({
-                "group": unsigned(bits_for(self._groups - 1)),
-                "acc": data.ArrayLayout(signed(self._acc_width), self._lanes),
-            })
+        self._event_layout, self._result_layout = engine_layouts(
+            self._in_features, self._out_features, self._in_max, self._acc_width, self._lanes)
         members = {
             "i": In(stream.Signature(self._event_layout)),
             "o": Out(stream.Signature(self._result_layout)),

@@ -32,9 +32,10 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from hw.components import block_ram_attrs, check_int, tree_sum
-from hw.components.sparse import CYCLE_COUNTER_WIDTH, add_cycle_counter, check_csc
+from hw.components.sparse import (CYCLE_COUNTER_WIDTH, add_cycle_counter, check_engine_matrix,
+                                  engine_layouts)
 from model.ir.csc import dense_from_csc
-from model.ir.intops import acc_range, signed_bits
+from model.ir.intops import signed_bits
 
 __all__ = ["WalkerMatmulEngine"]
 
@@ -54,37 +55,17 @@ class WalkerMatmulEngine(wiring.Component):
 
     def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width,
                  walkers=1, variable_rows=False):
-        self._in_features = check_int(in_features, "in_features", minimum=1)
-        self._out_features = check_int(out_features, "out_features", minimum=1)
-        self._col_ptr, self._row_idx, self._values = check_csc(
-            col_ptr, row_idx, values, self._out_features, self._in_features)
+        (self._in_features, self._out_features, self._col_ptr, self._row_idx, self._values,
+         self._in_max, self._acc_width) = check_engine_matrix(
+            in_features, out_features, col_ptr, row_idx, values, in_max, acc_width)
         self._walkers = check_int(walkers, "walkers", minimum=1)
         if self._walkers > self._out_features:
             raise ValueError(f"walkers {self._walkers} exceeds out_features "
                              f"{self._out_features}: a result carries one row per walker")
         self._groups = -(-self._out_features // self._walkers)
-        self._in_max = check_int(in_max, "in_max", minimum=1)
-        self._acc_width = check_int(acc_width, "acc_width", minimum=1)
-        needed = signed_bits(*acc_range(self.weight_matrix(), self._in_max))
-        # every walker's partial sums and their sum: the same bound holds for any subset
-        if self._acc_width < needed:
-            raise ValueError(f"acc_width {self._acc_width} is too narrow: W x can need {needed} "
-                             f"bits for inputs up to in_max = {self._in_max}")
         self._variable_rows = bool(variable_rows)
-        self._event_layout = data.StructLayout({
-            "index": unsigned(bits_for(self._in_features - 1)),
-            "count": unsigned(bits_for(self._in_max)),
-            "end": 1,
-        })
-        P = self._walkers
-        if P == 1:
-            self._result_layout = data.StructLayout({
-                "row": unsigned(bits_for(self._out_features - 1)),
-                "acc": signed(self._acc_width)})
-        else:
-            self._result_layout = data.StructLayout({
-                "group": unsigned(bits_for(self._groups - 1)),
-                "acc": data.ArrayLayout(signed(self._acc_width), P)})
+        self._event_layout, self._result_layout = engine_layouts(
+            self._in_features, self._out_features, self._in_max, self._acc_width, self._walkers)
         members = {"i": In(stream.Signature(self._event_layout)),
                    "o": Out(stream.Signature(self._result_layout)),
                    "cycles": Out(CYCLE_COUNTER_WIDTH)}

@@ -84,17 +84,11 @@ class SilentReport:
     """What :func:`remove_silent_channels` found and did, in the input graph's channel numbers."""
     silent: dict[str, list[int]]        # every silent channel of every neuron node
     removed: dict[str, list[int]]       # those removed (a subset)
-    channels: dict[str, int]            # every neuron node's channels before the pass
 
     @property
     def kept_silent(self) -> dict[str, list[int]]:
         return {n: [c for c in cs if c not in self.removed.get(n, [])]
                 for n, cs in self.silent.items() if len(cs) > len(self.removed.get(n, []))}
-
-    def summary(self) -> dict:
-        """JSON-ready counts per node: channels, silent, removed."""
-        return {n: {"channels": self.channels[n], "silent": len(self.silent.get(n, [])),
-                    "removed": len(self.removed.get(n, []))} for n in self.channels}
 
 
 def _readers(graph: Graph, value: str) -> list:
@@ -185,8 +179,7 @@ def remove_silent_channels(graph: Graph, min_channels: int = MIN_CHANNELS) -> \
         nodes.append(dataclasses.replace(node, **_changes(node, rows, cols)))
     report = SilentReport(
         silent={n: np.flatnonzero(s).tolist() for n, s in silent.items() if s.any()},
-        removed={n: d.tolist() for n, d in removed.items()},
-        channels={n.name: n.channels for n in graph.neurons})
+        removed={n: d.tolist() for n, d in removed.items()})
     source = {**graph.source, "silent_channels": {"removed": report.removed,
                                                   "kept": report.kept_silent}}
     return Graph.build(graph.model, graph.fixed, nodes, source, derive=True), report
