@@ -76,8 +76,15 @@ Lanes (``lanes`` = P, `Accelerator(lanes=P)`). Everything above counts transfers
 lanes a transfer is a group of P channels: a vector of C outputs is ceil(C / P) drain, replay,
 neuron and collector transfers (attention dim / P per token), a rank-factored z drain
 ceil(rank / P1) with P1 = min(P, rank) stage-1 lanes, the head ceil(in_features / P) MACs per
-class; an engine column costs the most entries any lane holds (rows r = p mod P,
-`_column_sizes`). The issue FSM is the same.
+class. The shared engine on row lanes (plan ``engine`` "rows"): a column costs the most
+entries any lane holds (rows r = p mod P, `_column_sizes`), the rest as above. On free walkers
+("walkers", the default from two lanes on; hw/components/walkers.py) its handshakes are
+`hw.timing.WalkerTiming`: an event is accepted when the one before has left for a walker (the
+first free one; a column of n entries keeps it max(n, 1) cycles), a vector's first once the end
+marker before it has left and its bank (two vectors back) has drained, and a vector's drain
+starts once its end marker has closed its bank, no walker holds it and the drain before has
+ended, offering its first result two cycles later. A rank-factored engine walks on row lanes.
+The issue FSM is the same.
 
 Ideal cycles (docs/REPORTS.md)
 =========================
@@ -116,7 +123,8 @@ __all__ = ["CHUNK", "default_chunk", "lane_column_sizes", "value_counts", "expec
 from hw.plan import CHUNK, Plan, StagePlan, default_chunk, lane_column_sizes
 from hw.timing import (ENGINE_DRAIN_START, ENGINE_EXTENT_READ, ISSUE_EMPTY_MASK, ISSUE_END_NEXT,
                        ISSUE_FETCH, ISSUE_LOAD_MASK, NEURON_LATENCY, REPLAY_START,
-                       collector_writer_cycles, head_cycles as timing_head_cycles)
+                       WalkerTiming, collector_writer_cycles,
+                       head_cycles as timing_head_cycles)
 from model.ir import Conv, Graph, LowRankMatMul, NeuronNode
 _NEVER = -(1 << 60)
 
@@ -200,8 +208,99 @@ def _tap_masks(node: NeuronNode, counts: np.ndarray, t: int, pos: int):
     return taps
 
 
+class _SingleWalkerEngine:
+    """An engine with one walker (SparseMatmulEngine, any lanes): event e is accepted at
+    a_e = max(offer, L_{e-1}) (a vector's first at max(offer, `ready`)), its extent read for a
+    cycle, and loaded at L_e = max(a_e + 1, the previous column's last walker cycle)."""
+
+    def __init__(self, sizes: np.ndarray):
+        self.sizes = sizes
+        self.ready = _NEVER                 # a vector's first item, at the earliest
+        self._new_vector()
+
+    def _new_vector(self):
+        self.previous_load, self.column_end = None, _NEVER
+
+    def _accept(self, offer: int) -> int:
+        return max(offer, self.ready if self.previous_load is None else self.previous_load)
+
+    def event(self, offer: int, column: int) -> int:
+        a = self._accept(offer)
+        load = max(a + ENGINE_EXTENT_READ, self.column_end)
+        self.column_end = load + max(int(self.sizes[column]), 1)
+        self.previous_load = load
+        return a
+
+
+class _SharedRowEngine(_SingleWalkerEngine):
+    """The shared two-bank engine organised as row lanes: the end marker waits for the previous
+    drain; the next vector's first event is accepted from L_end + 2 on."""
+    gap = 1                                 # cycles between results offered
+
+    def __init__(self, sizes):
+        super().__init__(sizes)
+        self.drain_free = _NEVER
+
+    def end(self, offer: int) -> tuple[int, int]:
+        """(the end marker's acceptance, the cycle the first result is offered)."""
+        a = self._accept(offer)
+        self.load_end = max(a + 1, self.column_end, self.drain_free)
+        return a, self.load_end + ENGINE_DRAIN_START + 1
+
+    def drained(self, last: int) -> None:
+        self.ready, self.drain_free = self.load_end + ENGINE_DRAIN_START, last + 1
+        self._new_vector()
+
+
+class _RankFactoredEngine(_SingleWalkerEngine):
+    """A rank-factored engine (its own, one bank): z = B x drains into the z RAM, then row i
+    of A z is offered rank (i + 1) cycles later; the next vector waits for the last result."""
+
+    def __init__(self, sizes, rank: int, z_groups: int):
+        super().__init__(sizes)
+        self.gap, self.rank, self.z_groups = rank, rank, z_groups
+
+    def end(self, offer: int) -> tuple[int, int]:
+        a = self._accept(offer)
+        d0 = max(a + 1, self.column_end) + ENGINE_DRAIN_START
+        return a, d0 + self.z_groups + 3 + self.rank
+
+    def drained(self, last: int) -> None:
+        self.ready = last + 1
+        self._new_vector()
+
+
+class _SharedWalkerEngine:
+    """The shared engine organised as free walkers: `hw.timing.WalkerTiming`."""
+    gap = 1
+
+    def __init__(self, sizes, walkers: int):
+        self.sizes, self.timing = sizes, WalkerTiming(walkers)
+
+    def event(self, offer: int, column: int) -> int:
+        return self.timing.event(offer, int(self.sizes[column]))
+
+    def end(self, offer: int) -> tuple[int, int]:
+        return self.timing.end(offer)
+
+    def drained(self, last: int) -> None:
+        self.timing.drained(last)
+
+
+def _engine_of(plan: Plan, stage: StagePlan):
+    """The timing model of the engine `stage` runs on."""
+    node, lanes = stage.node, plan.lanes
+    if stage.kind == "lowrank":
+        rank = node.rank
+        return _RankFactoredEngine(_column_sizes(node, lanes), rank,
+                                   -(-rank // min(lanes, rank)))     # stage 1's drain
+    if plan.engine == "walkers":            # a walker takes the whole column
+        return _SharedWalkerEngine(_column_sizes(node, 1), lanes)
+    return _SharedRowEngine(_column_sizes(node, lanes))
+
+
 def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
-    T, lanes, chunk, node = plan.graph.model.timesteps, plan.lanes, plan.chunk, stage.node
+    T, chunk, node = plan.graph.model.timesteps, plan.chunk, stage.node
     groups = stage.groups                   # transfers per vector
     if groups <= 3:
         raise ValueError(f"node {node.name}: the cycle model assumes more than 3 output "
@@ -212,16 +311,11 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
     counts = values[stage.source]
     counts = counts.reshape(counts.shape[0], positions, -1)   # at the stage's resolution
     replay = stage.static_replay
-    lowrank = stage.kind == "lowrank"
-    rank = node.rank if lowrank else 0
-    z_groups = -(-rank // min(lanes, rank)) if lowrank else 0    # stage 1's drain
-    sizes = _column_sizes(node, lanes)
+    engine = _engine_of(plan, stage)
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
     chunks = -(-counts.shape[-1] // chunk)      # the issuer's mask loads per word
 
     f = ISSUE_FETCH              # FETCH of the first vector (the start cycle is 0)
-    engine_ready = _NEVER        # first event of the next vector (see the module docstring)
-    drain_free = _NEVER          # two-bank engine: the cycle after the last result transfer
     feeder_ready = _NEVER        # static first conv: the feeder takes engine results again
     collector = _Collector()
     x0 = _NEVER                  # step 0's last engine result (static replay)
@@ -238,8 +332,6 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                 if t == T - 1:
                     feeder_ready = last_acc + 1
             else:
-                prev_load = None                    # L of the previous event of this vector
-                column_end = _NEVER                 # last walker cycle of the previous column
                 for k, channels in enumerate(_tap_masks(node, counts, t, pos)):
                     if channels is None:            # outside the image: FETCH skips it
                         f += ISSUE_FETCH
@@ -252,25 +344,14 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                             continue
                         offer = p + ISSUE_LOAD_MASK
                         for j in in_chunk:
-                            a = max(offer, engine_ready if prev_load is None else prev_load)
-                            load = max(a + ENGINE_EXTENT_READ, column_end)
-                            column_end = load + max(int(sizes[taps_of(int(j), k)]), 1)
-                            prev_load, offer = load, a + 1
+                            a = engine.event(offer, taps_of(int(j), k))
+                            offer = a + 1
                         p = a + 1 + ISSUE_EMPTY_MASK  # the empty mask, then the next
                     f = p                           # the next tap's FETCH, or END
-                a_end = max(f, engine_ready if prev_load is None else prev_load)
-                if lowrank:
-                    d0 = max(a_end + 1, column_end) + ENGINE_DRAIN_START
-                    first, gap = d0 + z_groups + 3 + rank, rank
-                else:       # the shared two-bank engine: the end marker waits for the drain
-                    load_end = max(a_end + 1, column_end, drain_free)
-                    d0 = load_end + ENGINE_DRAIN_START
-                    first, gap = max(d0 + 1, feeder_ready), 1
-                last_acc, done = collector.feed(first, gap, groups, writer)
-                if lowrank:
-                    engine_ready = last_acc + 1
-                else:
-                    engine_ready, drain_free = load_end + ENGINE_DRAIN_START, last_acc + 1
+                a_end, first = engine.end(f)
+                last_acc, done = collector.feed(max(first, feeder_ready), engine.gap, groups,
+                                                writer)
+                engine.drained(last_acc)
                 if replay:
                     x0 = last_acc
                 f = a_end + ISSUE_END_NEXT
@@ -304,20 +385,22 @@ def _attention_stage(plan: Plan, stage: StagePlan, values) -> int:
     return done
 
 
-def plan_of(design, lanes: int = 1, chunk: int | None = None) -> Plan:
-    """`design` itself if it is a Plan, else the plan of the graph `design` on `lanes` lanes."""
-    return design if isinstance(design, Plan) else Plan.build(design, lanes, chunk)
+def plan_of(design, lanes: int = 1, chunk: int | None = None, engine: str | None = None) -> Plan:
+    """`design` itself if it is a Plan, else the plan of the graph `design` on `lanes` lanes
+    (with `chunk` and `engine` as ``Accelerator(...)`` takes them)."""
+    return design if isinstance(design, Plan) else \
+        Plan.build(design, lanes, chunk, engine=engine)
 
 
-def expected_cycles(design, node_spikes: dict, image=None, *,
-                    chunk: int | None = None, lanes: int = 1) -> dict[str, int]:
+def expected_cycles(design, node_spikes: dict, image=None, *, chunk: int | None = None,
+                    lanes: int = 1, engine: str | None = None) -> dict[str, int]:
     """{node: the cycles its TRACE_CYCLES record reports} for one input, for every conv, matmul
     and attention node, in accelerator order. `design`: the accelerator's hw.plan.Plan (or a
-    graph, planned with `lanes` and `chunk` as ``Accelerator(chunk=..., lanes=...)`` would;
+    graph, planned with `lanes`, `chunk` and `engine` as ``Accelerator(...)`` would;
     the collector's chunk writes cost no cycles as long as a chunk takes more transfers than a
     vector's writer needs cycles, at most 4). `node_spikes`: {name: (T, tokens, C)} golden
     spikes of this image; `image`: its pixels (or node_spikes["input"])."""
-    plan = plan_of(design, lanes, chunk)
+    plan = plan_of(design, lanes, chunk, engine)
     values = plan.graph.value_counts(node_spikes, image)
     out = {}
     for stage in plan.stages:

@@ -26,7 +26,8 @@ from model.ir.csc import dense_from_csc
 from model.ir.intops import acc_range, signed_bits
 
 __all__ = ["Plan", "StagePlan", "SharedLayout", "ValueBank", "CHUNK", "MIN_CHUNK",
-           "CYCLE_BITS", "TRACE_KINDS", "default_chunk", "choose_chunk", "lane_column_sizes"]
+           "CYCLE_BITS", "TRACE_KINDS", "ENGINES", "default_chunk", "choose_chunk",
+           "lane_column_sizes"]
 
 #: Channels per chunk: the issue FSM's mask loads and the collector's writes (rounded up to
 #: whole groups of lanes: `default_chunk`)
@@ -38,6 +39,11 @@ MIN_CHUNK = 5
 CYCLE_BITS = 32
 #: The trace record kinds (the ``kind`` field of the trace port)
 TRACE_KINDS = {"spikes": 0, "cycles": 1}
+#: Organisations of the shared engine's P lanes (docs/HARDWARE.md, "Lanes"): "rows", output
+#: rows dealt to P lanes that walk each event's column in lockstep (SparseMatmulEngine; one
+#: lane is the single walker), or "walkers", P free walkers that each take a whole event
+#: (WalkerMatmulEngine; the default from 2 lanes on)
+ENGINES = ("rows", "walkers")
 
 
 def default_chunk(lanes: int = 1) -> int:
@@ -145,13 +151,21 @@ class Plan:
     #: {stage id (the head's too): {value: address role}}: every value bank read, declared
     reads: dict = field(default_factory=dict)
     trace_layout: dict = field(default_factory=dict)   # field -> bits, in order
+    engine: str = "rows"        # the shared engine's organisation (ENGINES)
 
     @classmethod
     def build(cls, graph: Graph, lanes: int = 1, chunk: int | None = None,
-              loadable: bool = False) -> "Plan":
-        """The plan of `graph` on `lanes` lanes; ValueError names a configuration the
-        accelerator cannot take."""
+              loadable: bool = False, engine: str | None = None) -> "Plan":
+        """The plan of `graph` on `lanes` lanes, its shared engine organised as `engine`
+        (ENGINES; by default "rows" on one lane, "walkers" on more); ValueError names a
+        configuration the accelerator cannot take."""
         lanes, chunk = _check_configuration(graph, lanes, chunk, loadable)
+        engine = ("walkers" if lanes > 1 else "rows") if engine is None else engine
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        if engine == "walkers" and loadable:
+            raise ValueError("a loadable accelerator (the iCE40 build) takes the rows engine "
+                             "only")
         stages = tuple(_stage(graph, sid, node, lanes)
                        for sid, node in enumerate(graph.neurons, start=1))
         head_id = len(stages) + 1
@@ -163,7 +177,7 @@ class Plan:
         trace_layout = {"kind": 2, "node": 8, "step": 8, "token": 16,
                         "data": max(trace_bits, CYCLE_BITS)}
         return cls(graph, lanes, chunk, bool(loadable), stages, head_id, shared, values, reads,
-                   trace_layout)
+                   trace_layout, engine)
 
     def stage(self, name: str) -> StagePlan:
         return next(s for s in self.stages if s.name == name)
@@ -171,7 +185,7 @@ class Plan:
     def design(self) -> dict:
         """The plan's facts a testbench needs (design.json's ``plan``): trace layout and
         kinds, node ids, stage order."""
-        return {"lanes": self.lanes, "chunk": self.chunk,
+        return {"lanes": self.lanes, "chunk": self.chunk, "engine": self.engine,
                 "trace_layout": dict(self.trace_layout), "trace_kinds": dict(TRACE_KINDS),
                 "stages": [{"id": s.id, "name": s.name, "kind": s.kind,
                             "node": self.graph.index(s.name), "channels": s.channels,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = ["NEURON_LATENCY", "ISSUE_FETCH", "ISSUE_LOAD_MASK", "ISSUE_EMPTY_MASK",
            "ISSUE_END_NEXT", "ENGINE_EXTENT_READ", "ENGINE_DRAIN_START", "REPLAY_START",
-           "COLLECTOR_TRACE", "collector_writer_cycles", "head_cycles"]
+           "COLLECTOR_TRACE", "collector_writer_cycles", "head_cycles", "WalkerTiming"]
 
 #: SlifNeuronArray: an update accepted in cycle a leaves in cycle a + NEURON_LATENCY (n
 #: updates back to back: n + NEURON_LATENCY cycles, first acceptance through last output)
@@ -47,3 +47,70 @@ def head_cycles(timesteps: int, tokens: int, classes: int, features: int, lanes:
     (step, token) word, ceil(features / lanes) MACs per class, then the last product's
     multiply, add and compare, and DONE."""
     return timesteps * tokens + classes * -(-features // lanes) + 4
+
+
+class WalkerTiming:
+    """WalkerMatmulEngine's handshakes (hw/components/walkers.py), one max() each: the cycle
+    an offered event or end marker is accepted, and the cycle a vector's first result is
+    offered. The one definition of the walker engine's timing: the engine's `schedule` and the
+    cycle model (hw/cycles.py) both use it, and tests/hw/components/test_walkers.py checks it
+    against the RTL.
+
+    The rules, cycle numbers absolute. An item (event or end marker) enters the fetch stage the
+    cycle it is accepted and reads its column's extent there; it leaves the next cycle or
+    later: an event once a walker is free (it loads the lowest free one, at L), the end marker
+    at once. The next item of a vector is accepted when the one before leaves (at L), a
+    vector's first item once the end marker before it has left (a_end + 1) and its bank is open
+    again (the cycle after that bank's last result transfer, two vectors back). A walker loaded
+    at L walks max(n, 1) cycles for a column of n entries and is free again at L + max(n, 1);
+    it holds the vector's bank through that cycle. A bank's drain starts (d) once its end
+    marker has closed it (a_end + 2), no walker holds it (one cycle after the last walker of
+    its events is free) and the drain before has ended (the cycle after its last transfer); it
+    offers the first result at d + FIRST_RESULT and then one per cycle, as the results are
+    taken. Call `event` and `end` in order for each vector, then `drained` with its last
+    result transfer."""
+
+    #: a drain's start to its first result offered
+    FIRST_RESULT = 2
+    #: a vector's end marker accepted to its bank closed (the earliest drain start)
+    END_TO_CLOSED = 2
+
+    def __init__(self, walkers: int):
+        never = -(1 << 60)
+        self._free_at = [never] * walkers       # the cycle each walker can load again
+        self._bank_open = [never, never]        # the cycle each bank takes events again
+        self._bank = 0                          # the bank of the vector being sent
+        self._last_end = never                  # the last end marker's acceptance
+        self._drain_free = never                # the cycle after the last drain's last result
+        self._held = never                      # the vector's last walker cycle
+        self._previous_load = None              # L of the vector's previous event
+
+    def _accept(self, offer: int) -> int:
+        if self._previous_load is not None:
+            return max(offer, self._previous_load)
+        return max(offer, self._last_end + 1, self._bank_open[self._bank])
+
+    def event(self, offer: int, size: int) -> int:
+        """An event on a column of `size` entries, offered from cycle `offer`: its acceptance."""
+        accepted = self._accept(offer)
+        walker = min(range(len(self._free_at)), key=self._free_at.__getitem__)
+        load = max(accepted + 1, self._free_at[walker])
+        self._free_at[walker] = load + max(size, 1)
+        self._held = max(self._held, self._free_at[walker])
+        self._previous_load = load
+        return accepted
+
+    def end(self, offer: int) -> tuple[int, int]:
+        """The vector's end marker, offered from `offer`: (its acceptance, the cycle the
+        vector's first result is offered)."""
+        accepted = self._accept(offer)
+        start = max(accepted + self.END_TO_CLOSED, self._held + 1, self._drain_free)
+        self._last_end, self._previous_load = accepted, None
+        return accepted, start + self.FIRST_RESULT
+
+    def drained(self, last_transfer: int) -> None:
+        """The vector's last result was taken in `last_transfer`: its bank and the drain are
+        free the cycle after."""
+        self._bank_open[self._bank] = self._drain_free = last_transfer + 1
+        self._bank ^= 1
+        self._held = -(1 << 60)

@@ -11,7 +11,7 @@ from amaranth import Module, Signal
 from amaranth.lib import stream
 
 from hw.accelerator.util import payload_index, verilog_name
-from hw.components import SlifNeuronArray, SparseMatmulEngine
+from hw.components import SlifNeuronArray, SparseMatmulEngine, WalkerMatmulEngine
 
 if TYPE_CHECKING:
     from hw.accelerator.top import Accelerator
@@ -20,8 +20,9 @@ __all__ = ["SharedUnits"]
 
 
 class SharedUnits:
-    """One SparseMatmulEngine for every conv and CSC matmul, one SlifNeuronArray for every
-    stage (attention too): the stages run one after the other, so they take turns on them.
+    """One event-driven engine for every conv and CSC matmul (SparseMatmulEngine, or
+    WalkerMatmulEngine as the plan's ``engine`` says), one SlifNeuronArray for every stage
+    (attention too): the stages run one after the other, so they take turns on them.
 
     The engine holds all those matrices side by side (stage s's column j is column
     ``col_base[s] + j``; each stage drains its own ``rows``); the neuron array holds every
@@ -39,10 +40,13 @@ class SharedUnits:
         self.channel_base = layout.channel_base
         self.engine = None
         if layout.col_ptr is not None:
-            self.engine = SparseMatmulEngine(
-                len(layout.col_ptr) - 1, max(layout.rows.values()), layout.col_ptr,
-                layout.row_idx, layout.values, layout.engine_in_max, layout.acc_width,
-                variable_rows=True, overlap=True, loadable=loadable, lanes=P)
+            matrix = (len(layout.col_ptr) - 1, max(layout.rows.values()), layout.col_ptr,
+                      layout.row_idx, layout.values, layout.engine_in_max, layout.acc_width)
+            if acc.plan.engine == "walkers":
+                self.engine = WalkerMatmulEngine(*matrix, walkers=P, variable_rows=True)
+            else:
+                self.engine = SparseMatmulEngine(*matrix, variable_rows=True, overlap=True,
+                                                 loadable=loadable, lanes=P)
         # Membranes are reused from stage to stage (a stage's membranes live only while it
         # runs; `first` takes them as 0): neuron (token, local channel c) of a stage sits at
         # token * stride + c, conv/matmul stages at token 0, attention stages at every token

@@ -40,9 +40,9 @@ class Accelerator(wiring.Component):
         Add the ``trace`` port.
     lanes : int
         Parallel lanes P (default 1): every unit handles P output channels side by side (the
-        engine walks P stored weights per cycle, one per lane of rows r = p mod P; the neuron
-        array updates, the collector gathers, attention counts and the head multiplies P at a
-        time). Every layer needs at least 3 groups of P channels, attention heads a multiple
+        shared engine walks P stored weights per cycle, on P free walkers or P row lanes as
+        `engine` says; the neuron array updates, the collector gathers, attention counts and
+        the head multiplies P at a time). Every layer needs at least 3 groups of P channels, attention heads a multiple
         of P channels; ``loadable`` takes one lane only.
     chunk : int
         Channels per chunk (by default hw.cycles.CHUNK, 32, rounded up to a multiple of lanes:
@@ -57,11 +57,14 @@ class Accelerator(wiring.Component):
         through the ``load`` port before the first image (`memory_map` says what to write):
         they then have no initial contents, so the iCE40 flow puts them in SPRAM. Everything
         else, timing included, is the same.
+    engine : str
+        The shared engine's organisation (hw.plan.ENGINES): "rows" or "walkers" (P free walkers,
+        each event to the first free one); by default "rows" on one lane, "walkers" on more.
     """
 
     def __init__(self, artifact: Graph, trace: bool = False, lanes: int = 1,
-                 loadable: bool = False, chunk: int | None = None):
-        self.plan = plan = Plan.build(artifact, lanes, chunk, loadable)
+                 loadable: bool = False, chunk: int | None = None, engine: str | None = None):
+        self.plan = plan = Plan.build(artifact, lanes, chunk, loadable, engine)
         chunk, lanes = plan.chunk, plan.lanes
         self.artifact, self.trace_enabled, self.lanes = artifact, trace, lanes
         self.chunk = chunk

@@ -17,9 +17,8 @@ new events only once drained.
 
 Memories: the column-extent ROM (one read port, one event per cycle), an entry table per
 walker (its own read port; a copy each), and per walker, bank and lane an accumulator memory of
-ceil(out_features / P) words. Not yet part of the accelerator (hw/accelerator uses
-SparseMatmulEngine): its cycle model there, and an issue side that offers several events per
-cycle, are the next steps.
+ceil(out_features / P) words. The accelerator's shared engine from two lanes on (hw.plan
+ENGINES); its timing is `hw.timing.WalkerTiming`, which the cycle model uses too.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from amaranth.utils import bits_for
 from hw.components import block_ram_attrs, check_int, tree_sum
 from hw.components.sparse import (CYCLE_COUNTER_WIDTH, add_cycle_counter, check_engine_matrix,
                                   engine_layouts)
+from hw.timing import WalkerTiming
 from model.ir.csc import dense_from_csc
 from model.ir.intops import signed_bits
 
@@ -48,9 +48,9 @@ class WalkerMatmulEngine(wiring.Component):
     ``lanes``: P walkers, P rows per result. Members as SparseMatmulEngine's: ``i``, ``o``,
     ``cycles`` and, with ``variable_rows``, ``rows``.
 
-    Cycles of one vector, events offered every cycle and ``o`` always ready: `cycles_for`
-    replays the engine's registers cycle by cycle (tests/hw/components/test_walkers.py checks it
-    against the RTL). With one walker it is SparseMatmulEngine's formula.
+    Cycles of one vector, events offered every cycle and ``o`` always ready: `cycles_for`, from
+    `hw.timing.WalkerTiming` (tests/hw/components/test_walkers.py checks it against the RTL).
+    With one walker it is SparseMatmulEngine's formula.
     """
 
     def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width,
@@ -112,54 +112,25 @@ class WalkerMatmulEngine(wiring.Component):
 
     def schedule(self, vectors, rows=None) -> list[tuple[int, int]]:
         """(first accepted transfer, last result transfer) cycles of every vector, each a list of
-        input columns in event order, sent back to back at full rate (events offered every cycle,
-        results always taken), `rows` drained per vector (default out_features). The engine's
-        registers, replayed cycle by cycle."""
-        P, sizes = self._walkers, np.diff(self._col_ptr)
+        input columns in event order, sent back to back at full rate (each item offered the
+        cycle after the one before was accepted, results always taken), `rows` drained per
+        vector (default out_features): `hw.timing.WalkerTiming`, the engine's one timing
+        definition."""
+        sizes = np.diff(self._col_ptr)
         rows = [self._out_features] * len(vectors) if rows is None else list(rows)
-        events = []
-        for v, columns in enumerate(vectors):
-            events += [(v, int(sizes[j])) for j in columns] + [(v, None)]   # None: end marker
-        busy, pointer, stop, bank = [False] * P, [0] * P, [0] * P, [0] * P
-        fetch, offered, in_bank, drain_next = None, 0, 0, 0
-        closed = [None, None]                   # the vector a bank holds, end taken, not drained
-        drain_from, drain_to, reopen = -1, -1, None
-        first, last = {}, {}
-        cycle = 0
-        while len(last) < len(vectors):
-            if reopen is not None and cycle > drain_to:
-                closed[reopen], reopen = None, None
-            draining = drain_from < cycle <= drain_to
-            free = [not busy[w] or pointer[w] + 1 >= stop[w] for w in range(P)]
-            leaving = fetch is not None and (fetch[1] is None or any(free))
-            if leaving and fetch[1] is None:    # the end marker leaves: the next bank's turn
-                accept = offered < len(events) and closed[1 - in_bank] is None
-            else:
-                accept = offered < len(events) and closed[in_bank] is None and (
-                    fetch is None or leaving)
-            holding = any(busy[w] and bank[w] == drain_next for w in range(P))
-            if closed[drain_next] is not None and not draining and not holding:
-                v = closed[drain_next]
-                drain_from, drain_to = cycle, cycle + 1 + -(-rows[v] // P)
-                last[v], reopen, drain_next = drain_to, drain_next, 1 - drain_next
-            loaded = free.index(True) if leaving and fetch[1] is not None else None
-            for w in range(P):
-                if w == loaded:
-                    busy[w], pointer[w], stop[w], bank[w] = True, 0, fetch[1], in_bank
-                elif free[w]:
-                    busy[w] = False
-                else:
-                    pointer[w] += 1
-            if leaving and fetch[1] is None:
-                closed[in_bank], in_bank = fetch[0], 1 - in_bank
-            if accept:
-                fetch = events[offered]
-                first.setdefault(fetch[0], cycle)
-                offered += 1
-            elif leaving:
-                fetch = None
-            cycle += 1
-        return [(first[v], last[v]) for v in range(len(vectors))]
+        timing = WalkerTiming(self._walkers)
+        offer, out = 0, []
+        for columns, drained in zip(vectors, rows):
+            first = None
+            for j in columns:
+                a = timing.event(offer, int(sizes[j]))
+                first, offer = a if first is None else first, a + 1
+            a, result = timing.end(offer)
+            first, offer = a if first is None else first, a + 1
+            last = result + -(-drained // self._walkers) - 1
+            timing.drained(last)
+            out.append((first, last))
+        return out
 
     def elaborate(self, platform):
         m = Module()

@@ -251,29 +251,32 @@ def test_ideal_below_expected_on_random_activity(kind, root, seed, density):
 
 # ---- lanes ------------------------------------------------------------------------------------
 
-LANES_RUNS = [("l1p-wide", 2, 12), ("l1p-wide", 3, None), ("dsp-wide", 2, None)]
+LANES_RUNS = [("l1p-wide", 2, 12, None), ("l1p-wide", 3, None, None),
+              ("dsp-wide", 2, None, None), ("l1p-wide", 3, None, "rows")]
 
 
-@pytest.mark.parametrize("kind, lanes, chunk", LANES_RUNS)
-def test_lanes_bitexact_and_cycles_exact(kind, lanes, chunk, root):
+@pytest.mark.parametrize("kind, lanes, chunk, engine", LANES_RUNS)
+def test_lanes_bitexact_and_cycles_exact(kind, lanes, chunk, engine, root):
     """Accelerator(lanes=P): every traced spike vector, the logits and the class equal the golden
     model's, and the cycle model told the same lanes (and chunk) reproduces every layer's cycles
     and result.cycles. The runs cover P = 2 and 3 (groups that do not divide the 10-channel stem
     conv, nor the rank-3 z of the DSP model at P = 2), a chunked collector (24-channel MLP
-    hidden layer in chunks of 12: 6 transfers each) and the static stem's replay. With more
-    lanes every layer needs no more cycles than with one, and most need fewer."""
+    hidden layer in chunks of 12: 6 transfers each) and the static stem's replay, on the
+    default shared engine (free walkers) and on row lanes. With more lanes every layer needs
+    no more cycles than with one, and most need fewer."""
     from accelerator_fixtures import LANES_KINDS, simulated
     assert kind in LANES_KINDS
-    art, golden, records = simulated(kind, root, lanes=lanes, chunk=chunk)
+    art, golden, records = simulated(kind, root, lanes=lanes, chunk=chunk, engine=engine)
     _, _, single = simulated(kind, root)
     for i, (rec, one) in enumerate(zip(records, single)):
         assert rec["result"].bitexact, "; ".join(str(m) for m in rec["result"].mismatches[:5])
         assert rec["logits"] == [int(v) for v in golden.logits[i]]
-        expected = expected_cycles(art, *image_spikes(golden, i), chunk=chunk, lanes=lanes)
+        expected = expected_cycles(art, *image_spikes(golden, i), chunk=chunk, lanes=lanes,
+                                   engine=engine)
         assert rec["layer_cycles"] == expected
         assert rec["cycles"] == sum(expected.values()) + load_cycles(art) + \
             head_cycles(art, lanes)
-        if chunk is None:
+        if chunk is None and engine is None:
             assert rec["cycles"] == inference_cycles(art, *image_spikes(golden, i),
                                                      lanes=lanes)["total"]
         ideal = ideal_cycles(art, *image_spikes(golden, i), lanes=lanes)

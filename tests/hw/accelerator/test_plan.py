@@ -60,9 +60,21 @@ def test_the_chunk_and_lanes_are_checked(shipped):
                             ({"lanes": 16}, "at least 3 groups"),
                             ({"chunk": 30}, "fewer than 5 transfers"),
                             ({"lanes": 3}, "block0.attn: lanes = 3 does not divide its heads' "
-                                           "8 channels")]:
+                                           "8 channels"),
+                            ({"lanes": 2, "engine": "columns"}, "engine must be one of rows, "
+                                                                "walkers, not 'columns'"),
+                            ({"loadable": True, "engine": "walkers"}, "rows engine only")]:
         with pytest.raises(ValueError, match=message):
             Plan.build(shipped, **kwargs)
+
+
+def test_the_shared_engine_is_walkers_from_two_lanes_on(shipped):
+    """One lane is the single walker (SparseMatmulEngine, "rows"); from two lanes on the shared
+    engine is P free walkers unless the plan is told otherwise, and design.json says which."""
+    assert Plan.build(shipped).engine == "rows"
+    assert Plan.build(shipped, 2).engine == Plan.build(shipped, 4).engine == "walkers"
+    assert Plan.build(shipped, 2, engine="rows").engine == "rows"
+    assert Plan.build(shipped, 2).design()["engine"] == "walkers"
 
 
 def test_design_json_carries_the_trace_definition(shipped):
