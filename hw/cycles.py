@@ -83,7 +83,8 @@ entries any lane holds (rows r = p mod P, `_column_sizes`), the rest as above. O
 first free one; a column of n entries keeps it max(n, 1) cycles), a vector's first once the end
 marker before it has left and its bank (two vectors back) has drained, and a vector's drain
 starts once its end marker has closed its bank, no walker holds it and the drain before has
-ended, offering its first result two cycles later. A rank-factored engine walks on row lanes.
+issued its last result (drains follow each other back to back), offering its first result two
+cycles later. A rank-factored engine walks on row lanes.
 The issue FSM is the same.
 
 Ideal cycles (docs/REPORTS.md)
@@ -121,7 +122,7 @@ __all__ = ["CHUNK", "default_chunk", "lane_column_sizes", "value_counts", "expec
            "head_cycles", "load_cycles", "inference_cycles", "image_spikes", "summarize"]
 
 from hw.plan import CHUNK, Plan, StagePlan, default_chunk, lane_column_sizes
-from hw.timing import (ENGINE_DRAIN_START, ENGINE_EXTENT_READ, ISSUE_EMPTY_MASK, ISSUE_END_NEXT,
+from hw.timing import (ENGINE_DRAIN_START, ENGINE_EXTENT_READ, ISSUE_EMPTY_MASK, ISSUE_END,
                        ISSUE_FETCH, ISSUE_LOAD_MASK, NEURON_LATENCY, REPLAY_START,
                        WalkerTiming, collector_writer_cycles,
                        head_cycles as timing_head_cycles)
@@ -158,6 +159,7 @@ class _Collector:
     def __init__(self):
         self.freeze = (_NEVER, _NEVER)   # frozen cycles of the last freeze: [from, to)
         self.writer_free = _NEVER        # first cycle the writer can take another vector
+        self.last_offer = _NEVER         # the cycle the last vector's last update was offered
 
     def feed(self, first_offer: int, gap: int, count: int, writer_cycles: int) -> tuple[int, int]:
         """One vector of `count` updates: update 0 offered at `first_offer`, update u + 1 `gap`
@@ -170,6 +172,7 @@ class _Collector:
         for u in range(count):
             if u:
                 a += gap
+            self.last_offer = a             # the vector's last update: offered from here
             if f_from <= a < f_to:
                 a = f_to
             valid = a + NEURON_LATENCY + (stall if a < f_from else 0)
@@ -247,7 +250,7 @@ class _SharedRowEngine(_SingleWalkerEngine):
         self.load_end = max(a + 1, self.column_end, self.drain_free)
         return a, self.load_end + ENGINE_DRAIN_START + 1
 
-    def drained(self, last: int) -> None:
+    def drained(self, last: int, last_offer: int) -> None:
         self.ready, self.drain_free = self.load_end + ENGINE_DRAIN_START, last + 1
         self._new_vector()
 
@@ -265,7 +268,7 @@ class _RankFactoredEngine(_SingleWalkerEngine):
         d0 = max(a + 1, self.column_end) + ENGINE_DRAIN_START
         return a, d0 + self.z_groups + 3 + self.rank
 
-    def drained(self, last: int) -> None:
+    def drained(self, last: int, last_offer: int) -> None:
         self.ready = last + 1
         self._new_vector()
 
@@ -283,8 +286,8 @@ class _SharedWalkerEngine:
     def end(self, offer: int) -> tuple[int, int]:
         return self.timing.end(offer)
 
-    def drained(self, last: int) -> None:
-        self.timing.drained(last)
+    def drained(self, last: int, last_offer: int) -> None:
+        self.timing.drained(last, last_offer)
 
 
 def _engine_of(plan: Plan, stage: StagePlan):
@@ -346,15 +349,15 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                         for j in in_chunk:
                             a = engine.event(offer, taps_of(int(j), k))
                             offer = a + 1
-                        p = a + 1 + ISSUE_EMPTY_MASK  # the empty mask, then the next
+                        p = a + 1           # the last event's acceptance moves on
                     f = p                           # the next tap's FETCH, or END
                 a_end, first = engine.end(f)
                 last_acc, done = collector.feed(max(first, feeder_ready), engine.gap, groups,
                                                 writer)
-                engine.drained(last_acc)
+                engine.drained(last_acc, collector.last_offer)
                 if replay:
                     x0 = last_acc
-                f = a_end + ISSUE_END_NEXT
+                f = a_end + ISSUE_END
     return done                  # the CYCLES state
 
 

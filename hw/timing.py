@@ -10,7 +10,7 @@ the cycle model built from them is then checked exact against whole-accelerator 
 from __future__ import annotations
 
 __all__ = ["NEURON_LATENCY", "ISSUE_FETCH", "ISSUE_LOAD_MASK", "ISSUE_EMPTY_MASK",
-           "ISSUE_END_NEXT", "ENGINE_EXTENT_READ", "ENGINE_DRAIN_START", "REPLAY_START",
+           "ISSUE_END", "ENGINE_EXTENT_READ", "ENGINE_DRAIN_START", "REPLAY_START",
            "COLLECTOR_TRACE", "collector_writer_cycles", "head_cycles", "WalkerTiming"]
 
 #: SlifNeuronArray: an update accepted in cycle a leaves in cycle a + NEURON_LATENCY (n
@@ -18,11 +18,12 @@ __all__ = ["NEURON_LATENCY", "ISSUE_FETCH", "ISSUE_LOAD_MASK", "ISSUE_EMPTY_MASK
 NEURON_LATENCY = 4
 
 #: IssueFSM: FETCH per tap (a conv tap outside the image costs this alone), LOAD_MASK per chunk,
-#: the cycle an empty mask costs in EMIT, and END + NEXT after a vector's last tap
+#: the cycle a chunk without events costs in EMIT (a chunk's last event moves on as it is
+#: taken), and END after a vector's last tap (its end marker's acceptance to the next FETCH)
 ISSUE_FETCH = 1
 ISSUE_LOAD_MASK = 1
 ISSUE_EMPTY_MASK = 1
-ISSUE_END_NEXT = 2
+ISSUE_END = 1
 
 #: SparseMatmulEngine: an accepted event's column extent is read for a cycle before the walker
 #: loads it; a vector's drain starts this many cycles after its end marker is loaded
@@ -65,10 +66,11 @@ class WalkerTiming:
     at L walks max(n, 1) cycles for a column of n entries and is free again at L + max(n, 1);
     it holds the vector's bank through that cycle. A bank's drain starts (d) once its end
     marker has closed it (a_end + 2), no walker holds it (one cycle after the last walker of
-    its events is free) and the drain before has ended (the cycle after its last transfer); it
-    offers the first result at d + FIRST_RESULT and then one per cycle, as the results are
-    taken. Call `event` and `end` in order for each vector, then `drained` with its last
-    result transfer."""
+    its events is free) and the drain before has issued its last result (the cycle before that
+    result is offered: drains follow each other back to back); it offers the first result at
+    d + FIRST_RESULT, or the cycle after the drain before has its last result taken, then one
+    per cycle as the results are taken. Call `event` and `end` in order for each vector, then
+    `drained` with its last result's offer and transfer."""
 
     #: a drain's start to its first result offered
     FIRST_RESULT = 2
@@ -81,7 +83,8 @@ class WalkerTiming:
         self._bank_open = [never, never]        # the cycle each bank takes events again
         self._bank = 0                          # the bank of the vector being sent
         self._last_end = never                  # the last end marker's acceptance
-        self._drain_free = never                # the cycle after the last drain's last result
+        self._drain_free = never                # the last drain's last issue: the next may start
+        self._out_free = never                  # the cycle after the last drain's last transfer
         self._held = never                      # the vector's last walker cycle
         self._previous_load = None              # L of the vector's previous event
 
@@ -106,11 +109,13 @@ class WalkerTiming:
         accepted = self._accept(offer)
         start = max(accepted + self.END_TO_CLOSED, self._held + 1, self._drain_free)
         self._last_end, self._previous_load = accepted, None
-        return accepted, start + self.FIRST_RESULT
+        return accepted, max(start + self.FIRST_RESULT, self._out_free)
 
-    def drained(self, last_transfer: int) -> None:
-        """The vector's last result was taken in `last_transfer`: its bank and the drain are
-        free the cycle after."""
-        self._bank_open[self._bank] = self._drain_free = last_transfer + 1
+    def drained(self, last_transfer: int, last_offer: int) -> None:
+        """The vector's last result was offered from `last_offer` (it was issued the cycle
+        before: the next drain may start then) and taken in `last_transfer` (its bank and the
+        output register are free the cycle after)."""
+        self._bank_open[self._bank] = self._out_free = last_transfer + 1
+        self._drain_free = last_offer - 1
         self._bank ^= 1
         self._held = -(1 << 60)

@@ -42,8 +42,9 @@ class IssueFSM(wiring.Component):
     source read's address, ``step`` and ``token`` or ``ny``/``nx``, is valid; a conv tap
     outside the image ends here), then per chunk of `chunk` input channels LOAD_MASK (the
     chunk's non-zero counts into `mask`) and EMIT (one event per set bit, lowest first: isolated
-    as mask & -mask, a carry chain, and encoded by OR trees of log depth; one more cycle when
-    the mask is empty), then after the last tap END (the end marker) and NEXT. Chunks keep the
+    as mask & -mask, a carry chain, and encoded by OR trees of log depth; the last event's
+    acceptance moves on, and a chunk without events costs one EMIT cycle), then after the last
+    tap END (the end marker; its acceptance steps to the next vector's FETCH). Chunks keep the
     mask, its carry chain and the encoders `chunk` wide, not as wide as the widest value (an
     MLP's hidden layer); the source word stays on the read port meanwhile. A static first conv
     issues step 0 only. hw/cycles.py models it cycle for cycle.
@@ -64,10 +65,10 @@ class IssueFSM(wiring.Component):
         the end marker after a vector's last event.
     """
 
-    #: FETCH and LOAD_MASK (each tap or chunk), the cycle an empty mask costs in EMIT, and END
-    #: + NEXT after a vector (hw.timing, the cycle model's; tests/hw/accelerator/test_issue.py)
+    #: FETCH and LOAD_MASK (each tap or chunk), the cycle a chunk without events costs in EMIT,
+    #: and END after a vector (hw.timing, the cycle model's; tests/hw/accelerator/test_issue.py)
     FETCH_CYCLES, LOAD_CYCLES = timing.ISSUE_FETCH, timing.ISSUE_LOAD_MASK
-    EMPTY_CYCLES, END_CYCLES = timing.ISSUE_EMPTY_MASK, timing.ISSUE_END_NEXT
+    EMPTY_CYCLES, END_CYCLES = timing.ISSUE_EMPTY_MASK, timing.ISSUE_END
 
     def __init__(self, stages, timesteps: int, chunk: int):
         self._stages = list(stages)
@@ -190,8 +191,10 @@ class IssueFSM(wiring.Component):
         taken_lowest = Signal(n_mask, name="taken_lowest")
         m.d.comb += [taken_mask.eq(r.mask & ~r.lowest),
                      taken_lowest.eq(taken_mask & (~taken_mask + 1))]
+        # the event on offer is the chunk's last: one bit left (from registers too)
         return SimpleNamespace(nonzero=nonzero, index=index_base + low_scaled,
-                               taken_mask=taken_mask, taken_lowest=taken_lowest)
+                               taken_mask=taken_mask, taken_lowest=taken_lowest,
+                               last_event=r.mask == r.lowest)
 
     def _set_mask(self, m, r, value):
         rest = Signal(self._n_mask, name="mask_next")
@@ -214,6 +217,17 @@ class IssueFSM(wiring.Component):
                 m.d.sync += r.tap.eq(r.tap + 1)
                 m.next = "FETCH"
 
+        def chunk_done():           # the next chunk of the same word, the next tap, or END
+            with m.If(r.chunk != k.chunk_last):
+                m.d.sync += r.chunk.eq(r.chunk + 1)
+                m.next = "LOAD_MASK"
+            with m.Else():
+                m.d.sync += r.chunk.eq(0)
+                with m.If(k.is_conv):
+                    next_tap()
+                with m.Else():
+                    m.next = "END"
+
         with m.FSM(name="issue"):
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -232,35 +246,29 @@ class IssueFSM(wiring.Component):
                     m.d.comb += [ev.valid.eq(1), ev.payload.index.eq(e.index)]
                     with m.If(k.ev_ready):      # ready only enables: the carry chain is before
                         m.d.sync += [r.mask.eq(e.taken_mask), r.lowest.eq(e.taken_lowest)]
-                with m.Elif(r.chunk != k.chunk_last):       # the next chunk of the same word
-                    m.d.sync += r.chunk.eq(r.chunk + 1)
-                    m.next = "LOAD_MASK"
-                with m.Else():
-                    m.d.sync += r.chunk.eq(0)
-                    with m.If(k.is_conv):
-                        next_tap()
-                    with m.Else():
-                        m.next = "END"
+                        with m.If(e.last_event):    # the chunk's last event: move on at once
+                            chunk_done()
+                with m.Else():                  # a chunk without events
+                    chunk_done()
             with m.State("END"):
+                # its acceptance moves on to the next vector's FETCH (or DRAIN after the last)
                 m.d.comb += [ev.valid.eq(1), ev.payload.end.eq(1)]
                 with m.If(k.ev_ready):
-                    m.next = "NEXT"
-            with m.State("NEXT"):
-                m.d.sync += r.tap.eq(0)
-                with m.If((step == T - 1) | k.replay):
-                    m.d.sync += step.eq(0)
-                    with m.If(token == k.tok_last):
-                        m.next = "DRAIN"
-                    with m.Else():
-                        m.d.sync += token.eq(token + 1)
-                        with m.If(r.x == k.x_last):
-                            m.d.sync += [r.x.eq(0), r.y.eq(r.y + 1)]
+                    m.d.sync += r.tap.eq(0)
+                    with m.If((step == T - 1) | k.replay):
+                        m.d.sync += step.eq(0)
+                        with m.If(token == k.tok_last):
+                            m.next = "DRAIN"
                         with m.Else():
-                            m.d.sync += r.x.eq(r.x + 1)
+                            m.d.sync += token.eq(token + 1)
+                            with m.If(r.x == k.x_last):
+                                m.d.sync += [r.x.eq(0), r.y.eq(r.y + 1)]
+                            with m.Else():
+                                m.d.sync += r.x.eq(r.x + 1)
+                            m.next = "FETCH"
+                    with m.Else():
+                        m.d.sync += step.eq(step + 1)
                         m.next = "FETCH"
-                with m.Else():
-                    m.d.sync += step.eq(step + 1)
-                    m.next = "FETCH"
             with m.State("DRAIN"):
                 # the collector ends the stage; the next one may start in that very cycle
                 with m.If(self.start):

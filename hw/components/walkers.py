@@ -13,7 +13,8 @@ lane), P rows per result.
 Two accumulator banks let the walkers run ahead: once a vector's end marker has been taken, the
 next vector's events are walked into the other bank while the last walkers finish this one and
 it drains. A bank is drained once no walker holds one of its events, in vector order, and takes
-new events only once drained.
+new events only once drained; a drain starts as early as the cycle the drain before issues its
+last result, so drains follow each other back to back.
 
 Memories: the column-extent ROM (one read port, one event per cycle), an entry table per
 walker (its own read port; a copy each), and per walker, bank and lane an accumulator memory of
@@ -127,8 +128,8 @@ class WalkerMatmulEngine(wiring.Component):
                 first, offer = a if first is None else first, a + 1
             a, result = timing.end(offer)
             first, offer = a if first is None else first, a + 1
-            last = result + -(-drained // self._walkers) - 1
-            timing.drained(last)
+            last = result + -(-drained // self._walkers) - 1     # every result taken at once
+            timing.drained(last, last)
             out.append((first, last))
         return out
 
@@ -237,27 +238,22 @@ class WalkerMatmulEngine(wiring.Component):
             ports.append((entry, update_valid, update_bank, update_local, update_lane,
                           update_term))
 
-        # ---- drain: the oldest closed bank once no walker holds one of its events
-        draining, drain_bank, drain_next = Signal(), Signal(), Signal()
-        drain_row, drain_issued, out_row = Signal(row_shape), Signal(), Signal(row_shape)
+        # ---- drain: the oldest closed bank once no walker holds one of its events. A drain
+        # starts at the latest in the cycle the one before issues its last group, so the drains
+        # of consecutive vectors follow each other without a gap; the bank whose last result
+        # still waits on ``o`` keeps its read port (and is reopened by that result's transfer)
+        issuing, drain_bank, drain_next = Signal(), Signal(), Signal()
+        drain_row, out_row = Signal(row_shape), Signal(row_shape)
         out_bank = Signal()
         holding = Signal()
         held = [busy[w] & (walk_bank[w] == drain_next) for w in walkers]
         any_held = held[0]
         for h in held[1:]:
             any_held = any_held | h
-        drain_start = Signal()
-        m.d.comb += [holding.eq(any_held),
-                     drain_start.eq(Mux(drain_next, closed[1], closed[0]) & ~draining & ~holding)]
-        with m.If(drain_start):
-            m.d.sync += [draining.eq(1), drain_bank.eq(drain_next), drain_next.eq(~drain_next),
-                         drain_row.eq(0), drain_issued.eq(0)]
         if self._variable_rows:
             drain_base = Signal(range(groups * P + 1))
             drain_last = drain_base + P >= self.rows
             drain_live = [drain_base + p < self.rows for p in range(P)]
-            with m.If(drain_start):
-                m.d.sync += drain_base.eq(0)
         else:
             drain_last = drain_row == groups - 1
             tail = self._out_features - (groups - 1) * P
@@ -265,34 +261,48 @@ class WalkerMatmulEngine(wiring.Component):
         out_live = Signal(P)
         out_last = Signal()
         advance = ~self.o.valid | self.o.ready
-        drain_issue = draining & ~drain_issued
         transfer = self.o.valid & self.o.ready
+        drain_start = Signal()
+        # a closed bank waits for its drain (`pending`) until the drain starts; it stays closed
+        # until its last result's transfer
+        pending = [Signal(name="pending0"), Signal(name="pending1")]
+        m.d.comb += [holding.eq(any_held),
+                     drain_start.eq(Mux(drain_next, pending[1], pending[0]) & ~holding &
+                                    (~issuing | (advance & drain_last)))]
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(drain_issue), out_row.eq(drain_row),
+            m.d.sync += [self.o.valid.eq(issuing), out_row.eq(drain_row),
                          out_bank.eq(drain_bank), out_last.eq(drain_last)]
             m.d.sync += [out_live[p].eq(drain_live[p]) for p in range(P)]
-            with m.If(drain_issue):
+            with m.If(issuing):
                 m.d.sync += drain_row.eq(drain_row + 1)
                 if self._variable_rows:
                     m.d.sync += drain_base.eq(drain_base + P)
                 with m.If(drain_last):
-                    m.d.sync += drain_issued.eq(1)
-        with m.If(transfer & out_last):
-            m.d.sync += draining.eq(0)
+                    m.d.sync += issuing.eq(0)
+        with m.If(drain_start):         # after the last issue's updates: these win
+            m.d.sync += [issuing.eq(1), drain_bank.eq(drain_next), drain_next.eq(~drain_next),
+                         drain_row.eq(0)]
+            if self._variable_rows:
+                m.d.sync += drain_base.eq(0)
         for b in range(2):      # the end marker closes the intake bank, its drain reopens it
             with m.If(leaving & fetch_end & (in_bank == b)):
-                m.d.sync += closed[b].eq(1)
-            with m.Elif(transfer & out_last & (out_bank == b)):
-                m.d.sync += closed[b].eq(0)
+                m.d.sync += [closed[b].eq(1), pending[b].eq(1)]
+            with m.Else():
+                with m.If(transfer & out_last & (out_bank == b)):
+                    m.d.sync += closed[b].eq(0)
+                with m.If(drain_start & (drain_next == b)):
+                    m.d.sync += pending[b].eq(0)
 
-        # ---- accumulator ports: a bank being drained is read (and cleared) by the drain, a
-        # bank not being drained by its walker's update pipeline
+        # ---- accumulator ports: a bank being drained is read (and cleared) by the drain, and
+        # holds its read while its result waits on ``o``; another by its walkers' updates
         for w, (entry, u_valid, u_bank, u_local, u_lane, u_term) in enumerate(ports):
             for b in range(2):
                 for p in range(P):
                     read, write = acc_read[w][b][p], acc_write[w][b][p]
-                    with m.If(draining & (drain_bank == b)):
+                    with m.If(issuing & (drain_bank == b)):
                         m.d.comb += [read.addr.eq(drain_row), read.en.eq(advance)]
+                    with m.Elif(self.o.valid & (out_bank == b)):
+                        m.d.comb += [read.addr.eq(drain_row), read.en.eq(0)]
                     with m.Else():
                         m.d.comb += [read.addr.eq(entry.local), read.en.eq(1)]
                     hit = u_valid & (u_bank == b) & (u_lane == p if P > 1 else 1)

@@ -80,8 +80,9 @@ def test_chunks_exact_and_bitexact(root):
         expected = expected_cycles(art, *image_spikes(golden, i), chunk=8)
         assert rec["layer_cycles"] == expected
         assert rec["cycles"] == sum(expected.values()) + load_cycles(art) + head_cycles(art)
-        # the chunked source word costs mask loads: some layer takes longer than unchunked
-        assert any(rec["layer_cycles"][n] > records[i]["layer_cycles"][n] for n in expected)
+        # the chunked source word costs a mask load per chunk, which the engine may hide: no
+        # layer is faster than unchunked
+        assert all(rec["layer_cycles"][n] >= records[i]["layer_cycles"][n] for n in expected)
     with pytest.raises(ValueError, match="chunk = 6 splits the 8 channels of stem1 into a chunk of fewer than 5"):
         Accelerator(art, chunk=6)
     # the neuron array runs without its hazard stall: every layer needs 3 channels or more
