@@ -277,8 +277,8 @@ class _SharedWalkerEngine:
     """The shared engine organised as free walkers: `hw.timing.WalkerTiming`."""
     gap = 1
 
-    def __init__(self, sizes, walkers: int):
-        self.sizes, self.timing = sizes, WalkerTiming(walkers)
+    def __init__(self, sizes, walkers: int, banks: int):
+        self.sizes, self.timing = sizes, WalkerTiming(walkers, banks)
 
     def event(self, offer: int, column: int) -> int:
         return self.timing.event(offer, int(self.sizes[column]))
@@ -298,7 +298,7 @@ def _engine_of(plan: Plan, stage: StagePlan):
         return _RankFactoredEngine(_column_sizes(node, lanes), rank,
                                    -(-rank // min(lanes, rank)))     # stage 1's drain
     if plan.engine == "walkers":            # a walker takes the whole column
-        return _SharedWalkerEngine(_column_sizes(node, 1), lanes)
+        return _SharedWalkerEngine(_column_sizes(node, 1), lanes, plan.engine_banks)
     return _SharedRowEngine(_column_sizes(node, lanes))
 
 

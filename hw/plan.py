@@ -26,8 +26,8 @@ from model.ir.csc import dense_from_csc
 from model.ir.intops import acc_range, signed_bits
 
 __all__ = ["Plan", "StagePlan", "SharedLayout", "ValueBank", "CHUNK", "MIN_CHUNK",
-           "CYCLE_BITS", "TRACE_KINDS", "ENGINES", "default_chunk", "choose_chunk",
-           "lane_column_sizes"]
+           "CYCLE_BITS", "TRACE_KINDS", "ENGINES", "WALKER_BANKS", "default_chunk",
+           "choose_chunk", "lane_column_sizes"]
 
 #: Channels per chunk: the issue FSM's mask loads and the collector's writes (rounded up to
 #: whole groups of lanes: `default_chunk`)
@@ -44,6 +44,11 @@ TRACE_KINDS = {"spikes": 0, "cycles": 1}
 #: lane is the single walker), or "walkers", P free walkers that each take a whole event
 #: (WalkerMatmulEngine; the default from 2 lanes on)
 ENGINES = ("rows", "walkers")
+#: Accumulator banks of the walker engine: vectors in flight, one walked while the two before
+#: drain or wait for their drain (with two, a vector's walk must wait for the drain two back,
+#: and a vector of few events outruns it: q/k/v of the shipped L1P 1.20 x their bound on two
+#: lanes with two banks, 1.08 x with three; a fourth adds nothing)
+WALKER_BANKS = 3
 
 
 def default_chunk(lanes: int = 1) -> int:
@@ -153,6 +158,11 @@ class Plan:
     trace_layout: dict = field(default_factory=dict)   # field -> bits, in order
     engine: str = "rows"        # the shared engine's organisation (ENGINES)
 
+    @property
+    def engine_banks(self) -> int:
+        """Accumulator banks of the shared engine: WALKER_BANKS, or the row engine's two."""
+        return WALKER_BANKS if self.engine == "walkers" else 2
+
     @classmethod
     def build(cls, graph: Graph, lanes: int = 1, chunk: int | None = None,
               loadable: bool = False, engine: str | None = None) -> "Plan":
@@ -186,6 +196,7 @@ class Plan:
         """The plan's facts a testbench needs (design.json's ``plan``): trace layout and
         kinds, node ids, stage order."""
         return {"lanes": self.lanes, "chunk": self.chunk, "engine": self.engine,
+                "engine_banks": self.engine_banks,
                 "trace_layout": dict(self.trace_layout), "trace_kinds": dict(TRACE_KINDS),
                 "stages": [{"id": s.id, "name": s.name, "kind": s.kind,
                             "node": self.graph.index(s.name), "channels": s.channels,

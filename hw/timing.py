@@ -77,10 +77,10 @@ class WalkerTiming:
     #: a vector's end marker accepted to its bank closed (the earliest drain start)
     END_TO_CLOSED = 2
 
-    def __init__(self, walkers: int):
+    def __init__(self, walkers: int, banks: int = 2):
         never = -(1 << 60)
         self._free_at = [never] * walkers       # the cycle each walker can load again
-        self._bank_open = [never, never]        # the cycle each bank takes events again
+        self._bank_open = [never] * banks       # the cycle each bank takes events again
         self._bank = 0                          # the bank of the vector being sent
         self._last_end = never                  # the last end marker's acceptance
         self._drain_free = never                # the last drain's last issue: the next may start
@@ -117,5 +117,5 @@ class WalkerTiming:
         output register are free the cycle after)."""
         self._bank_open[self._bank] = self._out_free = last_transfer + 1
         self._drain_free = last_offer - 1
-        self._bank ^= 1
+        self._bank = (self._bank + 1) % len(self._bank_open)
         self._held = -(1 << 60)

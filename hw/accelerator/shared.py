@@ -43,7 +43,8 @@ class SharedUnits:
             matrix = (len(layout.col_ptr) - 1, max(layout.rows.values()), layout.col_ptr,
                       layout.row_idx, layout.values, layout.engine_in_max, layout.acc_width)
             if acc.plan.engine == "walkers":
-                self.engine = WalkerMatmulEngine(*matrix, walkers=P, variable_rows=True)
+                self.engine = WalkerMatmulEngine(*matrix, walkers=P, variable_rows=True,
+                                                 banks=acc.plan.engine_banks)
             else:
                 self.engine = SparseMatmulEngine(*matrix, variable_rows=True, overlap=True,
                                                  loadable=loadable, lanes=P)

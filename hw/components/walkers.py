@@ -10,9 +10,9 @@ its size, not every lane its fullest part, and a sparse matrix's short columns k
 walker busy. At the drain the P walkers' accumulators of a row are summed (an adder tree per
 lane), P rows per result.
 
-Two accumulator banks let the walkers run ahead: once a vector's end marker has been taken, the
-next vector's events are walked into the other bank while the last walkers finish this one and
-it drains. A bank is drained once no walker holds one of its events, in vector order, and takes
+Two or more accumulator banks let the walkers run ahead: once a vector's end marker has been
+taken, the next vector's events are walked into the next bank while the last walkers finish this
+one and it drains. A bank is drained once no walker holds one of its events, in vector order, and takes
 new events only once drained; a drain starts as early as the cycle the drain before issues its
 last result, so drains follow each other back to back.
 
@@ -42,11 +42,12 @@ __all__ = ["WalkerMatmulEngine"]
 
 
 class WalkerMatmulEngine(wiring.Component):
-    """y = W x over a CSC matrix with `walkers` = P free walkers and two accumulator banks.
+    """y = W x over a CSC matrix with `walkers` = P free walkers and `banks` accumulator banks.
 
     Parameters are SparseMatmulEngine's (``in_features``, ``out_features``, ``col_ptr``,
     ``row_idx``, ``values``, ``in_max``, ``acc_width``, ``variable_rows``) with ``walkers`` for
-    ``lanes``: P walkers, P rows per result. Members as SparseMatmulEngine's: ``i``, ``o``,
+    ``lanes``: P walkers, P rows per result, and ``banks`` (default 2): vectors in flight, one
+    being walked while the ones before drain or wait for their drain. Members as SparseMatmulEngine's: ``i``, ``o``,
     ``cycles`` and, with ``variable_rows``, ``rows``.
 
     Cycles of one vector, events offered every cycle and ``o`` always ready: `cycles_for`, from
@@ -55,7 +56,7 @@ class WalkerMatmulEngine(wiring.Component):
     """
 
     def __init__(self, in_features, out_features, col_ptr, row_idx, values, in_max, acc_width,
-                 walkers=1, variable_rows=False):
+                 walkers=1, variable_rows=False, banks=2):
         (self._in_features, self._out_features, self._col_ptr, self._row_idx, self._values,
          self._in_max, self._acc_width) = check_engine_matrix(
             in_features, out_features, col_ptr, row_idx, values, in_max, acc_width)
@@ -63,6 +64,7 @@ class WalkerMatmulEngine(wiring.Component):
         if self._walkers > self._out_features:
             raise ValueError(f"walkers {self._walkers} exceeds out_features "
                              f"{self._out_features}: a result carries one row per walker")
+        self._banks = check_int(banks, "banks", minimum=2)
         self._groups = -(-self._out_features // self._walkers)
         self._variable_rows = bool(variable_rows)
         self._event_layout, self._result_layout = engine_layouts(
@@ -119,7 +121,7 @@ class WalkerMatmulEngine(wiring.Component):
         definition."""
         sizes = np.diff(self._col_ptr)
         rows = [self._out_features] * len(vectors) if rows is None else list(rows)
-        timing = WalkerTiming(self._walkers)
+        timing = WalkerTiming(self._walkers, self._banks)
         offer, out = 0, []
         for columns, drained in zip(vectors, rows):
             first = None
@@ -157,10 +159,11 @@ class WalkerMatmulEngine(wiring.Component):
                            attrs=block_ram_attrs(entry_layout, depth))
             m.submodules[f"entries{w}"] = table
             entry_read.append(table.read_port())
-        acc_write = [[[None] * P for _ in range(2)] for _ in walkers]
-        acc_read = [[[None] * P for _ in range(2)] for _ in walkers]
+        banks = range(self._banks)
+        acc_write = [[[None] * P for _ in banks] for _ in walkers]
+        acc_read = [[[None] * P for _ in banks] for _ in walkers]
         for w in walkers:
-            for b in range(2):
+            for b in range(self._banks):
                 for p in range(P):
                     bank = Memory(shape=signed(self._acc_width), depth=groups, init=[],
                                   attrs=block_ram_attrs(signed(self._acc_width), groups))
@@ -172,13 +175,17 @@ class WalkerMatmulEngine(wiring.Component):
         # end marker; an event leaves for the lowest free walker, the end marker closes the bank
         fetch_valid, fetch_end = Signal(), Signal()
         fetch_count = Signal(count_shape)
-        in_bank = Signal()
-        closed = [Signal(name="closed0"), Signal(name="closed1")]     # end taken, not drained
+        bank_shape = range(self._banks)
+
+        def next_bank(bank):
+            return Mux(bank == self._banks - 1, 0, bank + 1)
+        in_bank = Signal(bank_shape)
+        closed = Signal(self._banks)            # per bank: end marker taken, not drained
         busy = [Signal(name=f"busy{w}") for w in walkers]
         pointer = [Signal(pointer_shape, name=f"pointer{w}") for w in walkers]
         stop = [Signal(pointer_shape, name=f"stop{w}") for w in walkers]
         walk_count = [Signal(count_shape, name=f"walk_count{w}") for w in walkers]
-        walk_bank = [Signal(name=f"walk_bank{w}") for w in walkers]
+        walk_bank = [Signal(bank_shape, name=f"walk_bank{w}") for w in walkers]
         free = [~busy[w] | (pointer[w] + 1 >= stop[w]) for w in walkers]
         any_free = free[0]
         for f in free[1:]:
@@ -187,8 +194,8 @@ class WalkerMatmulEngine(wiring.Component):
         accept = Signal()
         m.d.comb += [
             # the next vector's first event enters as the end marker leaves, if its bank is free
-            self.i.ready.eq(Mux(leaving & fetch_end, ~Mux(in_bank, closed[0], closed[1]),
-                                ~Mux(in_bank, closed[1], closed[0]) &
+            self.i.ready.eq(Mux(leaving & fetch_end, ~closed.bit_select(next_bank(in_bank), 1),
+                                ~closed.bit_select(in_bank, 1) &
                                 (~fetch_valid | leaving))),
             accept.eq(self.i.valid & self.i.ready),
             column_read.addr.eq(self.i.p.index), column_read.en.eq(accept),
@@ -199,7 +206,7 @@ class WalkerMatmulEngine(wiring.Component):
         with m.Elif(leaving):
             m.d.sync += fetch_valid.eq(0)
         with m.If(leaving & fetch_end):
-            m.d.sync += in_bank.eq(~in_bank)
+            m.d.sync += in_bank.eq(next_bank(in_bank))
 
         # ---- walkers: the lowest free one takes the event; each issues one entry per cycle
         taken = fetch_valid & ~fetch_end
@@ -220,11 +227,11 @@ class WalkerMatmulEngine(wiring.Component):
             m.d.comb += [entry_read[w].addr.eq(pointer[w]), entry_read[w].en.eq(1)]
             entry_valid = Signal(name=f"entry_valid{w}")
             entry_count = Signal(count_shape, name=f"entry_count{w}")
-            entry_bank = Signal(name=f"entry_bank{w}")
+            entry_bank = Signal(bank_shape, name=f"entry_bank{w}")
             m.d.sync += [entry_valid.eq(issue), entry_count.eq(walk_count[w]),
                          entry_bank.eq(walk_bank[w])]
             update_valid = Signal(name=f"update_valid{w}")
-            update_bank = Signal(name=f"update_bank{w}")
+            update_bank = Signal(bank_shape, name=f"update_bank{w}")
             update_local = Signal(row_shape, name=f"update_local{w}")
             update_lane = Signal(range(P), name=f"update_lane{w}")
             update_term = Signal(signed(entry_layout["value"].shape.width +
@@ -242,9 +249,10 @@ class WalkerMatmulEngine(wiring.Component):
         # starts at the latest in the cycle the one before issues its last group, so the drains
         # of consecutive vectors follow each other without a gap; the bank whose last result
         # still waits on ``o`` keeps its read port (and is reopened by that result's transfer)
-        issuing, drain_bank, drain_next = Signal(), Signal(), Signal()
+        issuing = Signal()
+        drain_bank, drain_next = Signal(bank_shape), Signal(bank_shape)
         drain_row, out_row = Signal(row_shape), Signal(row_shape)
-        out_bank = Signal()
+        out_bank = Signal(bank_shape)
         holding = Signal()
         held = [busy[w] & (walk_bank[w] == drain_next) for w in walkers]
         any_held = held[0]
@@ -265,9 +273,9 @@ class WalkerMatmulEngine(wiring.Component):
         drain_start = Signal()
         # a closed bank waits for its drain (`pending`) until the drain starts; it stays closed
         # until its last result's transfer
-        pending = [Signal(name="pending0"), Signal(name="pending1")]
+        pending = Signal(self._banks)
         m.d.comb += [holding.eq(any_held),
-                     drain_start.eq(Mux(drain_next, pending[1], pending[0]) & ~holding &
+                     drain_start.eq(pending.bit_select(drain_next, 1) & ~holding &
                                     (~issuing | (advance & drain_last)))]
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(issuing), out_row.eq(drain_row),
@@ -280,11 +288,12 @@ class WalkerMatmulEngine(wiring.Component):
                 with m.If(drain_last):
                     m.d.sync += issuing.eq(0)
         with m.If(drain_start):         # after the last issue's updates: these win
-            m.d.sync += [issuing.eq(1), drain_bank.eq(drain_next), drain_next.eq(~drain_next),
+            m.d.sync += [issuing.eq(1), drain_bank.eq(drain_next),
+                         drain_next.eq(next_bank(drain_next)),
                          drain_row.eq(0)]
             if self._variable_rows:
                 m.d.sync += drain_base.eq(0)
-        for b in range(2):      # the end marker closes the intake bank, its drain reopens it
+        for b in banks:         # the end marker closes the intake bank, its drain reopens it
             with m.If(leaving & fetch_end & (in_bank == b)):
                 m.d.sync += [closed[b].eq(1), pending[b].eq(1)]
             with m.Else():
@@ -296,7 +305,7 @@ class WalkerMatmulEngine(wiring.Component):
         # ---- accumulator ports: a bank being drained is read (and cleared) by the drain, and
         # holds its read while its result waits on ``o``; another by its walkers' updates
         for w, (entry, u_valid, u_bank, u_local, u_lane, u_term) in enumerate(ports):
-            for b in range(2):
+            for b in banks:
                 for p in range(P):
                     read, write = acc_read[w][b][p], acc_write[w][b][p]
                     with m.If(issuing & (drain_bank == b)):
@@ -312,17 +321,22 @@ class WalkerMatmulEngine(wiring.Component):
                     with m.Else():
                         m.d.comb += [write.addr.eq(out_row), write.data.eq(0),
                                      write.en.eq(transfer & (out_bank == b))]
-        sums = [[tree_sum([acc_read[w][b][p].data for w in walkers]) for p in range(P)]
-                for b in range(2)]
+        # the result: each walker's accumulator of the output bank, summed per lane
         if P == 1:
             m.d.comb += self.o.p.row.eq(out_row)
         else:
             m.d.comb += self.o.p.group.eq(out_row)
-        for b in range(2):
-            with m.If(out_bank == b):
-                for p in range(P):
-                    target = self.o.p.acc if P == 1 else self.o.p.acc[p]
-                    with m.If(out_live[p]):
-                        m.d.comb += target.eq(sums[b][p])
+        for p in range(P):
+            parts = []
+            for w in walkers:
+                part = Signal(signed(self._acc_width), name=f"out_w{w}_l{p}")
+                with m.Switch(out_bank):
+                    for b in banks:
+                        with m.Case(b):
+                            m.d.comb += part.eq(acc_read[w][b][p].data)
+                parts.append(part)
+            target = self.o.p.acc if P == 1 else self.o.p.acc[p]
+            with m.If(out_live[p]):
+                m.d.comb += target.eq(tree_sum(parts))
         add_cycle_counter(m, self.cycles, start=accept, stop=transfer & out_last)
         return m

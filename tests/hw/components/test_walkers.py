@@ -17,13 +17,13 @@ from tests.hw.components.test_sparse import (SETTINGS, expected_outputs, run_vec
 pytestmark = pytest.mark.amaranth
 
 
-def build(case, variable_rows=False):
+def build(case, variable_rows=False, banks=2):
     col_ptr, row_idx, values = csc_from_dense(case["w"], keep_zeros=case["keep_zeros"])
     out_features, in_features = case["w"].shape
     acc_width = worst_case_acc_width(case["w"], case["in_max"]) + case["extra_width"]
     dut = WalkerMatmulEngine(in_features, out_features, col_ptr, row_idx, values,
                              case["in_max"], acc_width, walkers=case["lanes"],
-                             variable_rows=variable_rows)
+                             variable_rows=variable_rows, banks=banks)
     return dut, dense_from_csc(col_ptr, row_idx, values, out_features, in_features)
 
 
@@ -42,12 +42,13 @@ def test_products_and_cycles_at_full_rate(case):
 
 
 @settings(SETTINGS, max_examples=8)
-@given(sparse_cases(), st.integers(0, 2**32 - 1))
-def test_back_to_back_and_under_backpressure(case, stall_seed):
-    """Vectors sent back to back (walkers run ahead into the other bank while one drains),
-    at full rate and with random stalls on both streams: every product exact, in order; at
-    full rate every vector's first event and last result in the cycles `schedule` gives."""
-    dut, w = build(case)
+@given(sparse_cases(), st.integers(0, 2**32 - 1), st.sampled_from([2, 3]))
+def test_back_to_back_and_under_backpressure(case, stall_seed, banks):
+    """Vectors sent back to back (walkers run ahead into the next bank while the ones before
+    drain), two or three banks, at full rate and with random stalls on both streams: every
+    product exact, in order; at full rate every vector's first event and last result in the
+    cycles `schedule` gives."""
+    dut, w = build(case, banks=banks)
     for seed in (None, stall_seed):
         for wait in (True, False):
             results = run_vectors(dut, case["vectors"], case["orders"], stall_seed=seed,
@@ -75,7 +76,7 @@ def test_variable_rows(case, stall_seed, data):
     rows_of = [data.draw(st.integers(1, out_features)) for _ in range(2)]
     case["w"][rows_of[0]:, :split] = 0
     case["w"][rows_of[1]:, split:] = 0
-    dut, w = build(case, variable_rows=True)
+    dut, w = build(case, variable_rows=True, banks=data.draw(st.sampled_from([2, 3])))
     vectors, rows, orders = [], [], []
     for n, (x, order) in enumerate(zip(case["vectors"], case["orders"])):
         for block in (n % 2, 1 - n % 2):
@@ -128,11 +129,12 @@ def test_walkers_take_short_columns_side_by_side():
     ({"walkers": 0}, ValueError, "walkers must be an integer >= 1"),
     ({"walkers": 5}, ValueError, "walkers 5 exceeds out_features 4"),
     ({"acc_width": 2}, ValueError, "acc_width 2 is too narrow"),
+    ({"banks": 1}, ValueError, "banks must be an integer >= 2"),
 ])
 def test_constructor_rejects_bad_parameters(kwargs, error, match):
     w = np.full((4, 3), 3)
     col_ptr, row_idx, values = csc_from_dense(w)
-    args = {"walkers": 1, "acc_width": 8, **kwargs}
+    args = {"walkers": 1, "acc_width": 8, "banks": 2, **kwargs}
     with pytest.raises(error, match=match):
         WalkerMatmulEngine(3, 4, col_ptr, row_idx, values, 1, args["acc_width"],
-                           walkers=args["walkers"])
+                           walkers=args["walkers"], banks=args["banks"])
