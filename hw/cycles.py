@@ -319,6 +319,7 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
     chunks = -(-counts.shape[-1] // chunk)      # the issuer's mask loads per word
 
     f = ISSUE_FETCH              # FETCH of the first vector (the start cycle is 0)
+    fetched = False              # the next vector's first word came during END
     feeder_ready = _NEVER        # static first conv: the feeder takes engine results again
     collector = _Collector()
     x0 = _NEVER                  # step 0's last engine result (static replay)
@@ -339,6 +340,8 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                     if channels is None:            # outside the image: FETCH skips it
                         f += ISSUE_FETCH
                         continue
+                    if k == 0 and fetched:          # fetched during the END before
+                        f -= ISSUE_FETCH
                     p = f + ISSUE_LOAD_MASK         # LOAD_MASK of the first chunk
                     for c in range(chunks):         # EMIT; an empty mask costs one cycle
                         in_chunk = channels[channels // chunk == c]
@@ -357,7 +360,7 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                 engine.drained(last_acc, collector.last_offer)
                 if replay:
                     x0 = last_acc
-                f = a_end + ISSUE_END
+                f, fetched = a_end + ISSUE_END, True
     return done                  # the CYCLES state
 
 

@@ -17,9 +17,10 @@ __all__ = ["NEURON_LATENCY", "ISSUE_FETCH", "ISSUE_LOAD_MASK", "ISSUE_EMPTY_MASK
 #: updates back to back: n + NEURON_LATENCY cycles, first acceptance through last output)
 NEURON_LATENCY = 4
 
-#: IssueFSM: FETCH per tap (a conv tap outside the image costs this alone), LOAD_MASK per chunk,
-#: the cycle a chunk without events costs in EMIT (a chunk's last event moves on as it is
-#: taken), and END after a vector's last tap (its end marker's acceptance to the next FETCH)
+#: IssueFSM: FETCH per tap (a conv tap outside the image costs this alone; a vector's first tap
+#: inside the image, after the first vector, is fetched during END and costs nothing), LOAD_MASK
+#: per chunk, the cycle a chunk without events costs in EMIT (a chunk's last event moves on as
+#: it is taken), and END after a vector's last tap
 ISSUE_FETCH = 1
 ISSUE_LOAD_MASK = 1
 ISSUE_EMPTY_MASK = 1

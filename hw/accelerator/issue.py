@@ -44,7 +44,9 @@ class IssueFSM(wiring.Component):
     chunk's non-zero counts into `mask`) and EMIT (one event per set bit, lowest first: isolated
     as mask & -mask, a carry chain, and encoded by OR trees of log depth; the last event's
     acceptance moves on, and a chunk without events costs one EMIT cycle), then after the last
-    tap END (the end marker; its acceptance steps to the next vector's FETCH). Chunks keep the
+    tap END (the end marker). END steps the read address on to the next vector, so its
+    acceptance goes straight to the next vector's LOAD_MASK (its FETCH overlaps END; a conv's
+    first tap outside the image still takes its FETCH cycle). Chunks keep the
     mask, its carry chain and the encoders `chunk` wide, not as wide as the widest value (an
     MLP's hidden layer); the source word stays on the read port meanwhile. A static first conv
     issues step 0 only. hw/cycles.py models it cycle for cycle.
@@ -110,7 +112,8 @@ class IssueFSM(wiring.Component):
         return SimpleNamespace(
             y=Signal(range(self._h), name="y"), x=Signal(range(self._wd), name="x"),
             tap=Signal(range(10), name="tap"), chunk=Signal(range(self._chunks), name="chunk"),
-            mask=Signal(self._n_mask, name="mask"), lowest=Signal(self._n_mask, name="lowest"))
+            mask=Signal(self._n_mask, name="mask"), lowest=Signal(self._n_mask, name="lowest"),
+            finishing=Signal(name="finishing"))
 
     def _stage_constants(self, m, r):
         """The active stage's constants and its chunk of source counts: every stage's word is
@@ -207,12 +210,30 @@ class IssueFSM(wiring.Component):
 
         def begin():
             m.d.sync += [token.eq(0), step.eq(0), r.y.eq(0), r.x.eq(0), r.tap.eq(0),
-                         r.chunk.eq(0)]
+                         r.chunk.eq(0), r.finishing.eq(0)]
             m.next = "FETCH"
+
+        def enter_end():
+            # the read address moves on to the next vector as END begins, so its source word
+            # is on the read port by the time the end marker is taken (`finishing`: none left)
+            m.next = "END"
+            m.d.sync += r.tap.eq(0)
+            with m.If((step == T - 1) | k.replay):
+                m.d.sync += step.eq(0)
+                with m.If(token == k.tok_last):
+                    m.d.sync += r.finishing.eq(1)
+                with m.Else():
+                    m.d.sync += token.eq(token + 1)
+                    with m.If(r.x == k.x_last):
+                        m.d.sync += [r.x.eq(0), r.y.eq(r.y + 1)]
+                    with m.Else():
+                        m.d.sync += r.x.eq(r.x + 1)
+            with m.Else():
+                m.d.sync += step.eq(step + 1)
 
         def next_tap():
             with m.If(r.tap == 8):
-                m.next = "END"
+                enter_end()
             with m.Else():
                 m.d.sync += r.tap.eq(r.tap + 1)
                 m.next = "FETCH"
@@ -226,7 +247,7 @@ class IssueFSM(wiring.Component):
                 with m.If(k.is_conv):
                     next_tap()
                 with m.Else():
-                    m.next = "END"
+                    enter_end()
 
         with m.FSM(name="issue"):
             with m.State("IDLE"):
@@ -251,24 +272,17 @@ class IssueFSM(wiring.Component):
                 with m.Else():                  # a chunk without events
                     chunk_done()
             with m.State("END"):
-                # its acceptance moves on to the next vector's FETCH (or DRAIN after the last)
+                # the address is the next vector's (its word was fetched meanwhile): its
+                # acceptance moves on to LOAD_MASK, to FETCH where the next vector's first tap
+                # lies outside the image (FETCH skips it), or to DRAIN after the last vector
                 m.d.comb += [ev.valid.eq(1), ev.payload.end.eq(1)]
                 with m.If(k.ev_ready):
-                    m.d.sync += r.tap.eq(0)
-                    with m.If((step == T - 1) | k.replay):
-                        m.d.sync += step.eq(0)
-                        with m.If(token == k.tok_last):
-                            m.next = "DRAIN"
-                        with m.Else():
-                            m.d.sync += token.eq(token + 1)
-                            with m.If(r.x == k.x_last):
-                                m.d.sync += [r.x.eq(0), r.y.eq(r.y + 1)]
-                            with m.Else():
-                                m.d.sync += r.x.eq(r.x + 1)
-                            m.next = "FETCH"
-                    with m.Else():
-                        m.d.sync += step.eq(step + 1)
+                    with m.If(r.finishing):
+                        m.next = "DRAIN"
+                    with m.Elif(k.is_conv & ~k.inside):
                         m.next = "FETCH"
+                    with m.Else():
+                        m.next = "LOAD_MASK"
             with m.State("DRAIN"):
                 # the collector ends the stage; the next one may start in that very cycle
                 with m.If(self.start):

@@ -30,8 +30,9 @@ def source_counts(stage, rng):
 
 def expected(stage, counts, chunk):
     """[(index, count, end)] and the cycles the FSM takes per the documented timing (always
-    ready): FETCH 1 per tap (a tap outside the image costs that alone), per chunk LOAD_MASK 1
-    and one per event (one cycle for a chunk without events), then END."""
+    ready): FETCH 1 per tap (a tap outside the image costs that alone; a vector's first tap
+    inside the image is fetched during the END before, except the first vector's), per chunk
+    LOAD_MASK 1 and one per event (one cycle for a chunk without events), then END."""
     events, cycles = [], 0
     n_mask = min(chunk, max(s.inputs for s in (CONV, MATMUL, STATIC)))
     chunks = -(-stage.inputs // n_mask)
@@ -39,9 +40,11 @@ def expected(stage, counts, chunk):
         y, x = divmod(p, stage.width)
         for t in range(1 if stage.static_replay else T):
             for tap in range(9 if stage.is_conv else 1):
-                cycles += IssueFSM.FETCH_CYCLES
                 ny, nx = y + tap // 3 - 1, x + tap % 3 - 1
-                if stage.is_conv and not (0 <= ny < stage.height and 0 <= nx < stage.width):
+                inside = not stage.is_conv or (0 <= ny < stage.height and 0 <= nx < stage.width)
+                if not (tap == 0 and inside and events):    # else fetched during END
+                    cycles += IssueFSM.FETCH_CYCLES
+                if not inside:
                     continue
                 source = counts[t, ny * stage.width + nx] if stage.is_conv else counts[t, p]
                 for c in np.flatnonzero(source):
