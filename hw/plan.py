@@ -26,12 +26,16 @@ from model.ir.csc import dense_from_csc
 from model.ir.intops import acc_range, signed_bits
 
 __all__ = ["Plan", "StagePlan", "SharedLayout", "ValueBank", "CHUNK", "MIN_CHUNK",
-           "CYCLE_BITS", "TRACE_KINDS", "ENGINES", "WALKER_BANKS", "default_chunk",
+           "LOADABLE_CHUNK", "CYCLE_BITS", "TRACE_KINDS", "ENGINES", "WALKER_BANKS", "default_chunk",
            "choose_chunk", "lane_column_sizes"]
 
 #: Channels per chunk: the issue FSM's mask loads and the collector's writes (rounded up to
 #: whole groups of lanes: `default_chunk`)
 CHUNK = 32
+#: The chunk of a loadable (iCE40) build: the UP5K is full, and half-width issue masks and
+#: collector chunks free about 200 of its 5 280 logic cells for 2 cycles per shipped L1P
+#: inference (one more LOAD_MASK per wide source word, mostly hidden behind the engine)
+LOADABLE_CHUNK = 16
 #: Fewest transfers in a collector chunk: its gather outlasts the writer of the previous chunk
 #: (at most 4 cycles), so chunk writes never hold the neuron array up
 MIN_CHUNK = 5
@@ -212,11 +216,12 @@ def _chunk_fits(width: int, chunk: int, lanes: int) -> bool:
     return width <= chunk or -(-min(chunk, width % chunk or chunk) // lanes) >= MIN_CHUNK
 
 
-def choose_chunk(graph, lanes: int) -> int:
-    """The chunk a plan takes by default: `default_chunk` when every layer fits it, else the
-    smallest wider multiple of lanes (up to twice as wide) that leaves no layer a remainder
-    chunk of fewer than MIN_CHUNK transfers (36 channels: one chunk of 36, not 32 + 4)."""
-    first = default_chunk(lanes)
+def choose_chunk(graph, lanes: int, loadable: bool = False) -> int:
+    """The chunk a plan takes by default: `default_chunk` (LOADABLE_CHUNK for a loadable build)
+    when every layer fits it, else the smallest wider multiple of lanes (up to twice as wide)
+    that leaves no layer a remainder chunk of fewer than MIN_CHUNK transfers (36 channels: one
+    chunk of 36, not 32 + 4)."""
+    first = LOADABLE_CHUNK if loadable and lanes == 1 else default_chunk(lanes)
     for chunk in range(first, 2 * first + 1, lanes):
         if all(_chunk_fits(n.channels, chunk, lanes) for n in graph.neurons):
             return chunk
@@ -226,7 +231,7 @@ def choose_chunk(graph, lanes: int) -> int:
 def _check_configuration(graph, lanes, chunk, loadable):
     if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
         raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
-    chunk = choose_chunk(graph, lanes) if chunk is None else chunk
+    chunk = choose_chunk(graph, lanes, loadable) if chunk is None else chunk
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, not {chunk!r}")
     if chunk % lanes:

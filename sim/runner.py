@@ -141,7 +141,7 @@ def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: 
         raise StforgeError(f"image {bad[0]} is not in {golden_path} (it holds {len(golden)})")
     design = json.loads((hdl_dir / "design.json").read_text())
     plan = Plan.build(load_artifact(design["artifact"]), design.get("lanes", 1),
-                      design.get("chunk"))
+                      design.get("chunk"), engine=design.get("plan", {}).get("engine"))
     expected = [inference_cycles(plan, *image_spikes(golden, i)) for i in images]
     random_init = random_init_seed is not None
     if random_init and sim != "verilator":
@@ -214,7 +214,7 @@ def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
         # measured cycles beside the analytic cycle model and the ideal (work-bound) cycles
         design = json.loads((Path(raw["hdl_dir"]) / "design.json").read_text())
         plan = Plan.build(load_artifact(design["artifact"]), design.get("lanes", 1),
-                          design.get("chunk"))
+                          design.get("chunk"), engine=design.get("plan", {}).get("engine"))
         cyc = cycle_summary(plan, GoldenData(golden_path), measured=imgs,
                             indices=[r["image"] for r in imgs],
                             expected=raw.get("expected"))

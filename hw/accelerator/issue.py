@@ -213,10 +213,11 @@ class IssueFSM(wiring.Component):
                          r.chunk.eq(0), r.finishing.eq(0)]
             m.next = "FETCH"
 
-        def enter_end():
-            # the read address moves on to the next vector as END begins, so its source word
-            # is on the read port by the time the end marker is taken (`finishing`: none left)
-            m.next = "END"
+        # the read address moves on to the next vector as END begins (`vector_over`), so its
+        # source word is on the read port by the time the end marker is taken (`finishing`:
+        # none left); one block of counter updates for every way into END
+        vector_over, chunk_over = Signal(name="vector_over"), Signal(name="chunk_over")
+        with m.If(vector_over):
             m.d.sync += r.tap.eq(0)
             with m.If((step == T - 1) | k.replay):
                 m.d.sync += step.eq(0)
@@ -230,6 +231,10 @@ class IssueFSM(wiring.Component):
                         m.d.sync += r.x.eq(r.x + 1)
             with m.Else():
                 m.d.sync += step.eq(step + 1)
+
+        def enter_end():
+            m.d.comb += vector_over.eq(1)
+            m.next = "END"
 
         def next_tap():
             with m.If(r.tap == 8):
@@ -262,14 +267,16 @@ class IssueFSM(wiring.Component):
                 self._set_mask(m, r, e.nonzero)
                 m.next = "EMIT"
             with m.State("EMIT"):
-                # the read address is held, so the source word stays valid while emitting
+                # the read address is held, so the source word stays valid while emitting;
+                # the chunk is over as its last event is taken, or at once without events
                 with m.If(r.mask != 0):
-                    m.d.comb += [ev.valid.eq(1), ev.payload.index.eq(e.index)]
+                    m.d.comb += [ev.valid.eq(1), ev.payload.index.eq(e.index),
+                                 chunk_over.eq(k.ev_ready & e.last_event)]
                     with m.If(k.ev_ready):      # ready only enables: the carry chain is before
                         m.d.sync += [r.mask.eq(e.taken_mask), r.lowest.eq(e.taken_lowest)]
-                        with m.If(e.last_event):    # the chunk's last event: move on at once
-                            chunk_done()
-                with m.Else():                  # a chunk without events
+                with m.Else():
+                    m.d.comb += chunk_over.eq(1)
+                with m.If(chunk_over):
                     chunk_done()
             with m.State("END"):
                 # the address is the next vector's (its word was fetched meanwhile): its
