@@ -218,7 +218,7 @@ def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
         cyc = cycle_summary(plan, GoldenData(golden_path), measured=imgs,
                             indices=[r["image"] for r in imgs],
                             expected=raw.get("expected"))
-        report.update(cyc, lanes=design.get("lanes", 1))
+        report.update(cyc, lanes=design.get("lanes", 1), engine=plan.engine)
     first = next((m for r in imgs for m in r["mismatches"]), None)
     if first:
         report["first_mismatch"] = first

@@ -59,8 +59,9 @@ def test_tiny_variant_is_bitexact_on_verilator(kind, tmp_path):
 
 
 def test_lanes_on_verilator_bitexact_and_cycle_model_exact(tmp_path):
-    """`make sim LANES=2` in small: the generated Verilog of a 2-lane accelerator is bit-exact
-    on Verilator, and sim.json (its "lanes" from design.json) finds the cycle model exact."""
+    """`make sim LANES=2` in small: the generated Verilog of a 2-lane accelerator (free
+    walkers) is bit-exact on Verilator, and sim.json (its "lanes" and "engine" from
+    design.json) finds the cycle model exact."""
     from sim.runner import run_simulation, summarize
     from tests.accelerator_fixtures import sample_images, tiny_artifact
     artifact = tiny_artifact("l1p-wide")
@@ -71,7 +72,8 @@ def test_lanes_on_verilator_bitexact_and_cycle_model_exact(tmp_path):
                          build_root=tmp_path / "build")
     check_bitexact(raw)
     report = summarize(raw, "verilator", "wide-x2", golden)
-    assert report["lanes"] == 2 and report["bitexact"] == len(images)
+    assert report["lanes"] == 2 and report["engine"] == "walkers"
+    assert report["bitexact"] == len(images)
     assert report["model_error"] == 0.0
 
 
