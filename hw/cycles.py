@@ -19,17 +19,19 @@ time step inner. The issue FSM, for each vector, per conv tap (a matmul has one 
 
     FETCH (1) -> per chunk of `chunk` input channels: LOAD_MASK (1) -> EMIT: one event
     per active input channel of the chunk, lowest first, each held until the engine accepts
-    it, then one cycle with an empty mask -> next chunk, or next tap (a tap of one chunk
-    without events costs exactly 3 cycles; a conv tap outside the image only its FETCH,
-    1 cycle) ... -> END (end marker, held until accepted) -> NEXT (1) -> FETCH of the next
-    vector
+    it; the last one's acceptance moves on (a chunk without events costs one EMIT cycle) ->
+    next chunk, or next tap (a tap of one chunk without events costs exactly 3 cycles; a conv
+    tap outside the image only its FETCH, 1 cycle) ... -> END (end marker, held until
+    accepted; it steps the read address on, so the next vector's FETCH overlaps it: its
+    acceptance goes to the next vector's LOAD_MASK, or to its FETCH where a conv's first tap
+    lies outside the image)
 
 The engine (hw/components/sparse.py) accepts event e at a_e = max(offer_e, L_{e-1}); its
 column-extent ROM read takes a cycle; the walker loads it at L_e = max(a_e + 1, last cycle of
 the previous column) and walks max(nnz(column), 1) cycles. The end marker is accepted at
 a_end = max(offer, L_last) and loaded into the walker at L_end; it takes its turn at L_end + 1,
 the drain starts the next cycle d0 = L_end + 2 and offers row r from d0 + 1 on, one per cycle.
-Conv and CSC matmul stages share one two-bank engine: L_end = max(a_end + 1, last column cycle,
+Conv and CSC matmul stages share one two-bank engine (one lane, or P row lanes): L_end = max(a_end + 1, last column cycle,
 X_prev + 1), the end marker waiting for the previous vector's drain (last result transfer
 X_prev), and the next vector's first event is accepted from L_end + 2 on, so its walk overlaps
 this drain. A rank-factored engine (one bank, its own per stage) drains z = B x (rank rows) the
@@ -343,7 +345,7 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                     if k == 0 and fetched:          # fetched during the END before
                         f -= ISSUE_FETCH
                     p = f + ISSUE_LOAD_MASK         # LOAD_MASK of the first chunk
-                    for c in range(chunks):         # EMIT; an empty mask costs one cycle
+                    for c in range(chunks):         # EMIT; a chunk without events: one cycle
                         in_chunk = channels[channels // chunk == c]
                         if len(in_chunk) == 0:
                             p += ISSUE_LOAD_MASK + ISSUE_EMPTY_MASK

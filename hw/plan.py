@@ -26,8 +26,8 @@ from model.ir.csc import dense_from_csc
 from model.ir.intops import acc_range, signed_bits
 
 __all__ = ["Plan", "StagePlan", "SharedLayout", "ValueBank", "CHUNK", "MIN_CHUNK",
-           "LOADABLE_CHUNK", "CYCLE_BITS", "TRACE_KINDS", "ENGINES", "WALKER_BANKS", "default_chunk",
-           "choose_chunk", "lane_column_sizes"]
+           "LOADABLE_CHUNK", "CYCLE_BITS", "TRACE_KINDS", "ENGINES", "WALKER_BANKS",
+           "default_chunk", "choose_chunk", "lane_column_sizes"]
 
 #: Channels per chunk: the issue FSM's mask loads and the collector's writes (rounded up to
 #: whole groups of lanes: `default_chunk`)
@@ -51,7 +51,7 @@ ENGINES = ("rows", "walkers")
 #: Accumulator banks of the walker engine: vectors in flight, one walked while the two before
 #: drain or wait for their drain (with two, a vector's walk must wait for the drain two back,
 #: and a vector of few events outruns it: q/k/v of the shipped L1P 1.20 x their bound on two
-#: lanes with two banks, 1.08 x with three; a fourth adds nothing)
+#: lanes with two banks, 1.08 x with three, the cycle model on 20 images; a fourth adds nothing)
 WALKER_BANKS = 3
 
 

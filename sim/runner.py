@@ -97,6 +97,13 @@ def _build(sim: str, hdl_dir: Path, build_dir: Path, waves: bool,
     return time.time() - started
 
 
+def _design_plan(design: dict) -> Plan:
+    """The plan a generated design was built from, rebuilt from its design.json (artifact,
+    lanes, chunk and the shared engine's organisation)."""
+    return Plan.build(load_artifact(design["artifact"]), design.get("lanes", 1),
+                      design.get("chunk"), engine=design.get("plan", {}).get("engine"))
+
+
 def _deadlines(expected: list[dict]) -> list[int]:
     """Cycles after which an image counts as hung: twice the cycle model's total and more
     (the harness feeds the next image at once, so the pixels and a margin are added)."""
@@ -140,8 +147,7 @@ def run_simulation(hdl_dir, golden_path, images, sim: str = "verilator", waves: 
     if bad:
         raise StforgeError(f"image {bad[0]} is not in {golden_path} (it holds {len(golden)})")
     design = json.loads((hdl_dir / "design.json").read_text())
-    plan = Plan.build(load_artifact(design["artifact"]), design.get("lanes", 1),
-                      design.get("chunk"), engine=design.get("plan", {}).get("engine"))
+    plan = _design_plan(design)
     expected = [inference_cycles(plan, *image_spikes(golden, i)) for i in images]
     random_init = random_init_seed is not None
     if random_init and sim != "verilator":
@@ -213,8 +219,7 @@ def summarize(raw: dict, sim: str, model: str, golden_path) -> dict:
     if imgs:
         # measured cycles beside the analytic cycle model and the ideal (work-bound) cycles
         design = json.loads((Path(raw["hdl_dir"]) / "design.json").read_text())
-        plan = Plan.build(load_artifact(design["artifact"]), design.get("lanes", 1),
-                          design.get("chunk"), engine=design.get("plan", {}).get("engine"))
+        plan = _design_plan(design)
         cyc = cycle_summary(plan, GoldenData(golden_path), measured=imgs,
                             indices=[r["image"] for r in imgs],
                             expected=raw.get("expected"))

@@ -42,8 +42,8 @@ class Accelerator(wiring.Component):
         Parallel lanes P (default 1): every unit handles P output channels side by side (the
         shared engine walks P stored weights per cycle, on P free walkers or P row lanes as
         `engine` says; the neuron array updates, the collector gathers, attention counts and
-        the head multiplies P at a time). Every layer needs at least 3 groups of P channels, attention heads a multiple
-        of P channels; ``loadable`` takes one lane only.
+        the head multiplies P at a time). Every layer needs at least 3 groups of P channels,
+        attention heads a multiple of P channels; ``loadable`` takes one lane only.
     chunk : int
         Channels per chunk (by default hw.cycles.CHUNK, 32, rounded up to a multiple of lanes:
         `hw.cycles.default_chunk`; a multiple of lanes): the issue FSM loads a source word's

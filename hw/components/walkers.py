@@ -11,10 +11,10 @@ walker busy. At the drain the P walkers' accumulators of a row are summed (an ad
 lane), P rows per result.
 
 Two or more accumulator banks let the walkers run ahead: once a vector's end marker has been
-taken, the next vector's events are walked into the next bank while the last walkers finish this
-one and it drains. A bank is drained once no walker holds one of its events, in vector order, and takes
-new events only once drained; a drain starts as early as the cycle the drain before issues its
-last result, so drains follow each other back to back.
+taken, the next vector's events are walked into the next bank while the last walkers finish
+this one and it drains. A bank is drained once no walker holds one of its events, in vector
+order, and takes new events only once drained; a drain starts as early as the cycle the drain
+before issues its last result, so drains follow each other back to back.
 
 Memories: the column-extent ROM (one read port, one event per cycle), an entry table per
 walker (its own read port; a copy each), and per walker, bank and lane an accumulator memory of
@@ -47,8 +47,8 @@ class WalkerMatmulEngine(wiring.Component):
     Parameters are SparseMatmulEngine's (``in_features``, ``out_features``, ``col_ptr``,
     ``row_idx``, ``values``, ``in_max``, ``acc_width``, ``variable_rows``) with ``walkers`` for
     ``lanes``: P walkers, P rows per result, and ``banks`` (default 2): vectors in flight, one
-    being walked while the ones before drain or wait for their drain. Members as SparseMatmulEngine's: ``i``, ``o``,
-    ``cycles`` and, with ``variable_rows``, ``rows``.
+    being walked while the ones before drain or wait for their drain. Members as
+    SparseMatmulEngine's: ``i``, ``o``, ``cycles`` and, with ``variable_rows``, ``rows``.
 
     Cycles of one vector, events offered every cycle and ``o`` always ready: `cycles_for`, from
     `hw.timing.WalkerTiming` (tests/hw/components/test_walkers.py checks it against the RTL).
@@ -163,7 +163,7 @@ class WalkerMatmulEngine(wiring.Component):
         acc_write = [[[None] * P for _ in banks] for _ in walkers]
         acc_read = [[[None] * P for _ in banks] for _ in walkers]
         for w in walkers:
-            for b in range(self._banks):
+            for b in banks:
                 for p in range(P):
                     bank = Memory(shape=signed(self._acc_width), depth=groups, init=[],
                                   attrs=block_ram_attrs(signed(self._acc_width), groups))
@@ -179,6 +179,7 @@ class WalkerMatmulEngine(wiring.Component):
 
         def next_bank(bank):
             return Mux(bank == self._banks - 1, 0, bank + 1)
+
         in_bank = Signal(bank_shape)
         closed = Signal(self._banks)            # per bank: end marker taken, not drained
         busy = [Signal(name=f"busy{w}") for w in walkers]
