@@ -316,6 +316,7 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
     counts = values[stage.source]
     counts = counts.reshape(counts.shape[0], positions, -1)   # at the stage's resolution
     replay = stage.static_replay
+    prefetch = plan.issue_prefetch and is_conv
     engine = _engine_of(plan, stage)
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
     chunks = -(-counts.shape[-1] // chunk)      # the issuer's mask loads per word
@@ -338,12 +339,20 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                 if t == T - 1:
                     feeder_ready = last_acc + 1
             else:
+                leading = True                      # no tap inside the image yet
                 for k, channels in enumerate(_tap_masks(node, counts, t, pos)):
                     if channels is None:            # outside the image: FETCH skips it
-                        f += ISSUE_FETCH
+                        if not prefetch:            # (prefetch: one jump, to the first inside)
+                            f += ISSUE_FETCH
+                        elif leading and k == 0:
+                            f += ISSUE_FETCH
                         continue
-                    if k == 0 and fetched:          # fetched during the END before
+                    if leading:
+                        if k == 0 and fetched:      # fetched during the END before
+                            f -= ISSUE_FETCH
+                    elif prefetch:                  # fetched at the LOAD_MASK before
                         f -= ISSUE_FETCH
+                    leading = False
                     p = f + ISSUE_LOAD_MASK         # LOAD_MASK of the first chunk
                     for c in range(chunks):         # EMIT; a chunk without events: one cycle
                         in_chunk = channels[channels // chunk == c]

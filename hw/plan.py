@@ -163,6 +163,13 @@ class Plan:
     engine: str = "rows"        # the shared engine's organisation (ENGINES)
 
     @property
+    def issue_prefetch(self) -> bool:
+        """The issue FSM fetches a conv's next tap while the one before emits (IssueFSM
+        ``prefetch``): from two lanes on, where the engine no longer hides the FETCH between
+        taps (one lane: 0.5 % of the shipped L1P's cycles, and no room on the UP5K)."""
+        return self.lanes > 1
+
+    @property
     def engine_banks(self) -> int:
         """Accumulator banks of the shared engine: WALKER_BANKS, or the row engine's two."""
         return WALKER_BANKS if self.engine == "walkers" else 2

@@ -51,6 +51,14 @@ class IssueFSM(wiring.Component):
     MLP's hidden layer); the source word stays on the read port meanwhile. A static first conv
     issues step 0 only. hw/cycles.py models it cycle for cycle.
 
+    With ``prefetch`` (hw.plan `Plan.issue_prefetch`: more than one lane, where the issue FSM
+    rather than the engine bounds a conv) a conv tap's word is needed no longer than its last
+    chunk's LOAD_MASK: the mask holds the events and a register the chunk's counts. So the
+    read address moves on there, straight to the next tap inside the image, and the next tap's
+    LOAD_MASK follows the last event at once: no FETCH between taps, and taps outside the
+    image cost nothing, except at a vector's start (one FETCH cycle jumps to its first tap
+    inside).
+
     Members
     -------
     start : In(1)
@@ -72,9 +80,10 @@ class IssueFSM(wiring.Component):
     FETCH_CYCLES, LOAD_CYCLES = timing.ISSUE_FETCH, timing.ISSUE_LOAD_MASK
     EMPTY_CYCLES, END_CYCLES = timing.ISSUE_EMPTY_MASK, timing.ISSUE_END
 
-    def __init__(self, stages, timesteps: int, chunk: int):
+    def __init__(self, stages, timesteps: int, chunk: int, prefetch: bool = False):
         self._stages = list(stages)
         self._T = timesteps
+        self._prefetch = bool(prefetch)
         widest = max(max(s.inputs for s in self._stages), 1)
         self._n_mask = min(widest, chunk)
         self._chunks = -(-widest // self._n_mask)
@@ -113,7 +122,11 @@ class IssueFSM(wiring.Component):
             y=Signal(range(self._h), name="y"), x=Signal(range(self._wd), name="x"),
             tap=Signal(range(10), name="tap"), chunk=Signal(range(self._chunks), name="chunk"),
             mask=Signal(self._n_mask, name="mask"), lowest=Signal(self._n_mask, name="lowest"),
-            finishing=Signal(name="finishing"))
+            finishing=Signal(name="finishing"),
+            # prefetch: the tap's counts, and whether a tap inside the image follows it
+            held=Signal(data.ArrayLayout(unsigned(self._count_bits), self._n_mask),
+                        name="held") if self._prefetch and self._count_bits > 1 else None,
+            more_taps=Signal(name="more_taps") if self._prefetch else None)
 
     def _stage_constants(self, m, r):
         """The active stage's constants and its chunk of source counts: every stage's word is
@@ -162,6 +175,24 @@ class IssueFSM(wiring.Component):
         m.d.comb += [self.ny.eq(r.y + dy), self.nx.eq(r.x + dx),
                      k.inside.eq((self.ny >= 0) & (self.ny < k.h) &
                                  (self.nx >= 0) & (self.nx < k.wd))]
+        if self._prefetch:
+            self._next_inside_tap(m, r, k)
+
+    def _next_inside_tap(self, m, r, k):
+        """Prefetch: the first tap after ``tap`` inside the image (``next_tap``) and whether
+        there is one (``has_next``), from the position's four edges: a priority choice over
+        the taps after it. The centre tap is always inside, so from tap 0 there is one."""
+        row_ok = [r.y != 0, Const(1), r.y != k.h - 1]
+        col_ok = [r.x != 0, Const(1), r.x != k.wd - 1]
+        inside = [row_ok[t // 3] & col_ok[t % 3] for t in range(9)]
+        k.next_tap = Signal.like(r.tap, name="next_tap")
+        k.has_next = Signal(name="has_next")
+        with m.Switch(r.tap):
+            for tap in range(8):
+                with m.Case(tap):
+                    for later in reversed(range(tap + 1, 9)):   # the lowest one wins
+                        with m.If(inside[later]):
+                            m.d.comb += [k.next_tap.eq(later), k.has_next.eq(1)]
 
     def _emitter(self, m, r, k):
         """The event: its count, and its engine column. `lowest` is the lowest set bit of
@@ -175,7 +206,8 @@ class IssueFSM(wiring.Component):
         m.d.comb += nonzero.eq(Cat(*[k.counts[i] != 0 for i in range(n_mask)]))
         low_count = Signal(bits, name="low_count")
         if bits > 1:
-            m.d.comb += low_count.eq(or_all([k.counts[i] & r.lowest[i].replicate(bits)
+            counts = k.counts if r.held is None else r.held     # prefetch: the word moved on
+            m.d.comb += low_count.eq(or_all([counts[i] & r.lowest[i].replicate(bits)
                                              for i in range(n_mask)]))
         else:               # a mask bit is set only where the count is 1
             m.d.comb += low_count.eq(1)
@@ -185,8 +217,12 @@ class IssueFSM(wiring.Component):
         m.d.comb += low_scaled.eq(or_all(
             [Mux(k.is_conv, Const(9 * c, width), Const(c, width)) & r.lowest[c].replicate(width)
              for c in range(1, n_mask)]))
-        m.d.sync += index_base.eq(k.col_base + Mux(k.is_conv, r.chunk * (9 * n_mask) + r.tap,
-                                                   r.chunk * n_mask))
+        base = k.col_base + Mux(k.is_conv, r.chunk * (9 * n_mask) + r.tap, r.chunk * n_mask)
+        if self._prefetch:      # the tap moves on during EMIT: the base is the loaded chunk's
+            k.index_base = index_base
+            k.index_base_next = base
+        else:
+            m.d.sync += index_base.eq(base)
         m.d.comb += [self.events.payload.count.eq(low_count)]
         # the mask once the event is taken, and its lowest bit: from registers only, so the
         # engine's ready (a long path from its walker) only enables the registers' update
@@ -249,10 +285,16 @@ class IssueFSM(wiring.Component):
                 m.next = "LOAD_MASK"
             with m.Else():
                 m.d.sync += r.chunk.eq(0)
-                with m.If(k.is_conv):
-                    next_tap()
-                with m.Else():
-                    enter_end()
+                if self._prefetch:  # the address moved on at LOAD_MASK: its word is there
+                    with m.If(k.is_conv & r.more_taps):
+                        m.next = "LOAD_MASK"
+                    with m.Else():
+                        enter_end()
+                else:
+                    with m.If(k.is_conv):
+                        next_tap()
+                    with m.Else():
+                        enter_end()
 
         with m.FSM(name="issue"):
             with m.State("IDLE"):
@@ -262,10 +304,24 @@ class IssueFSM(wiring.Component):
                 # the read address is valid this cycle; data arrives next cycle
                 m.next = "LOAD_MASK"
                 with m.If(k.is_conv & ~k.inside):   # a tap outside the image: 1 cycle, not 3
-                    next_tap()
+                    if self._prefetch:              # on to the first tap inside
+                        m.d.sync += r.tap.eq(k.next_tap)
+                        m.next = "FETCH"
+                    else:
+                        next_tap()
             with m.State("LOAD_MASK"):
                 self._set_mask(m, r, e.nonzero)
                 m.next = "EMIT"
+                if self._prefetch:
+                    # the mask (and `held`) keep the chunk: after a conv tap's last chunk the
+                    # address moves on to the next tap inside the image
+                    m.d.sync += k.index_base.eq(k.index_base_next)
+                    if r.held is not None:
+                        m.d.sync += r.held.eq(k.counts)
+                    with m.If(r.chunk == k.chunk_last):
+                        m.d.sync += r.more_taps.eq(k.has_next)
+                        with m.If(k.is_conv & k.has_next):
+                            m.d.sync += r.tap.eq(k.next_tap)
             with m.State("EMIT"):
                 # the read address is held, so the source word stays valid while emitting;
                 # the chunk is over as its last event is taken, or at once without events

@@ -297,7 +297,8 @@ class Accelerator(wiring.Component):
                 self.pixel_bits if image else self._count_bits(s.source)))
         if not issued:
             return None
-        m.submodules.issue = issuer = IssueFSM(issued, self.T, self.chunk)
+        m.submodules.issue = issuer = IssueFSM(issued, self.T, self.chunk,
+                                                   prefetch=self.plan.issue_prefetch)
         m.d.comb += issuer.active.eq(active)
         return issuer
 

@@ -28,24 +28,33 @@ def source_counts(stage, rng):
     return np.where(rng.random(counts.shape) < 0.5, 0, counts)
 
 
-def expected(stage, counts, chunk):
+def expected(stage, counts, chunk, prefetch=False):
     """[(index, count, end)] and the cycles the FSM takes per the documented timing (always
     ready): FETCH 1 per tap (a tap outside the image costs that alone; a vector's first tap
     inside the image is fetched during the END before, except the first vector's), per chunk
-    LOAD_MASK 1 and one per event (one cycle for a chunk without events), then END."""
+    LOAD_MASK 1 and one per event (one cycle for a chunk without events), then END. With
+    `prefetch`, a conv's taps after its first inside the image cost no FETCH, and taps outside
+    it none either, except one FETCH where a vector's tap 0 lies outside."""
     events, cycles = [], 0
     n_mask = min(chunk, max(s.inputs for s in (CONV, MATMUL, STATIC)))
     chunks = -(-stage.inputs // n_mask)
     for p in range(stage.positions):
         y, x = divmod(p, stage.width)
         for t in range(1 if stage.static_replay else T):
+            leading = True
             for tap in range(9 if stage.is_conv else 1):
                 ny, nx = y + tap // 3 - 1, x + tap % 3 - 1
                 inside = not stage.is_conv or (0 <= ny < stage.height and 0 <= nx < stage.width)
-                if not (tap == 0 and inside and events):    # else fetched during END
+                if prefetch and stage.is_conv:
+                    if tap == 0 and not (inside and events):    # a jump, or the first FETCH
+                        cycles += IssueFSM.FETCH_CYCLES
+                    if inside and leading and tap > 0:          # the jump's target
+                        cycles += IssueFSM.FETCH_CYCLES
+                elif not (tap == 0 and inside and events):    # else fetched during END
                     cycles += IssueFSM.FETCH_CYCLES
                 if not inside:
                     continue
+                leading = False
                 source = counts[t, ny * stage.width + nx] if stage.is_conv else counts[t, p]
                 for c in np.flatnonzero(source):
                     column = c * 9 + tap if stage.is_conv else c
@@ -58,10 +67,10 @@ def expected(stage, counts, chunk):
     return events, cycles
 
 
-def run(stages, chunk, seed, stall=False):
+def run(stages, chunk, seed, stall=False, prefetch=False):
     rng = np.random.default_rng(seed)
     counts = {s.id: source_counts(s, rng) for s in stages}
-    dut = IssueFSM(stages, T, chunk)
+    dut = IssueFSM(stages, T, chunk, prefetch=prefetch)
     got, spans, clock = {s.id: [] for s in stages}, {}, CycleClock()
     waits = random.Random(seed)
 
@@ -107,19 +116,21 @@ def run(stages, chunk, seed, stall=False):
     return counts, got, spans
 
 
-@pytest.mark.parametrize("chunk, seed", [(32, 1), (16, 2), (40, 3)])
-def test_events_in_order_and_in_the_documented_cycles(chunk, seed):
+@pytest.mark.parametrize("chunk, seed, prefetch", [(32, 1, False), (16, 2, False),
+                                                   (40, 3, False), (32, 6, True),
+                                                   (16, 7, True), (2, 8, True)])
+def test_events_in_order_and_in_the_documented_cycles(chunk, seed, prefetch):
     stages = [CONV, MATMUL, STATIC]
-    counts, got, spans = run(stages, chunk, seed)
+    counts, got, spans = run(stages, chunk, seed, prefetch=prefetch)
     for s in stages:
-        events, cycles = expected(s, counts[s.id], chunk)
+        events, cycles = expected(s, counts[s.id], chunk, prefetch)
         assert got[s.id] == events, s
         assert spans[s.id] == cycles, s
 
 
-@pytest.mark.parametrize("seed", [4, 5])
-def test_back_pressure_changes_no_event(seed):
+@pytest.mark.parametrize("seed, prefetch", [(4, False), (5, False), (9, True), (10, True)])
+def test_back_pressure_changes_no_event(seed, prefetch):
     stages = [CONV, MATMUL]
-    counts, got, _ = run(stages, 32, seed, stall=True)
+    counts, got, _ = run(stages, 32 if seed < 10 else 2, seed, stall=True, prefetch=prefetch)
     for s in stages:
-        assert got[s.id] == expected(s, counts[s.id], 32)[0]
+        assert got[s.id] == expected(s, counts[s.id], 32 if seed < 10 else 2, prefetch)[0]
