@@ -26,6 +26,12 @@ time step inner. The issue FSM, for each vector, per conv tap (a matmul has one 
     acceptance goes to the next vector's LOAD_MASK, or to its FETCH where a conv's first tap
     lies outside the image)
 
+From two lanes on the issue FSM prefetches (`Plan.issue_prefetch`, IssueFSM ``prefetch``): the
+address moves on at a word's last LOAD_MASK, so a conv's next tap inside the image is loaded the
+cycle after the last event (no FETCH; taps outside the image cost nothing), and the next
+vector's first chunk as the END is taken (no LOAD_MASK; where a conv's tap 0 lies outside the
+image, one FETCH cycle jumps to its first tap inside and another fetches it).
+
 The engine (hw/components/sparse.py) accepts event e at a_e = max(offer_e, L_{e-1}); its
 column-extent ROM read takes a cycle; the walker loads it at L_e = max(a_e + 1, last cycle of
 the previous column) and walks max(nnz(column), 1) cycles. The end marker is accepted at
@@ -316,7 +322,7 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
     counts = values[stage.source]
     counts = counts.reshape(counts.shape[0], positions, -1)   # at the stage's resolution
     replay = stage.static_replay
-    prefetch = plan.issue_prefetch and is_conv
+    prefetch = plan.issue_prefetch
     engine = _engine_of(plan, stage)
     taps_of = (lambda j, k: j * 9 + k) if is_conv else (lambda j, k: j)
     chunks = -(-counts.shape[-1] // chunk)      # the issuer's mask loads per word
@@ -350,6 +356,8 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                     if leading:
                         if k == 0 and fetched:      # fetched during the END before
                             f -= ISSUE_FETCH
+                            if prefetch:            # and loaded as the END is taken
+                                f -= ISSUE_LOAD_MASK
                     elif prefetch:                  # fetched at the LOAD_MASK before
                         f -= ISSUE_FETCH
                     leading = False

@@ -20,7 +20,8 @@ NEURON_LATENCY = 4
 #: IssueFSM: FETCH per tap (a conv tap outside the image costs this alone; a vector's first tap
 #: inside the image, after the first vector, is fetched during END and costs nothing), LOAD_MASK
 #: per chunk, the cycle a chunk without events costs in EMIT (a chunk's last event moves on as
-#: it is taken), and END after a vector's last tap
+#: it is taken), and END after a vector's last tap. With prefetch (two lanes and more) the
+#: taps after a vector's first cost no FETCH, and its first chunk no LOAD_MASK after an END
 ISSUE_FETCH = 1
 ISSUE_LOAD_MASK = 1
 ISSUE_EMPTY_MASK = 1

@@ -52,12 +52,13 @@ class IssueFSM(wiring.Component):
     issues step 0 only. hw/cycles.py models it cycle for cycle.
 
     With ``prefetch`` (hw.plan `Plan.issue_prefetch`: more than one lane, where the issue FSM
-    rather than the engine bounds a conv) a conv tap's word is needed no longer than its last
-    chunk's LOAD_MASK: the mask holds the events and a register the chunk's counts. So the
-    read address moves on there, straight to the next tap inside the image, and the next tap's
-    LOAD_MASK follows the last event at once: no FETCH between taps, and taps outside the
-    image cost nothing, except at a vector's start (one FETCH cycle jumps to its first tap
-    inside).
+    rather than the engine bounds a layer) a word is needed no longer than its last chunk's
+    LOAD_MASK: the mask holds the events and a register (`held`) the chunk's counts. So the
+    read address moves on there, to a conv's next tap inside the image or to the next vector:
+    the next tap's LOAD_MASK follows the last event at once (no FETCH between taps, none for
+    taps outside the image), and the next vector's first chunk is loaded as the END is taken
+    (no LOAD_MASK cycle), except where its tap 0 lies outside the image: then one FETCH cycle
+    jumps to its first tap inside, and another fetches it.
 
     Members
     -------
@@ -286,15 +287,31 @@ class IssueFSM(wiring.Component):
             with m.Else():
                 m.d.sync += r.chunk.eq(0)
                 if self._prefetch:  # the address moved on at LOAD_MASK: its word is there
-                    with m.If(k.is_conv & r.more_taps):
+                    with m.If(r.more_taps):
                         m.next = "LOAD_MASK"
                     with m.Else():
-                        enter_end()
+                        m.next = "END"
                 else:
                     with m.If(k.is_conv):
                         next_tap()
                     with m.Else():
                         enter_end()
+
+        def load_chunk():           # LOAD_MASK: the chunk's events into the mask, then EMIT
+            self._set_mask(m, r, e.nonzero)
+            m.next = "EMIT"
+            if self._prefetch:
+                # the mask (and `held`) keep the chunk: after the word's last chunk the address
+                # moves on, to the conv's next tap inside the image or to the next vector
+                m.d.sync += k.index_base.eq(k.index_base_next)
+                if r.held is not None:
+                    m.d.sync += r.held.eq(k.counts)
+                with m.If(r.chunk == k.chunk_last):
+                    with m.If(k.is_conv & k.has_next):
+                        m.d.sync += [r.tap.eq(k.next_tap), r.more_taps.eq(1)]
+                    with m.Else():
+                        m.d.comb += vector_over.eq(1)
+                        m.d.sync += r.more_taps.eq(0)
 
         with m.FSM(name="issue"):
             with m.State("IDLE"):
@@ -310,18 +327,7 @@ class IssueFSM(wiring.Component):
                     else:
                         next_tap()
             with m.State("LOAD_MASK"):
-                self._set_mask(m, r, e.nonzero)
-                m.next = "EMIT"
-                if self._prefetch:
-                    # the mask (and `held`) keep the chunk: after a conv tap's last chunk the
-                    # address moves on to the next tap inside the image
-                    m.d.sync += k.index_base.eq(k.index_base_next)
-                    if r.held is not None:
-                        m.d.sync += r.held.eq(k.counts)
-                    with m.If(r.chunk == k.chunk_last):
-                        m.d.sync += r.more_taps.eq(k.has_next)
-                        with m.If(k.is_conv & k.has_next):
-                            m.d.sync += r.tap.eq(k.next_tap)
+                load_chunk()
             with m.State("EMIT"):
                 # the read address is held, so the source word stays valid while emitting;
                 # the chunk is over as its last event is taken, or at once without events
@@ -345,7 +351,10 @@ class IssueFSM(wiring.Component):
                     with m.Elif(k.is_conv & ~k.inside):
                         m.next = "FETCH"
                     with m.Else():
-                        m.next = "LOAD_MASK"
+                        if self._prefetch:      # its word has been there since LOAD_MASK
+                            load_chunk()
+                        else:
+                            m.next = "LOAD_MASK"
             with m.State("DRAIN"):
                 # the collector ends the stage; the next one may start in that very cycle
                 with m.If(self.start):

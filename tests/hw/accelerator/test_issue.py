@@ -34,23 +34,25 @@ def expected(stage, counts, chunk, prefetch=False):
     inside the image is fetched during the END before, except the first vector's), per chunk
     LOAD_MASK 1 and one per event (one cycle for a chunk without events), then END. With
     `prefetch`, a conv's taps after its first inside the image cost no FETCH, and taps outside
-    it none either, except one FETCH where a vector's tap 0 lies outside."""
+    it none either, except one FETCH where a vector's tap 0 lies outside; and a vector's first
+    chunk is loaded as the END before it is taken (its LOAD_MASK costs nothing), except the
+    first vector's and where its tap 0 lies outside."""
     events, cycles = [], 0
     n_mask = min(chunk, max(s.inputs for s in (CONV, MATMUL, STATIC)))
     chunks = -(-stage.inputs // n_mask)
     for p in range(stage.positions):
         y, x = divmod(p, stage.width)
         for t in range(1 if stage.static_replay else T):
-            leading = True
+            leading, after_end = True, bool(events)
             for tap in range(9 if stage.is_conv else 1):
                 ny, nx = y + tap // 3 - 1, x + tap % 3 - 1
                 inside = not stage.is_conv or (0 <= ny < stage.height and 0 <= nx < stage.width)
                 if prefetch and stage.is_conv:
-                    if tap == 0 and not (inside and events):    # a jump, or the first FETCH
+                    if tap == 0 and not (inside and after_end):     # a jump, or the first FETCH
                         cycles += IssueFSM.FETCH_CYCLES
                     if inside and leading and tap > 0:          # the jump's target
                         cycles += IssueFSM.FETCH_CYCLES
-                elif not (tap == 0 and inside and events):    # else fetched during END
+                elif not (tap == 0 and inside and after_end):     # else fetched during END
                     cycles += IssueFSM.FETCH_CYCLES
                 if not inside:
                     continue
@@ -62,6 +64,8 @@ def expected(stage, counts, chunk, prefetch=False):
                 for c in range(chunks):     # a chunk's last event moves on as it is taken
                     active = int(np.count_nonzero(source[c * n_mask:(c + 1) * n_mask]))
                     cycles += IssueFSM.LOAD_CYCLES + (active or IssueFSM.EMPTY_CYCLES)
+                if prefetch and tap == 0 and after_end:     # loaded as the END before is taken
+                    cycles -= IssueFSM.LOAD_CYCLES
             events.append((0, None, 1))
             cycles += IssueFSM.END_CYCLES                           # END
     return events, cycles
