@@ -64,6 +64,8 @@ class ModelConfig:
     surrogate: str = "atan"            # the spike's surrogate gradient: "atan" or "sigmoid"
     surrogate_alpha: float | None = None   # its sharpness (None: atan 2, sigmoid 4)
     detach_reset: bool = False         # no gradient through the reset (the official code's)
+    linear_bias: bool = False          # a bias on every block matrix (the official code's Linear
+                                       # layers); folded with its BatchNorm at export
 
     @property
     def tokens(self) -> int:

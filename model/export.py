@@ -163,6 +163,8 @@ def export_model(model: SpikingTransformer, config: Config, split: DataSplit, pa
         def unit(name, src):
             mat = block.matrices[name]
             gain, offset = _bn(block.norms[name])
+            if mat.bias is not None:        # BN(W x + c) = gain W x + (gain c + offset)
+                offset = offset + gain * mat.bias.detach().double().numpy()
             node = {"name": p + name, "op": "matmul", "inputs": [src],
                     "in_features": mat.in_features, "out_features": mat.out_features}
             if mat.low_rank:

@@ -106,4 +106,6 @@ def to_low_rank(model: SpikingTransformer, cfg: PruneConfig | None = None, *,
         with torch.no_grad():
             m.a.weight.copy_(u[:, :r] * root)
             m.b.weight.copy_(root[:, None] * vh[:r])
+            if old.bias is not None:
+                m.bias.copy_(old.bias)
     return new

@@ -57,18 +57,25 @@ class BlockMatrix(nn.Module):
     Dense form: `linear.weight` with a fixed 0/1 `mask` buffer (L1P zeros stay zero).
     Rank-factored form (rank r): y = A (B x), B (r x in) then A (out x r). B gets one per-tensor
     scale when quantized, so B x stays an integer accumulation that A's per-row scale multiplies.
+    With `bias`, y = W x + b (b on A in the factored form).
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int | None = None,
-                 weight_bits: int | None = None):
+                 weight_bits: int | None = None, bias: bool = False):
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         if rank is None:
-            self.linear = make_linear(in_features, out_features, weight_bits)
+            self.linear = make_linear(in_features, out_features, weight_bits, bias=bias)
             self.register_buffer("mask", torch.ones(out_features, in_features))
         else:
             self.b = make_linear(in_features, rank, weight_bits, per_channel=False)
-            self.a = make_linear(rank, out_features, weight_bits)
+            self.a = make_linear(rank, out_features, weight_bits, bias=bias)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The float bias added to W x (``model.linear_bias``; never pruned nor quantized: the
+        export folds it with the BatchNorm after it into the neuron's integer bias), or None."""
+        return (self.a if self.low_rank else self.linear).bias
 
     @property
     def low_rank(self) -> bool:
@@ -125,7 +132,7 @@ class EncoderBlock(nn.Module):
                   "mlp2": (hidden, d)}
         self.heads, self.scale = cfg.heads, cfg.attn_scale
         self.matrices = nn.ModuleDict({
-            name: BlockMatrix(i, o, ranks.get(name), weight_bits)
+            name: BlockMatrix(i, o, ranks.get(name), weight_bits, bias=cfg.linear_bias)
             for name, (i, o) in shapes.items()})
         self.norms = nn.ModuleDict({name: nn.BatchNorm1d(o) for name, (i, o) in shapes.items()})
         self.neurons = nn.ModuleDict({name: make_neuron(neuron, o, leak_bits=leak_bits, cfg=cfg)

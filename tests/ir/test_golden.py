@@ -116,3 +116,99 @@ def test_a_row_without_weights_gets_a_precise_scale():
     assert bias[0] == 1 << DEAD_ROW_BITS
     assert threshold[0] == int(np.ceil(0.343 / 0.359 * (1 << DEAD_ROW_BITS) - 1e-9))
     assert bias[1] == round(0.1 / 0.02 * 256) and threshold[1] == int(np.ceil(0.5 / 0.02 * 256))
+
+
+
+def _arrays(graph) -> dict:
+    """Every integer array of an exported graph, by (node, array)."""
+    return {(node.name, a): getattr(node, a) for node in graph.nodes for a in node.ARRAYS}
+
+
+@pytest.fixture(scope="module")
+def biased_variants():
+    """{"dense", "l1p", "dsp"} -> quantized sLIF models with ``model.linear_bias`` (the official
+    Spikformer's Linear layers): random weights and biases, default BN."""
+    from model.config import config_from_dict
+    from model.pruning import l1p_prune, to_low_rank
+    from model.train import rebuild
+    from model.transformer import SpikingTransformer
+    config = config_from_dict({"model": {"linear_bias": True}})
+    torch.manual_seed(1)
+    dense = SpikingTransformer(config.model, "slif")
+    with torch.no_grad():
+        for n in dense.neurons():
+            n.u_th.uniform_(0.3, 1.5)
+            n.w_tau.uniform_(-1.5, 1.5)
+        for _, mat in dense.block_matrices():
+            mat.bias.uniform_(-0.5, 0.5)
+    l1p = rebuild(dense)
+    l1p_prune(l1p, 0.9)
+    dsp = to_low_rank(dense, rank=4)
+    return {name: (rebuild(m, weight_bits=8, leak_bits=8).eval(), config)
+            for name, m in (("dense", dense), ("l1p", l1p), ("dsp", dsp))}
+
+
+def _bias_moved_into_norms(model, config):
+    """The same model without block-matrix biases, each BatchNorm's shift absorbing gain * c."""
+    from model.transformer import SpikingTransformer
+    plain = SpikingTransformer(config.model, model.neuron_kind, model.ranks, model.weight_bits,
+                               model.leak_bits)
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.endswith((".linear.bias", ".a.bias"))}
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        for block, plain_block in zip(model.blocks, plain.blocks):
+            for name, mat in block.matrices.items():
+                norm = plain_block.norms[name]
+                norm.bias.add_(norm.weight / torch.sqrt(norm.running_var + norm.eps) * mat.bias)
+    return plain.eval()
+
+
+@pytest.mark.parametrize("variant", ["dense", "l1p", "dsp"])
+def test_linear_biases_fold_into_the_neuron_bias(biased_variants, digits, tmp_path, variant):
+    """A block matrix's bias c (``model.linear_bias``: the official Spikformer's Linear layers)
+    folds with its BatchNorm, BN(W x + c) = gain W x + (gain c + offset): the biased model
+    exports, integer for integer, as the unbiased one whose BN shifts absorbed gain c (a
+    neuron bias within the float32 rounding of that stored shift), and differently from it
+    without that shift; the golden model tracks the biased quantized model
+    layer by layer (random weights: rounding is the only difference)."""
+    from model.config import config_from_dict
+    from model.export import export_model
+    model, config = biased_variants[variant]
+    plain_config = config_from_dict({"model": {"linear_bias": False}})
+    biased = export_model(model, config, digits, tmp_path / "biased")
+    moved = export_model(_bias_moved_into_norms(model, plain_config), plain_config, digits,
+                         tmp_path / "moved")
+    got, want = _arrays(biased), _arrays(moved)
+    assert got.keys() == want.keys()
+    for key in got:     # the moved shift is stored in float32 (2^-24 of it, relative)
+        if key[1] == "bias" and key[0].startswith("block"):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1, err_msg=str(key))
+        else:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=str(key))
+    dropped = type(model)(plain_config.model, model.neuron_kind, model.ranks, model.weight_bits,
+                          model.leak_bits)
+    dropped.load_state_dict({k: v for k, v in model.state_dict().items()
+                             if not k.endswith((".linear.bias", ".a.bias"))})
+    without = _arrays(export_model(dropped.eval(), plain_config, digits, tmp_path / "without"))
+    differ = [key for key in got if key[1] == "bias" and key[0].startswith("block0.")
+              and key in without and (got[key].shape != without[key].shape or   # other
+                                       np.abs(got[key] - without[key]).max() > 1)]  # silent
+    assert len(differ) >= 5, differ
+    r = compare_with_model(model, biased, digits.x_test[:60], digits.y_test[:60],
+                           digits.input_scale)
+    for name, agree in r["layer_spike_agreement"].items():
+        assert agree >= 0.99, name
+    assert r["agreement"] >= 0.95
+
+
+def test_rank_factoring_keeps_the_linear_bias():
+    """DSP's A B keeps the dense matrix's bias c (on A): y = A (B x) + c."""
+    from model.config import config_from_dict
+    from model.pruning import to_low_rank
+    from model.transformer import SpikingTransformer
+    torch.manual_seed(2)
+    dense = SpikingTransformer(config_from_dict({"model": {"linear_bias": True}}).model, "slif")
+    factored = to_low_rank(dense, rank=4)
+    for (name, old), (_, new) in zip(dense.block_matrices(), factored.block_matrices()):
+        assert new.low_rank and torch.equal(new.bias, old.bias), name
