@@ -248,6 +248,11 @@ def _check_configuration(graph, lanes, chunk, loadable):
         raise ValueError(f"lanes = {lanes}: a loadable accelerator (the iCE40 build, tables "
                          f"written by the host) takes one lane only")
     for node in graph.neurons:
+        if isinstance(node, Conv) and node.pool and node.pool_kernel != 2:
+            # the collector ORs each position into one pooled word: a 3x3 window overlaps
+            raise ValueError(f"{node.name} pools 3x3 with stride 2 (the official SPS's "
+                             f"MaxPool2d(3, 2, 1)); the accelerator pools 2x2 only so far")
+    for node in graph.neurons:
         name, width = node.name, node.channels
         if -(-width // lanes) < 3:
             # the neuron array runs without its hazard stall: a neuron comes back only after

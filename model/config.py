@@ -52,6 +52,8 @@ class ModelConfig:
     image_size: int = 8
     stem_channels: list[int] = field(default_factory=lambda: [16, 32])
     stem_pool: list[bool] = field(default_factory=lambda: [True, False])
+    stem_pool_kernel: int = 2          # the pooled stages' stride-2 OR window: 2 (2x2) or 3 (3x3,
+                                       # padding 1: the official SPS's MaxPool2d(3, 2, 1))
     rpe: bool = False                  # relative position embedding conv after the stem
     dim: int = 32
     depth: int = 1
@@ -147,6 +149,8 @@ class Config:
         _check(m.surrogate in SURROGATES, f"model.surrogate must be one of "
                                           f"{', '.join(SURROGATES)}, not {m.surrogate!r}")
         _check(len(m.stem_channels) >= 1, "model.stem_channels must not be empty")
+        _check(m.stem_pool_kernel in (2, 3),
+               f"model.stem_pool_kernel must be 2 or 3, not {m.stem_pool_kernel!r}")
         _check(len(m.stem_pool) == len(m.stem_channels),
                f"model.stem_pool has {len(m.stem_pool)} entries but model.stem_channels has "
                f"{len(m.stem_channels)}")

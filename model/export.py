@@ -138,6 +138,8 @@ def export_model(model: SpikingTransformer, config: Config, split: DataSplit, pa
                 "width": cfg.image_size // 2 ** sum(cfg.stem_pool[:i]),
                 "pool": bool(cfg.stem_pool[i]), "format": fmt,
                 "weight": bld.put(f"stem{i}.weight", w), "weight_bits": model.weight_bits}
+        if cfg.stem_pool[i] and cfg.stem_pool_kernel != 2:
+            node["pool_kernel"] = cfg.stem_pool_kernel
         bld.neuron(node, neuron, a, offset)
         bld.nodes.append(node)
         prev, prev_max_scale = node["name"], 1.0

@@ -248,8 +248,11 @@ class SpikingTransformer(nn.Module):
                                                      self.stem_neurons)):
             x = self._conv_unit(conv, norm, neuron, x)
             if cfg.stem_pool[i]:
-                # Max-pooling binary spikes is an OR over each 2x2 window.
-                x = nn.functional.max_pool2d(x.flatten(0, 1), 2)
+                # Max-pooling binary spikes is an OR over each window (2x2, or 3x3 padded by
+                # one: padding never fires)
+                flat = x.flatten(0, 1)
+                x = nn.functional.max_pool2d(flat, 2) if cfg.stem_pool_kernel == 2 else \
+                    nn.functional.max_pool2d(flat, 3, 2, 1)
                 x = x.view(T, B, *x.shape[1:])
             if trace is not None:
                 trace[f"stem{i}"] = x

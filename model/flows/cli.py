@@ -7,6 +7,7 @@
     stforge finetune  --in pruned.pt --neuron slif|lif --out ft.pt
     stforge quantize  --in ft.pt --bits 8 --out q.pt
     stforge evaluate  --in q.pt
+    stforge import-spikformer CKPT --arch A --out m.pt the official Spikformer's checkpoint
     stforge export    l1p=q.pt [dsp=...]                artifacts + golden.json (make export)
     stforge golden-data ART.json --out g.npz           golden spikes for the simulator
     stforge hdl       ART.json --out DIR [--lanes N]   Verilog + design.json (make hdl)
@@ -93,6 +94,22 @@ def cmd_train(args):
     model, curve = train_dense(config, _data(config), args.seed, progress=not args.quiet)
     save_checkpoint(args.out, model, config, {"seed": args.seed, "method": "dense"})
     print(f"dense {_accuracy(curve)} -> {args.out}")
+
+
+def cmd_import_spikformer(args):
+    from model.official import import_spikformer
+    from model.train import save_checkpoint
+    check_output_path(args.out, "--out")
+    model, config = import_spikformer(args.checkpoint, args.arch, heads=args.heads,
+                                      timesteps=args.timesteps, image_size=args.image_size,
+                                      dim=args.dim, depth=args.depth)
+    save_checkpoint(args.out, model, config, {"method": "dense", "source": "official-spikformer",
+                                              "arch": args.arch,
+                                              "checkpoint": str(args.checkpoint)})
+    m = config.model
+    print(f"official {args.arch} Spikformer-{m.depth}-{m.dim} ({m.heads} heads, T = "
+          f"{m.timesteps}, {m.in_channels}x{m.image_size}^2 input, {m.num_classes} classes, "
+          f"{sum(p.numel() for p in model.parameters())} parameters) -> {args.out}")
 
 
 def cmd_prune(args):
@@ -303,6 +320,17 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p = add("evaluate", cmd_evaluate, "test accuracy and parameter counts", config=False)
     p.add_argument("--in", dest="inp", required=True)
+    p = add("import-spikformer", cmd_import_spikformer,
+            "the official Spikformer's state_dict (ZK-Zhou/spikformer) as a stforge checkpoint",
+            config=False)
+    p.add_argument("checkpoint", help="a state_dict saved by the official code (.pth.tar, .pt)")
+    p.add_argument("--arch", required=True, choices=("cifar10", "cifar10dvs", "imagenet"))
+    p.add_argument("--out", required=True, help="the stforge checkpoint to write (.pt)")
+    p.add_argument("--dim", type=positive_int, help="checked against the checkpoint")
+    p.add_argument("--depth", type=positive_int, help="checked against the checkpoint")
+    p.add_argument("--heads", type=positive_int, help="attention heads (default: the arch's)")
+    p.add_argument("--timesteps", type=positive_int, help="T (default: the arch's)")
+    p.add_argument("--image-size", type=positive_int, help="input side (default: the arch's)")
     for name, (module, help_) in STAGES.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == chosen:

@@ -15,7 +15,7 @@ Neuron update, per channel c, in membrane units of 2^-F accumulator LSBs:
 
 from __future__ import annotations
 
-__all__ = ["neuron_step", "pool2x2_or", "shift2d", "conv3x3", "attention_counts", "signed_bits",
+__all__ = ["neuron_step", "pool2x2_or", "pool3x3s2_or", "pool_or", "shift2d", "conv3x3", "attention_counts", "signed_bits",
            "range_of_signed_bits", "head_logits", "acc_range"]
 
 
@@ -42,6 +42,23 @@ def pool2x2_or(s):
     m1 = a + b - a * b
     m2 = c + d - c * d
     return m1 + m2 - m1 * m2
+
+
+def _or(a, b):
+    return a + b - a * b
+
+
+def pool3x3s2_or(s):
+    """3x3 max-pool, stride 2, padding 1 (PyTorch's MaxPool2d(3, 2, 1), the official SPS's) of
+    0/1 spikes: out[i, j] = OR of s[2i-1..2i+1, 2j-1..2j+1], the padding never firing; on
+    (..., C, H, W) with even H and W, out (..., C, H/2, W/2)."""
+    rows = _or(_or(s[..., 0::2, :], s[..., 1::2, :]), shift2d(s, -1, 0)[..., 0::2, :])
+    return _or(_or(rows[..., 0::2], rows[..., 1::2]), shift2d(rows, 0, -1)[..., 0::2])
+
+
+def pool_or(s, kernel: int):
+    """The stem's pooling of 0/1 spikes: `kernel` 2 (`pool2x2_or`) or 3 (`pool3x3s2_or`)."""
+    return pool2x2_or(s) if kernel == 2 else pool3x3s2_or(s)
 
 
 def shift2d(x, dy: int, dx: int):

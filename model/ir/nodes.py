@@ -298,7 +298,8 @@ def _matrix_work(sizes: np.ndarray, counts: np.ndarray) -> int:
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Conv(NeuronNode):
     """3x3 same-padding cross-correlation of a plane (or the input image) + neuron, then an
-    optional 2x2 OR pool. "dense" stores every weight, "sparse" (L1P) only the non-zeros."""
+    optional stride-2 OR pool (2x2, or 3x3 with padding 1). "dense" stores every weight,
+    "sparse" (L1P) only the non-zeros."""
     op = "conv"
     ARRAYS = ("weight",) + NeuronNode.ARRAYS
     FORMATS: ClassVar = ("dense", "sparse")
@@ -310,7 +311,9 @@ class Conv(NeuronNode):
         "out_channels": "output channels",
         "height": "input height, before pooling (the neurons run at this resolution)",
         "width": "input width, before pooling",
-        "pool": "true: 2x2 OR pooling (max of spikes) after the neuron; height, width even",
+        "pool": "true: OR pooling (max of spikes) after the neuron, stride 2; height, width even",
+        "pool_kernel": "2 (2x2 windows, the default) or 3 (3x3 windows, padding 1: the official "
+                       "SPS's MaxPool2d(3, 2, 1)); written only when 3",
         "format": '"dense" (every weight stored and counted) or "sparse" (non-zeros only)',
         "weight": "array (out_channels, in_channels, 3, 3), applied as cross-correlation",
         "weight_bits": "signed width of this conv's weights (default fixed_point.weight_bits)",
@@ -324,6 +327,7 @@ class Conv(NeuronNode):
     conv_format: str
     weight: np.ndarray
     weight_bits: int
+    pool_kernel: int = 2
 
     @property
     def format(self) -> str:          # noqa: D401 - shadows the ClassVar per instance
@@ -336,12 +340,15 @@ class Conv(NeuronNode):
         pool = f.bool("pool")
         if pool and (h % 2 or w % 2):
             f.fail(f"pooling needs an even height and width, not {h}x{w}")
+        kernel = f.int("pool_kernel", minimum=2, maximum=3, default=2)
+        if kernel != 2 and not pool:
+            f.fail("pool_kernel needs pool = true")
         bits = f.int("weight_bits", minimum=2, maximum=32, default=fixed.weight_bits)
         weight = f.array("weight", arrays, (c_out, c_in, 3, 3))
         out = {"in_channels": c_in, "out_channels": c_out, "height": h, "width": w,
                "pool": pool, "conv_format": f.str("format", choices=cls.FORMATS,
                                                   default="dense"),
-               "weight": weight, "weight_bits": bits}
+               "weight": weight, "weight_bits": bits, "pool_kernel": kernel}
         out.update(cls.read_neuron(f, arrays, fixed, c_out))
         probe = cls(name=f.data["name"], inputs=(), **out)
         _in_signed_bits(probe, weight, bits, "weight")
@@ -350,6 +357,8 @@ class Conv(NeuronNode):
     def write(self):
         obj, arrays = super().write()
         obj["format"] = obj.pop("conv_format")
+        if obj["pool_kernel"] == 2:     # the default: manifests from before the field unchanged
+            del obj["pool_kernel"]
         return obj, arrays
 
     @property
@@ -404,7 +413,7 @@ class Conv(NeuronNode):
 
     def execute(self, ins, run):
         spikes = super().execute(ins, run)
-        return intops.pool2x2_or(spikes) if self.pool else spikes
+        return intops.pool_or(spikes, self.pool_kernel) if self.pool else spikes
 
     def work(self, in_counts, graph):
         counts = in_counts[0].reshape(len(in_counts[0]), self.height, self.width, -1)

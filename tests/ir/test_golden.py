@@ -212,3 +212,54 @@ def test_rank_factoring_keeps_the_linear_bias():
     factored = to_low_rank(dense, rank=4)
     for (name, old), (_, new) in zip(dense.block_matrices(), factored.block_matrices()):
         assert new.low_rank and torch.equal(new.bias, old.bias), name
+
+
+@pytest.mark.parametrize("size", [2, 4, 8])
+def test_pool3x3s2_is_torchs_maxpool_3_2_1(size):
+    """The official SPS's MaxPool2d(3, 2, 1) on spikes: a 3x3 OR of stride 2 whose padding never
+    fires, on NumPy and torch alike."""
+    rng = np.random.default_rng(size)
+    s = rng.integers(0, 2, (2, 3, size, size))
+    ref = torch.nn.functional.max_pool2d(torch.from_numpy(s).double(), 3, 2, 1).numpy()
+    np.testing.assert_array_equal(intops.pool3x3s2_or(s), ref.astype(np.int64))
+    np.testing.assert_array_equal(intops.pool_or(torch.from_numpy(s), 3).numpy(), ref)
+    lone = np.zeros((1, 4, 4), dtype=np.int64)
+    lone[0, 1, 1] = 1           # an odd position reaches four outputs, an even one one
+    np.testing.assert_array_equal(intops.pool3x3s2_or(lone), [[[1, 1], [1, 1]]])
+    lone[0, 1, 1], lone[0, 2, 2] = 0, 1
+    np.testing.assert_array_equal(intops.pool3x3s2_or(lone), [[[0, 0], [0, 1]]])
+
+
+def test_golden_tracks_a_model_with_the_official_pooling(digits, tmp_path):
+    """``model.stem_pool_kernel = 3``: the float model pools with MaxPool2d(3, 2, 1), the export
+    writes ``pool_kernel`` 3 on the pooled convs (only there), the artifact reloads with it, and
+    the golden model tracks the quantized model layer by layer."""
+    from model.config import config_from_dict
+    from model.export import export_model
+    from model.ir import load_artifact
+    from model.train import rebuild
+    from model.transformer import SpikingTransformer
+    config = config_from_dict({"model": {"stem_pool_kernel": 3, "stem_pool": [True, True],
+                                         "stem_channels": [16, 32]}})
+    torch.manual_seed(3)
+    model = SpikingTransformer(config.model, "slif")
+    with torch.no_grad():
+        for n in model.neurons():
+            n.u_th.uniform_(0.3, 1.5)
+    model = rebuild(model, weight_bits=8, leak_bits=8).eval()
+    graph = export_model(model, config, digits, tmp_path / "pool3")
+    convs = [n for n in graph.nodes if n.op == "conv"]
+    assert [(n.pool, n.pool_kernel) for n in convs] == [(True, 3), (True, 3)]
+    assert load_artifact(tmp_path / "pool3.json").node("stem1").pool_kernel == 3
+    r = compare_with_model(model, graph, digits.x_test[:60], digits.y_test[:60],
+                           digits.input_scale)
+    assert {"stem0", "stem1"} <= set(r["layer_spike_agreement"])
+    for name, agree in r["layer_spike_agreement"].items():
+        assert agree >= 0.99, name
+    assert r["agreement"] >= 0.95
+    two = config_from_dict({"model": {"stem_pool": [True, True], "stem_channels": [16, 32]}})
+    plain = export_model(rebuild(model).eval(), two, digits, tmp_path / "pool2")
+    assert all(n.pool_kernel == 2 for n in plain.nodes if n.op == "conv")
+    import json
+    nodes = json.loads((tmp_path / "pool2.json").read_text())["nodes"]
+    assert not any("pool_kernel" in n for n in nodes)      # the default is not written

@@ -94,3 +94,17 @@ def test_the_shared_layout_packs_every_stage(shipped):
     assert bases[0] == 0 and all(b % 2 == 0 for b in bases)        # group boundaries
     assert len(layout.bias) == layout.channels and layout.threshold.min() >= 1
     assert np.all(np.diff(layout.col_ptr) >= 0)
+
+
+def test_a_3x3_pool_is_refused_with_one_line(shipped_l1p_path):
+    """The official SPS's MaxPool2d(3, 2, 1) (``pool_kernel`` 3) is golden-model only so far:
+    the plan names the node and what the accelerator takes."""
+    import dataclasses
+    graph = load_artifact(shipped_l1p_path)
+    stem0 = graph.node("stem0")
+    assert stem0.pool
+    object.__setattr__(graph, "nodes", tuple(dataclasses.replace(n, pool_kernel=3)
+                                             if n is stem0 else n for n in graph.nodes))
+    with pytest.raises(ValueError, match=r"^stem0 pools 3x3 with stride 2 .* the accelerator "
+                                         r"pools 2x2 only so far$"):
+        Plan.build(graph)
