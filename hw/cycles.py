@@ -30,9 +30,7 @@ From two lanes on the issue FSM prefetches (`Plan.issue_prefetch`, IssueFSM ``pr
 address moves on at a word's last LOAD_MASK, so a conv's next tap inside the image is loaded the
 cycle after the last event (no FETCH; taps outside the image cost nothing), and the next
 vector's first chunk as the END is taken (no LOAD_MASK; where a conv's tap 0 lies outside the
-image, one FETCH cycle jumps to its first tap inside and another fetches it). A tap's word is on
-the read port two cycles after its address: a tap (of one chunk) whose last event is taken from
-then on has the next tap's mask loaded in that cycle, no LOAD_MASK.
+image, one FETCH cycle jumps to its first tap inside and another fetches it).
 
 The engine (hw/components/sparse.py) accepts event e at a_e = max(offer_e, L_{e-1}); its
 column-extent ROM read takes a cycle; the walker loads it at L_e = max(a_e + 1, last cycle of
@@ -348,7 +346,6 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                     feeder_ready = last_acc + 1
             else:
                 leading = True                      # no tap inside the image yet
-                last_load = _NEVER                  # prefetch: the last chunk's LOAD_MASK
                 for k, channels in enumerate(_tap_masks(node, counts, t, pos)):
                     if channels is None:            # outside the image: FETCH skips it
                         if not prefetch:            # (prefetch: one jump, to the first inside)
@@ -363,12 +360,9 @@ def _engine_stage(plan: Plan, stage: StagePlan, values) -> int:
                                 f -= ISSUE_LOAD_MASK
                     elif prefetch:                  # fetched at the LOAD_MASK before
                         f -= ISSUE_FETCH
-                        if chunks == 1 and f >= last_load + 2:
-                            f -= ISSUE_LOAD_MASK    # loaded as the tap before's last went
                     leading = False
                     p = f + ISSUE_LOAD_MASK         # LOAD_MASK of the first chunk
                     for c in range(chunks):         # EMIT; a chunk without events: one cycle
-                        last_load = p
                         in_chunk = channels[channels // chunk == c]
                         if len(in_chunk) == 0:
                             p += ISSUE_LOAD_MASK + ISSUE_EMPTY_MASK

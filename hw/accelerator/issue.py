@@ -54,13 +54,11 @@ class IssueFSM(wiring.Component):
     With ``prefetch`` (hw.plan `Plan.issue_prefetch`: more than one lane, where the issue FSM
     rather than the engine bounds a layer) a word is needed no longer than its last chunk's
     LOAD_MASK: the mask holds the events and a register (`held`) the chunk's counts. So the
-    read address moves on there, to a conv's next tap inside the image or to the next vector
-    (no FETCH between taps, none for taps outside the image). The next tap's word is on the
-    read port two cycles later: a tap whose last event is taken from then on has the next
-    tap's mask loaded as it is taken (a word of one chunk; else, and after a tap of fewer than
-    two events, LOAD_MASK follows at once), and the next vector's first chunk is loaded as the
-    END is taken (no LOAD_MASK cycle), except where its tap 0 lies outside the image: then one
-    FETCH cycle jumps to its first tap inside, and another fetches it.
+    read address moves on there, to a conv's next tap inside the image or to the next vector:
+    the next tap's LOAD_MASK follows the last event at once (no FETCH between taps, none for
+    taps outside the image), and the next vector's first chunk is loaded as the END is taken
+    (no LOAD_MASK cycle), except where its tap 0 lies outside the image: then one FETCH cycle
+    jumps to its first tap inside, and another fetches it.
 
     Members
     -------
@@ -129,8 +127,7 @@ class IssueFSM(wiring.Component):
             # prefetch: the tap's counts, and whether a tap inside the image follows it
             held=Signal(data.ArrayLayout(unsigned(self._count_bits), self._n_mask),
                         name="held") if self._prefetch and self._count_bits > 1 else None,
-            more_taps=Signal(name="more_taps") if self._prefetch else None,
-            just_moved=Signal(name="just_moved") if self._prefetch else None)
+            more_taps=Signal(name="more_taps") if self._prefetch else None)
 
     def _stage_constants(self, m, r):
         """The active stage's constants and its chunk of source counts: every stage's word is
@@ -289,12 +286,9 @@ class IssueFSM(wiring.Component):
                 m.next = "LOAD_MASK"
             with m.Else():
                 m.d.sync += r.chunk.eq(0)
-                if self._prefetch:  # the address moved on at LOAD_MASK: the next tap's word
-                    with m.If(r.more_taps):     # is there, or will be next cycle
-                        with m.If(~r.just_moved & (k.chunk_last == 0)):
-                            load_chunk()        # one chunk per word: loaded as the last goes
-                        with m.Else():
-                            m.next = "LOAD_MASK"
+                if self._prefetch:  # the address moved on at LOAD_MASK: its word is there
+                    with m.If(r.more_taps):
+                        m.next = "LOAD_MASK"
                     with m.Else():
                         m.next = "END"
                 else:
@@ -312,16 +306,12 @@ class IssueFSM(wiring.Component):
                 m.d.sync += k.index_base.eq(k.index_base_next)
                 if r.held is not None:
                     m.d.sync += r.held.eq(k.counts)
-                m.d.sync += r.just_moved.eq(r.chunk == k.chunk_last)
                 with m.If(r.chunk == k.chunk_last):
                     with m.If(k.is_conv & k.has_next):
                         m.d.sync += [r.tap.eq(k.next_tap), r.more_taps.eq(1)]
                     with m.Else():
                         m.d.comb += vector_over.eq(1)
                         m.d.sync += r.more_taps.eq(0)
-
-        if self._prefetch:          # the address moved on last cycle: its word is not there
-            m.d.sync += r.just_moved.eq(0)
 
         with m.FSM(name="issue"):
             with m.State("IDLE"):

@@ -36,16 +36,14 @@ def expected(stage, counts, chunk, prefetch=False):
     `prefetch`, a conv's taps after its first inside the image cost no FETCH, and taps outside
     it none either, except one FETCH where a vector's tap 0 lies outside; and a vector's first
     chunk is loaded as the END before it is taken (its LOAD_MASK costs nothing), except the
-    first vector's and where its tap 0 lies outside, and a later tap's mask as the tap
-    before's last event is taken, where a word is one chunk and that tap had two events or
-    more (the word is on the read port two cycles after its LOAD_MASK moved the address)."""
+    first vector's and where its tap 0 lies outside."""
     events, cycles = [], 0
     n_mask = min(chunk, max(s.inputs for s in (CONV, MATMUL, STATIC)))
     chunks = -(-stage.inputs // n_mask)
     for p in range(stage.positions):
         y, x = divmod(p, stage.width)
         for t in range(1 if stage.static_replay else T):
-            leading, after_end, previous = True, bool(events), 0
+            leading, after_end = True, bool(events)
             for tap in range(9 if stage.is_conv else 1):
                 ny, nx = y + tap // 3 - 1, x + tap % 3 - 1
                 inside = not stage.is_conv or (0 <= ny < stage.height and 0 <= nx < stage.width)
@@ -58,7 +56,6 @@ def expected(stage, counts, chunk, prefetch=False):
                     cycles += IssueFSM.FETCH_CYCLES
                 if not inside:
                     continue
-                first_done = not leading
                 leading = False
                 source = counts[t, ny * stage.width + nx] if stage.is_conv else counts[t, p]
                 for c in np.flatnonzero(source):
@@ -69,10 +66,6 @@ def expected(stage, counts, chunk, prefetch=False):
                     cycles += IssueFSM.LOAD_CYCLES + (active or IssueFSM.EMPTY_CYCLES)
                 if prefetch and tap == 0 and after_end:     # loaded as the END before is taken
                     cycles -= IssueFSM.LOAD_CYCLES
-                elif prefetch and tap > 0 and chunks == 1 and previous >= 2 and \
-                        stage.is_conv and first_done:
-                    cycles -= IssueFSM.LOAD_CYCLES      # loaded as the tap before's last went
-                previous, first_done = active, True
             events.append((0, None, 1))
             cycles += IssueFSM.END_CYCLES                           # END
     return events, cycles
