@@ -231,23 +231,14 @@ class IssueFSM(wiring.Component):
         taken_lowest = Signal(n_mask, name="taken_lowest")
         m.d.comb += [taken_mask.eq(r.mask & ~r.lowest),
                      taken_lowest.eq(taken_mask & (~taken_mask + 1))]
-        # prefetch loads a mask in two states (LOAD_MASK, END): one carry chain for both
-        nonzero_lowest = None
-        if self._prefetch:
-            nonzero_lowest = Signal(n_mask, name="nonzero_lowest")
-            m.d.comb += nonzero_lowest.eq(nonzero & (~nonzero + 1))
         # the event on offer is the chunk's last: one bit left (from registers too)
-        return SimpleNamespace(nonzero=nonzero, nonzero_lowest=nonzero_lowest,
-                               index=index_base + low_scaled,
+        return SimpleNamespace(nonzero=nonzero, index=index_base + low_scaled,
                                taken_mask=taken_mask, taken_lowest=taken_lowest,
                                last_event=r.mask == r.lowest)
 
-    def _set_mask(self, m, r, e):
-        if e.nonzero_lowest is not None:
-            m.d.sync += [r.mask.eq(e.nonzero), r.lowest.eq(e.nonzero_lowest)]
-            return
+    def _set_mask(self, m, r, value):
         rest = Signal(self._n_mask, name="mask_next")
-        m.d.comb += rest.eq(e.nonzero)
+        m.d.comb += rest.eq(value)
         m.d.sync += [r.mask.eq(rest), r.lowest.eq(rest & (~rest + 1))]
 
     def _fsm(self, m, r, k, e):
@@ -307,7 +298,7 @@ class IssueFSM(wiring.Component):
                         enter_end()
 
         def load_chunk():           # LOAD_MASK: the chunk's events into the mask, then EMIT
-            self._set_mask(m, r, e)
+            self._set_mask(m, r, e.nonzero)
             m.next = "EMIT"
             if self._prefetch:
                 # the mask (and `held`) keep the chunk: after the word's last chunk the address
