@@ -154,3 +154,24 @@ def test_a_checkpoint_that_is_not_the_architecture_is_refused(tmp_path, capsys, 
     with pytest.raises(StforgeError, match="--dim 32 disagrees with the checkpoint's 64"):
         torch.save(official_state("cifar10", 64, 1, 10, 3, 256), path)
         import_spikformer(path, "cifar10", dim=32)
+
+
+def test_the_cifar_class_config_is_the_official_architecture():
+    """configs/cifar10.toml is the official CIFAR-10 Spikformer's shape at D = 128, 2 blocks,
+    8 heads (as `import-spikformer --arch cifar10` would configure it), and its model runs on a
+    32x32x3 batch: 64 tokens of 128 channels."""
+    from model.config import load_config
+    from model.official import official_config
+    from model.transformer import SpikingTransformer
+    config = load_config("configs/cifar10.toml")
+    m = config.model
+    official = official_config("cifar10", dim=128, depth=2, classes=10, in_channels=3,
+                               mlp_ratio=4, heads=8).model
+    assert m == official
+    assert (config.data.name, m.tokens, config.prune.sparsity, config.quant.weight_bits,
+            config.pipeline.deploy_method) == ("cifar10", 64, 0.9, 8, "l1p")
+    model = SpikingTransformer(m, "slif").eval()
+    trace = {}
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32), trace).shape == (2, 10)
+    assert trace["stem3"].shape[-3:] == (128, 8, 8)
