@@ -164,9 +164,10 @@ class Plan:
 
     @property
     def issue_prefetch(self) -> bool:
-        """The issue FSM fetches a conv's next tap while the one before emits (IssueFSM
-        ``prefetch``): from two lanes on, where the engine no longer hides the FETCH between
-        taps (one lane: 0.5 % of the shipped L1P's cycles, and no room on the UP5K)."""
+        """The issue FSM fetches the next word (a conv's next tap inside the image, or the next
+        vector) while it emits this one (IssueFSM ``prefetch``): from two lanes on, where the
+        engine no longer hides the FETCH and LOAD_MASK cycles (one lane: 0.5 % of the shipped
+        L1P's cycles, and no room on the UP5K)."""
         return self.lanes > 1
 
     @property
@@ -248,12 +249,11 @@ def _check_configuration(graph, lanes, chunk, loadable):
         raise ValueError(f"lanes = {lanes}: a loadable accelerator (the iCE40 build, tables "
                          f"written by the host) takes one lane only")
     for node in graph.neurons:
+        name, width = node.name, node.channels
         if isinstance(node, Conv) and node.pool and node.pool_kernel != 2:
             # the collector ORs each position into one pooled word: a 3x3 window overlaps
-            raise ValueError(f"{node.name} pools 3x3 with stride 2 (the official SPS's "
+            raise ValueError(f"{name} pools 3x3 with stride 2 (the official SPS's "
                              f"MaxPool2d(3, 2, 1)); the accelerator pools 2x2 only so far")
-    for node in graph.neurons:
-        name, width = node.name, node.channels
         if -(-width // lanes) < 3:
             # the neuron array runs without its hazard stall: a neuron comes back only after
             # every other group of its stage (and the cycle model assumes > 3)

@@ -180,8 +180,8 @@ def import_spikformer(path, arch: str, *, heads: int | None = None,
         _shape(state, theirs, path)
         tensor = state[theirs]
         want = tuple(target[ours].shape)
-        if tensor.dim() > len(want):                # 1x1 convolutions: (out, in, 1[, 1])
-            tensor = tensor.reshape(tensor.shape[:2]) if tensor.dim() > 2 else tensor
+        if tensor.dim() > len(want) and all(d == 1 for d in tensor.shape[len(want):]):
+            tensor = tensor.reshape(tensor.shape[:len(want)])   # 1x1 convolutions: (o, i, 1[, 1])
         if tuple(tensor.shape) != want:
             raise StforgeError(f"checkpoint {path}: {theirs} is {tuple(state[theirs].shape)}, "
                                f"stforge's {ours} needs {want}")

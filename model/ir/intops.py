@@ -15,7 +15,8 @@ Neuron update, per channel c, in membrane units of 2^-F accumulator LSBs:
 
 from __future__ import annotations
 
-__all__ = ["neuron_step", "pool2x2_or", "pool3x3s2_or", "pool_or", "shift2d", "conv3x3", "attention_counts", "signed_bits",
+__all__ = ["neuron_step", "pool2x2_or", "pool3x3s2_or", "pool_or", "shift2d", "conv3x3",
+           "attention_counts", "signed_bits",
            "range_of_signed_bits", "head_logits", "acc_range"]
 
 

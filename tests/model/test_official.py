@@ -1,6 +1,8 @@
 """`stforge import-spikformer`: synthetic checkpoints laid out as the official Spikformer's
 training code (ZK-Zhou/spikformer) saves them, read into stforge's model."""
 
+import re
+
 import pytest
 import torch
 
@@ -149,11 +151,11 @@ def test_a_checkpoint_that_is_not_the_architecture_is_refused(tmp_path, capsys, 
                  "--heads", "4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("stforge: error:")
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
     assert not out.exists()
+    torch.save(official_state("cifar10", 64, 1, 10, 3, 256), path)
     with pytest.raises(StforgeError, match="--dim 32 disagrees with the checkpoint's 64"):
-        torch.save(official_state("cifar10", 64, 1, 10, 3, 256), path)
-        import_spikformer(path, "cifar10", dim=32)
+        import_spikformer(path, "cifar10", dim=32, heads=4)
 
 
 def test_the_cifar_class_config_is_the_official_architecture():
@@ -175,3 +177,13 @@ def test_the_cifar_class_config_is_the_official_architecture():
     with torch.no_grad():
         assert model(torch.rand(2, 3, 32, 32), trace).shape == (2, 10)
     assert trace["stem3"].shape[-3:] == (128, 8, 8)
+
+
+def test_a_wider_convolution_is_refused_not_reshaped(tmp_path):
+    """Only 1x1 convolutions become matrices: a kernel-3 Conv1d in a 1x1 place is refused."""
+    state = official_state("cifar10dvs", 32, 1, 10, 2, 128)
+    state["block.0.attn.q_conv.weight"] = torch.zeros(32, 32, 3)
+    path = tmp_path / "dvs.pth"
+    torch.save(state, path)
+    with pytest.raises(StforgeError, match=r"block.0.attn.q_conv.weight is \(32, 32, 3\)"):
+        import_spikformer(path, "cifar10dvs", heads=4)
